@@ -1,0 +1,201 @@
+//! The command line: flag definitions and the wiring from flags to the library. No logic lives
+//! here beyond turning arguments into configured parts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::jwt::Expectations;
+use crate::logging::LogFormat;
+use crate::sources::irsa::Irsa;
+use crate::sources::mock::Mock;
+use crate::sources::static_secret::{SecretSpec, Static};
+use crate::sources::{IdentityIds, Source};
+
+mod inspect;
+mod mock;
+mod probe;
+mod serve;
+
+/// Serve the runner's AWS identity (IRSA) to BuildKit builds as session secrets.
+///
+/// Build steps read it with `RUN --mount=type=secret,id=aws-web-identity-token` and
+/// `--mount=type=secret,id=aws-role-arn`; no workflow passes --secret flags or static keys.
+#[derive(Debug, Parser)]
+#[command(name = "irsa-secrets", version, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "IRSA_SECRETS_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the Secrets service alone on a unix socket (for tests, embedding and debugging).
+    Serve(serve::ServeArgs),
+    /// Ask a running helper for secrets and print their size and fingerprint, never the value.
+    Probe(probe::ProbeArgs),
+    /// Print the token's claims and remaining lifetime (never the token itself).
+    Token(inspect::TokenArgs),
+    /// Check that the identity is set up: variables, token file, token validity, role ARN.
+    Doctor(inspect::DoctorArgs),
+    /// The mock identity for laptops: `mock write DIR` writes a token file and an env file.
+    #[command(subcommand)]
+    Mock(mock::MockCommand),
+}
+
+impl Cli {
+    /// Runs the chosen command; the exit code is the command's verdict.
+    pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        match self.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Probe(args) => probe::run(args).await,
+            Command::Token(args) => inspect::token(args),
+            Command::Doctor(args) => inspect::doctor(args),
+            Command::Mock(cmd) => mock::run(cmd),
+        }
+    }
+}
+
+/// Where the identity comes from and under which ids it is served; shared by every command
+/// that serves or inspects it.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// Serve a mock identity (a realistic unsigned token and a fake role ARN) instead of IRSA:
+    /// for laptops and tests with no AWS.
+    #[arg(long, env = "IRSA_SECRETS_MOCK")]
+    pub mock: bool,
+
+    /// The projected service-account token, re-read on every request (kubelet rotates it).
+    #[arg(long, env = "AWS_WEB_IDENTITY_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// The IAM role the token may assume: arn:aws:iam::ACCOUNT:role/NAME.
+    #[arg(long, env = "AWS_ROLE_ARN", value_name = "ARN")]
+    pub role_arn: Option<String>,
+
+    /// AWS region; also served as the `aws-region` secret when set.
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+
+    /// The audience the token must carry (the projected volume's `audience`).
+    #[arg(
+        long,
+        default_value = "sts.amazonaws.com",
+        env = "IRSA_SECRETS_AUDIENCE"
+    )]
+    pub audience: String,
+
+    /// A token with less lifetime left is still served, with a warning (e.g. 5m, 1h).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "IRSA_SECRETS_EXPIRY_MARGIN")]
+    pub expiry_margin: Duration,
+
+    /// Secret id under which the token is served.
+    #[arg(long, default_value = crate::sources::TOKEN_ID, value_name = "ID")]
+    pub token_id: String,
+
+    /// Secret id under which the role ARN is served.
+    #[arg(long, default_value = crate::sources::ROLE_ARN_ID, value_name = "ID")]
+    pub role_arn_id: String,
+
+    /// Secret id under which the region is served.
+    #[arg(long, default_value = crate::sources::REGION_ID, value_name = "ID")]
+    pub region_id: String,
+
+    /// Also serve another secret, with buildx's syntax: id=ID,src=FILE or id=ID,env=VAR.
+    /// Repeatable; overrides the identity ids it names.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<SecretSpec>,
+}
+
+/// The identity source the flags select, if any.
+pub enum Identity {
+    /// The real IRSA token and role.
+    Irsa(Irsa),
+    /// The mock identity.
+    Mock(Mock),
+}
+
+impl IdentityArgs {
+    fn ids(&self) -> IdentityIds {
+        IdentityIds {
+            token: self.token_id.clone(),
+            role_arn: self.role_arn_id.clone(),
+            region: self.region_id.clone(),
+        }
+    }
+
+    fn expectations(&self) -> Expectations {
+        Expectations {
+            audience: self.audience.clone(),
+            expiry_margin: self.expiry_margin,
+        }
+    }
+
+    /// The identity source, or an error that says which variable or flag is missing.
+    pub fn identity(&self) -> anyhow::Result<Identity> {
+        if self.mock {
+            return Ok(Identity::Mock(Mock::new(
+                self.ids(),
+                self.audience.clone(),
+                self.expiry_margin,
+                self.region.clone(),
+            )));
+        }
+        match (&self.token_file, &self.role_arn) {
+            (Some(file), Some(arn)) => Ok(Identity::Irsa(
+                Irsa::new(
+                    self.ids(),
+                    file.clone(),
+                    arn.clone(),
+                    self.region.clone(),
+                    self.expectations(),
+                )
+                .map_err(anyhow::Error::msg)?,
+            )),
+            (None, _) => anyhow::bail!(
+                "no identity: AWS_WEB_IDENTITY_TOKEN_FILE (or --token-file) is not set. On EKS, \
+                 annotate the runner's service account with eks.amazonaws.com/role-arn; on a \
+                 laptop, use --mock"
+            ),
+            (_, None) => anyhow::bail!(
+                "no identity: AWS_ROLE_ARN (or --role-arn) is not set. On EKS, annotate the \
+                 runner's service account with eks.amazonaws.com/role-arn; on a laptop, use --mock"
+            ),
+        }
+    }
+
+    /// All sources, identity first so explicit `--secret` declarations win shared ids. With
+    /// `--secret` declarations and no identity configured, serves just those.
+    pub fn sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let no_identity = !self.mock && self.token_file.is_none() && self.role_arn.is_none();
+        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+        if no_identity && !self.secrets.is_empty() {
+            tracing::warn!("no AWS identity configured: serving only the --secret declarations");
+        } else {
+            sources.push(match self.identity()? {
+                Identity::Irsa(s) => Arc::new(s),
+                Identity::Mock(s) => Arc::new(s),
+            });
+        }
+        if !self.secrets.is_empty() {
+            sources.push(Arc::new(
+                Static::new(self.secrets.clone()).map_err(anyhow::Error::msg)?,
+            ));
+        }
+        Ok(sources)
+    }
+}

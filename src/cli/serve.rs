@@ -1,0 +1,60 @@
+//! `irsa-secrets serve`.
+
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::IdentityArgs;
+use crate::provider::Provider;
+use crate::socket::{self, SocketOptions};
+
+/// Flags of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Socket to listen on: unix:///PATH.
+    #[arg(long, env = "IRSA_SECRETS_LISTEN", value_name = "unix:///PATH")]
+    pub listen: String,
+
+    #[command(flatten)]
+    pub socket: SocketArgs,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// Who may connect to the helper's socket.
+#[derive(Debug, Clone, Args)]
+pub struct SocketArgs {
+    /// The socket's file mode, in octal. Whoever can connect can read every secret served.
+    #[arg(long, default_value = "600", value_parser = parse_mode, env = "IRSA_SECRETS_SOCKET_MODE")]
+    pub socket_mode: u32,
+
+    /// Group (name or gid) to own the socket, for a mode such as 660.
+    #[arg(long, env = "IRSA_SECRETS_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+}
+
+impl SocketArgs {
+    /// The options for [`socket::bind`].
+    pub fn options(&self) -> SocketOptions {
+        SocketOptions {
+            mode: self.socket_mode,
+            group: self.socket_group.clone(),
+        }
+    }
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode such as 600 or 660"))
+}
+
+pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let provider = Provider::new(args.identity.sources()?);
+    let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
+    let bound = socket::bind(&path, &args.socket.options()).map_err(anyhow::Error::msg)?;
+    crate::serve::run(provider, bound, crate::serve::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,20 @@
+//! irsa-secrets: gives `RUN --mount=type=secret` build steps the runner's AWS identity (IRSA) by
+//! answering BuildKit's session `GetSecret` calls, so no workflow plumbs `--secret` flags or
+//! static keys.
+//!
+//! Data flows one way: [`sources`] produce values, the [`provider`] decides what to answer,
+//! [`serve`] exposes it on a socket.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, missing_docs)]
+
+pub mod cli;
+pub mod client;
+pub mod jwt;
+pub mod logging;
+pub mod proto;
+pub mod provider;
+pub mod secret;
+pub mod serve;
+pub mod socket;
+pub mod sources;

@@ -1,0 +1,220 @@
+//! The runner pod's IRSA identity: the projected service-account token and the role ARN, as the
+//! EKS pod identity webhook injects them (`AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+
+use super::{ErrorKind, IdentityIds, Part, Source, SourceError};
+use crate::jwt::{self, Expectations, TokenError};
+use crate::secret::{SecretValue, MAX_SECRET_SIZE};
+
+/// How often a read that lost a race with kubelet's symlink swap is retried.
+const SWAP_RETRIES: usize = 5;
+
+/// Serves the token (re-read and checked on every request), the role ARN and, if set, the region.
+#[derive(Debug)]
+pub struct Irsa {
+    ids: IdentityIds,
+    token_file: PathBuf,
+    role_arn: String,
+    region: Option<String>,
+    want: Expectations,
+}
+
+impl Irsa {
+    /// Checks the role ARN's shape now, so a typo fails at start-up, not in the middle of a build.
+    pub fn new(
+        ids: IdentityIds,
+        token_file: PathBuf,
+        role_arn: String,
+        region: Option<String>,
+        want: Expectations,
+    ) -> Result<Self, String> {
+        check_role_arn(&role_arn)?;
+        Ok(Self {
+            ids,
+            token_file,
+            role_arn,
+            region,
+            want,
+        })
+    }
+
+    /// Reads and validates the token as a request would, for `token` and `doctor`.
+    pub fn checked_token(&self) -> Result<(SecretValue, jwt::Checked), SourceError> {
+        let value = read_token(&self.token_file)?;
+        let checked = jwt::check(value.expose(), &self.want, SystemTime::now())
+            .map_err(|e| token_error(&self.token_file, &e))?;
+        Ok((value, checked))
+    }
+
+    fn token(&self) -> Result<SecretValue, SourceError> {
+        let (value, checked) = self.checked_token()?;
+        if checked.expiring_soon {
+            tracing::warn!(
+                file = %self.token_file.display(),
+                expires = %jwt::rfc3339(checked.claims.exp),
+                remaining = %jwt::human(checked.remaining),
+                "serving a web identity token that expires soon; kubelet should have rotated it \
+                 (it refreshes at 80% of the lifetime): check that the projected volume is mounted \
+                 and kubelet is healthy"
+            );
+        }
+        Ok(value)
+    }
+}
+
+impl Source for Irsa {
+    fn name(&self) -> &'static str {
+        "irsa"
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.ids.served(self.region.is_some())
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
+        Box::pin(async move {
+            Ok(match self.ids.part(id) {
+                // A small file read: cheap enough to do inline rather than on the blocking pool.
+                Some(Part::Token) => Some(self.token()?),
+                Some(Part::RoleArn) => Some(SecretValue::from(self.role_arn.clone())),
+                Some(Part::Region) => self.region.clone().map(SecretValue::from),
+                None => None,
+            })
+        })
+    }
+}
+
+/// Reads the token file, riding out kubelet's atomic update.
+///
+/// Kubelet writes a new timestamped directory, renames the `..data` symlink onto it and then
+/// deletes the old directory. An open that resolved `..data` just before the rename may find the
+/// old directory gone: that `NotFound` is retried, so a reader always gets the old or the new token
+/// whole (an open file keeps its contents even after the unlink).
+pub fn read_token(path: &Path) -> Result<SecretValue, SourceError> {
+    let mut attempt = 0;
+    loop {
+        match super::read_bounded(path, MAX_SECRET_SIZE) {
+            Ok(bytes) => {
+                let mut value = SecretValue::new(bytes);
+                // Projected tokens carry no newline, but a hand-written mock file might.
+                if value.expose().ends_with(b"\n") {
+                    let trimmed = value.expose().trim_ascii_end().to_vec();
+                    value = SecretValue::new(trimmed);
+                }
+                return Ok(value);
+            }
+            Err(e) if e.kind == ErrorKind::Missing && attempt < SWAP_RETRIES => {
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => {
+                return Err(SourceError::new(
+                    e.kind,
+                    format!(
+                        "web identity token: {e}. It comes from AWS_WEB_IDENTITY_TOKEN_FILE \
+                         (or --token-file); on EKS check the service account's \
+                         eks.amazonaws.com/role-arn annotation and the projected token volume"
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+fn token_error(file: &Path, err: &TokenError) -> SourceError {
+    let hint = match err {
+        TokenError::Expired { .. } => {
+            "kubelet rotates projected tokens at 80% of their lifetime: check that the file is the \
+             projected volume (not a copy) and that kubelet is running"
+        }
+        TokenError::NotYetValid { .. } => "check this machine's clock",
+        TokenError::WrongAudience { .. } => {
+            "set the projected token's audience (eks.amazonaws.com/audience) or pass --audience"
+        }
+        TokenError::Malformed(_) => "the file must hold a service-account token (a JWT)",
+    };
+    SourceError::new(
+        ErrorKind::Invalid,
+        format!("web identity token in {} {err}; {hint}", file.display()),
+    )
+}
+
+/// Checks `arn:<partition>:iam::<12 digits>:role/<path/><name>`.
+pub fn check_role_arn(arn: &str) -> Result<(), String> {
+    let fail = |why: &str| {
+        Err(format!(
+            "role ARN {arn:?} {why}; expected arn:<partition>:iam::<12-digit account>:role/<name>, \
+             e.g. arn:aws:iam::111122223333:role/ci-builder"
+        ))
+    };
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    if parts.len() != 6 || parts[0] != "arn" {
+        return fail("is not an ARN");
+    }
+    let (partition, service, region, account, resource) =
+        (parts[1], parts[2], parts[3], parts[4], parts[5]);
+    if partition.is_empty()
+        || !partition
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '-')
+    {
+        return fail("has an invalid partition");
+    }
+    if service != "iam" || !region.is_empty() {
+        return fail("is not an IAM ARN");
+    }
+    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return fail("does not have a 12-digit account id");
+    }
+    let Some(path_name) = resource.strip_prefix("role/") else {
+        return fail("is not a role");
+    };
+    let name = path_name.rsplit('/').next().unwrap_or_default();
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c);
+    if name.is_empty() || name.len() > 64 || !path_name.chars().all(ok_char) {
+        return fail("has an invalid role name");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn role_arns_are_checked_for_shape() {
+        for ok in [
+            "arn:aws:iam::111122223333:role/ci-builder",
+            "arn:aws-cn:iam::123456789012:role/team/path/sccache+rw@ci",
+            "arn:aws-us-gov:iam::123456789012:role/a",
+        ] {
+            assert_eq!(check_role_arn(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("", "is not an ARN"),
+            ("arn:aws:iam::1234:role/x", "12-digit"),
+            (
+                "arn:aws:sts::123456789012:assumed-role/x/y",
+                "not an IAM ARN",
+            ),
+            ("arn:aws:iam::123456789012:user/x", "not a role"),
+            ("arn:aws:iam::123456789012:role/", "invalid role name"),
+            (
+                "arn:aws:iam::123456789012:role/bad name",
+                "invalid role name",
+            ),
+            ("arn:AWS:iam::123456789012:role/x", "invalid partition"),
+            (
+                "arn:aws:iam:us-east-1:123456789012:role/x",
+                "not an IAM ARN",
+            ),
+        ] {
+            let err = check_role_arn(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! A team's other build secrets, declared with buildx's `--secret` syntax and served with
+//! buildx's semantics: a file is re-read on every request, a variable is read when asked.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use futures_util::future::BoxFuture;
+
+use super::{read_bounded, ErrorKind, Source, SourceError};
+use crate::secret::{SecretValue, MAX_SECRET_SIZE};
+
+/// Where one static secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A file, read at request time.
+    File(PathBuf),
+    /// An environment variable of the helper's process, read at request time.
+    Env(String),
+}
+
+/// One `--secret id=ID,src=FILE|env=VAR` declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSpec {
+    /// The id a `RUN --mount=type=secret,id=...` asks for.
+    pub id: String,
+    /// Where the value comes from.
+    pub origin: Origin,
+}
+
+impl FromStr for SecretSpec {
+    type Err = String;
+
+    /// Parses buildx's syntax: comma-separated `key=value` fields with keys `type` (`file` or
+    /// `env`), `id`, `src`/`source` and `env`. With neither `src` nor `env`, the id names an
+    /// environment variable if one is set, else a file; `type=env` makes `src` a variable name.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut typ, mut id, mut src, mut env) = (None, None, None, None);
+        for field in s.split(',') {
+            let (key, value) = field.split_once('=').ok_or_else(|| {
+                format!("invalid field {field:?} in --secret: must be a key=value pair")
+            })?;
+            match key.to_ascii_lowercase().as_str() {
+                "type" if value == "file" || value == "env" => typ = Some(value.to_string()),
+                "type" => {
+                    return Err(format!(
+                        "unsupported secret type {value:?}: use file or env"
+                    ))
+                }
+                "id" => id = Some(value.to_string()),
+                "src" | "source" => src = Some(value.to_string()),
+                "env" => env = Some(value.to_string()),
+                _ => {
+                    return Err(format!(
+                        "unexpected key {key:?} in --secret {field:?}: use id, src, env or type"
+                    ))
+                }
+            }
+        }
+        let id = id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| format!("--secret {s:?} has no id: add id=NAME"))?;
+        if typ.as_deref() == Some("env") && env.is_none() {
+            env = src.take();
+        }
+        let origin = match (env, src) {
+            (Some(var), _) => Origin::Env(var),
+            (None, Some(path)) => Origin::File(path.into()),
+            (None, None) if std::env::var_os(&id).is_some() => Origin::Env(id.clone()),
+            (None, None) => Origin::File(id.clone().into()),
+        };
+        Ok(SecretSpec { id, origin })
+    }
+}
+
+/// Serves declared secrets by id.
+#[derive(Debug)]
+pub struct Static {
+    specs: BTreeMap<String, Origin>,
+}
+
+impl Static {
+    /// Checks, as buildx does at session start, that each file exists and is within the size
+    /// limit, so a typo fails at start-up. Later ids win over earlier ones with the same name.
+    pub fn new(specs: Vec<SecretSpec>) -> Result<Self, String> {
+        for spec in &specs {
+            if let Origin::File(path) = &spec.origin {
+                let meta = std::fs::metadata(path).map_err(|e| {
+                    format!(
+                        "--secret id={}: cannot stat {}: {e}",
+                        spec.id,
+                        path.display()
+                    )
+                })?;
+                if meta.len() > MAX_SECRET_SIZE as u64 {
+                    return Err(format!(
+                        "--secret id={}: {} is larger than {} KiB, BuildKit's limit",
+                        spec.id,
+                        path.display(),
+                        MAX_SECRET_SIZE / 1024
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            specs: specs.into_iter().map(|s| (s.id, s.origin)).collect(),
+        })
+    }
+}
+
+impl Source for Static {
+    fn name(&self) -> &'static str {
+        "static"
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.specs.keys().cloned().collect()
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
+        Box::pin(async move {
+            let value = match self.specs.get(id) {
+                None => return Ok(None),
+                Some(Origin::File(path)) => read_bounded(path, MAX_SECRET_SIZE)?,
+                // buildx serves an unset variable as an empty value; the provider refuses empty
+                // values with a clear message, so say which variable it was here.
+                Some(Origin::Env(var)) => match std::env::var_os(var) {
+                    Some(v) => std::os::unix::ffi::OsStringExt::into_vec(v),
+                    None => {
+                        return Err(SourceError::new(
+                            ErrorKind::Missing,
+                            format!("secret {id}: environment variable {var} is not set in the helper's environment"),
+                        ))
+                    }
+                },
+            };
+            Ok(Some(SecretValue::new(value)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<SecretSpec, String> {
+        s.parse()
+    }
+
+    #[test]
+    fn buildx_syntax_is_accepted() {
+        assert_eq!(
+            parse("id=npm,src=/run/npmrc").unwrap(),
+            SecretSpec {
+                id: "npm".into(),
+                origin: Origin::File("/run/npmrc".into())
+            }
+        );
+        assert_eq!(
+            parse("id=a,source=f").unwrap().origin,
+            Origin::File("f".into())
+        );
+        assert_eq!(
+            parse("id=a,env=TOKEN").unwrap().origin,
+            Origin::Env("TOKEN".into())
+        );
+        assert_eq!(
+            parse("type=env,id=a,src=TOKEN").unwrap().origin,
+            Origin::Env("TOKEN".into())
+        );
+        assert_eq!(
+            parse("ID=a,SRC=f,Type=file").unwrap().origin,
+            Origin::File("f".into())
+        );
+        assert_eq!(
+            parse("id=a,src=f,env=V").unwrap().origin,
+            Origin::Env("V".into()),
+            "env wins, as in buildx"
+        );
+        // With neither src nor env: a variable named like the id if set (PATH always is), else a file.
+        assert_eq!(parse("id=PATH").unwrap().origin, Origin::Env("PATH".into()));
+        assert_eq!(
+            parse("id=irsa-secrets-no-such-var").unwrap().origin,
+            Origin::File("irsa-secrets-no-such-var".into())
+        );
+    }
+
+    #[test]
+    fn bad_declarations_say_what_to_fix() {
+        for (bad, msg) in [
+            ("src=f", "has no id"),
+            ("id=,src=f", "has no id"),
+            ("id=a,type=cmd", "unsupported secret type"),
+            ("id=a,foo=b", "unexpected key"),
+            ("id=a,src", "must be a key=value pair"),
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert!(err.contains(msg), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn files_are_read_at_request_time_and_missing_ones_fail_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s");
+        std::fs::write(&path, "one").unwrap();
+        let src = Static::new(vec![SecretSpec {
+            id: "s".into(),
+            origin: Origin::File(path.clone()),
+        }])
+        .unwrap();
+        assert_eq!(src.fetch("s").await.unwrap().unwrap().expose(), b"one");
+        std::fs::write(&path, "two").unwrap();
+        assert_eq!(src.fetch("s").await.unwrap().unwrap().expose(), b"two");
+        assert!(src.fetch("other").await.unwrap().is_none());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(src.fetch("s").await.unwrap_err().kind, ErrorKind::Missing);
+
+        let err = Static::new(vec![SecretSpec {
+            id: "x".into(),
+            origin: Origin::File(path),
+        }])
+        .unwrap_err();
+        assert!(err.contains("cannot stat"), "{err}");
+    }
+}

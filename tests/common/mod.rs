@@ -1,0 +1,269 @@
+//! Test harness: runs the real `irsa-secrets` binary on private sockets in temp dirs, at trace
+//! log level, and checks on teardown that no secret value reached its output.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use irsa_secrets::proto::secrets::secrets_client::SecretsClient;
+use irsa_secrets::secret::SecretValue;
+use tonic::transport::Channel;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_irsa-secrets")
+}
+
+/// A `Command` for the binary with a clean identity environment and trace logging.
+pub fn command() -> Command {
+    let mut cmd = Command::new(bin());
+    for var in [
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_REGION",
+        "IRSA_SECRETS_MOCK",
+        "IRSA_SECRETS_LISTEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("RUST_LOG", "trace");
+    cmd
+}
+
+/// Values that must never appear in any output, shared by everything a test starts.
+#[derive(Clone, Default)]
+pub struct Radioactive(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Radioactive {
+    /// Adds a value to watch for (ignores values too short to be meaningful).
+    pub fn watch(&self, value: &[u8]) {
+        if value.len() >= 8 {
+            self.0.lock().unwrap().push(value.to_vec());
+        }
+    }
+
+    /// Panics if `text` holds any watched value.
+    pub fn assert_absent(&self, what: &str, text: &[u8]) {
+        let values = self.0.lock().unwrap();
+        let matcher = aho_corasick::AhoCorasick::new(values.iter()).unwrap();
+        if let Some(m) = matcher.find(text) {
+            panic!("a secret value ({} bytes) leaked into {what}", m.len());
+        }
+    }
+}
+
+/// A helper process serving on a socket in its own temp dir.
+pub struct Helper {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub radioactive: Radioactive,
+}
+
+impl Helper {
+    /// Starts `irsa-secrets serve --listen unix://DIR/helper.sock ARGS...` and waits for the socket.
+    pub fn serve(
+        dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        radioactive: &Radioactive,
+    ) -> Helper {
+        let socket = dir.join("helper.sock");
+        let mut cmd = command();
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()));
+        cmd.args(args);
+        Self::spawn(cmd, socket, dir, env, radioactive)
+    }
+
+    /// Spawns `cmd`, logging to DIR/helper-N.log, and waits for `socket` to accept connections.
+    pub fn spawn(
+        mut cmd: Command,
+        socket: PathBuf,
+        dir: &Path,
+        env: &[(&str, &str)],
+        radioactive: &Radioactive,
+    ) -> Helper {
+        let log = dir.join(format!(
+            "helper-{}.log",
+            std::process::id() as u64 * 1000 + rand_suffix()
+        ));
+        let log_file = std::fs::File::create(&log).unwrap();
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdout(Stdio::null()).stderr(log_file);
+        let child = cmd.spawn().expect("start irsa-secrets");
+        let mut helper = Helper {
+            child: Some(child),
+            socket,
+            log,
+            radioactive: radioactive.clone(),
+        };
+        helper.wait_ready();
+        helper
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "helper exited with {status} before listening:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("helper did not listen within 20 s:\n{}", self.log_text());
+    }
+
+    /// A Secrets client on the helper's socket.
+    pub async fn client(&self) -> SecretsClient<Channel> {
+        irsa_secrets::client::secrets(&self.socket).await.unwrap()
+    }
+
+    /// Fetches `id`, recording the value as radioactive.
+    pub async fn get(
+        &self,
+        client: &mut SecretsClient<Channel>,
+        id: &str,
+    ) -> Result<SecretValue, tonic::Status> {
+        let r = irsa_secrets::client::get_secret(client, id).await;
+        if let Ok(v) = &r {
+            self.radioactive.watch(v.expose());
+        }
+        r
+    }
+
+    /// The helper's log so far.
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    /// Sends SIGTERM and waits for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("helper ignored SIGTERM for 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read(&self.log).unwrap_or_default();
+        if !std::thread::panicking() {
+            self.radioactive
+                .assert_absent("the helper's trace log", &log);
+        }
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs the binary to completion and checks its output for watched values.
+pub fn run(cmd: &mut Command, radioactive: &Radioactive) -> Output {
+    let out = cmd.output().expect("run irsa-secrets");
+    radioactive.assert_absent("stdout", &out.stdout);
+    radioactive.assert_absent("stderr", &out.stderr);
+    out
+}
+
+/// A JWT with the given lifetime window (seconds relative to now), audience sts.amazonaws.com.
+pub fn token(exp_in: i64, nbf_in: i64) -> String {
+    token_with(exp_in, nbf_in, "sts.amazonaws.com")
+}
+
+/// A JWT with the given lifetime window and audience.
+pub fn token_with(exp_in: i64, nbf_in: i64, aud: &str) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({
+        "iss": "https://oidc.eks.eu-west-1.amazonaws.com/id/TEST",
+        "sub": "system:serviceaccount:ci:runner",
+        "aud": [aud],
+        "exp": now + exp_in,
+        "nbf": now + nbf_in,
+        "iat": now + nbf_in,
+        "jti": format!("{:016x}", rand_suffix() ^ now as u64),
+    });
+    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"test"}"#);
+    let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let s = URL_SAFE_NO_PAD.encode(format!("signature-{}", rand_suffix()));
+    format!("{h}.{p}.{s}")
+}
+
+/// A kubelet-style projected token directory: `token -> ..data/token`, `..data -> ..TS`.
+pub struct Projected {
+    pub dir: PathBuf,
+    generation: u64,
+}
+
+impl Projected {
+    /// Creates the layout with an initial token.
+    pub fn new(dir: &Path, token: &str) -> Projected {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut p = Projected {
+            dir: dir.to_path_buf(),
+            generation: 0,
+        };
+        p.swap(token);
+        std::os::unix::fs::symlink("..data/token", dir.join("token")).unwrap();
+        p
+    }
+
+    /// The path builds read.
+    pub fn token_path(&self) -> PathBuf {
+        self.dir.join("token")
+    }
+
+    /// Rotates as kubelet's atomic writer does: new dir, new `..data_tmp` link renamed over
+    /// `..data`, old dir removed.
+    pub fn swap(&mut self, token: &str) {
+        self.generation += 1;
+        let new = format!("..gen{}", self.generation);
+        let new_dir = self.dir.join(&new);
+        std::fs::create_dir(&new_dir).unwrap();
+        std::fs::write(new_dir.join("token"), token).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&new, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        if self.generation > 1 {
+            std::fs::remove_dir_all(self.dir.join(format!("..gen{}", self.generation - 1)))
+                .unwrap();
+        }
+    }
+}
