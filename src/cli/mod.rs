@@ -17,6 +17,7 @@ use crate::sources::{IdentityIds, Source};
 mod inspect;
 mod mock;
 mod probe;
+mod proxy;
 mod serve;
 
 /// Serve the runner's AWS identity (IRSA) to BuildKit builds as session secrets.
@@ -44,6 +45,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Stand in front of the Docker daemon: builds through this socket get the secrets.
+    Proxy(proxy::ProxyArgs),
     /// Serve the Secrets service alone on a unix socket (for tests, embedding and debugging).
     Serve(serve::ServeArgs),
     /// Ask a running helper for secrets and print their size and fingerprint, never the value.
@@ -61,6 +64,7 @@ impl Cli {
     /// Runs the chosen command; the exit code is the command's verdict.
     pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
         match self.command {
+            Command::Proxy(args) => proxy::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Probe(args) => probe::run(args).await,
             Command::Token(args) => inspect::token(args),

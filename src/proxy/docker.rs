@@ -1,0 +1,241 @@
+//! The Docker Engine API front door: a transparent HTTP/1.1 proxy in which `POST /session`
+//! (the build session of `docker build` and the buildx docker driver) is joined through the
+//! splice instead of passed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{CONNECTION, UPGRADE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::sync::{mpsc, Mutex};
+
+use super::{Io, Upstream};
+use crate::proto::GET_SECRET_PATH;
+use crate::provider::Provider;
+use crate::session::{self, SessionInfo};
+
+/// Session headers, as the docker CLI and buildx send them on `/session`.
+const SESSION_UUID: &str = "x-docker-expose-session-uuid";
+const SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
+
+type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// Work that continues on a connection after it was upgraded (a session splice, a hijacked
+/// attach stream); run by the connection's own task, so it ends with the connection.
+type Upgraded = BoxFuture<'static, ()>;
+
+/// Serves one client connection: every request goes to a dedicated upstream connection, so
+/// keep-alive, ordering and hijacking behave as they would directly.
+pub async fn serve_connection(client: impl Io, upstream: Upstream, provider: Provider) {
+    let send = match connect(&upstream).await {
+        Ok(send) => Some(send),
+        Err(e) => {
+            tracing::warn!(%upstream, error = %e, "daemon unreachable");
+            None
+        }
+    };
+    let (upgrades, mut upgraded) = mpsc::unbounded_channel::<Upgraded>();
+    let state = Arc::new(Conn {
+        send: Mutex::new(send),
+        upstream,
+        provider,
+        upgrades,
+    });
+    let service = hyper::service::service_fn(move |req| Arc::clone(&state).handle(req));
+    let served = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+    // Everything spawned for an upgraded request lives here, inside this task.
+    while let Ok(job) = upgraded.try_recv() {
+        job.await;
+    }
+}
+
+/// Aborts the upstream connection's task when the client connection's task ends.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn connect(upstream: &Upstream) -> Result<(SendRequest<Body>, AbortOnDrop), String> {
+    let io = upstream.connect().await.map_err(|e| e.to_string())?;
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    let task = tokio::spawn(async move {
+        if let Err(e) = conn.with_upgrades().await {
+            tracing::debug!(error = %e, "daemon connection ended with an error");
+        }
+    });
+    Ok((send, AbortOnDrop(task.abort_handle())))
+}
+
+struct Conn {
+    send: Mutex<Option<(SendRequest<Body>, AbortOnDrop)>>,
+    upstream: Upstream,
+    provider: Provider,
+    upgrades: mpsc::UnboundedSender<Upgraded>,
+}
+
+impl Conn {
+    async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> Result<Response<Body>, hyper::Error> {
+        let session = is_session(&req).then(|| session_info(&req));
+        if let Some(info) = &session {
+            add_secrets_method(&mut req, info);
+        }
+        let client_upgrade = req
+            .headers()
+            .contains_key(UPGRADE)
+            .then(|| hyper::upgrade::on(&mut req));
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let mut res = match self.forward(req).await {
+            Ok(res) => res,
+            Err(e) => {
+                tracing::warn!(%method, %path, upstream = %self.upstream, error = %e, "daemon did not answer");
+                return Ok(error_response(
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "irsa-secrets: the Docker daemon at {} did not answer: {e}. Check that it \
+                         is running and that --upstream points at its socket",
+                        self.upstream
+                    ),
+                ));
+            }
+        };
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let daemon_upgrade = hyper::upgrade::on(&mut res);
+                let provider = self.provider.clone();
+                let job: Upgraded = Box::pin(async move {
+                    let (client, daemon) = match tokio::try_join!(client_upgrade, daemon_upgrade) {
+                        Ok(pair) => pair,
+                        Err(e) => return tracing::warn!(error = %e, "upgrade failed"),
+                    };
+                    let (client, daemon) = (TokioIo::new(client), TokioIo::new(daemon));
+                    match session {
+                        Some(info) => {
+                            tracing::info!(session = %info.id, "build session joined");
+                            let result =
+                                session::splice(client, daemon, info.clone(), provider).await;
+                            tracing::info!(session = %info.id, ended = ?result.err(), "build session ended");
+                        }
+                        None => pipe(client, daemon).await,
+                    }
+                });
+                let _ = self.upgrades.send(job);
+            }
+        }
+        Ok(res.map(BodyExt::boxed_unsync))
+    }
+
+    async fn forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
+        let mut slot = self.send.lock().await;
+        if slot.as_ref().is_none_or(|(send, _)| send.is_closed()) {
+            *slot = Some(connect(&self.upstream).await?);
+        }
+        let (send, _) = slot.as_mut().expect("connected above");
+        send.ready().await.map_err(|e| e.to_string())?;
+        send.send_request(req.map(BodyExt::boxed_unsync))
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Copies bytes both ways until both sides are done (hijacked attach/exec streams, `/grpc`).
+async fn pipe(mut client: impl Io, mut daemon: impl Io) {
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut daemon).await {
+        tracing::debug!(error = %e, "upgraded stream ended with an error");
+    }
+}
+
+/// `POST /session` or `/vX.Y/session` asking for an upgrade.
+fn is_session(req: &Request<Incoming>) -> bool {
+    req.method() == http::Method::POST
+        && req.headers().contains_key(UPGRADE)
+        && strip_version(req.uri().path()) == "/session"
+}
+
+/// The Engine API accepts every path with or without a `/vX.Y` prefix.
+fn strip_version(path: &str) -> &str {
+    if let Some(rest) = path.strip_prefix("/v") {
+        if let Some(i) = rest.find('/') {
+            if rest[..i].chars().all(|c| c.is_ascii_digit() || c == '.') {
+                return &rest[i..];
+            }
+        }
+    }
+    path
+}
+
+fn session_info(req: &Request<Incoming>) -> SessionInfo {
+    let headers = req.headers();
+    SessionInfo {
+        id: headers
+            .get(SESSION_UUID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        client_methods: headers
+            .get_all(SESSION_METHOD)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect(),
+    }
+}
+
+/// Advertises GetSecret upstream when the client does not serve it itself.
+fn add_secrets_method(req: &mut Request<Incoming>, info: &SessionInfo) {
+    if !info.client_serves_secrets() {
+        req.headers_mut()
+            .append(SESSION_METHOD, HeaderValue::from_static(GET_SECRET_PATH));
+    }
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut res = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_and_plain_paths_match() {
+        assert_eq!(strip_version("/v1.41/session"), "/session");
+        assert_eq!(strip_version("/session"), "/session");
+        assert_eq!(strip_version("/v1.41/containers/json"), "/containers/json");
+        assert_eq!(strip_version("/volumes/v1/x"), "/volumes/v1/x");
+        assert_eq!(strip_version("/vx/session"), "/vx/session");
+    }
+}

@@ -1,0 +1,235 @@
+//! The session splice: joins one BuildKit session between a build client and a daemon.
+//!
+//! Inside a session tunnel the daemon is the HTTP/2 (gRPC) client and the build client is the
+//! server. The splice terminates both tunnels: toward the daemon it is an HTTP/2 server, toward
+//! the client an HTTP/2 client. `Secrets/GetSecret` goes to the provider for the ids it owns
+//! (unless the client serves the same id itself: explicit beats implicit); every other call
+//! (FileSync, Auth, SSH, Upload, health, the client's own secrets, methods not yet invented) is
+//! forwarded as raw HTTP/2 streams: headers, body frames and trailers, never buffered whole.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::body::BoxBody;
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+use tower::Service;
+
+use crate::proto::secrets::secrets_client::SecretsClient;
+use crate::proto::secrets::secrets_server::{Secrets, SecretsServer};
+use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use crate::proto::GET_SECRET_PATH;
+use crate::provider::Provider;
+
+/// HTTP/2 flow-control windows for both tunnels. The build context streams through the splice;
+/// the 64 KiB protocol default would cap it at one window per round trip.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// What the splice knows of a session, from its `X-Docker-Expose-Session-*` headers.
+#[derive(Debug, Clone, Default)]
+pub struct SessionInfo {
+    /// The session id (`X-Docker-Expose-Session-Uuid`); kept as is upstream.
+    pub id: String,
+    /// The methods the client serves (`X-Docker-Expose-Session-Grpc-Method`).
+    pub client_methods: Vec<String>,
+}
+
+impl SessionInfo {
+    /// True when the client serves secrets itself (it was given `--secret`).
+    pub fn client_serves_secrets(&self) -> bool {
+        self.client_methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(GET_SECRET_PATH))
+    }
+}
+
+/// Runs the splice until either side ends; then both tunnels are closed and every stream task
+/// of the session fails and ends with them.
+pub async fn splice<C, D>(
+    client: C,
+    daemon: D,
+    info: SessionInfo,
+    provider: Provider,
+) -> Result<(), SpliceError>
+where
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    D: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (send, client_conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake::<_, BoxBody>(TokioIo::new(client))
+        .await
+        .map_err(SpliceError::Client)?;
+    let to_client = ToClient(send);
+    let secrets = SecretsServer::new(SessionSecrets {
+        provider,
+        client: info.client_serves_secrets().then(|| {
+            SecretsClient::with_origin(to_client.clone(), Uri::from_static("http://localhost"))
+        }),
+        session: info.id.clone(),
+    });
+    let router = Router { to_client, secrets };
+    let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .serve_connection(
+            TokioIo::new(daemon),
+            hyper::service::service_fn(move |req| router.clone().route(req)),
+        );
+    tracing::debug!(session = %info.id, "splice running");
+    let result = tokio::select! {
+        r = client_conn => r.map_err(SpliceError::Client),
+        r = server => r.map_err(SpliceError::Daemon),
+    };
+    tracing::debug!(session = %info.id, ?result, "splice ended");
+    result
+}
+
+/// Why a splice ended other than by a clean close.
+#[derive(Debug, thiserror::Error)]
+pub enum SpliceError {
+    /// The client's side of the session failed.
+    #[error("client side of the session: {0}")]
+    Client(#[source] hyper::Error),
+    /// The daemon's side of the session failed.
+    #[error("daemon side of the session: {0}")]
+    Daemon(#[source] hyper::Error),
+}
+
+/// Routes the daemon's calls: GetSecret to the typed service, the rest to the client.
+#[derive(Clone)]
+struct Router {
+    to_client: ToClient,
+    secrets: SecretsServer<SessionSecrets>,
+}
+
+impl Router {
+    async fn route(mut self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+        if req.uri().path() == GET_SECRET_PATH {
+            return Ok(self
+                .secrets
+                .call(req)
+                .await
+                .unwrap_or_else(|never| match never {}));
+        }
+        let path = req.uri().path().to_string();
+        tracing::trace!(%path, "forwarding to the client");
+        let req = req.map(|body| body.map_err(to_status).boxed_unsync());
+        match self.to_client.call(req).await {
+            Ok(res) => Ok(res.map(|body| body.map_err(to_status).boxed_unsync())),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "client did not answer");
+                Ok(Status::unavailable(format!(
+                    "irsa-secrets: the build client's session is gone: {e}"
+                ))
+                .into_http())
+            }
+        }
+    }
+}
+
+/// A body error as a gRPC status, so forwarded bodies share tonic's body type.
+fn to_status(e: hyper::Error) -> Status {
+    Status::from_error(Box::new(e))
+}
+
+/// The HTTP/2 connection to the build client, as a tower service (what tonic's client needs).
+#[derive(Clone)]
+struct ToClient(SendRequest<BoxBody>);
+
+impl Service<Request<BoxBody>> for ToClient {
+    type Response = Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = BoxFuture<'static, Result<Response<Incoming>, hyper::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
+        // The daemon's requests carry `:authority localhost`; make the URI absolute either way.
+        if req.uri().scheme().is_none() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            if let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority("localhost")
+                .path_and_query(path)
+                .build()
+            {
+                *req.uri_mut() = uri;
+            }
+        }
+        let fut = self.0.send_request(req);
+        Box::pin(fut)
+    }
+}
+
+/// The session's Secrets service: the client's own value first when it serves the id, then the
+/// provider for the ids it owns; everything else is the client's answer.
+#[derive(Clone)]
+struct SessionSecrets {
+    provider: Provider,
+    client: Option<SecretsClient<ToClient>>,
+    session: String,
+}
+
+impl SessionSecrets {
+    async fn ask_client(
+        &self,
+        request: &GetSecretRequest,
+    ) -> Option<Result<GetSecretResponse, Status>> {
+        let mut client = self.client.clone()?;
+        Some(
+            client
+                .get_secret(request.clone())
+                .await
+                .map(GrpcResponse::into_inner),
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl Secrets for SessionSecrets {
+    async fn get_secret(
+        &self,
+        request: GrpcRequest<GetSecretRequest>,
+    ) -> Result<GrpcResponse<GetSecretResponse>, Status> {
+        let request = request.into_inner();
+        let id = request.id.clone();
+        if !self.provider.owns(&id) {
+            return match self.ask_client(&request).await {
+                Some(answer) => answer.map(GrpcResponse::new),
+                None => Err(Status::not_found(format!("secret {id} not found"))),
+            };
+        }
+        match self.ask_client(&request).await {
+            Some(Ok(answer)) => {
+                tracing::info!(session = %self.session, id, "the client's own --secret wins over the helper's value");
+                return Ok(GrpcResponse::new(answer));
+            }
+            Some(Err(status))
+                if status.code() != tonic::Code::NotFound
+                    && status.code() != tonic::Code::Unimplemented =>
+            {
+                tracing::warn!(session = %self.session, id, code = ?status.code(), "the client's own secret failed; serving the helper's");
+            }
+            _ => {}
+        }
+        let value = self.provider.get(&id).await?;
+        Ok(GrpcResponse::new(GetSecretResponse {
+            data: value.expose().to_vec(),
+        }))
+    }
+}
