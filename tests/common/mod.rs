@@ -267,3 +267,4 @@ impl Projected {
         }
     }
 }
+pub mod dockerd;

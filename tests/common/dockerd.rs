@@ -1,0 +1,212 @@
+//! A private Docker daemon for tests: its own data, exec root, pidfile and socket in a temp
+//! dir, no bridge, no iptables, no forwarding; stopped (and its mounts released) on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The docker CLI with BuildKit built in (20.10 from Debian's docker.io).
+pub const DOCKER: &str = "/usr/bin/docker";
+/// The daemon binary.
+pub const DOCKERD: &str = "/usr/sbin/dockerd";
+/// The base image every test Dockerfile starts FROM.
+pub const BASE_IMAGE: &str = "irsa-test-base";
+
+/// A running private dockerd.
+pub struct Dockerd {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    child: Option<Child>,
+}
+
+/// True when this machine can run the daemon tests (root and Debian's docker.io present).
+pub fn available() -> Result<(), String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("the dockerd tests need root".into());
+    }
+    for bin in [DOCKER, DOCKERD, "/bin/busybox"] {
+        if !Path::new(bin).exists() {
+            return Err(format!("{bin} is missing: run scripts/deps"));
+        }
+    }
+    Ok(())
+}
+
+impl Dockerd {
+    /// Starts a daemon under `root` and imports the busybox base image.
+    pub fn start(root: &Path) -> Dockerd {
+        let mut d = Dockerd {
+            root: root.to_path_buf(),
+            socket: root.join("docker.sock"),
+            child: None,
+        };
+        d.launch();
+        d.import_base_image();
+        d
+    }
+
+    fn launch(&mut self) {
+        std::fs::create_dir_all(&self.root).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join("dockerd.log"))
+            .unwrap();
+        let r = &self.root;
+        let child = Command::new(DOCKERD)
+            .arg("--data-root")
+            .arg(r.join("data"))
+            .arg("--exec-root")
+            .arg(r.join("exec"))
+            .arg("--pidfile")
+            .arg(r.join("dockerd.pid"))
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args([
+                "--bridge=none",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--ip-forward=false",
+                "--ip-masq=false",
+            ])
+            .args([
+                "--containerd-namespace",
+                "irsa-test",
+                "--containerd-plugins-namespace",
+                "irsa-test-plugins",
+            ])
+            .env_remove("DOCKER_HOST")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if self
+                .docker()
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("dockerd exited with {status}:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dockerd did not come up in 60 s:\n{}", self.log_tail());
+    }
+
+    /// The last lines of the daemon's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.root.join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// A docker CLI command talking to this daemon directly.
+    pub fn docker(&self) -> Command {
+        docker_on(&self.socket)
+    }
+
+    fn import_base_image(&self) {
+        let rootfs = self.root.join("rootfs");
+        std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
+        for applet in [
+            "sh",
+            "sha256sum",
+            "cat",
+            "find",
+            "sort",
+            "xargs",
+            "sleep",
+            "echo",
+            "wc",
+            "ls",
+            "test",
+            "true",
+        ] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).unwrap();
+        }
+        let tar = self.root.join("rootfs.tar");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(&rootfs)
+            .arg("-cf")
+            .arg(&tar)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let out = self
+            .docker()
+            .arg("import")
+            .arg(&tar)
+            .arg(BASE_IMAGE)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL after 20 s).
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops and starts the daemon on the same paths.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        self.stop();
+        // Release anything the daemon left mounted under its root before the temp dir goes.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let root = self.root.display().to_string();
+        let mut targets: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| m.starts_with(&root))
+            .collect();
+        targets.sort_by_key(|t| std::cmp::Reverse(t.len()));
+        for t in targets {
+            let _ = Command::new("umount").arg("-l").arg(t).status();
+        }
+    }
+}
+
+/// A docker CLI command on `socket` (the daemon's or the helper's), with BuildKit on.
+pub fn docker_on(socket: &Path) -> Command {
+    let mut cmd = Command::new(DOCKER);
+    cmd.env("DOCKER_HOST", format!("unix://{}", socket.display()))
+        .env("DOCKER_BUILDKIT", "1")
+        .env(
+            "DOCKER_CONFIG",
+            socket.parent().unwrap().join("docker-config"),
+        )
+        .env_remove("BUILDKIT_PROGRESS");
+    cmd
+}

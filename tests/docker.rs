@@ -1,0 +1,428 @@
+//! The Docker front door against a real dockerd (Debian's docker.io, BuildKit v0.8 inside) and
+//! the real docker CLI: builds through the helper socket get the IRSA secrets with no
+//! `--secret` flag, everything else about the build is unchanged.
+//!
+//! One test drives every scenario on one private daemon, so the daemon starts once and is
+//! stopped (by `Drop`) whatever happens.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
+use common::{command, token, Helper, Projected, Radioactive};
+use sha2::{Digest, Sha256};
+
+const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
+
+struct Setup {
+    dir: PathBuf,
+    daemon: Dockerd,
+    helper: Helper,
+    token: String,
+    r: Radioactive,
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Waits for `child` up to `limit`, killing it past that.
+fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "command still running after {limit:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Setup {
+    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        let ctx = self.dir.join(name);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {BASE_IMAGE}\n{dockerfile}\n"),
+        )
+        .unwrap();
+        ctx
+    }
+
+    fn build_cmd(&self, ctx: &Path, extra: &[&str]) -> Command {
+        let mut cmd = docker_on(&self.helper.socket);
+        cmd.args(["build", "--network=none", "--progress=plain", "--no-cache"])
+            .args(extra)
+            .arg(ctx);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Builds through the helper; returns success and the combined output.
+    fn build(&self, ctx: &Path, extra: &[&str]) -> (bool, String) {
+        let out = wait_with_timeout(
+            self.build_cmd(ctx, extra).spawn().unwrap(),
+            Duration::from_secs(300),
+        );
+        self.r.assert_absent("build output", &out.stdout);
+        self.r.assert_absent("build output", &out.stderr);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    fn build_ok(&self, ctx: &Path, extra: &[&str]) -> String {
+        let (ok, text) = self.build(ctx, extra);
+        assert!(
+            ok,
+            "build failed:\n{text}\nhelper log:\n{}\ndockerd:\n{}",
+            tail(&self.helper.log_text()),
+            self.daemon.log_tail()
+        );
+        text
+    }
+
+    fn helper_fds(&self) -> usize {
+        let pid = self.helper.child.as_ref().unwrap().id();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    }
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[test]
+fn docker_build_through_the_helper() {
+    if let Err(why) = dockerd::available() {
+        assert!(
+            std::env::var_os("IRSA_SECRETS_SKIP_DOCKER").is_some(),
+            "{why} (set IRSA_SECRETS_SKIP_DOCKER=1 to skip)"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("irsa-docker-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let r = Radioactive::default();
+    let t = token(3600, -10);
+    r.watch(t.as_bytes());
+    r.watch(ARN.as_bytes());
+    let projected = Projected::new(&dir.join("sa"), &t);
+    let daemon = Dockerd::start(&dir.join("d"));
+    let mut proxy = command();
+    let socket = dir.join("helper.sock");
+    proxy
+        .arg("proxy")
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()));
+    proxy
+        .arg("--upstream")
+        .arg(format!("unix://{}", daemon.socket.display()));
+    let token_file = projected.token_path().display().to_string();
+    let helper = Helper::spawn(
+        proxy,
+        socket,
+        &dir,
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file),
+            ("AWS_ROLE_ARN", ARN),
+            ("RUST_LOG", "debug"),
+        ],
+        &r,
+    );
+    let s = Setup {
+        dir,
+        daemon,
+        helper,
+        token: t,
+        r,
+    };
+
+    let started = Instant::now();
+    let step = |name: &str| eprintln!("[{:>6.1}s] {name}", started.elapsed().as_secs_f64());
+    secrets_arrive_without_flags_and_the_clients_own_secrets_still_work(&s);
+    step("secrets arrive; the client's own secrets still work");
+    let baseline = s.helper_fds();
+    a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries_on(&s);
+    step("a missing required secret fails the build; optional ones are absent");
+    a_large_context_arrives_intact(&s);
+    step("a 210 MB context in 5,000 files arrives intact");
+    eight_parallel_builds(&s);
+    step("8 parallel builds");
+    let s = killed_client_and_restarted_daemon(s);
+    step("killed client, restarted daemon");
+    the_image_holds_neither_value(&s);
+    step("the image holds neither value");
+    descriptors_return_to_baseline(&s, baseline);
+    step("descriptors back to baseline");
+}
+
+fn secrets_arrive_without_flags_and_the_clients_own_secrets_still_work(s: &Setup) {
+    let ctx = s.context(
+        "secrets",
+        "RUN --mount=type=secret,id=aws-web-identity-token --mount=type=secret,id=aws-role-arn \
+         sha256sum /run/secrets/aws-web-identity-token /run/secrets/aws-role-arn",
+    );
+    let out = s.build_ok(&ctx, &["-t", "irsa-test-secrets"]);
+    assert!(
+        out.contains(&format!(
+            "{}  /run/secrets/aws-web-identity-token",
+            sha(s.token.as_bytes())
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}  /run/secrets/aws-role-arn",
+            sha(ARN.as_bytes())
+        )),
+        "{out}"
+    );
+
+    // The client's own --secret: an id the helper does not own arrives intact, and an id the
+    // helper owns is overridden by the client's value (explicit beats implicit).
+    let other = s.dir.join("other.txt");
+    std::fs::write(&other, "client-side-secret-value-0042").unwrap();
+    s.r.watch(b"client-side-secret-value-0042");
+    let arn_override = s.dir.join("arn-override.txt");
+    std::fs::write(&arn_override, "arn:aws:iam::999988887777:role/override").unwrap();
+    s.r.watch(b"arn:aws:iam::999988887777:role/override");
+    let ctx = s.context(
+        "client-secrets",
+        "RUN --mount=type=secret,id=aws-web-identity-token --mount=type=secret,id=aws-role-arn \
+         --mount=type=secret,id=other sha256sum /run/secrets/aws-web-identity-token \
+         /run/secrets/aws-role-arn /run/secrets/other",
+    );
+    let out = s.build_ok(
+        &ctx,
+        &[
+            "--secret",
+            &format!("id=other,src={}", other.display()),
+            "--secret",
+            &format!("id=aws-role-arn,src={}", arn_override.display()),
+        ],
+    );
+    assert!(
+        out.contains(&format!(
+            "{}  /run/secrets/other",
+            sha(b"client-side-secret-value-0042")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}  /run/secrets/aws-role-arn",
+            sha(b"arn:aws:iam::999988887777:role/override")
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}  /run/secrets/aws-web-identity-token",
+            sha(s.token.as_bytes())
+        )),
+        "{out}"
+    );
+    assert!(s
+        .helper
+        .log_text()
+        .contains("the client's own --secret wins"));
+}
+
+fn a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries_on(s: &Setup) {
+    let ctx = s.context("missing", "RUN --mount=type=secret,id=nobody-has-this,required sha256sum /run/secrets/nobody-has-this");
+    let (ok, out) = s.build(&ctx, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("secret nobody-has-this not found"), "{out}");
+    // An optional secret nobody has is simply absent, as with buildx.
+    let ctx = s.context(
+        "optional",
+        "RUN --mount=type=secret,id=nobody-has-this test ! -e /run/secrets/nobody-has-this",
+    );
+    s.build_ok(&ctx, &[]);
+}
+
+/// Deterministic, incompressible file contents.
+fn fill(buf: &mut [u8], mut seed: u64) {
+    for chunk in buf.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+}
+
+fn a_large_context_arrives_intact(s: &Setup) {
+    const FILES: usize = 5000;
+    const SIZE: usize = 42 * 1024;
+    let ctx = s.context(
+        "large",
+        "RUN --mount=type=bind,target=/ctx cd /ctx/data && find . -type f | sort | xargs sha256sum | sha256sum",
+    );
+    let mut buf = vec![0u8; SIZE];
+    for i in 0..FILES {
+        let sub = ctx.join(format!("data/d{:02}", i % 50));
+        std::fs::create_dir_all(&sub).unwrap();
+        fill(&mut buf, i as u64 + 1);
+        std::fs::write(sub.join(format!("f{i:05}.bin")), &buf).unwrap();
+    }
+    const { assert!(FILES * SIZE >= 200 * 1000 * 1000) };
+    let local = Command::new("/bin/busybox")
+        .args([
+            "sh",
+            "-c",
+            "cd data && find . -type f | sort | xargs sha256sum | sha256sum",
+        ])
+        .current_dir(&ctx)
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&local.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(want.len(), 64);
+    let out = s.build_ok(&ctx, &[]);
+    assert!(
+        out.contains(&format!("{want}  -")),
+        "checksum of the context inside the build differs:\n{out}"
+    );
+    std::fs::remove_dir_all(ctx.join("data")).unwrap();
+}
+
+fn eight_parallel_builds(s: &Setup) {
+    let want = format!(
+        "{}  /run/secrets/aws-web-identity-token",
+        sha(s.token.as_bytes())
+    );
+    let children: Vec<(usize, Child)> = (0..8)
+        .map(|i| {
+            let ctx = s.context(
+                &format!("parallel-{i}"),
+                &format!("RUN --mount=type=secret,id=aws-web-identity-token echo build-{i} && sha256sum /run/secrets/aws-web-identity-token"),
+            );
+            (i, s.build_cmd(&ctx, &[]).spawn().unwrap())
+        })
+        .collect();
+    for (i, child) in children {
+        let out = wait_with_timeout(child, Duration::from_secs(300));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "parallel build {i} failed:\n{text}");
+        assert!(text.contains(&want), "parallel build {i}:\n{text}");
+    }
+}
+
+/// Starts a build whose step runs long, and waits until the step is running.
+fn start_long_build(s: &Setup, name: &str) -> Child {
+    let ctx = s.context(
+        name,
+        &format!("RUN --mount=type=secret,id=aws-role-arn echo {name}-running && sleep 60"),
+    );
+    let mut child = s
+        .build_cmd(&ctx, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the helper to have served the step's secret: the step has started.
+    let served = |log: &str| log.matches("secret served id=\"aws-role-arn\"").count();
+    let before = served(&s.helper.log_text());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while served(&s.helper.log_text()) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the long build never reached its step"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the long build ended early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+fn killed_client_and_restarted_daemon(mut s: Setup) -> Setup {
+    // A client killed mid-build: the helper drops the session and serves the next build.
+    let mut victim = start_long_build(&s, "killed");
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let quick = s.context(
+        "after-kill",
+        "RUN --mount=type=secret,id=aws-role-arn sha256sum /run/secrets/aws-role-arn",
+    );
+    let out = s.build_ok(&quick, &[]);
+    assert!(out.contains(&sha(ARN.as_bytes())), "{out}");
+
+    // The daemon restarted mid-build: that build fails with a clear error, the next succeeds.
+    let child = start_long_build(&s, "restarted");
+    s.daemon.restart();
+    let out = wait_with_timeout(child, Duration::from_secs(120));
+    let text = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success(),
+        "a build whose daemon went away cannot succeed:\n{text}"
+    );
+    assert!(!text.trim().is_empty(), "the failed build says why");
+    let out = s.build_ok(&quick, &[]);
+    assert!(out.contains(&sha(ARN.as_bytes())), "{out}");
+    s
+}
+
+fn the_image_holds_neither_value(s: &Setup) {
+    let out = s
+        .daemon
+        .docker()
+        .args(["save", "irsa-test-secrets"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.len() > 100_000,
+        "the saved image holds the base layer"
+    );
+    s.r.assert_absent("the built image (docker save)", &out.stdout);
+}
+
+fn descriptors_return_to_baseline(s: &Setup, baseline: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = s.helper_fds();
+        if now <= baseline {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "helper holds {now} descriptors, {baseline} after the first builds"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
