@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod h2;
 pub mod jwt;
 pub mod logging;
 pub mod proto;
@@ -20,3 +21,4 @@ pub mod serve;
 pub mod session;
 pub mod socket;
 pub mod sources;
+pub mod tunnel;

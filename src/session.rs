@@ -8,29 +8,21 @@
 //! forwarded as raw HTTP/2 streams: headers, body frames and trailers, never buffered whole.
 
 use std::convert::Infallible;
-use std::task::{Context, Poll};
 
-use futures_util::future::BoxFuture;
 use http::{Request, Response, Uri};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use tower::Service;
 
+use crate::h2::{self, Peer};
 use crate::proto::secrets::secrets_client::SecretsClient;
 use crate::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
 use crate::proto::GET_SECRET_PATH;
 use crate::provider::Provider;
-
-/// HTTP/2 flow-control windows for both tunnels. The build context streams through the splice;
-/// the 64 KiB protocol default would cap it at one window per round trip.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// What the splice knows of a session, from its `X-Docker-Expose-Session-*` headers.
 #[derive(Debug, Clone, Default)]
@@ -62,13 +54,7 @@ where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     D: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let (send, client_conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .handshake::<_, BoxBody>(TokioIo::new(client))
-        .await
-        .map_err(SpliceError::Client)?;
-    let to_client = ToClient(send);
+    let (to_client, client_conn) = h2::handshake(client).await.map_err(SpliceError::Client)?;
     let secrets = SecretsServer::new(SessionSecrets {
         provider,
         client: info.client_serves_secrets().then(|| {
@@ -77,13 +63,10 @@ where
         session: info.id.clone(),
     });
     let router = Router { to_client, secrets };
-    let server = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .serve_connection(
-            TokioIo::new(daemon),
-            hyper::service::service_fn(move |req| router.clone().route(req)),
-        );
+    let server = h2::server().serve_connection(
+        TokioIo::new(daemon),
+        hyper::service::service_fn(move |req| router.clone().route(req)),
+    );
     tracing::debug!(session = %info.id, "splice running");
     let result = tokio::select! {
         r = client_conn => r.map_err(SpliceError::Client),
@@ -107,7 +90,7 @@ pub enum SpliceError {
 /// Routes the daemon's calls: GetSecret to the typed service, the rest to the client.
 #[derive(Clone)]
 struct Router {
-    to_client: ToClient,
+    to_client: Peer,
     secrets: SecretsServer<SessionSecrets>,
 }
 
@@ -120,59 +103,8 @@ impl Router {
                 .await
                 .unwrap_or_else(|never| match never {}));
         }
-        let path = req.uri().path().to_string();
-        tracing::trace!(%path, "forwarding to the client");
-        let req = req.map(|body| body.map_err(to_status).boxed_unsync());
-        match self.to_client.call(req).await {
-            Ok(res) => Ok(res.map(|body| body.map_err(to_status).boxed_unsync())),
-            Err(e) => {
-                tracing::debug!(%path, error = %e, "client did not answer");
-                Ok(Status::unavailable(format!(
-                    "irsa-secrets: the build client's session is gone: {e}"
-                ))
-                .into_http())
-            }
-        }
-    }
-}
-
-/// A body error as a gRPC status, so forwarded bodies share tonic's body type.
-fn to_status(e: hyper::Error) -> Status {
-    Status::from_error(Box::new(e))
-}
-
-/// The HTTP/2 connection to the build client, as a tower service (what tonic's client needs).
-#[derive(Clone)]
-struct ToClient(SendRequest<BoxBody>);
-
-impl Service<Request<BoxBody>> for ToClient {
-    type Response = Response<Incoming>;
-    type Error = hyper::Error;
-    type Future = BoxFuture<'static, Result<Response<Incoming>, hyper::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
-        self.0.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
-        // The daemon's requests carry `:authority localhost`; make the URI absolute either way.
-        if req.uri().scheme().is_none() {
-            let path = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            if let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority("localhost")
-                .path_and_query(path)
-                .build()
-            {
-                *req.uri_mut() = uri;
-            }
-        }
-        let fut = self.0.send_request(req);
-        Box::pin(fut)
+        tracing::trace!(path = req.uri().path(), "forwarding to the client");
+        Ok(self.to_client.forward(req, "the build client").await)
     }
 }
 
@@ -181,7 +113,7 @@ impl Service<Request<BoxBody>> for ToClient {
 #[derive(Clone)]
 struct SessionSecrets {
     provider: Provider,
-    client: Option<SecretsClient<ToClient>>,
+    client: Option<SecretsClient<Peer>>,
     session: String,
 }
 

@@ -15,14 +15,12 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, Mutex};
 
+use super::grpc;
+use super::grpc::{session_info, SESSION_METHOD};
 use super::{Io, Upstream};
 use crate::proto::GET_SECRET_PATH;
 use crate::provider::Provider;
 use crate::session::{self, SessionInfo};
-
-/// Session headers, as the docker CLI and buildx send them on `/session`.
-const SESSION_UUID: &str = "x-docker-expose-session-uuid";
-const SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -95,7 +93,8 @@ impl Conn {
         self: Arc<Self>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, hyper::Error> {
-        let session = is_session(&req).then(|| session_info(&req));
+        let kind = upgrade_kind(&req);
+        let session = (kind == Some(UpgradeKind::Session)).then(|| session_info(req.headers()));
         if let Some(info) = &session {
             add_secrets_method(&mut req, info);
         }
@@ -129,14 +128,15 @@ impl Conn {
                         Err(e) => return tracing::warn!(error = %e, "upgrade failed"),
                     };
                     let (client, daemon) = (TokioIo::new(client), TokioIo::new(daemon));
-                    match session {
-                        Some(info) => {
+                    match (kind, session) {
+                        (Some(UpgradeKind::Session), Some(info)) => {
                             tracing::info!(session = %info.id, "build session joined");
                             let result =
                                 session::splice(client, daemon, info.clone(), provider).await;
                             tracing::info!(session = %info.id, ended = ?result.err(), "build session ended");
                         }
-                        None => pipe(client, daemon).await,
+                        (Some(UpgradeKind::Grpc), _) => grpc::serve(client, daemon, provider).await,
+                        _ => pipe(client, daemon).await,
                     }
                 });
                 let _ = self.upgrades.send(job);
@@ -165,11 +165,25 @@ async fn pipe(mut client: impl Io, mut daemon: impl Io) {
     }
 }
 
-/// `POST /session` or `/vX.Y/session` asking for an upgrade.
-fn is_session(req: &Request<Incoming>) -> bool {
-    req.method() == http::Method::POST
-        && req.headers().contains_key(UPGRADE)
-        && strip_version(req.uri().path()) == "/session"
+/// The upgrades the front door joins instead of passing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpgradeKind {
+    /// `POST /session`: a build session (docker build, buildx docker driver).
+    Session,
+    /// `POST /grpc`: the BuildKit Control API (buildx docker driver, bake).
+    Grpc,
+}
+
+/// Which joined upgrade a request asks for, with or without a `/vX.Y` prefix.
+fn upgrade_kind(req: &Request<Incoming>) -> Option<UpgradeKind> {
+    if req.method() != http::Method::POST || !req.headers().contains_key(UPGRADE) {
+        return None;
+    }
+    match strip_version(req.uri().path()) {
+        "/session" => Some(UpgradeKind::Session),
+        "/grpc" => Some(UpgradeKind::Grpc),
+        _ => None,
+    }
 }
 
 /// The Engine API accepts every path with or without a `/vX.Y` prefix.
@@ -182,23 +196,6 @@ fn strip_version(path: &str) -> &str {
         }
     }
     path
-}
-
-fn session_info(req: &Request<Incoming>) -> SessionInfo {
-    let headers = req.headers();
-    SessionInfo {
-        id: headers
-            .get(SESSION_UUID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-        client_methods: headers
-            .get_all(SESSION_METHOD)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect(),
-    }
 }
 
 /// Advertises GetSecret upstream when the client does not serve it itself.

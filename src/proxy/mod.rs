@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::provider::Provider;
 
 pub mod docker;
+pub mod grpc;
 
 /// How long in-flight connections may run after a shutdown signal before they are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,98 @@
+//! HTTP/2 plumbing shared by the splice and the gRPC front door: connection builders with
+//! windows sized for build contexts, and raw forwarding of a call to a peer.
+
+use std::task::{Context, Poll};
+
+use futures_util::future::BoxFuture;
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::{Connection, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::body::BoxBody;
+use tonic::Status;
+
+/// HTTP/2 flow-control windows. Build contexts stream through the helper; the protocol's
+/// 64 KiB default would cap them at one window per round trip.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// An HTTP/2 server builder with the helper's window sizes.
+pub fn server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
+    b
+}
+
+/// Opens an HTTP/2 client connection over `io`; the connection future must be polled.
+pub async fn handshake<T>(
+    io: T,
+) -> Result<(Peer, Connection<TokioIo<T>, BoxBody, TokioExecutor>), hyper::Error>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .handshake(TokioIo::new(io))
+        .await?;
+    Ok((Peer(send), conn))
+}
+
+/// The far end of an HTTP/2 client connection, as a tower service (what tonic clients need).
+#[derive(Clone)]
+pub struct Peer(SendRequest<BoxBody>);
+
+impl Peer {
+    /// Forwards a call as is: headers, streaming body and trailers both ways. A peer that is
+    /// gone becomes `Unavailable` with `what` named, so the caller sees who failed.
+    pub async fn forward(&mut self, req: Request<Incoming>, what: &str) -> Response<BoxBody> {
+        let path = req.uri().path().to_string();
+        let req = req.map(|body| body.map_err(to_status).boxed_unsync());
+        match tower::ServiceExt::oneshot(self.clone(), req).await {
+            Ok(res) => res.map(|body| body.map_err(to_status).boxed_unsync()),
+            Err(e) => {
+                tracing::debug!(%path, error = %e, "{what} did not answer");
+                Status::unavailable(format!("irsa-secrets: {what} did not answer {path}: {e}"))
+                    .into_http()
+            }
+        }
+    }
+}
+
+impl tower::Service<Request<BoxBody>> for Peer {
+    type Response = Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = BoxFuture<'static, Result<Response<Incoming>, hyper::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
+        // HTTP/2 needs :scheme and :authority; calls inside a session carry `localhost`.
+        if req.uri().scheme().is_none() {
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            if let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority("localhost")
+                .path_and_query(path)
+                .build()
+            {
+                *req.uri_mut() = uri;
+            }
+        }
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// A body error as a gRPC status, so forwarded bodies share tonic's body type.
+pub fn to_status(e: hyper::Error) -> Status {
+    Status::from_error(Box::new(e))
+}

@@ -1,0 +1,120 @@
+//! The BuildKit Control API, proxied over HTTP/2: every call passes as raw bytes, except
+//! `Control/Session`, whose tunnel goes through the splice. Used for dockerd's `/grpc` upgrade
+//! (the buildx docker driver's control connection).
+
+use std::convert::Infallible;
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tonic::body::BoxBody;
+
+use super::Io;
+use crate::h2::{self, Peer};
+use crate::proto::GET_SECRET_PATH;
+use crate::provider::Provider;
+use crate::session::{self, SessionInfo};
+use crate::tunnel::{self, Outgoing};
+
+/// The tunnelled session call.
+pub const SESSION_PATH: &str = "/moby.buildkit.v1.Control/Session";
+/// Session headers as gRPC metadata (lower-cased by BuildKit's client).
+pub const SESSION_UUID: &str = "x-docker-expose-session-uuid";
+/// One value per method the client's session serves.
+pub const SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
+
+/// Serves one client's HTTP/2 connection against one upstream HTTP/2 connection; returns when
+/// either ends.
+pub async fn serve(client: impl Io, upstream: impl Io, provider: Provider) {
+    let (daemon, daemon_conn) = match h2::handshake(upstream).await {
+        Ok(pair) => pair,
+        Err(e) => return tracing::warn!(error = %e, "HTTP/2 handshake with the daemon failed"),
+    };
+    let service =
+        hyper::service::service_fn(move |req| route(daemon.clone(), provider.clone(), req));
+    let server = h2::server().serve_connection(TokioIo::new(client), service);
+    tokio::select! {
+        r = server => if let Err(e) = r { tracing::debug!(error = %e, "client HTTP/2 connection ended") },
+        r = daemon_conn => if let Err(e) = r { tracing::debug!(error = %e, "daemon HTTP/2 connection ended") },
+    }
+}
+
+async fn route(
+    mut daemon: Peer,
+    provider: Provider,
+    req: Request<Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    if req.uri().path() != SESSION_PATH {
+        return Ok(daemon.forward(req, "the daemon").await);
+    }
+    Ok(join_session(daemon, provider, req).await)
+}
+
+/// Re-originates the client's session call upstream with the same metadata (plus GetSecret in
+/// the method list) and splices the two tunnels.
+async fn join_session(
+    daemon: Peer,
+    provider: Provider,
+    req: Request<Incoming>,
+) -> Response<BoxBody> {
+    let info = session_info(req.headers());
+    let (parts, client_body) = req.into_parts();
+    // Our call to the daemon: its request body carries what we write into the daemon's tunnel.
+    let (daemon_outbox, daemon_body_out) = tunnel::outgoing(Outgoing::Request);
+    let mut upstream_req = Request::from_parts(parts, daemon_body_out);
+    if !info.client_serves_secrets() {
+        upstream_req
+            .headers_mut()
+            .append(SESSION_METHOD, HeaderValue::from_static(GET_SECRET_PATH));
+    }
+    let response = match tower::ServiceExt::oneshot(daemon, upstream_req).await {
+        Ok(res) if res.status().is_success() && !is_trailers_only(res.headers()) => res,
+        Ok(res) => {
+            tracing::warn!(session = %info.id, status = %res.status(), "the daemon refused the session");
+            return res.map(|b| {
+                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
+                    b,
+                    h2::to_status,
+                ))
+            });
+        }
+        Err(e) => {
+            return tonic::Status::unavailable(format!(
+                "irsa-secrets: the daemon did not accept the session: {e}"
+            ))
+            .into_http()
+        }
+    };
+    let (res_parts, daemon_body_in) = response.into_parts();
+    let daemon_tunnel = daemon_outbox.join(daemon_body_in, tunnel::Incoming::Response);
+    let (client_outbox, client_body_out) = tunnel::outgoing(Outgoing::Response);
+    let client_tunnel = client_outbox.join(client_body, tunnel::Incoming::Request);
+    tokio::spawn(async move {
+        tracing::info!(session = %info.id, "build session joined (Control/Session)");
+        let result = session::splice(client_tunnel, daemon_tunnel, info.clone(), provider).await;
+        tracing::info!(session = %info.id, ended = ?result.err(), "build session ended");
+    });
+    Response::from_parts(res_parts, client_body_out)
+}
+
+/// A gRPC error answered in the headers alone (no body, no trailers).
+fn is_trailers_only(headers: &http::HeaderMap) -> bool {
+    headers.get("grpc-status").is_some_and(|s| s != "0")
+}
+
+/// The session's id and method list, from the call's metadata.
+pub fn session_info(headers: &http::HeaderMap) -> SessionInfo {
+    SessionInfo {
+        id: headers
+            .get(SESSION_UUID)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        client_methods: headers
+            .get_all(SESSION_METHOD)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect(),
+    }
+}
