@@ -67,13 +67,46 @@ where
         TokioIo::new(daemon),
         hyper::service::service_fn(move |req| router.clone().route(req)),
     );
-    tracing::debug!(session = %info.id, "splice running");
     let result = tokio::select! {
         r = client_conn => r.map_err(SpliceError::Client),
         r = server => r.map_err(SpliceError::Daemon),
     };
-    tracing::debug!(session = %info.id, ?result, "splice ended");
-    result
+    match result {
+        Err(SpliceError::Client(e) | SpliceError::Daemon(e)) if is_hangup(&e) => Ok(()),
+        other => other,
+    }
+}
+
+/// Runs [`splice`] with the session's start and end in the log: what both front doors do.
+pub async fn join<C, D>(client: C, daemon: D, info: SessionInfo, provider: Provider)
+where
+    C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    D: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let started = std::time::Instant::now();
+    tracing::info!(session = %info.id, "build session joined");
+    let id = info.id.clone();
+    match splice(client, daemon, info, provider).await {
+        Ok(()) => {
+            tracing::info!(session = %id, seconds = started.elapsed().as_secs_f64(), "build session ended")
+        }
+        Err(e) => {
+            tracing::warn!(session = %id, seconds = started.elapsed().as_secs_f64(), error = %e, "build session ended abnormally")
+        }
+    }
+}
+
+/// A peer closing its end of the tunnel: how sessions normally end, not a failure.
+fn is_hangup(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof);
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Why a splice ended other than by a clean close.

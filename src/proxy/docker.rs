@@ -130,10 +130,7 @@ impl Conn {
                     let (client, daemon) = (TokioIo::new(client), TokioIo::new(daemon));
                     match (kind, session) {
                         (Some(UpgradeKind::Session), Some(info)) => {
-                            tracing::info!(session = %info.id, "build session joined");
-                            let result =
-                                session::splice(client, daemon, info.clone(), provider).await;
-                            tracing::info!(session = %info.id, ended = ?result.err(), "build session ended");
+                            session::join(client, daemon, info, provider).await
                         }
                         (Some(UpgradeKind::Grpc), _) => grpc::serve(client, daemon, provider).await,
                         _ => pipe(client, daemon).await,

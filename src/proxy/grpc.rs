@@ -89,11 +89,7 @@ async fn join_session(
     let daemon_tunnel = daemon_outbox.join(daemon_body_in, tunnel::Incoming::Response);
     let (client_outbox, client_body_out) = tunnel::outgoing(Outgoing::Response);
     let client_tunnel = client_outbox.join(client_body, tunnel::Incoming::Request);
-    tokio::spawn(async move {
-        tracing::info!(session = %info.id, "build session joined (Control/Session)");
-        let result = session::splice(client_tunnel, daemon_tunnel, info.clone(), provider).await;
-        tracing::info!(session = %info.id, ended = ?result.err(), "build session ended");
-    });
+    tokio::spawn(session::join(client_tunnel, daemon_tunnel, info, provider));
     Response::from_parts(res_parts, client_body_out)
 }
 
