@@ -17,12 +17,18 @@ use tonic::Status;
 /// 64 KiB default would cap them at one window per round trip.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest frame we accept: fewer, larger frames mean fewer headers and wakeups per byte.
+const MAX_FRAME: u32 = 1024 * 1024;
+/// Bytes queued per stream before a writer waits.
+const SEND_BUFFER: usize = 4 * 1024 * 1024;
 
 /// An HTTP/2 server builder with the helper's window sizes.
 pub fn server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     b.initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW);
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(SEND_BUFFER);
     b
 }
 
@@ -36,6 +42,8 @@ where
     let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(SEND_BUFFER)
         .handshake(TokioIo::new(io))
         .await?;
     Ok((Peer(send), conn))

@@ -5,33 +5,31 @@
 #![allow(clippy::result_large_err)] // tonic fixes body errors to `Status`.
 
 use std::convert::Infallible;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use bytes::Bytes;
+mod common;
+use common::session_client::{big_payload, client_session, ClientSecrets, BIG};
+
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use irsa_secrets::h2::{self, Peer};
 use irsa_secrets::proto::secrets::secrets_client::SecretsClient;
-use irsa_secrets::proto::secrets::secrets_server::{Secrets, SecretsServer};
-use irsa_secrets::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use irsa_secrets::proto::secrets::GetSecretRequest;
 use irsa_secrets::provider::Provider;
-use irsa_secrets::proxy::grpc::{self, SESSION_METHOD, SESSION_PATH, SESSION_UUID};
+use irsa_secrets::proxy::grpc::{self, SESSION_PATH, SESSION_UUID};
 use irsa_secrets::sources::mock::{Mock, MOCK_ROLE_ARN};
 use irsa_secrets::sources::IdentityIds;
 use irsa_secrets::tunnel::{self, Outgoing};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tonic::body::BoxBody;
 use tonic::{Code, Status};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::{Service, ServiceExt};
-
-const BIG: &str = "/test.Stream/Big";
-const BIG_SIZE: usize = 8 * 1024 * 1024;
 
 fn uri() -> http::Uri {
     http::Uri::from_static("http://localhost")
@@ -135,79 +133,6 @@ fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
     })
 }
 
-/// The build client's own secrets (its `--secret` flags).
-#[derive(Clone)]
-struct ClientSecrets(Vec<(&'static str, &'static str)>);
-
-#[tonic::async_trait]
-impl Secrets for ClientSecrets {
-    async fn get_secret(
-        &self,
-        r: tonic::Request<GetSecretRequest>,
-    ) -> Result<tonic::Response<GetSecretResponse>, Status> {
-        let id = r.into_inner().id;
-        match self.0.iter().find(|(k, _)| *k == id) {
-            Some((_, v)) => Ok(tonic::Response::new(GetSecretResponse {
-                data: v.as_bytes().to_vec(),
-            })),
-            None => Err(Status::not_found(format!("secret {id} not found"))),
-        }
-    }
-}
-
-fn big_payload() -> Vec<u8> {
-    (0..BIG_SIZE).map(|i| (i * 31 % 251) as u8).collect()
-}
-
-/// A build client: opens `Control/Session` on `control` and serves health, its own secrets (if
-/// any) and a large stream inside the tunnel until the daemon side ends.
-async fn client_session(mut control: Peer, id: String, own: Option<ClientSecrets>) {
-    let (outbox, body) = tunnel::outgoing(Outgoing::Request);
-    let mut req = Request::post(format!("http://localhost{SESSION_PATH}"))
-        .header("content-type", "application/grpc")
-        .header(SESSION_UUID, id.as_str())
-        .header(SESSION_METHOD, "/grpc.health.v1.Health/Check")
-        .header(SESSION_METHOD, BIG)
-        .body(body)
-        .unwrap();
-    if own.is_some() {
-        req.headers_mut().append(
-            SESSION_METHOD,
-            irsa_secrets::proto::GET_SECRET_PATH.parse().unwrap(),
-        );
-    }
-    let res = control.ready().await.unwrap().call(req).await.unwrap();
-    assert_eq!(res.status(), 200);
-    let tunnel = outbox.join(res.into_body(), tunnel::Incoming::Response);
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let secrets = own.map(SecretsServer::new);
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (mut health, secrets) = (health.clone(), secrets.clone());
-        async move {
-            let res: Response<BoxBody> = match req.uri().path() {
-                BIG => {
-                    let chunks: Vec<Result<_, Status>> = big_payload()
-                        .chunks(100_000)
-                        .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
-                        .collect();
-                    Response::new(
-                        StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync(),
-                    )
-                }
-                p if p.starts_with("/grpc.health.v1.Health/") => health.call(req).await.unwrap(),
-                p if p == irsa_secrets::proto::GET_SECRET_PATH && secrets.is_some() => {
-                    secrets.unwrap().call(req).await.unwrap()
-                }
-                _ => Status::unimplemented("not here").into_http(),
-            };
-            Ok::<_, Infallible>(res)
-        }
-    });
-    let _ = h2::server()
-        .serve_connection(TokioIo::new(tunnel), svc)
-        .await;
-}
-
 fn provider() -> Provider {
     Provider::new(vec![Arc::new(Mock::new(
         IdentityIds::default(),
@@ -260,6 +185,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
         control.clone(),
         "session-plain".into(),
         None,
+        Arc::new(AtomicUsize::new(0)),
     ));
     let o = observed.recv().await.unwrap();
     assert_eq!(o.session, "session-plain");
@@ -283,6 +209,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
         control.clone(),
         "session-own".into(),
         Some(own),
+        Arc::new(AtomicUsize::new(0)),
     ));
     let o = observed.recv().await.unwrap();
     assert_eq!(o.session, "session-own");
@@ -296,7 +223,14 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
 async fn fifty_sessions_at_once() {
     let (control, mut observed, _helper) = setup().await;
     let sessions: Vec<_> = (0..50)
-        .map(|i| tokio::spawn(client_session(control.clone(), format!("s{i:02}"), None)))
+        .map(|i| {
+            tokio::spawn(client_session(
+                control.clone(),
+                format!("s{i:02}"),
+                None,
+                Arc::new(AtomicUsize::new(0)),
+            ))
+        })
         .collect();
     let want = hex::encode(Sha256::digest(big_payload()));
     let mut seen = std::collections::BTreeSet::new();

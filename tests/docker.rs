@@ -169,6 +169,10 @@ fn docker_build_through_the_helper() {
     step("a 210 MB context in 5,000 files arrives intact");
     eight_parallel_builds(&s);
     step("8 parallel builds");
+    buildkit_api_clients_reach_dockerd_through_the_helper(&s);
+    step(
+        "BuildKit API (HTTP/2) clients bridged to dockerd's /grpc; a Control/Session stays healthy",
+    );
     let s = killed_client_and_restarted_daemon(s);
     step("killed client, restarted daemon");
     the_image_holds_neither_value(&s);
@@ -425,4 +429,95 @@ fn descriptors_return_to_baseline(s: &Setup, baseline: usize) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// An HTTP/2 client on the helper socket gets BuildKit's API, bridged to dockerd's `/grpc`.
+fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Setup) {
+    use http_body_util::BodyExt;
+    use irsa_secrets::h2;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower::{Service, ServiceExt};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let io = tokio::net::UnixStream::connect(&s.helper.socket)
+            .await
+            .unwrap();
+        let (mut control, conn) = h2::handshake(io).await.unwrap();
+        tokio::spawn(conn);
+        let call = |path: &str| {
+            http::Request::post(format!("http://localhost{path}"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(
+                    http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
+                        .map_err(|never| match never {})
+                        .boxed_unsync(),
+                )
+                .unwrap()
+        };
+        let res = control
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/moby.buildkit.v1.Control/ListWorkers"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let collected = res.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+            Some("0"),
+            "{trailers:?}"
+        );
+        let body = collected.to_bytes();
+        assert!(
+            body.windows(5).any(|w| w == b"linux"),
+            "ListWorkers names a linux worker: {body:?}"
+        );
+
+        let res = control
+            .ready()
+            .await
+            .unwrap()
+            .call(call("/not.a.real.Service/Method"))
+            .await
+            .unwrap();
+        let status = res.headers().get("grpc-status").cloned().or_else(|| None);
+        let trailers = res
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .trailers()
+            .cloned()
+            .unwrap_or_default();
+        let code = status
+            .or_else(|| trailers.get("grpc-status").cloned())
+            .unwrap();
+        assert_eq!(
+            code, "12",
+            "an unknown method reaches BuildKit, which answers Unimplemented"
+        );
+
+        // A session opened with Control/Session survives BuildKit v0.8's health checks (every
+        // second, the first miss is fatal) through the splice.
+        let checks = Arc::new(AtomicUsize::new(0));
+        let session = tokio::spawn(common::session_client::client_session(
+            control.clone(),
+            "irsa-test-control-session-01".into(),
+            None,
+            checks.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(3500)).await;
+        assert!(!session.is_finished(), "the daemon dropped the session");
+        assert!(
+            checks.load(Ordering::Relaxed) >= 2,
+            "health checks reached the client: {}",
+            checks.load(Ordering::Relaxed)
+        );
+        session.abort();
+    });
 }

@@ -7,17 +7,18 @@ use clap::Args;
 use super::serve::SocketArgs;
 use super::IdentityArgs;
 use crate::provider::Provider;
-use crate::proxy::Upstream;
+use crate::proxy::{Daemon, Upstream, UpstreamKind};
 use crate::socket;
 
 /// Flags of `proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Socket to listen on; point DOCKER_HOST at it: unix:///PATH.
+    /// Socket to listen on; point DOCKER_HOST, buildctl --addr or the buildx remote driver at it.
     #[arg(long, env = "IRSA_SECRETS_LISTEN", value_name = "unix:///PATH")]
     pub listen: String,
 
-    /// The Docker daemon to forward to.
+    /// The daemon to forward to: dockerd (e.g. unix:///var/run/docker.sock) or buildkitd
+    /// (e.g. unix:///run/buildkit/buildkitd.sock).
     #[arg(
         long,
         default_value = "unix:///var/run/docker.sock",
@@ -25,6 +26,15 @@ pub struct ProxyArgs {
         value_name = "unix:///PATH|tcp://HOST:PORT"
     )]
     pub upstream: Upstream,
+
+    /// What the upstream is; auto asks it (GET /_ping).
+    #[arg(
+        long,
+        value_enum,
+        default_value = "auto",
+        env = "IRSA_SECRETS_UPSTREAM_KIND"
+    )]
+    pub upstream_kind: UpstreamKind,
 
     #[command(flatten)]
     pub socket: SocketArgs,
@@ -41,12 +51,13 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         socket = %bound.file.path().display(),
         upstream = %args.upstream,
         ids = ?provider.ids(),
-        "proxying; point DOCKER_HOST at unix://{}",
+        "proxying: point DOCKER_HOST, buildctl --addr or the buildx remote driver at unix://{}",
         bound.file.path().display()
     );
+    let daemon = Daemon::new(args.upstream, args.upstream_kind);
     crate::proxy::run(
         bound.listener,
-        args.upstream,
+        daemon,
         provider,
         crate::serve::shutdown_signal(),
     )

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::grpc;
 use super::grpc::{session_info, SESSION_METHOD};
-use super::{Io, Upstream};
+use super::{Daemon, Io, Upstream};
 use crate::proto::GET_SECRET_PATH;
 use crate::provider::Provider;
 use crate::session::{self, SessionInfo};
@@ -30,7 +30,8 @@ type Upgraded = BoxFuture<'static, ()>;
 
 /// Serves one client connection: every request goes to a dedicated upstream connection, so
 /// keep-alive, ordering and hijacking behave as they would directly.
-pub async fn serve_connection(client: impl Io, upstream: Upstream, provider: Provider) {
+pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, provider: Provider) {
+    let upstream = daemon.upstream.clone();
     let send = match connect(&upstream).await {
         Ok(send) => Some(send),
         Err(e) => {
@@ -153,6 +154,46 @@ impl Conn {
             .await
             .map_err(|e| e.to_string())
     }
+}
+
+/// Opens an upgraded connection on `path` (dockerd's `/grpc` or `/session`) over `io`.
+pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, String> {
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    let conn = tokio::spawn(conn.with_upgrades());
+    let req = Request::post(path)
+        .header(http::header::HOST, "docker")
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "h2c")
+        .body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(|e| e.to_string())?;
+    let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        conn.abort();
+        return Err(format!(
+            "dockerd answered {} to POST {path} (it needs API 1.31+ with BuildKit)",
+            res.status()
+        ));
+    }
+    let upgraded = hyper::upgrade::on(res).await.map_err(|e| e.to_string())?;
+    Ok(Box::new(TokioIo::new(upgraded)))
+}
+
+/// Answers every request on `client` with `message` (HTTP 502), for clients the helper cannot
+/// serve; then closes.
+pub async fn refuse(client: impl Io, message: String) {
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let res = error_response(StatusCode::BAD_GATEWAY, &message);
+        async move { Ok::<_, std::convert::Infallible>(res) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
 }
 
 /// Copies bytes both ways until both sides are done (hijacked attach/exec streams, `/grpc`).

@@ -39,6 +39,18 @@ pub async fn serve(client: impl Io, upstream: impl Io, provider: Provider) {
     }
 }
 
+/// Answers every call on `client` with `Unavailable` and `message`: the clear error an HTTP/2
+/// client gets when the daemon cannot be reached.
+pub async fn refuse(client: impl Io, message: String) {
+    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+        let res = tonic::Status::unavailable(message.clone()).into_http();
+        async move { Ok::<_, Infallible>(res) }
+    });
+    let _ = h2::server()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
+}
+
 async fn route(
     mut daemon: Peer,
     provider: Provider,

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -10,9 +11,11 @@ use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
 use crate::provider::Provider;
+use sniff::Protocol;
 
 pub mod docker;
 pub mod grpc;
+pub mod sniff;
 
 /// How long in-flight connections may run after a shutdown signal before they are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,22 +78,96 @@ impl Upstream {
     }
 }
 
-/// Accepts clients on `listener` until `shutdown` resolves, serving each with the Docker front
-/// door; then waits up to ten seconds for open connections before cutting them.
+/// What kind of daemon the upstream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamKind {
+    /// Find out by asking `GET /_ping` (dockerd answers it; buildkitd speaks only HTTP/2).
+    Auto,
+    /// The Docker Engine API (dockerd, Docker-in-Docker).
+    Docker,
+    /// BuildKit's gRPC API (buildkitd).
+    Buildkit,
+}
+
+/// The daemon behind the helper, with its kind found out once.
+#[derive(Debug)]
+pub struct Daemon {
+    /// Where it listens.
+    pub upstream: Upstream,
+    kind: tokio::sync::OnceCell<UpstreamKind>,
+}
+
+impl Daemon {
+    /// A daemon at `upstream`; with [`UpstreamKind::Auto`] the kind is detected on first use.
+    pub fn new(upstream: Upstream, kind: UpstreamKind) -> Self {
+        let cell = tokio::sync::OnceCell::new();
+        if kind != UpstreamKind::Auto {
+            let _ = cell.set(kind);
+        }
+        Self {
+            upstream,
+            kind: cell,
+        }
+    }
+
+    /// The daemon's kind; detection is retried until the daemon answers.
+    pub async fn kind(&self) -> std::io::Result<UpstreamKind> {
+        self.kind
+            .get_or_try_init(|| async {
+                let kind = detect(&self.upstream).await?;
+                tracing::info!(upstream = %self.upstream, ?kind, "upstream detected");
+                Ok(kind)
+            })
+            .await
+            .copied()
+    }
+
+    /// A connection that speaks BuildKit's HTTP/2 API: the socket itself for buildkitd, a
+    /// `POST /grpc` upgrade for dockerd.
+    pub async fn connect_grpc(&self) -> Result<Box<dyn Io>, String> {
+        let kind = self.kind().await.map_err(|e| e.to_string())?;
+        let io = self.upstream.connect().await.map_err(|e| e.to_string())?;
+        match kind {
+            UpstreamKind::Docker => docker::upgrade(io, "/grpc").await,
+            _ => Ok(io),
+        }
+    }
+}
+
+/// Asks `GET /_ping` over HTTP/1.1: an HTTP answer means dockerd; buildkitd's gRPC server
+/// closes the connection or answers with an HTTP/2 frame.
+async fn detect(upstream: &Upstream) -> std::io::Result<UpstreamKind> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut io = upstream.connect().await?;
+    io.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 8];
+    let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut head))
+        .await
+        .unwrap_or(Ok(0))?;
+    Ok(if head[..n].starts_with(b"HTTP/1.") {
+        UpstreamKind::Docker
+    } else {
+        UpstreamKind::Buildkit
+    })
+}
+
+/// Accepts clients on `listener` until `shutdown` resolves; then waits up to ten seconds for
+/// open connections before cutting them.
 pub async fn run(
     listener: UnixListener,
-    upstream: Upstream,
+    daemon: Daemon,
     provider: Provider,
     shutdown: impl Future<Output = ()>,
 ) {
+    let daemon = Arc::new(daemon);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let (upstream, provider) = (upstream.clone(), provider.clone());
-                    connections.spawn(docker::serve_connection(stream, upstream, provider));
+                    connections.spawn(serve_client(stream, Arc::clone(&daemon), provider.clone()));
                 }
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
@@ -114,5 +191,38 @@ pub async fn run(
             "cutting connections still open after the drain timeout"
         );
         connections.shutdown().await;
+    }
+}
+
+/// One client: HTTP/2 clients get the BuildKit API, HTTP/1.1 clients the Docker API.
+async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, provider: Provider) {
+    let (protocol, stream) = match sniff::sniff(stream).await {
+        Ok(pair) => pair,
+        Err(e) => return tracing::debug!(error = %e, "client dropped before its first request"),
+    };
+    match protocol {
+        Protocol::Http2 => match daemon.connect_grpc().await {
+            Ok(upstream) => grpc::serve(stream, upstream, provider).await,
+            Err(e) => {
+                let message = format!(
+                    "irsa-secrets: the daemon at {} is unreachable: {e}; check that it is running \
+                     and that --upstream points at it",
+                    daemon.upstream
+                );
+                tracing::warn!(upstream = %daemon.upstream, error = %e, "daemon unreachable");
+                grpc::refuse(stream, message).await
+            }
+        },
+        Protocol::Http1 => {
+            if matches!(daemon.kind().await, Ok(UpstreamKind::Buildkit)) {
+                let message = format!(
+                    "irsa-secrets fronts buildkitd at {}: point buildctl --addr or the buildx remote \
+                     driver at this socket; DOCKER_HOST needs a helper in front of dockerd",
+                    daemon.upstream
+                );
+                return docker::refuse(stream, message).await;
+            }
+            docker::serve_connection(stream, daemon, provider).await
+        }
     }
 }

@@ -268,3 +268,4 @@ impl Projected {
     }
 }
 pub mod dockerd;
+pub mod session_client;
