@@ -4,134 +4,24 @@
 
 #![allow(clippy::result_large_err)] // tonic fixes body errors to `Status`.
 
-use std::convert::Infallible;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 mod common;
-use common::session_client::{big_payload, client_session, ClientSecrets, BIG};
+use common::fake_daemon::{daemon_script, fake_daemon, Observed};
+use common::session_client::{big_payload, client_session, ClientSecrets};
 
-use futures_util::future::BoxFuture;
-use http::{HeaderMap, Request, Response};
+use http::Request;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use irsa_secrets::h2::{self, Peer};
-use irsa_secrets::proto::secrets::secrets_client::SecretsClient;
-use irsa_secrets::proto::secrets::GetSecretRequest;
 use irsa_secrets::provider::Provider;
-use irsa_secrets::proxy::grpc::{self, SESSION_PATH, SESSION_UUID};
+use irsa_secrets::proxy::grpc::{self};
 use irsa_secrets::sources::mock::{Mock, MOCK_ROLE_ARN};
 use irsa_secrets::sources::IdentityIds;
-use irsa_secrets::tunnel::{self, Outgoing};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tonic::{Code, Status};
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use tonic::Code;
 use tower::{Service, ServiceExt};
-
-fn uri() -> http::Uri {
-    http::Uri::from_static("http://localhost")
-}
-
-/// What the fake daemon observed in one session.
-#[derive(Debug)]
-struct Observed {
-    session: String,
-    role_arn: Result<Vec<u8>, Code>,
-    client_only: Result<Vec<u8>, Code>,
-    probe: Code,
-    health: bool,
-    big_sha: String,
-}
-
-type Script = Arc<dyn Fn(Peer, HeaderMap) -> BoxFuture<'static, ()> + Send + Sync>;
-
-/// A daemon: answers `Control/Session` by running `script` as the HTTP/2 client inside the
-/// tunnel; answers every other call with an empty OK.
-async fn fake_daemon(io: tokio::io::DuplexStream, script: Script) {
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let script = script.clone();
-        async move {
-            if req.uri().path() != SESSION_PATH {
-                let mut res = Status::new(Code::Ok, "").into_http();
-                res.headers_mut()
-                    .insert("x-fake-daemon", "yes".parse().unwrap());
-                return Ok::<_, Infallible>(res);
-            }
-            let headers = req.headers().clone();
-            let (outbox, body) = tunnel::outgoing(Outgoing::Response);
-            let tunnel = outbox.join(req.into_body(), tunnel::Incoming::Request);
-            tokio::spawn(async move {
-                let (peer, conn) = h2::handshake(tunnel).await.unwrap();
-                tokio::spawn(conn);
-                script(peer, headers).await;
-            });
-            let mut res = Response::new(body);
-            res.headers_mut()
-                .insert("content-type", "application/grpc".parse().unwrap());
-            Ok(res)
-        }
-    });
-    let _ = h2::server().serve_connection(TokioIo::new(io), svc).await;
-}
-
-/// The daemon's script: what BuildKit does in a build, reported to the test.
-fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
-    Arc::new(move |peer: Peer, headers: HeaderMap| {
-        let report = report.clone();
-        Box::pin(async move {
-            let secrets = SecretsClient::with_origin(peer.clone(), uri());
-            let get = |id: &'static str| {
-                let mut c = secrets.clone();
-                async move {
-                    c.get_secret(GetSecretRequest {
-                        id: id.into(),
-                        annotations: Default::default(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().data)
-                    .map_err(|s| s.code())
-                }
-            };
-            let role_arn = get("aws-role-arn").await;
-            let client_only = get("client-only").await;
-            let probe = get("GIT_AUTH_TOKEN.github.com").await.unwrap_err();
-            let health = HealthClient::with_origin(peer.clone(), uri())
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok();
-            let req = Request::post(format!("http://localhost{BIG}"))
-                .header("content-type", "application/grpc")
-                .body(
-                    http_body_util::Empty::new()
-                        .map_err(|never| match never {})
-                        .boxed_unsync(),
-                )
-                .unwrap();
-            let res = peer.clone().oneshot(req).await.unwrap();
-            let body = res.into_body().collect().await.unwrap().to_bytes();
-            report
-                .send(Observed {
-                    session: headers
-                        .get(SESSION_UUID)
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .to_string(),
-                    role_arn,
-                    client_only,
-                    probe,
-                    health,
-                    big_sha: hex::encode(Sha256::digest(&body)),
-                })
-                .unwrap();
-        })
-    })
-}
 
 fn provider() -> Provider {
     Provider::new(vec![Arc::new(Mock::new(

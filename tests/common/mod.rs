@@ -268,4 +268,5 @@ impl Projected {
     }
 }
 pub mod dockerd;
+pub mod fake_daemon;
 pub mod session_client;

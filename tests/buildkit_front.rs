@@ -1,0 +1,190 @@
+//! The BuildKit API front door through the real binary, against a fake buildkitd on a unix
+//! socket: sessions get the helper's secrets; HTTP/1.1 clients, a dead daemon, a daemon that
+//! dies mid-session and garbage on the socket each get a clear result, and the helper carries on.
+
+#![allow(clippy::result_large_err)] // tonic fixes body errors to `Status`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::fake_daemon::{daemon_script, fake_daemon, Observed};
+use common::session_client::client_session;
+use common::{command, token, Helper, Radioactive};
+use http_body_util::BodyExt;
+use irsa_secrets::h2::{self, Peer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tonic::Code;
+use tower::{Service, ServiceExt};
+
+const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
+
+/// A fake buildkitd listening on a unix socket; dropping it kills every connection at once.
+struct FakeBuildkitd {
+    connections: JoinSet<()>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FakeBuildkitd {
+    fn start(path: &Path, report: mpsc::UnboundedSender<Observed>) -> FakeBuildkitd {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let accept = tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                if tx.send(io).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut connections = JoinSet::new();
+        let script = daemon_script(report);
+        // Connections are served on tasks owned by this value, so dropping it cuts them.
+        connections.spawn(async move {
+            let mut inner = JoinSet::new();
+            while let Some(io) = rx.recv().await {
+                inner.spawn(fake_daemon(io, script.clone()));
+            }
+        });
+        FakeBuildkitd {
+            connections,
+            accept,
+        }
+    }
+}
+
+impl Drop for FakeBuildkitd {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.connections.abort_all();
+    }
+}
+
+async fn connect(helper: &Path) -> Peer {
+    let io = tokio::net::UnixStream::connect(helper).await.unwrap();
+    let (peer, conn) = h2::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    peer
+}
+
+fn start_helper(dir: &Path, daemon: &Path, r: &Radioactive, token_file: &Path) -> Helper {
+    let socket = dir.join("helper.sock");
+    let mut cmd = command();
+    cmd.arg("proxy")
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()));
+    cmd.arg("--upstream")
+        .arg(format!("unix://{}", daemon.display()));
+    let tf = token_file.display().to_string();
+    Helper::spawn(
+        cmd,
+        socket,
+        dir,
+        &[("AWS_WEB_IDENTITY_TOKEN_FILE", &tf), ("AWS_ROLE_ARN", ARN)],
+        r,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildkit_clients_through_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let t = token(3600, -10);
+    r.watch(t.as_bytes());
+    r.watch(ARN.as_bytes());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &t).unwrap();
+    let daemon_sock: PathBuf = dir.path().join("buildkitd.sock");
+    let (report, mut observed) = mpsc::unbounded_channel();
+    let daemon = FakeBuildkitd::start(&daemon_sock, report.clone());
+    let helper = start_helper(dir.path(), &daemon_sock, &r, &token_file);
+
+    // A session: the daemon's GetSecret calls get the helper's values.
+    let control = connect(&helper.socket).await;
+    let session = tokio::spawn(client_session(
+        control.clone(),
+        "bk-1".into(),
+        None,
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    let o = tokio::time::timeout(Duration::from_secs(30), observed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.session, "bk-1");
+    assert_eq!(o.role_arn.unwrap(), ARN.as_bytes());
+    assert_eq!(o.probe, Code::NotFound);
+    assert!(o.health);
+
+    // An HTTP/1.1 client on a helper fronting buildkitd is told what to do instead.
+    let mut raw = tokio::net::UnixStream::connect(&helper.socket)
+        .await
+        .unwrap();
+    raw.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = raw.read(&mut answer).await.unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("buildctl --addr"), "{answer}");
+
+    // Garbage after a valid preface: that connection ends, the helper carries on.
+    let mut raw = tokio::net::UnixStream::connect(&helper.socket)
+        .await
+        .unwrap();
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage")
+        .await
+        .unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut sink))
+        .await
+        .expect("the helper closes a broken connection");
+
+    // The daemon dies mid-session: the client's session ends; new clients get Unavailable
+    // with a message naming the daemon; once it is back, sessions work again.
+    drop(daemon);
+    std::fs::remove_file(&daemon_sock).unwrap();
+    tokio::time::timeout(Duration::from_secs(15), session)
+        .await
+        .expect("the client's session ends with its daemon")
+        .ok();
+    let mut fresh = connect(&helper.socket).await;
+    let req = http::Request::post("http://localhost/moby.buildkit.v1.Control/ListWorkers")
+        .header("content-type", "application/grpc")
+        .body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .unwrap();
+    let res = fresh.ready().await.unwrap().call(req).await.unwrap();
+    let status = tonic::Status::from_header_map(res.headers()).expect("a trailers-only gRPC error");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().contains("buildkitd.sock") && status.message().contains("unreachable"),
+        "{}",
+        status.message()
+    );
+
+    let _daemon = FakeBuildkitd::start(&daemon_sock, report);
+    let control = connect(&helper.socket).await;
+    let again = tokio::spawn(client_session(
+        control,
+        "bk-2".into(),
+        None,
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    let o = tokio::time::timeout(Duration::from_secs(30), observed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.session, "bk-2");
+    assert_eq!(o.role_arn.unwrap(), ARN.as_bytes());
+    again.abort();
+}
