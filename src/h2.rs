@@ -104,3 +104,18 @@ impl tower::Service<Request<BoxBody>> for Peer {
 pub fn to_status(e: hyper::Error) -> Status {
     Status::from_error(Box::new(e))
 }
+
+/// An error with its causes, `outer: inner: root`, for messages that must say what happened
+/// (hyper's own text stops at "connection error").
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -188,3 +188,185 @@ async fn buildkit_clients_through_the_binary() {
     assert_eq!(o.role_arn.unwrap(), ARN.as_bytes());
     again.abort();
 }
+
+/// Test PKI: a CA, a server certificate for `buildkitd.test` and a client certificate.
+struct Pki {
+    ca_pem: String,
+    ca_der: rustls_pki_types::CertificateDer<'static>,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "irsa-secrets test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.extended_key_usages = vec![usage];
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem: ca_cert.pem(),
+        ca_der: ca_cert.der().clone(),
+        server: leaf("buildkitd.test", ExtendedKeyUsagePurpose::ServerAuth),
+        client: leaf("ci-runner", ExtendedKeyUsagePurpose::ClientAuth),
+    }
+}
+
+/// A fake buildkitd behind mutual TLS on loopback, offering only `h2` as gRPC servers do.
+async fn tls_daemon(
+    pki: &Pki,
+    report: mpsc::UnboundedSender<Observed>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    use rustls_pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca_der.clone()).unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let certs =
+        vec![rustls_pki_types::CertificateDer::from_pem_slice(pki.server.0.as_bytes()).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(pki.server.1.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script = daemon_script(report);
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, script) = (acceptor.clone(), script.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    fake_daemon(tls, script).await;
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_upstream_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let pki = pki();
+    let file = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    let (ca, cert, key) = (
+        file("ca.pem", &pki.ca_pem),
+        file("cert.pem", &pki.client.0),
+        file("key.pem", &pki.client.1),
+    );
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, token(3600, -10)).unwrap();
+    let tf = token_file.display().to_string();
+    let (report, mut observed) = mpsc::unbounded_channel();
+    let (addr, daemon) = tls_daemon(&pki, report).await;
+
+    let start = |name: &str, tls: &[&str]| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(&sub).unwrap();
+        let socket = sub.join("helper.sock");
+        let mut cmd = command();
+        cmd.arg("proxy")
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()));
+        cmd.arg("--upstream").arg(format!("tcp://{addr}")).args(tls);
+        Helper::spawn(
+            cmd,
+            socket,
+            &sub,
+            &[("AWS_WEB_IDENTITY_TOKEN_FILE", &tf), ("AWS_ROLE_ARN", ARN)],
+            &r,
+        )
+    };
+    let good = start(
+        "good",
+        &[
+            "--tlscacert",
+            &ca,
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+            "--tlsservername",
+            "buildkitd.test",
+        ],
+    );
+    let control = connect(&good.socket).await;
+    let session = tokio::spawn(client_session(
+        control,
+        "tls-1".into(),
+        None,
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    let o = tokio::time::timeout(Duration::from_secs(30), observed.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(o.session, "tls-1");
+    assert_eq!(o.role_arn.unwrap(), ARN.as_bytes());
+    session.abort();
+
+    // Without a client certificate, or with the wrong server name, the daemon cannot be
+    // reached: the client is told so.
+    for (name, flags) in [
+        (
+            "no-client-cert",
+            vec!["--tlscacert", &ca, "--tlsservername", "buildkitd.test"],
+        ),
+        (
+            "wrong-name",
+            vec![
+                "--tlscacert",
+                &ca,
+                "--tlscert",
+                &cert,
+                "--tlskey",
+                &key,
+                "--tlsservername",
+                "other.test",
+            ],
+        ),
+    ] {
+        let helper = start(name, &flags);
+        let mut control = connect(&helper.socket).await;
+        let req = http::Request::post("http://localhost/moby.buildkit.v1.Control/ListWorkers")
+            .header("content-type", "application/grpc")
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap();
+        let res = control.ready().await.unwrap().call(req).await.unwrap();
+        let status = tonic::Status::from_header_map(res.headers()).expect("a gRPC error");
+        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+        let msg = status.message();
+        assert!(msg.contains("the daemon"), "{name}: {msg}");
+        eprintln!("{name}: {msg}");
+    }
+    daemon.abort();
+}

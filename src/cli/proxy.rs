@@ -7,6 +7,7 @@ use clap::Args;
 use super::serve::SocketArgs;
 use super::IdentityArgs;
 use crate::provider::Provider;
+use crate::proxy::tls::TlsArgs;
 use crate::proxy::{Daemon, Upstream, UpstreamKind};
 use crate::socket;
 
@@ -37,6 +38,9 @@ pub struct ProxyArgs {
     pub upstream_kind: UpstreamKind,
 
     #[command(flatten)]
+    pub tls: TlsArgs,
+
+    #[command(flatten)]
     pub socket: SocketArgs,
 
     #[command(flatten)]
@@ -45,6 +49,10 @@ pub struct ProxyArgs {
 
 pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let provider = Provider::new(args.identity.sources()?);
+    let tls = args
+        .tls
+        .load(args.upstream.host())
+        .map_err(anyhow::Error::msg)?;
     let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
     let bound = socket::bind(&path, &args.socket.options()).map_err(anyhow::Error::msg)?;
     tracing::info!(
@@ -54,7 +62,7 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         "proxying: point DOCKER_HOST, buildctl --addr or the buildx remote driver at unix://{}",
         bound.file.path().display()
     );
-    let daemon = Daemon::new(args.upstream, args.upstream_kind);
+    let daemon = Daemon::new(args.upstream, tls, args.upstream_kind);
     crate::proxy::run(
         bound.listener,
         daemon,

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::grpc;
 use super::grpc::{session_info, SESSION_METHOD};
-use super::{Daemon, Io, Upstream};
+use super::{Daemon, Io};
 use crate::proto::GET_SECRET_PATH;
 use crate::provider::Provider;
 use crate::session::{self, SessionInfo};
@@ -31,18 +31,17 @@ type Upgraded = BoxFuture<'static, ()>;
 /// Serves one client connection: every request goes to a dedicated upstream connection, so
 /// keep-alive, ordering and hijacking behave as they would directly.
 pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, provider: Provider) {
-    let upstream = daemon.upstream.clone();
-    let send = match connect(&upstream).await {
+    let send = match connect(&daemon).await {
         Ok(send) => Some(send),
         Err(e) => {
-            tracing::warn!(%upstream, error = %e, "daemon unreachable");
+            tracing::warn!(upstream = %daemon.upstream, error = %e, "daemon unreachable");
             None
         }
     };
     let (upgrades, mut upgraded) = mpsc::unbounded_channel::<Upgraded>();
     let state = Arc::new(Conn {
         send: Mutex::new(send),
-        upstream,
+        daemon,
         provider,
         upgrades,
     });
@@ -69,8 +68,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn connect(upstream: &Upstream) -> Result<(SendRequest<Body>, AbortOnDrop), String> {
-    let io = upstream.connect().await.map_err(|e| e.to_string())?;
+async fn connect(daemon: &Daemon) -> Result<(SendRequest<Body>, AbortOnDrop), String> {
+    let io = daemon.connect_http1().await.map_err(|e| e.to_string())?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
@@ -84,7 +83,7 @@ async fn connect(upstream: &Upstream) -> Result<(SendRequest<Body>, AbortOnDrop)
 
 struct Conn {
     send: Mutex<Option<(SendRequest<Body>, AbortOnDrop)>>,
-    upstream: Upstream,
+    daemon: Arc<Daemon>,
     provider: Provider,
     upgrades: mpsc::UnboundedSender<Upgraded>,
 }
@@ -108,13 +107,13 @@ impl Conn {
         let mut res = match self.forward(req).await {
             Ok(res) => res,
             Err(e) => {
-                tracing::warn!(%method, %path, upstream = %self.upstream, error = %e, "daemon did not answer");
+                tracing::warn!(%method, %path, upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
                 return Ok(error_response(
                     StatusCode::BAD_GATEWAY,
                     &format!(
                         "irsa-secrets: the Docker daemon at {} did not answer: {e}. Check that it \
                          is running and that --upstream points at its socket",
-                        self.upstream
+                        self.daemon.upstream
                     ),
                 ));
             }
@@ -146,7 +145,7 @@ impl Conn {
     async fn forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
         let mut slot = self.send.lock().await;
         if slot.as_ref().is_none_or(|(send, _)| send.is_closed()) {
-            *slot = Some(connect(&self.upstream).await?);
+            *slot = Some(connect(&self.daemon).await?);
         }
         let (send, _) = slot.as_mut().expect("connected above");
         send.ready().await.map_err(|e| e.to_string())?;

@@ -3,6 +3,8 @@
 //! (the buildx docker driver's control connection).
 
 use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -16,6 +18,10 @@ use crate::provider::Provider;
 use crate::session::{self, SessionInfo};
 use crate::tunnel::{self, Outgoing};
 
+/// How long a client whose daemon connection failed keeps getting that error before the
+/// connection is closed.
+const FAILED_GRACE: Duration = Duration::from_secs(5);
+
 /// The tunnelled session call.
 pub const SESSION_PATH: &str = "/moby.buildkit.v1.Control/Session";
 /// Session headers as gRPC metadata (lower-cased by BuildKit's client).
@@ -28,14 +34,46 @@ pub const SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
 pub async fn serve(client: impl Io, upstream: impl Io, provider: Provider) {
     let (daemon, daemon_conn) = match h2::handshake(upstream).await {
         Ok(pair) => pair,
-        Err(e) => return tracing::warn!(error = %e, "HTTP/2 handshake with the daemon failed"),
+        Err(e) => {
+            let reason = format!(
+                "irsa-secrets: HTTP/2 with the daemon failed: {}",
+                h2::chain(&e)
+            );
+            tracing::warn!(error = %reason, "daemon connection failed");
+            return refuse(client, reason).await;
+        }
     };
-    let service =
-        hyper::service::service_fn(move |req| route(daemon.clone(), provider.clone(), req));
+    let failure = Arc::new(OnceLock::<String>::new());
+    let failed = Arc::clone(&failure);
+    let service = hyper::service::service_fn(move |req| {
+        route(daemon.clone(), provider.clone(), Arc::clone(&failed), req)
+    });
     let server = h2::server().serve_connection(TokioIo::new(client), service);
+    tokio::pin!(server, daemon_conn);
     tokio::select! {
-        r = server => if let Err(e) = r { tracing::debug!(error = %e, "client HTTP/2 connection ended") },
-        r = daemon_conn => if let Err(e) = r { tracing::debug!(error = %e, "daemon HTTP/2 connection ended") },
+        r = &mut server => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "client HTTP/2 connection ended");
+            }
+            return;
+        }
+        r = &mut daemon_conn => {
+            let reason = match r {
+                Ok(()) => "the daemon closed the connection".to_string(),
+                Err(e) => h2::chain(&e),
+            };
+            tracing::warn!(error = %reason, "daemon HTTP/2 connection ended");
+            let _ = failure.set(reason);
+        }
+    }
+    // The daemon is gone: for a grace period every call gets Unavailable with the reason, then
+    // the client is asked to go away (and reconnect).
+    if tokio::time::timeout(FAILED_GRACE, &mut server)
+        .await
+        .is_err()
+    {
+        server.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(FAILED_GRACE, server).await;
     }
 }
 
@@ -54,8 +92,13 @@ pub async fn refuse(client: impl Io, message: String) {
 async fn route(
     mut daemon: Peer,
     provider: Provider,
+    failure: Arc<OnceLock<String>>,
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {
+    if let Some(reason) = failure.get() {
+        let message = format!("irsa-secrets: the daemon connection failed: {reason}; check the daemon and the helper's --upstream and TLS flags");
+        return Ok(tonic::Status::unavailable(message).into_http());
+    }
     if req.uri().path() != SESSION_PATH {
         return Ok(daemon.forward(req, "the daemon").await);
     }

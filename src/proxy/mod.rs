@@ -12,10 +12,12 @@ use tokio::task::JoinSet;
 
 use crate::provider::Provider;
 use sniff::Protocol;
+use tls::{Alpn, Tls};
 
 pub mod docker;
 pub mod grpc;
 pub mod sniff;
+pub mod tls;
 
 /// How long in-flight connections may run after a shutdown signal before they are cut.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,7 +67,17 @@ impl std::fmt::Display for Upstream {
 }
 
 impl Upstream {
-    /// Opens a new connection to the daemon.
+    /// The host part of a TCP address (the default TLS server name).
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Upstream::Unix(_) => None,
+            Upstream::Tcp(addr) => addr
+                .rsplit_once(':')
+                .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']')),
+        }
+    }
+
+    /// Opens a new plain connection to the daemon.
     pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
         Ok(match self {
             Upstream::Unix(path) => Box::new(UnixStream::connect(path).await?),
@@ -94,18 +106,21 @@ pub enum UpstreamKind {
 pub struct Daemon {
     /// Where it listens.
     pub upstream: Upstream,
+    tls: Option<Tls>,
     kind: tokio::sync::OnceCell<UpstreamKind>,
 }
 
 impl Daemon {
-    /// A daemon at `upstream`; with [`UpstreamKind::Auto`] the kind is detected on first use.
-    pub fn new(upstream: Upstream, kind: UpstreamKind) -> Self {
+    /// A daemon at `upstream`, reached over `tls` if given; with [`UpstreamKind::Auto`] the
+    /// kind is detected on first use.
+    pub fn new(upstream: Upstream, tls: Option<Tls>, kind: UpstreamKind) -> Self {
         let cell = tokio::sync::OnceCell::new();
         if kind != UpstreamKind::Auto {
             let _ = cell.set(kind);
         }
         Self {
             upstream,
+            tls,
             kind: cell,
         }
     }
@@ -114,7 +129,7 @@ impl Daemon {
     pub async fn kind(&self) -> std::io::Result<UpstreamKind> {
         self.kind
             .get_or_try_init(|| async {
-                let kind = detect(&self.upstream).await?;
+                let kind = self.detect().await?;
                 tracing::info!(upstream = %self.upstream, ?kind, "upstream detected");
                 Ok(kind)
             })
@@ -122,23 +137,45 @@ impl Daemon {
             .copied()
     }
 
+    /// Opens a connection, with TLS when configured, asking for `alpn`.
+    async fn dial(&self, alpn: Alpn) -> std::io::Result<(Box<dyn Io>, Option<Vec<u8>>)> {
+        let io = self.upstream.connect().await?;
+        match &self.tls {
+            Some(tls) => tls.connect(io, alpn).await,
+            None => Ok((io, None)),
+        }
+    }
+
+    /// A connection for the Docker Engine API (HTTP/1.1).
+    pub async fn connect_http1(&self) -> std::io::Result<Box<dyn Io>> {
+        Ok(self.dial(Alpn::Http1).await?.0)
+    }
+
     /// A connection that speaks BuildKit's HTTP/2 API: the socket itself for buildkitd, a
     /// `POST /grpc` upgrade for dockerd.
     pub async fn connect_grpc(&self) -> Result<Box<dyn Io>, String> {
         let kind = self.kind().await.map_err(|e| e.to_string())?;
-        let io = self.upstream.connect().await.map_err(|e| e.to_string())?;
-        match kind {
-            UpstreamKind::Docker => docker::upgrade(io, "/grpc").await,
-            _ => Ok(io),
+        if kind == UpstreamKind::Docker {
+            let io = self.connect_http1().await.map_err(|e| e.to_string())?;
+            return docker::upgrade(io, "/grpc").await;
         }
+        Ok(self.dial(Alpn::Http2).await.map_err(|e| e.to_string())?.0)
+    }
+
+    /// Over TLS, a server that picks `h2` is buildkitd. Otherwise asks `GET /_ping` over
+    /// HTTP/1.1: an HTTP answer means dockerd; buildkitd's gRPC server closes the connection
+    /// or answers with an HTTP/2 frame.
+    async fn detect(&self) -> std::io::Result<UpstreamKind> {
+        let (io, alpn) = self.dial(Alpn::Either).await?;
+        if alpn.as_deref() == Some(b"h2") {
+            return Ok(UpstreamKind::Buildkit);
+        }
+        ping(io).await
     }
 }
 
-/// Asks `GET /_ping` over HTTP/1.1: an HTTP answer means dockerd; buildkitd's gRPC server
-/// closes the connection or answers with an HTTP/2 frame.
-async fn detect(upstream: &Upstream) -> std::io::Result<UpstreamKind> {
+async fn ping(mut io: Box<dyn Io>) -> std::io::Result<UpstreamKind> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut io = upstream.connect().await?;
     io.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
         .await?;
     let mut head = [0u8; 8];
