@@ -14,6 +14,7 @@ pub mod jwt;
 pub mod logging;
 pub mod proto;
 pub mod provider;
+pub mod scan;
 pub mod secret;
 pub mod serve;
 pub mod socket;

@@ -17,6 +17,7 @@ use crate::sources::{IdentityIds, Source};
 mod inspect;
 mod mock;
 mod probe;
+mod scan;
 mod serve;
 
 /// Serve the runner's AWS identity (IRSA) to BuildKit builds as session secrets.
@@ -55,6 +56,9 @@ pub enum Command {
     /// The mock identity for laptops: `mock write DIR` writes a token file and an env file.
     #[command(subcommand)]
     Mock(mock::MockCommand),
+    /// Search an image for the secrets the helper serves and for AWS credentials; exit 0 when
+    /// clean, 1 on findings, 2 on error.
+    Scan(scan::ScanArgs),
 }
 
 impl Cli {
@@ -66,6 +70,7 @@ impl Cli {
             Command::Token(args) => inspect::token(args),
             Command::Doctor(args) => inspect::doctor(args),
             Command::Mock(cmd) => mock::run(cmd),
+            Command::Scan(args) => scan::run(args).await,
         }
     }
 }
