@@ -59,7 +59,7 @@ struct DockerManifest {
 }
 
 /// Lists an image's documents and blobs, verifying the documents.
-pub fn plan(store: &Store, limits: &Limits) -> Result<Plan, ScanError> {
+pub fn plan(store: &Store, name: &str, limits: &Limits) -> Result<Plan, ScanError> {
     let mut walk = Walk {
         store,
         limits,
@@ -77,7 +77,7 @@ pub fn plan(store: &Store, limits: &Limits) -> Result<Plan, ScanError> {
         walk.docker_save()?;
     } else {
         return Err(ScanError::Format {
-            what: "image".into(),
+            what: name.to_string(),
             message: "neither index.json (OCI layout) nor manifest.json (docker save) found: \
                       not an image archive"
                 .into(),

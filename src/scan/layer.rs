@@ -198,14 +198,21 @@ fn search(
     limits: &Limits,
     on_finding: &mut dyn FnMut(Finding),
 ) -> Result<(), ScanError> {
-    let what = format!("layer {}", blob.digest);
+    let head = reader.fill_buf().map_err(|source| ScanError::Io {
+        what: format!("layer {}", blob.digest),
+        source,
+    })?;
+    let gzip = head.starts_with(&[0x1f, 0x8b]);
+    let zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
+    let what = match (gzip, zstd) {
+        (true, _) => format!("layer {} (gzip)", blob.digest),
+        (_, true) => format!("layer {} (zstd)", blob.digest),
+        _ => format!("layer {}", blob.digest),
+    };
     let io_err = |source| ScanError::Io {
         what: what.clone(),
         source,
     };
-    let head = reader.fill_buf().map_err(io_err)?;
-    let gzip = head.starts_with(&[0x1f, 0x8b]);
-    let zstd = head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]);
     let tripped = Cell::new(false);
     let limit = limits
         .max_layer_bytes

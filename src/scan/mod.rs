@@ -29,7 +29,7 @@ mod tarx;
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     /// Reading failed.
-    #[error("cannot read {what}: {source}")]
+    #[error("cannot read {what}")]
     Io {
         /// What was being read.
         what: String,
@@ -243,7 +243,7 @@ fn scan_store(
     progress: Option<&Progress>,
 ) -> Result<Report, ScanError> {
     let (matcher, mut notes) = matcher::Matcher::new(needles);
-    let plan = image::plan(store, limits)?;
+    let plan = image::plan(store, &name, limits)?;
     notes.extend(plan.notes);
     let total = plan.blobs.iter().map(|b| b.size).sum();
     if let Some(p) = progress {

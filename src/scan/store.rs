@@ -14,6 +14,9 @@ use super::{tarx, Limits, ScanError};
 
 /// Most links followed to reach one member.
 const MAX_LINKS: usize = 16;
+/// Most members an image archive may have (`docker save` writes a few per layer); bounds the
+/// index's memory.
+const MAX_MEMBERS: usize = 100_000;
 
 /// A member's bytes within a file: what every blob reader reads from.
 #[derive(Debug, Clone)]
@@ -148,6 +151,12 @@ impl Store {
                 _ => Member::Other,
             };
             members.insert(name, member);
+            if members.len() > MAX_MEMBERS {
+                return Err(ScanError::Format {
+                    what: what.to_string(),
+                    message: format!("more than {MAX_MEMBERS} files: not an image archive"),
+                });
+            }
             Ok(())
         })?;
         Ok(Store::Tar { file, members })
