@@ -9,9 +9,11 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::IdentityArgs;
+use super::{Identity, IdentityArgs};
 use crate::scan::report::{self, Format};
 use crate::scan::{docker, Limits, Needles, Progress, Report};
+use crate::sources::static_secret::Static;
+use crate::sources::Source;
 
 /// Flags of `scan`.
 #[derive(Debug, Args)]
@@ -110,7 +112,20 @@ async fn needles(identity: &IdentityArgs) -> anyhow::Result<(Needles, Vec<String
         );
         return Ok((needles, notes));
     }
-    for source in identity.sources()? {
+    // Built here rather than with `IdentityArgs::sources`, whose log lines speak of serving.
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    if identity.mock || identity.token_file.is_some() || identity.role_arn.is_some() {
+        sources.push(match identity.identity()? {
+            Identity::Irsa(s) => Arc::new(s),
+            Identity::Mock(s) => Arc::new(s),
+        });
+    }
+    if !identity.secrets.is_empty() {
+        sources.push(Arc::new(
+            Static::new(identity.secrets.clone()).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    for source in sources {
         for id in source.ids() {
             if source.name() != "static" && id == identity.region_id {
                 continue; // a region is not a credential, and appears in every AWS SDK

@@ -250,7 +250,7 @@ impl Walk<'_> {
 fn blob_path(desc: &Descriptor) -> Result<String, ScanError> {
     let digest = desc.digest();
     if *digest.algorithm() != DigestAlgorithm::Sha256 {
-        return Err(unsupported(&digest.to_string()));
+        return Err(unsupported(digest.as_ref()));
     }
     Ok(format!("blobs/sha256/{}", digest.digest()))
 }

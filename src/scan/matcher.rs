@@ -137,8 +137,7 @@ impl Matcher {
         window: &mut Window,
         on_hit: &mut dyn FnMut(Hit),
     ) -> io::Result<u64> {
-        let overlap = self.lookahead + LOOKBEHIND;
-        let capacity = CHUNK.max(2 * overlap) + overlap;
+        let capacity = self.capacity();
         if window.buf.len() < capacity {
             window.buf.resize(capacity, 0);
         }
@@ -171,6 +170,12 @@ impl Matcher {
             from = resume - keep;
             base += keep as u64;
         }
+    }
+
+    /// Window size: a large read plus the overlap carried from the previous window.
+    fn capacity(&self) -> usize {
+        let overlap = self.lookahead + LOOKBEHIND;
+        CHUNK.max(2 * overlap) + overlap
     }
 
     /// Judges every match starting in `from..end` of `hay`; returns where the next search
@@ -443,21 +448,18 @@ mod tests {
     fn matches_spanning_window_boundaries_are_found_once() {
         let secret = "boundary-spanning-secret-0123456789";
         let m = matcher(&[secret]);
-        for at in [
-            0,
-            1,
-            CHUNK - 10,
-            CHUNK - 1,
-            CHUNK,
-            2 * CHUNK + 7,
-            3 * CHUNK - 3,
-        ] {
-            let mut hay = vec![b'.'; 3 * CHUNK + 100];
+        // Where the first two windows stop judging matches, and where the first read ends.
+        let first = m.capacity() - m.lookahead;
+        let second = first + (first - LOOKBEHIND);
+        let mut positions = vec![0, 1];
+        for boundary in [first, second, m.capacity()] {
+            positions.extend(boundary - secret.len() - 1..=boundary + 1);
+        }
+        for at in positions {
+            let mut hay = vec![b'.'; second + 1000];
             hay[at..at + secret.len()].copy_from_slice(secret.as_bytes());
-            for read in [4096, 1 << 20, 7] {
-                if read == 7 && at > CHUNK {
-                    continue; // byte-dribbling a 3 MiB stream is slow and adds nothing
-                }
+            let reads: &[usize] = if at < 2 { &[7, 4096] } else { &[1 << 20] };
+            for &read in reads {
                 let hits = hits_stream(&m, &hay, read);
                 assert_eq!(hits.len(), 1, "at {at}, reads of {read}: {hits:?}");
                 assert_eq!(hits[0].offset, at as u64);
