@@ -106,7 +106,10 @@ impl Walk<'_> {
             return Ok(());
         }
         let path = blob_path(desc)?;
-        if optional && !self.store.exists(&path) {
+        let media_type = desc.media_type().to_string();
+        // Foreign (Windows base) layers are never stored in archives: they are fetched from URLs.
+        let foreign = media_type.contains("foreign") || media_type.contains("nondistributable");
+        if (optional || foreign) && !self.store.exists(&path) {
             let platform = desc
                 .platform()
                 .as_ref()
@@ -119,7 +122,6 @@ impl Walk<'_> {
         }
         let section = self.store.section(&path)?;
         check_size(&section, desc.size(), &digest)?;
-        let media_type = desc.media_type().to_string();
         let kind = if media_type.contains("index") || media_type.contains("manifest.list") {
             "index"
         } else if media_type.contains("manifest") {
