@@ -16,6 +16,7 @@ pub mod logging;
 pub mod proto;
 pub mod provider;
 pub mod proxy;
+pub mod scan;
 pub mod secret;
 pub mod serve;
 pub mod session;

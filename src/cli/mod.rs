@@ -18,6 +18,7 @@ mod inspect;
 mod mock;
 mod probe;
 mod proxy;
+mod scan;
 mod serve;
 
 /// Serve the runner's AWS identity (IRSA) to BuildKit builds as session secrets.
@@ -58,6 +59,9 @@ pub enum Command {
     /// The mock identity for laptops: `mock write DIR` writes a token file and an env file.
     #[command(subcommand)]
     Mock(mock::MockCommand),
+    /// Search an image for the secrets the helper serves and for AWS credentials; exit 0 when
+    /// clean, 1 on findings, 2 on error.
+    Scan(scan::ScanArgs),
 }
 
 impl Cli {
@@ -70,6 +74,7 @@ impl Cli {
             Command::Token(args) => inspect::token(args),
             Command::Doctor(args) => inspect::doctor(args),
             Command::Mock(cmd) => mock::run(cmd),
+            Command::Scan(args) => scan::run(args).await,
         }
     }
 }

@@ -1,0 +1,198 @@
+//! `irsa-secrets scan IMAGE`: fetches what the helper would serve now, scans the image for it
+//! and for AWS credentials of any origin, prints the report. Exit 0 clean, 1 findings, 2 error.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{Identity, IdentityArgs};
+use crate::scan::report::{self, Format};
+use crate::scan::{docker, Limits, Needles, Progress, Report};
+use crate::sources::static_secret::Static;
+use crate::sources::Source;
+
+/// Flags of `scan`.
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// The image: a `docker save` archive, an OCI layout directory or tar, or docker://NAME
+    /// (read from the Docker Engine at DOCKER_HOST or /var/run/docker.sock).
+    #[arg(value_name = "IMAGE")]
+    pub image: String,
+
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+
+    /// Most bytes one layer may decompress to (suffixes K, M, G, T: powers of 1024).
+    #[arg(long, default_value = "64G", value_parser = parse_size, value_name = "SIZE")]
+    pub max_layer_size: u64,
+
+    /// Most decompressed bytes per compressed byte of a layer beyond its first 16 MiB: larger
+    /// ratios are decompression bombs.
+    #[arg(long, default_value = "200", value_name = "N")]
+    pub max_ratio: u64,
+
+    /// Where the values to look for come from (the same flags as `serve`); with none, only the
+    /// generic detectors run.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+pub(super) async fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
+    match scan(args).await {
+        Ok(report) => Ok(ExitCode::from(u8::from(!report.findings.is_empty()))),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
+    let (needles, notes) = needles(&args.identity).await?;
+    let limits = Limits {
+        max_layer_bytes: args.max_layer_size,
+        max_ratio: args.max_ratio,
+        ..Limits::default()
+    };
+    let spooled = match args.image.strip_prefix("docker://") {
+        Some(name) => {
+            let host = std::env::var("DOCKER_HOST").ok();
+            let socket = docker::socket_path(host.as_deref())?;
+            Some(docker::fetch(&socket, name).await?)
+        }
+        None => None,
+    };
+    let progress = Arc::new(Progress::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let display = std::io::stderr()
+        .is_terminal()
+        .then(|| show_progress(progress.clone(), stop.clone()));
+    let image = args.image.clone();
+    let result = tokio::task::spawn_blocking(move || match spooled {
+        Some(file) => crate::scan::scan_file(file, &image, &needles, &limits, Some(&progress)),
+        None => crate::scan::scan_path_with(
+            std::path::Path::new(&image),
+            &needles,
+            &limits,
+            Some(&progress),
+        ),
+    })
+    .await?;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(display) = display {
+        let _ = display.join();
+    }
+    let mut report = result?;
+    report.notes.splice(0..0, notes);
+    let mut out = std::io::stdout().lock();
+    out.write_all(report::render(&report, args.format).as_bytes())?;
+    out.flush()?;
+    Ok(report)
+}
+
+/// The values every configured source serves now. Sources that fail fail the scan: scanning
+/// without them would report a clean image it has not checked.
+async fn needles(identity: &IdentityArgs) -> anyhow::Result<(Needles, Vec<String>)> {
+    let mut needles = Needles::default();
+    let mut notes = Vec::new();
+    let configured = identity.mock
+        || identity.token_file.is_some()
+        || identity.role_arn.is_some()
+        || !identity.secrets.is_empty();
+    if !configured {
+        notes.push(
+            "no identity or --secret configured: only the generic detectors ran (AWS keys, \
+             session tokens, identity JWTs)"
+                .to_string(),
+        );
+        return Ok((needles, notes));
+    }
+    // Built here rather than with `IdentityArgs::sources`, whose log lines speak of serving.
+    let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+    if identity.mock || identity.token_file.is_some() || identity.role_arn.is_some() {
+        sources.push(match identity.identity()? {
+            Identity::Irsa(s) => Arc::new(s),
+            Identity::Mock(s) => Arc::new(s),
+        });
+    }
+    if !identity.secrets.is_empty() {
+        sources.push(Arc::new(
+            Static::new(identity.secrets.clone()).map_err(anyhow::Error::msg)?,
+        ));
+    }
+    for source in sources {
+        for id in source.ids() {
+            if source.name() != "static" && id == identity.region_id {
+                continue; // a region is not a credential, and appears in every AWS SDK
+            }
+            match source.fetch(&id).await {
+                Ok(Some(value)) => needles.add(id, value),
+                Ok(None) => {}
+                Err(e) => anyhow::bail!("cannot fetch secret {id} to search for it: {e}"),
+            }
+        }
+    }
+    Ok((needles, notes))
+}
+
+/// Redraws one status line on stderr (a terminal) until `stop`, for images over 64 MiB.
+fn show_progress(progress: Arc<Progress>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut drawn = false;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let total = progress.total.load(Ordering::Relaxed);
+            if total >= 64 << 20 {
+                let done = progress.done.load(Ordering::Relaxed);
+                eprint!(
+                    "\rscanning: {} / {} MiB ({}%)   ",
+                    done >> 20,
+                    total >> 20,
+                    done * 100 / total
+                );
+                drawn = true;
+            }
+        }
+        if drawn {
+            eprint!("\r{:60}\r", "");
+        }
+    })
+}
+
+/// Parses `1024`, `64K`, `512M`, `64G`, `1T` (powers of 1024; a trailing `iB` or `B` is fine).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 30),
+        Some((i, 'T' | 't')) => (&t[..i], 40),
+        _ => (t, 0),
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size: use e.g. 1048576, 512M or 64G"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("64G"), Ok(64 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

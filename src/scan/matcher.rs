@@ -1,0 +1,548 @@
+//! Multi-pattern streaming search: one Aho-Corasick automaton holds every exact needle (raw,
+//! base64 at its three alignments, URL-encoded) and the anchors of the generic detectors, whose
+//! candidates are then confirmed by a few bytes of look-around. Streams are searched in large
+//! windows that overlap by the longest pattern plus the look-ahead, so a secret split across two
+//! reads is still found, exactly once.
+
+use std::io::{self, Read};
+
+use aho_corasick::{AhoCorasick, Input, MatchKind};
+use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+
+use super::Needles;
+
+/// Shortest needle worth searching for: shorter values would match everywhere.
+pub const MIN_NEEDLE_LEN: usize = 8;
+/// Longest JWT the detector decodes; bounds the look-ahead.
+const JWT_MAX: usize = 16 * 1024;
+/// Longest session token value read after an anchor.
+const SESSION_TOKEN_MAX: usize = 4096;
+/// Bytes kept before a window's resume point, for word-boundary checks.
+const LOOKBEHIND: usize = 8;
+/// Bytes read per window, beyond the overlap.
+const CHUNK: usize = 1 << 20;
+
+/// What a pattern of the automaton stands for.
+#[derive(Debug, Clone)]
+enum Pattern {
+    /// An exact needle in one of its encodings; the label names the secret id and encoding.
+    Needle(String),
+    /// `AKIA`/`ASIA` followed by 16 upper-case letters or digits.
+    AccessKeyId,
+    /// A secret-access-key name followed by `=`/`:` and 40 base64 characters.
+    SecretKeyAssignment,
+    /// A session-token name followed by `=`/`:` and a long base64 value.
+    SessionTokenAssignment,
+    /// The fixed prefix STS session tokens start with, followed by a long base64 value.
+    SessionTokenPrefix,
+    /// `eyJ`, the start of a JWT, confirmed by decoding its header and claims.
+    Jwt,
+}
+
+/// One confirmed match: where, what, and a snippet that never shows the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// Byte offset of the value in the searched stream.
+    pub offset: u64,
+    /// Length of the value in bytes.
+    pub len: usize,
+    /// Which detector or needle matched.
+    pub detector: String,
+    /// The first few characters and the redacted length.
+    pub snippet: String,
+}
+
+/// The compiled search: built once per scan, shared by every blob.
+pub struct Matcher {
+    ac: AhoCorasick,
+    patterns: Vec<Pattern>,
+    /// Longest pattern in bytes.
+    max_pattern: usize,
+    /// Bytes that must follow a match start in the window before it is judged.
+    lookahead: usize,
+}
+
+impl Matcher {
+    /// Builds the automaton; returns it with notes about needles that were skipped.
+    pub fn new(needles: &Needles) -> (Matcher, Vec<String>) {
+        let mut notes = Vec::new();
+        let mut bytes: Vec<Vec<u8>> = Vec::new();
+        let mut patterns = Vec::new();
+        for (id, value) in needles.iter() {
+            let value = value.expose();
+            if value.len() < MIN_NEEDLE_LEN {
+                notes.push(format!(
+                    "secret {id} is shorter than {MIN_NEEDLE_LEN} bytes: not searched (it would match everywhere)"
+                ));
+                continue;
+            }
+            for (form, encoded) in encodings(value) {
+                if encoded.len() >= MIN_NEEDLE_LEN && !bytes.contains(&encoded) {
+                    bytes.push(encoded);
+                    patterns.push(Pattern::Needle(if form.is_empty() {
+                        format!("secret {id}")
+                    } else {
+                        format!("secret {id} ({form})")
+                    }));
+                }
+            }
+        }
+        let generic: &[(&str, Pattern)] = &[
+            ("AKIA", Pattern::AccessKeyId),
+            ("ASIA", Pattern::AccessKeyId),
+            ("secret_access_key", Pattern::SecretKeyAssignment),
+            ("SECRET_ACCESS_KEY", Pattern::SecretKeyAssignment),
+            ("SecretAccessKey", Pattern::SecretKeyAssignment),
+            ("secretAccessKey", Pattern::SecretKeyAssignment),
+            ("secret-access-key", Pattern::SecretKeyAssignment),
+            ("session_token", Pattern::SessionTokenAssignment),
+            ("SESSION_TOKEN", Pattern::SessionTokenAssignment),
+            ("SessionToken", Pattern::SessionTokenAssignment),
+            ("sessionToken", Pattern::SessionTokenAssignment),
+            ("IQoJb3JpZ2luX2Vj", Pattern::SessionTokenPrefix),
+            ("FwoGZXIvYXdzE", Pattern::SessionTokenPrefix),
+            ("eyJ", Pattern::Jwt),
+        ];
+        for (anchor, pattern) in generic {
+            bytes.push(anchor.as_bytes().to_vec());
+            patterns.push(pattern.clone());
+        }
+        let max_pattern = bytes.iter().map(Vec::len).max().unwrap_or(1);
+        let ac = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&bytes)
+            .expect("patterns are plain byte strings within the automaton's limits");
+        let lookahead = max_pattern + JWT_MAX;
+        (
+            Matcher {
+                ac,
+                patterns,
+                max_pattern,
+                lookahead,
+            },
+            notes,
+        )
+    }
+
+    /// Searches a whole in-memory value (a file name, a config field).
+    pub fn scan_bytes(&self, hay: &[u8], on_hit: &mut dyn FnMut(Hit)) {
+        self.search(hay, 0, hay.len(), 0, true, on_hit);
+    }
+
+    /// Searches a stream of any length in bounded memory; returns the number of bytes read.
+    pub fn scan_stream(
+        &self,
+        reader: &mut dyn Read,
+        window: &mut Window,
+        on_hit: &mut dyn FnMut(Hit),
+    ) -> io::Result<u64> {
+        let capacity = self.capacity();
+        if window.buf.len() < capacity {
+            window.buf.resize(capacity, 0);
+        }
+        let buf = &mut window.buf;
+        let (mut len, mut from, mut base, mut total) = (0usize, 0usize, 0u64, 0u64);
+        loop {
+            let mut eof = false;
+            while len < buf.len() {
+                match reader.read(&mut buf[len..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        len += n;
+                        total += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let end = if eof { len } else { len - self.lookahead };
+            let resume = self.search(&buf[..len], from, end, base, eof, on_hit);
+            if eof {
+                return Ok(total);
+            }
+            let keep = resume.min(end).saturating_sub(LOOKBEHIND);
+            buf.copy_within(keep..len, 0);
+            len -= keep;
+            from = resume - keep;
+            base += keep as u64;
+        }
+    }
+
+    /// Window size: a large read plus the overlap carried from the previous window.
+    fn capacity(&self) -> usize {
+        let overlap = self.lookahead + LOOKBEHIND;
+        CHUNK.max(2 * overlap) + overlap
+    }
+
+    /// Judges every match starting in `from..end` of `hay`; returns where the next search
+    /// resumes. `base` is the stream offset of `hay[0]`; `eof` says nothing follows `hay`.
+    fn search(
+        &self,
+        hay: &[u8],
+        from: usize,
+        end: usize,
+        base: u64,
+        eof: bool,
+        on_hit: &mut dyn FnMut(Hit),
+    ) -> usize {
+        let mut pos = from;
+        let limit = if eof {
+            hay.len()
+        } else {
+            (end + self.max_pattern).min(hay.len())
+        };
+        while pos < end {
+            let Some(m) = self.ac.find(Input::new(&hay[..limit]).span(pos..limit)) else {
+                return end;
+            };
+            if m.start() >= end {
+                return m.start();
+            }
+            let pattern = &self.patterns[m.pattern().as_usize()];
+            match confirm(pattern, hay, m.start(), m.end()) {
+                Some((start, stop, detector)) => {
+                    on_hit(Hit {
+                        offset: base + start as u64,
+                        len: stop - start,
+                        detector,
+                        snippet: redact(&hay[start..stop]),
+                    });
+                    pos = stop.max(m.start() + 1);
+                }
+                None => pos = m.start() + 1,
+            }
+        }
+        pos
+    }
+}
+
+/// A reusable search buffer, so scanning many small files allocates once.
+#[derive(Default)]
+pub struct Window {
+    buf: Vec<u8>,
+}
+
+/// The forms a needle may take in an image: raw, URL-encoded, and base64 (standard and URL-safe
+/// alphabets) at each of the three byte alignments, keeping only the characters that depend on
+/// the value alone.
+fn encodings(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut forms = vec![("", value.to_vec())];
+    let url = url_encode(value);
+    if url != value {
+        forms.push(("URL-encoded", url));
+    }
+    for (name, engine) in [
+        ("base64", &STANDARD_NO_PAD),
+        ("base64url", &URL_SAFE_NO_PAD),
+    ] {
+        for shift in 0..3 {
+            let mut padded = vec![0u8; shift];
+            padded.extend_from_slice(value);
+            let encoded = engine.encode(&padded).into_bytes();
+            let first = (8 * shift).div_ceil(6);
+            let last = (8 * padded.len()) / 6;
+            if first < last {
+                forms.push((name, encoded[first..last].to_vec()));
+            }
+        }
+    }
+    forms
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn url_encode(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+/// Confirms a candidate: the span of the secret value within `hay` and the detector name.
+fn confirm(
+    pattern: &Pattern,
+    hay: &[u8],
+    start: usize,
+    end: usize,
+) -> Option<(usize, usize, String)> {
+    let upper_alnum = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'/' || *b == b'+';
+    match pattern {
+        Pattern::Needle(label) => Some((start, end, label.clone())),
+        Pattern::AccessKeyId => {
+            let stop = start + 20;
+            let ok = (start == 0 || !hay[start - 1].is_ascii_alphanumeric())
+                && hay.len() >= stop
+                && hay[end..stop].iter().all(upper_alnum)
+                && hay.get(stop).is_none_or(|b| !b.is_ascii_alphanumeric());
+            ok.then(|| (start, stop, "aws-access-key-id".to_string()))
+        }
+        Pattern::SecretKeyAssignment => {
+            let value = assigned_value(hay, end)?;
+            let run = hay[value..].iter().take(41).take_while(|b| b64(b)).count();
+            let boundary = hay.get(value + 40).is_none_or(|b| !b64(b) && *b != b'=');
+            (run == 40 && boundary).then(|| (value, value + 40, "aws-secret-access-key".into()))
+        }
+        Pattern::SessionTokenAssignment => {
+            let value = assigned_value(hay, end)?;
+            session_token(hay, value)
+        }
+        Pattern::SessionTokenPrefix => session_token(hay, start),
+        Pattern::Jwt => jwt(hay, start),
+    }
+}
+
+/// After a key name: skips quotes and blanks around one `=`, `:` or `>`; the value's start.
+fn assigned_value(hay: &[u8], mut at: usize) -> Option<usize> {
+    let mut seen_separator = false;
+    for _ in 0..8 {
+        match hay.get(at)? {
+            b'=' | b':' | b'>' if !seen_separator => seen_separator = true,
+            b' ' | b'\t' | b'"' | b'\'' => {}
+            _ => break,
+        }
+        at += 1;
+    }
+    seen_separator.then_some(at)
+}
+
+/// A session token value starting at `start`: at least 100 base64 characters.
+fn session_token(hay: &[u8], start: usize) -> Option<(usize, usize, String)> {
+    let len = hay[start..]
+        .iter()
+        .take(SESSION_TOKEN_MAX)
+        .take_while(|b| b.is_ascii_alphanumeric() || b"/+=".contains(b))
+        .count();
+    (len >= 100).then(|| (start, start + len, "aws-session-token".to_string()))
+}
+
+/// A JWT starting at `start` whose claims say it is an AWS or Kubernetes identity token.
+fn jwt(hay: &[u8], start: usize) -> Option<(usize, usize, String)> {
+    let url_char = |b: &u8| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_';
+    if start > 0 && url_char(&hay[start - 1]) {
+        return None;
+    }
+    let rest = &hay[start..hay.len().min(start + JWT_MAX)];
+    let segment = |from: usize| from + rest[from..].iter().take_while(|b| url_char(b)).count();
+    let header_end = segment(0);
+    if rest.get(header_end) != Some(&b'.') {
+        return None;
+    }
+    let payload_end = segment(header_end + 1);
+    if rest.get(payload_end) != Some(&b'.') {
+        return None;
+    }
+    let stop = segment(payload_end + 1);
+    let decode = |s: &[u8]| -> Option<serde_json::Value> {
+        let bytes = URL_SAFE_NO_PAD.decode(s).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    };
+    let header = decode(&rest[..header_end])?;
+    header.get("alg")?;
+    let claims = decode(&rest[header_end + 1..payload_end])?;
+    let sts = match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => a == "sts.amazonaws.com",
+        Some(serde_json::Value::Array(a)) => a.iter().any(|a| a == "sts.amazonaws.com"),
+        _ => false,
+    };
+    let kubernetes = claims.get("kubernetes.io").is_some()
+        || claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .is_some_and(|s| s.starts_with("system:serviceaccount:"));
+    let detector = match (sts, kubernetes) {
+        (true, _) => "jwt (sts.amazonaws.com audience)",
+        (false, true) => "jwt (kubernetes service account)",
+        (false, false) => return None,
+    };
+    Some((start, start + stop, detector.to_string()))
+}
+
+/// The first few characters of a value (a quarter at most, four at most) and how many bytes are
+/// hidden: enough to recognise a finding, never enough to use it.
+pub fn redact(value: &[u8]) -> String {
+    let shown = (value.len() / 4).min(4);
+    let prefix: String = value[..shown]
+        .iter()
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+        .collect();
+    format!("{prefix}…[redacted {} bytes]", value.len() - shown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretValue;
+
+    fn matcher(values: &[&str]) -> Matcher {
+        let mut needles = Needles::default();
+        for (i, v) in values.iter().enumerate() {
+            needles.add(format!("s{i}"), SecretValue::from(v.to_string()));
+        }
+        Matcher::new(&needles).0
+    }
+
+    fn hits_bytes(m: &Matcher, hay: &[u8]) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        m.scan_bytes(hay, &mut |h| hits.push(h));
+        hits
+    }
+
+    fn hits_stream(m: &Matcher, hay: &[u8], read_size: usize) -> Vec<Hit> {
+        struct Dribble<'a>(&'a [u8], usize);
+        impl Read for Dribble<'_> {
+            fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(out.len()).min(self.1);
+                out[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut hits = Vec::new();
+        let n = m
+            .scan_stream(
+                &mut Dribble(hay, read_size),
+                &mut Window::default(),
+                &mut |h| hits.push(h),
+            )
+            .unwrap();
+        assert_eq!(n, hay.len() as u64);
+        hits
+    }
+
+    #[test]
+    fn needles_are_found_in_every_encoding_and_alignment() {
+        let secret = "s3cr3t-value/with+odd&chars";
+        let m = matcher(&[secret]);
+        for (form, encoded) in encodings(secret.as_bytes()) {
+            for prefix in ["", "x", "xy", "xyz"] {
+                // Encode with a prefix so every alignment occurs inside a longer base64 text.
+                let hay = if form.starts_with("base64") {
+                    let engine = if form == "base64" {
+                        &STANDARD_NO_PAD
+                    } else {
+                        &URL_SAFE_NO_PAD
+                    };
+                    engine.encode(format!("{prefix}{secret}!!"))
+                } else {
+                    format!("{prefix} {} ", String::from_utf8(encoded.clone()).unwrap())
+                };
+                let hits = hits_bytes(&m, hay.as_bytes());
+                assert!(
+                    !hits.is_empty() && hits[0].detector.starts_with("secret s0"),
+                    "{form:?} with prefix {prefix:?} not found: {hay}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_spanning_window_boundaries_are_found_once() {
+        let secret = "boundary-spanning-secret-0123456789";
+        let m = matcher(&[secret]);
+        // Where the first two windows stop judging matches, and where the first read ends.
+        let first = m.capacity() - m.lookahead;
+        let second = first + (first - LOOKBEHIND);
+        let mut positions = vec![0, 1];
+        for boundary in [first, second, m.capacity()] {
+            positions.extend(boundary - secret.len() - 1..=boundary + 1);
+        }
+        for at in positions {
+            let mut hay = vec![b'.'; second + 1000];
+            hay[at..at + secret.len()].copy_from_slice(secret.as_bytes());
+            let reads: &[usize] = if at < 2 { &[7, 4096] } else { &[1 << 20] };
+            for &read in reads {
+                let hits = hits_stream(&m, &hay, read);
+                assert_eq!(hits.len(), 1, "at {at}, reads of {read}: {hits:?}");
+                assert_eq!(hits[0].offset, at as u64);
+                assert_eq!(hits[0].len, secret.len());
+            }
+        }
+    }
+
+    #[test]
+    fn generic_detectors_confirm_their_candidates() {
+        let m = matcher(&[]);
+        let key = "AKIAIOSFODNN7EXAMPLE";
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let token = format!("IQoJb3JpZ2luX2VjE{}", "A".repeat(120));
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (format!("id={key}\n"), Some("aws-access-key-id")),
+            (format!("x{key}"), None),
+            (format!("{key}X"), None),
+            ("AKIA-not-a-key".into(), None),
+            (
+                format!("aws_secret_access_key = {secret}\n"),
+                Some("aws-secret-access-key"),
+            ),
+            (
+                format!("\"SecretAccessKey\": \"{secret}\""),
+                Some("aws-secret-access-key"),
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY}".into(),
+                None,
+            ),
+            (format!("aws_secret_access_key={secret}X"), None),
+            (format!("token: {token}"), Some("aws-session-token")),
+            (
+                format!("AWS_SESSION_TOKEN={}", "b".repeat(150)),
+                Some("aws-session-token"),
+            ),
+            ("AWS_SESSION_TOKEN=short".into(), None),
+        ];
+        for (hay, want) in cases {
+            let hits = hits_bytes(&m, hay.as_bytes());
+            assert_eq!(
+                hits.first().map(|h| h.detector.as_str()),
+                want,
+                "{hay}: {hits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn jwts_are_reported_only_with_identity_claims() {
+        let m = matcher(&[]);
+        let jwt = |claims: serde_json::Value| {
+            format!(
+                "{}.{}.sig",
+                URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+                URL_SAFE_NO_PAD.encode(claims.to_string())
+            )
+        };
+        let sts = jwt(serde_json::json!({"aud": ["sts.amazonaws.com"]}));
+        let k8s = jwt(serde_json::json!({"sub": "system:serviceaccount:ci:runner"}));
+        let other = jwt(serde_json::json!({"aud": "example.com", "sub": "alice"}));
+        let found = |s: &str| hits_bytes(&m, format!("t={s} ").as_bytes());
+        assert_eq!(found(&sts)[0].len, sts.len());
+        assert!(found(&sts)[0].detector.contains("sts.amazonaws.com"));
+        assert!(found(&k8s)[0].detector.contains("kubernetes"));
+        assert!(found(&other).is_empty());
+        assert!(found("eyJnotajwt").is_empty());
+    }
+
+    #[test]
+    fn snippets_never_show_more_than_four_characters() {
+        assert_eq!(redact(b"AKIAIOSFODNN7EXAMPLE"), "AKIA…[redacted 16 bytes]");
+        assert_eq!(redact(b"abcdefgh"), "ab…[redacted 6 bytes]");
+        assert_eq!(redact(b"\x00\x01secret\n\t"), "..…[redacted 8 bytes]");
+    }
+
+    #[test]
+    fn short_needles_are_skipped_with_a_note() {
+        let mut needles = Needles::default();
+        needles.add("tiny", SecretValue::from("abc".to_string()));
+        let (m, notes) = Matcher::new(&needles);
+        assert!(notes[0].contains("tiny"), "{notes:?}");
+        assert!(hits_bytes(&m, b"abc abc").is_empty());
+    }
+}

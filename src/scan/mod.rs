@@ -1,0 +1,336 @@
+//! `scan`: proves that no credential ended up in a built image. Reads a `docker save` archive or
+//! an OCI layout (directory or tar) in place, checks every blob's size and sha256, and searches
+//! file contents, file names, link targets, configs, manifests, annotations and attestations for
+//! the values the helper serves (in their usual encodings) and for AWS credentials of any origin.
+//!
+//! Layout: [`store`] reads the archive, [`image`] walks the formats, [`layer`] streams a blob,
+//! [`matcher`] searches bytes, [`json`] searches documents, [`report`] prints, [`docker`] fetches
+//! an image from the Docker Engine.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+use crate::secret::SecretValue;
+
+pub mod docker;
+mod image;
+mod json;
+mod layer;
+mod matcher;
+pub mod report;
+mod store;
+mod tarx;
+
+/// A scan failure: the image could not be read, or it is malformed or hostile. Never holds a
+/// secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    /// Reading failed.
+    #[error("cannot read {what}")]
+    Io {
+        /// What was being read.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob's content does not hash to its digest: corrupted or tampered with.
+    #[error("{what}: digest mismatch: expected {expected}, the content hashes to {actual}")]
+    DigestMismatch {
+        /// The blob.
+        what: String,
+        /// The digest its descriptor or name gives.
+        expected: String,
+        /// The digest of its bytes.
+        actual: String,
+    },
+    /// A blob's size differs from its descriptor's.
+    #[error("{what}: size mismatch: the descriptor says {expected} bytes, the blob has {actual}")]
+    SizeMismatch {
+        /// The blob.
+        what: String,
+        /// The declared size.
+        expected: u64,
+        /// The actual size.
+        actual: u64,
+    },
+    /// A path climbs out of the archive (`../`).
+    #[error(
+        "{what}: unsafe path {path:?} climbs out of the archive root; refusing a hostile archive"
+    )]
+    UnsafePath {
+        /// The archive or layer.
+        what: String,
+        /// The path, made printable.
+        path: String,
+    },
+    /// A tar extension header (long name, PAX) is larger than allowed.
+    #[error("{what}: a tar extension header of {size} bytes exceeds the limit of {limit} bytes; refusing a hostile archive")]
+    HugeHeader {
+        /// The archive or layer.
+        what: String,
+        /// The header's size.
+        size: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// Links chain too long or in a loop.
+    #[error("{what}: link loop (or more than {limit} links in a chain)")]
+    LinkLoop {
+        /// The path that was being resolved.
+        what: String,
+        /// Links followed before giving up.
+        limit: usize,
+    },
+    /// A compressed layer expands beyond the limits.
+    #[error(
+        "{what}: decompression bomb: more than {limit} bytes from {compressed} compressed bytes; \
+             if the image is genuine, raise --max-layer-size or --max-ratio"
+    )]
+    Bomb {
+        /// The layer.
+        what: String,
+        /// The decompressed size allowed for it.
+        limit: u64,
+        /// Its compressed size.
+        compressed: u64,
+    },
+    /// The archive is not a valid image.
+    #[error("{what}: {message}")]
+    Format {
+        /// The file or blob.
+        what: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The Docker Engine could not provide the image.
+    #[error("docker: {0}")]
+    Docker(String),
+}
+
+/// The exact values to look for: what the helper serves, fetched at scan time.
+#[derive(Default)]
+pub struct Needles {
+    values: Vec<(String, SecretValue)>,
+}
+
+impl Needles {
+    /// Adds the value served under `id`.
+    pub fn add(&mut self, id: impl Into<String>, value: SecretValue) {
+        self.values.push((id.into(), value));
+    }
+
+    /// True when only the generic detectors will run.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &SecretValue)> {
+        self.values.iter().map(|(id, v)| (id.as_str(), v))
+    }
+}
+
+/// Bounds on what a hostile image may cost.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most decompressed bytes of one layer.
+    pub max_layer_bytes: u64,
+    /// Most decompressed bytes per compressed byte of one layer (beyond a 16 MiB floor).
+    pub max_ratio: u64,
+    /// Largest tar extension header (long name, long link, PAX records).
+    pub max_header_bytes: u64,
+    /// Largest JSON document (index, manifest, config) read whole.
+    pub max_json_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_layer_bytes: 64 << 30,
+            max_ratio: 200,
+            max_header_bytes: 1 << 20,
+            max_json_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Bytes read so far and in total, for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Blob bytes read so far.
+    pub done: AtomicU64,
+    /// Blob bytes to read in all; zero until the image has been walked.
+    pub total: AtomicU64,
+}
+
+/// One place where a secret was found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Finding {
+    /// Digest (or file name) of the blob or document it is in.
+    pub blob: String,
+    /// `layer`, `config`, `manifest`, `index` or `blob` (attestations and other artifacts).
+    pub blob_kind: String,
+    /// The file path in the layer, or the field path in a document; secrets in it are redacted.
+    pub path: String,
+    /// `content`, `file name`, `link target`, `PAX header`, or `field` for documents.
+    pub place: String,
+    /// Byte offset of the value in the file content, name or field.
+    pub offset: u64,
+    /// The detector or needle (`secret ID`, `secret ID (base64)`, `aws-access-key-id`...).
+    pub detector: String,
+    /// A few leading characters and the redacted length: never the value.
+    pub snippet: String,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// What was scanned, as given.
+    pub image: String,
+    /// Findings, in image order.
+    pub findings: Vec<Finding>,
+    /// Things the user should know (skipped platforms, unsearched needles).
+    pub notes: Vec<String>,
+    /// Documents and blobs searched.
+    pub blobs: usize,
+    /// Blob bytes read.
+    pub bytes: u64,
+}
+
+/// Scans an image archive or layout at `path` with default limits; the entry point for tests
+/// and other programs.
+pub fn scan_path(path: &Path, needles: &Needles) -> Result<Report, ScanError> {
+    scan_path_with(path, needles, &Limits::default(), None)
+}
+
+/// Scans an image archive or layout at `path`.
+pub fn scan_path_with(
+    path: &Path,
+    needles: &Needles,
+    limits: &Limits,
+    progress: Option<&Progress>,
+) -> Result<Report, ScanError> {
+    let store = store::Store::open(path, limits)?;
+    scan_store(
+        &store,
+        path.display().to_string(),
+        needles,
+        limits,
+        progress,
+    )
+}
+
+/// Scans an image tar already open as `file` (e.g. spooled from the Docker Engine).
+pub fn scan_file(
+    file: File,
+    name: &str,
+    needles: &Needles,
+    limits: &Limits,
+    progress: Option<&Progress>,
+) -> Result<Report, ScanError> {
+    let store = store::Store::index(file, name, limits)?;
+    scan_store(&store, name.to_string(), needles, limits, progress)
+}
+
+fn scan_store(
+    store: &store::Store,
+    name: String,
+    needles: &Needles,
+    limits: &Limits,
+    progress: Option<&Progress>,
+) -> Result<Report, ScanError> {
+    let (matcher, mut notes) = matcher::Matcher::new(needles);
+    let plan = image::plan(store, &name, limits)?;
+    notes.extend(plan.notes);
+    let total = plan.blobs.iter().map(|b| b.size).sum();
+    if let Some(p) = progress {
+        p.total.store(total, Ordering::Relaxed);
+    }
+    let mut report = Report {
+        image: name,
+        notes,
+        blobs: plan.docs.len() + plan.blobs.len(),
+        bytes: total,
+        ..Report::default()
+    };
+    for doc in &plan.docs {
+        search_document(
+            &doc.bytes,
+            &doc.name,
+            doc.kind,
+            &matcher,
+            &mut report.findings,
+        );
+    }
+    for blob in &plan.blobs {
+        // Small JSON blobs (attestations) are searched field by field, after their digest check.
+        let json =
+            !blob.tar && blob.media_type.contains("json") && blob.size <= limits.max_json_bytes;
+        if json {
+            let bytes = blob.section.read_all(limits.max_json_bytes, &blob.digest)?;
+            let actual = format!(
+                "sha256:{}",
+                hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes))
+            );
+            if actual != blob.digest {
+                return Err(ScanError::DigestMismatch {
+                    what: format!("blob {}", blob.digest),
+                    expected: blob.digest.clone(),
+                    actual,
+                });
+            }
+            if let Some(p) = progress {
+                p.done.fetch_add(blob.size, Ordering::Relaxed);
+            }
+            search_document(&bytes, &blob.digest, "blob", &matcher, &mut report.findings);
+        } else {
+            layer::scan(blob, &matcher, limits, progress, &mut |f| {
+                report.findings.push(f)
+            })?;
+        }
+    }
+    Ok(report)
+}
+
+/// Searches a JSON document field by field; a document that does not parse as JSON is searched
+/// as plain bytes.
+fn search_document(
+    bytes: &[u8],
+    name: &str,
+    kind: &str,
+    matcher: &matcher::Matcher,
+    findings: &mut Vec<Finding>,
+) {
+    let mut push = |path: &str, hit: matcher::Hit| {
+        findings.push(Finding {
+            blob: name.to_string(),
+            blob_kind: kind.to_string(),
+            path: path.to_string(),
+            place: "field".into(),
+            offset: hit.offset,
+            detector: hit.detector,
+            snippet: hit.snippet,
+        })
+    };
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(doc) => json::search(&doc, matcher, &mut push),
+        Err(_) => matcher.scan_bytes(bytes, &mut |h| push("", h)),
+    }
+}
+
+/// Bytes made safe to print: valid UTF-8 kept, the rest escaped, control characters escaped.
+fn printable(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,258 @@
+//! Random access to the files of an image archive without unpacking it: a directory (OCI
+//! layout), or a tar file (`docker save`, OCI tar) indexed once by its headers, whose members are
+//! then read in place with positioned reads. Paths are checked, links followed within the
+//! archive only, and link loops refused.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{tarx, Limits, ScanError};
+
+/// Most links followed to reach one member.
+const MAX_LINKS: usize = 16;
+/// Most members an image archive may have (`docker save` writes a few per layer); bounds the
+/// index's memory.
+const MAX_MEMBERS: usize = 100_000;
+
+/// A member's bytes within a file: what every blob reader reads from.
+#[derive(Debug, Clone)]
+pub struct Section {
+    file: Arc<File>,
+    offset: u64,
+    len: u64,
+}
+
+impl Section {
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Reads at `pos` (relative to the section) into `buf`, never past the section's end.
+    pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.len.saturating_sub(pos);
+        let n = (buf.len() as u64).min(left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.read_at(&mut buf[..n], self.offset + pos)
+    }
+
+    /// Reads the whole section, refusing one larger than `max` bytes.
+    pub fn read_all(&self, max: u64, what: &str) -> Result<Vec<u8>, ScanError> {
+        if self.len > max {
+            return Err(ScanError::Format {
+                what: what.to_string(),
+                message: format!(
+                    "{} bytes is more than the {max} bytes allowed for a JSON document",
+                    self.len
+                ),
+            });
+        }
+        let mut buf = vec![0; self.len as usize];
+        let mut done = 0;
+        while done < buf.len() {
+            let n = self
+                .read_at(done as u64, &mut buf[done..])
+                .map_err(|source| ScanError::Io {
+                    what: what.to_string(),
+                    source,
+                })?;
+            if n == 0 {
+                return Err(ScanError::Io {
+                    what: what.to_string(),
+                    source: io::ErrorKind::UnexpectedEof.into(),
+                });
+            }
+            done += n;
+        }
+        Ok(buf)
+    }
+}
+
+/// One member of an indexed tar: where its data is, or where it points.
+pub enum Member {
+    File {
+        offset: u64,
+        len: u64,
+    },
+    /// A symlink (target relative to the member's directory) or hard link (target from the root).
+    Link(String),
+    Other,
+}
+
+/// An image archive's files.
+pub enum Store {
+    /// A directory on disk.
+    Dir(PathBuf),
+    /// A tar file and its index.
+    Tar {
+        file: Arc<File>,
+        members: HashMap<String, Member>,
+    },
+}
+
+impl Store {
+    /// Opens a directory or indexes a tar file.
+    pub fn open(path: &Path, limits: &Limits) -> Result<Store, ScanError> {
+        let what = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|source| ScanError::Io {
+            what: what.clone(),
+            source,
+        })?;
+        if meta.is_dir() {
+            return Ok(Store::Dir(path.to_path_buf()));
+        }
+        let file = File::open(path).map_err(|source| ScanError::Io {
+            what: what.clone(),
+            source,
+        })?;
+        Store::index(file, &what, limits)
+    }
+
+    /// Indexes an open tar file (`what` names it in errors), seeking over member data.
+    pub fn index(file: File, what: &str, limits: &Limits) -> Result<Store, ScanError> {
+        let mut magic = [0u8; 4];
+        let n = file.read_at(&mut magic, 0).unwrap_or(0);
+        if n >= 2 && (magic[..2] == [0x1f, 0x8b] || magic == [0x28, 0xb5, 0x2f, 0xfd]) {
+            return Err(ScanError::Format {
+                what: what.to_string(),
+                message: "the archive is compressed: decompress it first (e.g. gunzip)".into(),
+            });
+        }
+        let file = Arc::new(file);
+        let mut members = HashMap::new();
+        let mut archive = tar::Archive::new(&*file);
+        let entries = archive
+            .entries_with_seek()
+            .map_err(|source| ScanError::Io {
+                what: what.to_string(),
+                source,
+            })?
+            .raw(true);
+        tarx::for_each(entries, what, limits.max_header_bytes, |meta, entry| {
+            let name = normalize(&String::from_utf8_lossy(&meta.path), what)?;
+            let member = match (meta.kind, &meta.link) {
+                (tar::EntryType::Symlink, Some(target)) => {
+                    let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+                    Member::Link(format!("{dir}/{}", String::from_utf8_lossy(target)))
+                }
+                (tar::EntryType::Link, Some(target)) => {
+                    Member::Link(String::from_utf8_lossy(target).into_owned())
+                }
+                (kind, _) if kind.is_file() || kind == tar::EntryType::Continuous => Member::File {
+                    offset: entry.raw_file_position(),
+                    len: meta.size,
+                },
+                _ => Member::Other,
+            };
+            members.insert(name, member);
+            if members.len() > MAX_MEMBERS {
+                return Err(ScanError::Format {
+                    what: what.to_string(),
+                    message: format!("more than {MAX_MEMBERS} files: not an image archive"),
+                });
+            }
+            Ok(())
+        })?;
+        Ok(Store::Tar { file, members })
+    }
+
+    /// True when the archive holds a file (or link) at `path`.
+    pub fn exists(&self, path: &str) -> bool {
+        match self {
+            Store::Dir(root) => root.join(path).exists(),
+            Store::Tar { members, .. } => normalize(path, "")
+                .map(|p| members.contains_key(&p))
+                .unwrap_or(false),
+        }
+    }
+
+    /// The bytes of the file at `path`, following links within the archive.
+    pub fn section(&self, path: &str) -> Result<Section, ScanError> {
+        let mut name = normalize(path, path)?;
+        match self {
+            Store::Dir(root) => {
+                let full = root.join(&name);
+                let io = |source| ScanError::Io {
+                    what: full.display().to_string(),
+                    source,
+                };
+                let canonical_root = root.canonicalize().map_err(io)?;
+                let canonical = full.canonicalize().map_err(io)?;
+                if !canonical.starts_with(&canonical_root) {
+                    return Err(ScanError::UnsafePath {
+                        what: root.display().to_string(),
+                        path: name,
+                    });
+                }
+                let file = File::open(&canonical).map_err(io)?;
+                let len = file.metadata().map_err(io)?.len();
+                Ok(Section {
+                    file: Arc::new(file),
+                    offset: 0,
+                    len,
+                })
+            }
+            Store::Tar { file, members } => {
+                for _ in 0..=MAX_LINKS {
+                    match members.get(&name) {
+                        None => {
+                            return Err(ScanError::Format {
+                                what: path.to_string(),
+                                message: "not in the archive".into(),
+                            })
+                        }
+                        Some(Member::File { offset, len }) => {
+                            return Ok(Section {
+                                file: file.clone(),
+                                offset: *offset,
+                                len: *len,
+                            })
+                        }
+                        Some(Member::Link(target)) => name = normalize(target, path)?,
+                        Some(Member::Other) => {
+                            return Err(ScanError::Format {
+                                what: path.to_string(),
+                                message: "is not a regular file in the archive".into(),
+                            })
+                        }
+                    }
+                }
+                Err(ScanError::LinkLoop {
+                    what: path.to_string(),
+                    limit: MAX_LINKS,
+                })
+            }
+        }
+    }
+
+    /// Reads a small file whole (an index, a manifest list).
+    pub fn read(&self, path: &str, max: u64) -> Result<Vec<u8>, ScanError> {
+        self.section(path)?.read_all(max, path)
+    }
+}
+
+/// Resolves `.` and `..` in an archive path; a path that climbs above the root is refused.
+fn normalize(path: &str, what: &str) -> Result<String, ScanError> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return Err(ScanError::UnsafePath {
+                        what: what.to_string(),
+                        path: path.to_string(),
+                    });
+                }
+            }
+            _ => parts.push(part),
+        }
+    }
+    Ok(parts.join("/"))
+}

@@ -1,0 +1,888 @@
+//! `irsa-secrets scan` on images this file crafts: docker-save archives and OCI layouts (dir and
+//! tar), gzip, zstd and plain layers, multi-platform indexes, attestations; secrets in every
+//! place an image can hold one; hostile archives. Every run's output is checked for the secret.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use base64::Engine as _;
+use common::Radioactive;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// The value passed with --secret; never to appear in any output.
+const SECRET: &str = "s3cr3t-Token/with+chars&more-0123456789abcdef";
+
+const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+const PLAIN: &str = "application/vnd.oci.image.layer.v1.tar";
+
+fn radioactive() -> Radioactive {
+    let r = Radioactive::default();
+    r.watch(SECRET.as_bytes());
+    let b64 = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    r.watch(&b64.as_bytes()[..b64.len() - 4]);
+    r.watch(urlencode(SECRET).as_bytes());
+    r
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// One member of a crafted layer.
+enum E<'a> {
+    File(&'a str, Vec<u8>),
+    Symlink(&'a str, &'a str),
+    /// A header written byte for byte, bypassing the tar crate's own path checks.
+    Raw(Box<tar::Header>, Vec<u8>),
+}
+
+fn layer(entries: Vec<E<'_>>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        match e {
+            E::File(path, data) => {
+                let mut h = tar::Header::new_gnu();
+                h.set_size(data.len() as u64);
+                h.set_mode(0o644);
+                b.append_data(&mut h, path, &data[..]).unwrap();
+            }
+            E::Symlink(path, target) => {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, path, target).unwrap();
+            }
+            E::Raw(h, data) => b.append(&h, &data[..]).unwrap(),
+        }
+    }
+    b.into_inner().unwrap()
+}
+
+/// A GNU header with `name` written as is (so `../` paths can be crafted).
+fn raw_header(name: &[u8], kind: tar::EntryType, size: u64) -> Box<tar::Header> {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_cksum();
+    Box::new(h)
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 1).unwrap()
+}
+
+fn config(diff_ids: &[String], env: &[&str], labels: Value, history: &[&str]) -> Value {
+    json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": env, "Labels": labels, "Cmd": ["/bin/app"], "Entrypoint": ["/init"] },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+        "history": history.iter().map(|h| json!({ "created_by": h })).collect::<Vec<_>>(),
+    })
+}
+
+/// An OCI layout being written into a directory.
+struct Oci {
+    dir: PathBuf,
+}
+
+impl Oci {
+    fn new(dir: &Path) -> Oci {
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        Oci {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn blob(&self, bytes: &[u8], media_type: &str) -> Value {
+        let digest = sha(bytes);
+        std::fs::write(self.dir.join("blobs/sha256").join(&digest[7..]), bytes).unwrap();
+        json!({ "mediaType": media_type, "digest": digest, "size": bytes.len() })
+    }
+
+    /// A manifest for `layers` (uncompressed tar, compressed blob, media type) and its config.
+    fn manifest(
+        &self,
+        layers: &[(Vec<u8>, Vec<u8>, &str)],
+        env: &[&str],
+        labels: Value,
+        history: &[&str],
+    ) -> Value {
+        let diff_ids: Vec<String> = layers.iter().map(|(tar, _, _)| sha(tar)).collect();
+        let config = config(&diff_ids, env, labels, history);
+        let config = self.blob(
+            config.to_string().as_bytes(),
+            "application/vnd.oci.image.config.v1+json",
+        );
+        let layers: Vec<Value> = layers
+            .iter()
+            .map(|(_, blob, mt)| self.blob(blob, mt))
+            .collect();
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config,
+            "layers": layers,
+        });
+        self.blob(
+            manifest.to_string().as_bytes(),
+            "application/vnd.oci.image.manifest.v1+json",
+        )
+    }
+
+    fn index(&self, manifests: Vec<Value>) {
+        let index = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": manifests,
+        });
+        std::fs::write(self.dir.join("index.json"), index.to_string()).unwrap();
+    }
+}
+
+/// A one-manifest OCI layout in `dir`.
+fn oci_image(
+    dir: &Path,
+    layers: &[(Vec<u8>, Vec<u8>, &str)],
+    env: &[&str],
+    labels: Value,
+    history: &[&str],
+) {
+    let oci = Oci::new(dir);
+    let m = oci.manifest(layers, env, labels, history);
+    oci.index(vec![m]);
+}
+
+fn gz_layer(entries: Vec<E<'_>>) -> (Vec<u8>, Vec<u8>, &'static str) {
+    let tar = layer(entries);
+    let gz = gzip(&tar);
+    (tar, gz, GZIP)
+}
+
+fn zst_layer(entries: Vec<E<'_>>) -> (Vec<u8>, Vec<u8>, &'static str) {
+    let tar = layer(entries);
+    let z = zstd(&tar);
+    (tar, z, ZSTD)
+}
+
+/// Packs a directory into a tar file (an OCI tar, `docker save` output).
+fn tar_dir(dir: &Path, out: &Path) {
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir).unwrap();
+    b.finish().unwrap();
+}
+
+/// A classic `docker save` archive: manifest.json, HEX.json config, ID/layer.tar layers.
+fn docker_save(out: &Path, layers: &[Vec<u8>], env: &[&str], history: &[&str]) {
+    let diff_ids: Vec<String> = layers.iter().map(|l| sha(l)).collect();
+    let config = config(&diff_ids, env, json!({}), history).to_string();
+    let config_name = format!("{}.json", &sha(config.as_bytes())[7..]);
+    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
+    let mut add = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        b.append_data(&mut h, path, data).unwrap();
+    };
+    add(&config_name, config.as_bytes());
+    let mut paths = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        let path = format!("layer{i}/layer.tar");
+        add(&path, l);
+        paths.push(path);
+    }
+    let manifest = json!([{ "Config": config_name, "RepoTags": ["app:1"], "Layers": paths }]);
+    add("manifest.json", manifest.to_string().as_bytes());
+    b.finish().unwrap();
+}
+
+/// Runs `scan IMAGE --secret id=app-token,env=SCAN_SECRET ARGS...` and checks its output.
+fn scan(image: &Path, args: &[&str]) -> Output {
+    let mut cmd = common::command();
+    cmd.arg("scan")
+        .arg(image)
+        .args(["--secret", "id=app-token,env=SCAN_SECRET"])
+        .args(args)
+        .env("SCAN_SECRET", SECRET);
+    common::run(&mut cmd, &radioactive())
+}
+
+fn json_report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn findings(out: &Output) -> Vec<Value> {
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected findings; stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_report(out)["findings"].as_array().unwrap().clone()
+}
+
+fn fails_with(out: &Output, message: &str) {
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "expected an error; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(message),
+        "expected {message:?} in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn noise(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| b"abcdefghijklmnopqrstuvwxyz 0123456789\n"[(i * 7 + i / 13) % 38])
+        .collect()
+}
+
+#[test]
+fn clean_images_exit_0_in_every_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = || {
+        vec![
+            E::File("etc/app.conf", b"region = eu-west-1\n".to_vec()),
+            E::File("usr/share/big", noise(3 << 20)),
+            E::Symlink("usr/bin/app", "../share/big"),
+        ]
+    };
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(files()), zst_layer(files())],
+        &["PATH=/usr/bin"],
+        json!({"org.opencontainers.image.title": "app"}),
+        &["RUN make"],
+    );
+    let oci_tar = dir.path().join("oci.tar");
+    tar_dir(&oci, &oci_tar);
+    let save = dir.path().join("save.tar");
+    docker_save(&save, &[layer(files())], &["PATH=/usr/bin"], &["COPY . /"]);
+    for image in [&oci, &oci_tar, &save] {
+        let out = scan(image, &[]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}: {stdout}{}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("no secrets found"), "{stdout}");
+    }
+}
+
+#[test]
+fn a_secret_in_a_file_is_found_with_layer_path_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let tar = layer(vec![
+        E::File("README", b"hello".to_vec()),
+        E::File(
+            "app/config.log",
+            format!("configure: token={SECRET}\n").into_bytes(),
+        ),
+    ]);
+    let save = dir.path().join("save.tar");
+    docker_save(
+        &save,
+        &[layer(vec![E::File("bin/sh", noise(100))]), tar.clone()],
+        &[],
+        &[],
+    );
+    let f = findings(&scan(&save, &["--format", "json"]));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["blob"], sha(&tar));
+    assert_eq!(f[0]["blob_kind"], "layer");
+    assert_eq!(f[0]["path"], "app/config.log");
+    assert_eq!(f[0]["place"], "content");
+    assert_eq!(f[0]["offset"], "configure: token=".len());
+    assert_eq!(f[0]["detector"], "secret app-token");
+    assert!(
+        f[0]["snippet"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3cr…[redacted"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn secrets_in_file_names_and_link_targets_are_found_and_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("tmp/{SECRET}.txt");
+    let target = format!("/run/{SECRET}");
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[zst_layer(vec![
+            E::File(&name, b"x".to_vec()),
+            E::Symlink("etc/link", &target),
+        ])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let out = scan(&oci, &["--format", "json"]);
+    let f = findings(&out);
+    let places: Vec<_> = f.iter().map(|f| f["place"].as_str().unwrap()).collect();
+    assert_eq!(places, ["file name", "link target"], "{f:?}");
+    assert_eq!(f[0]["offset"], 4);
+    assert!(
+        f[0]["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("tmp/s3cr…[redacted"),
+        "{f:?}"
+    );
+    assert_eq!(f[1]["path"], "etc/link");
+}
+
+#[test]
+fn secrets_in_the_config_are_found_by_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci.tar");
+    let layout = dir.path().join("layout");
+    let env = format!("APP_TOKEN={SECRET}");
+    let history = format!("RUN |1 TOKEN={SECRET} /bin/sh -c make");
+    oci_image(
+        &layout,
+        &[gz_layer(vec![E::File("a", b"a".to_vec())])],
+        &["PATH=/bin", &env],
+        json!({ "token": SECRET }),
+        &["ADD rootfs /", &history],
+    );
+    tar_dir(&layout, &oci);
+    let f = findings(&scan(&oci, &["--format", "json"]));
+    let paths: Vec<_> = f.iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        [
+            "config.Env[1]",
+            "config.Labels.token",
+            "history[1].created_by"
+        ],
+        "{f:?}"
+    );
+    assert!(f.iter().all(|f| f["blob_kind"] == "config"), "{f:?}");
+    assert_eq!(f[0]["offset"], "APP_TOKEN=".len());
+}
+
+#[test]
+fn encoded_forms_are_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |prefix: &str| {
+        base64::engine::general_purpose::STANDARD.encode(format!("{prefix}{SECRET}\n"))
+    };
+    let content = format!(
+        "auth0: {}\nauth1: {}\nauth2: {}\nurl: https://x/?t={}&y=1\n",
+        b64(""),
+        b64("u:"),
+        b64("user:"),
+        urlencode(SECRET)
+    );
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File("etc/auth", content.into_bytes())])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let f = findings(&scan(&oci, &["--format", "json"]));
+    let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
+    assert_eq!(
+        detectors,
+        [
+            "secret app-token (base64)",
+            "secret app-token (base64)",
+            "secret app-token (base64)",
+            "secret app-token (URL-encoded)"
+        ],
+        "{f:?}"
+    );
+}
+
+#[test]
+fn a_secret_spanning_a_read_boundary_is_found_once_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    // The scanner reads about 1 MiB at a time: copies of the secret every 64 bytes from just
+    // before 1 MiB to well after it make some copy straddle each boundary, whatever its
+    // exact place.
+    let mut content = noise(3 << 20);
+    let offsets: Vec<usize> = (0..1280).map(|k| (1 << 20) - (16 << 10) + 64 * k).collect();
+    for &at in &offsets {
+        content[at..at + SECRET.len()].copy_from_slice(SECRET.as_bytes());
+    }
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File("data.bin", content)])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let f = findings(&scan(&oci, &["--format", "json"]));
+    let found: Vec<_> = f
+        .iter()
+        .map(|f| f["offset"].as_u64().unwrap() as usize)
+        .collect();
+    assert_eq!(found, offsets);
+}
+
+#[test]
+fn generic_detectors_run_without_any_configured_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n\
+                 aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n";
+    let token = common::token(3600, 0);
+    let save = dir.path().join("save.tar");
+    docker_save(
+        &save,
+        &[layer(vec![
+            E::File("root/.aws/credentials", creds.as_bytes().to_vec()),
+            E::File("var/run/token", token.clone().into_bytes()),
+        ])],
+        &[],
+        &[],
+    );
+    let radioactive = Radioactive::default();
+    radioactive.watch(b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+    radioactive.watch(b"IOSFODNN7EXAMPLE");
+    radioactive.watch(token.as_bytes());
+    let mut cmd = common::command();
+    cmd.args(["scan", "--format", "json"]).arg(&save);
+    let out = common::run(&mut cmd, &radioactive);
+    let f = findings(&out);
+    let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
+    assert_eq!(
+        detectors,
+        [
+            "aws-access-key-id",
+            "aws-secret-access-key",
+            "jwt (sts.amazonaws.com audience)"
+        ],
+        "{f:?}"
+    );
+    let notes = json_report(&out)["notes"].to_string();
+    assert!(notes.contains("only the generic detectors"), "{notes}");
+}
+
+#[test]
+fn every_platform_and_attestation_of_an_index_is_scanned() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = Oci::new(&dir.path().join("oci"));
+    let amd = oci.manifest(
+        &[gz_layer(vec![E::File("a", b"clean".to_vec())])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let arm = oci.manifest(
+        &[gz_layer(vec![E::File("leak", SECRET.as_bytes().to_vec())])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let statement = json!({ "predicate": { "buildArgs": { "TOKEN": SECRET } } });
+    let att_layer = oci.blob(
+        statement.to_string().as_bytes(),
+        "application/vnd.in-toto+json",
+    );
+    let att_config = oci.blob(b"{}", "application/vnd.oci.image.config.v1+json");
+    let att = oci.blob(
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": att_config,
+            "layers": [att_layer],
+        })
+        .to_string()
+        .as_bytes(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let with = |mut d: Value, key: &str, v: Value| {
+        d[key] = v;
+        d
+    };
+    let missing = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": sha(b"not here"), "size": 8,
+        "platform": { "os": "linux", "architecture": "s390x" },
+    });
+    let nested = oci.blob(
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [
+                with(amd, "platform", json!({"os": "linux", "architecture": "amd64"})),
+                with(arm, "platform", json!({"os": "linux", "architecture": "arm64"})),
+                with(att, "annotations", json!({"vnd.docker.reference.type": "attestation-manifest"})),
+                missing,
+            ],
+        })
+        .to_string()
+        .as_bytes(),
+        "application/vnd.oci.image.index.v1+json",
+    );
+    oci.index(vec![with(
+        nested,
+        "annotations",
+        json!({ "org.opencontainers.image.description": format!("built with {SECRET}") }),
+    )]);
+    let out = scan(&oci.dir, &["--format", "json"]);
+    let f = findings(&out);
+    let places: Vec<_> = f
+        .iter()
+        .map(|f| {
+            format!(
+                "{} {}",
+                f["blob_kind"].as_str().unwrap(),
+                f["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        places,
+        [
+            "index manifests[0].annotations.org.opencontainers.image.description",
+            "layer leak",
+            "blob predicate.buildArgs.TOKEN",
+        ],
+        "{f:?}"
+    );
+    let notes = json_report(&out)["notes"].to_string();
+    assert!(
+        notes.contains("linux/s390x) is not in the archive"),
+        "{notes}"
+    );
+}
+
+#[test]
+fn text_and_sarif_reports_carry_findings_but_never_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File("leak", SECRET.as_bytes().to_vec())])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let out = scan(&oci, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("leak (content at offset 0): secret app-token: s3cr…[redacted"),
+        "{text}"
+    );
+    let out = scan(&oci, &["--format", "sarif"]);
+    assert_eq!(out.status.code(), Some(1));
+    let sarif = json_report(&out);
+    assert_eq!(sarif["version"], "2.1.0");
+    assert_eq!(sarif["runs"][0]["results"][0]["ruleId"], "secret/app-token");
+}
+
+#[test]
+fn the_library_entry_point_reports_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File("leak", SECRET.as_bytes().to_vec())])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let mut needles = irsa_secrets::scan::Needles::default();
+    needles.add(
+        "app-token",
+        irsa_secrets::secret::SecretValue::from(SECRET.to_string()),
+    );
+    let report = irsa_secrets::scan::scan_path(&oci, &needles).unwrap();
+    assert_eq!(report.findings.len(), 1);
+    assert_eq!(report.findings[0].path, "leak");
+    let clean = irsa_secrets::scan::scan_path(&oci, &Default::default()).unwrap();
+    assert!(clean.findings.is_empty());
+}
+
+// Hostile archives: each is refused with a clear message and exit 2, never a panic.
+
+#[test]
+fn a_digest_mismatch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let (tar, mut gz, mt) = gz_layer(vec![E::File("a", noise(1000))]);
+    let digest = sha(&gz);
+    oci_image(&oci, &[(tar, gz.clone(), mt)], &[], json!({}), &[]);
+    let last = gz.len() - 1;
+    gz[last] ^= 0xff;
+    std::fs::write(oci.join("blobs/sha256").join(&digest[7..]), &gz).unwrap();
+    fails_with(&scan(&oci, &[]), "digest mismatch");
+}
+
+#[test]
+fn a_truncated_gzip_layer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let (tar, gz, mt) = gz_layer(vec![E::File("a", noise(200_000))]);
+    let truncated = gz[..gz.len() / 2].to_vec();
+    oci_image(&oci, &[(tar, truncated, mt)], &[], json!({}), &[]);
+    let out = scan(&oci, &[]);
+    fails_with(&out, "(gzip): incomplete deflate stream");
+}
+
+#[test]
+fn a_path_climbing_out_of_the_root_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let tar = layer(vec![E::Raw(
+        raw_header(b"../../etc/cron.d/evil", tar::EntryType::Regular, 4),
+        b"evil".to_vec(),
+    )]);
+    oci_image(&oci, &[(tar.clone(), tar, PLAIN)], &[], json!({}), &[]);
+    fails_with(&scan(&oci, &[]), "unsafe path \"../../etc/cron.d/evil\"");
+
+    // In docker save's manifest.json, a layer path that points outside the archive.
+    let save = dir.path().join("save.tar");
+    docker_save(&save, &[layer(vec![E::File("a", b"a".to_vec())])], &[], &[]);
+    let patched = dir.path().join("patched.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&patched).unwrap());
+    let mut archive = tar::Archive::new(std::fs::File::open(&save).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        let path = entry.path().unwrap().into_owned();
+        if path == Path::new("manifest.json") {
+            data = String::from_utf8(data)
+                .unwrap()
+                .replace("layer0/layer.tar", "../../../etc/passwd")
+                .into_bytes();
+        }
+        let mut h = entry.header().clone();
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, &data[..]).unwrap();
+    }
+    b.finish().unwrap();
+    drop(b);
+    fails_with(&scan(&patched, &[]), "unsafe path");
+}
+
+#[test]
+fn a_huge_extension_header_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let long_name = vec![b'a'; 2 << 20];
+    let tar = layer(vec![
+        E::Raw(
+            raw_header(
+                b"././@LongLink",
+                tar::EntryType::GNULongName,
+                long_name.len() as u64,
+            ),
+            long_name,
+        ),
+        E::File("x", b"x".to_vec()),
+    ]);
+    oci_image(&oci, &[gz_layer_from(tar)], &[], json!({}), &[]);
+    fails_with(
+        &scan(&oci, &[]),
+        "extension header of 2097152 bytes exceeds the limit",
+    );
+}
+
+fn gz_layer_from(tar: Vec<u8>) -> (Vec<u8>, Vec<u8>, &'static str) {
+    let gz = gzip(&tar);
+    (tar, gz, GZIP)
+}
+
+#[test]
+fn decompression_bombs_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ratio: 24 MiB of zeros compress to a few kilobytes, far beyond 200:1 past the 16 MiB floor.
+    let oci = dir.path().join("ratio");
+    let bomb = layer(vec![E::File("zeros", vec![0; 24 << 20])]);
+    let z = zstd(&bomb);
+    oci_image(&oci, &[(bomb, z, ZSTD)], &[], json!({}), &[]);
+    fails_with(&scan(&oci, &[]), "decompression bomb");
+    // Absolute: a flag-set cap on any layer's decompressed size.
+    let oci = dir.path().join("absolute");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File("data", noise(3 << 20))])],
+        &[],
+        json!({}),
+        &[],
+    );
+    fails_with(
+        &scan(&oci, &["--max-layer-size", "1M"]),
+        "decompression bomb: more than 1048576 bytes",
+    );
+    assert_eq!(
+        scan(&oci, &["--max-layer-size", "8M"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_link_loop_in_the_archive_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("save.tar");
+    let tar = layer(vec![E::File("a", b"a".to_vec())]);
+    let config = config(&[sha(&tar)], &[], json!({}), &[]).to_string();
+    let config_name = format!("{}.json", &sha(config.as_bytes())[7..]);
+    let manifest = json!([{ "Config": config_name, "Layers": ["l1/layer.tar"] }]).to_string();
+    let mut b = tar::Builder::new(std::fs::File::create(&save).unwrap());
+    for (path, data) in [
+        (config_name.as_str(), config.as_bytes()),
+        ("manifest.json", manifest.as_bytes()),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    for (path, target) in [
+        ("l1/layer.tar", "../l2/layer.tar"),
+        ("l2/layer.tar", "../l1/layer.tar"),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, path, target).unwrap();
+    }
+    b.finish().unwrap();
+    drop(b);
+    fails_with(&scan(&save, &[]), "link loop");
+}
+
+#[test]
+fn not_an_image_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fails_with(
+        &scan(dir.path(), &[]),
+        "neither index.json (OCI layout) nor manifest.json",
+    );
+    fails_with(&scan(&dir.path().join("missing.tar"), &[]), "cannot read");
+}
+
+/// A stand-in Docker Engine on a unix socket: answers each `GET /images/get` with `status` and
+/// `body`, and records the request lines.
+fn fake_engine(
+    dir: &Path,
+    status: &'static str,
+    body: Vec<u8>,
+) -> (PathBuf, std::sync::mpsc::Receiver<String>) {
+    use std::io::{BufRead, BufReader};
+    let socket = dir.join("docker.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let _ = tx.send(line.trim_end().to_string());
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if header.trim().is_empty() {
+                    break;
+                }
+            }
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/x-tar\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).unwrap();
+            stream.write_all(&body).unwrap();
+        }
+    });
+    (socket, rx)
+}
+
+#[test]
+fn docker_images_are_read_through_the_engine_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("save.tar");
+    docker_save(
+        &save,
+        &[layer(vec![E::File("leak", SECRET.as_bytes().to_vec())])],
+        &[],
+        &[],
+    );
+    let (socket, requests) = fake_engine(dir.path(), "200 OK", std::fs::read(&save).unwrap());
+    let mut cmd = common::command();
+    cmd.args([
+        "scan",
+        "docker://registry.example/app:1",
+        "--format",
+        "json",
+    ])
+    .args(["--secret", "id=app-token,env=SCAN_SECRET"])
+    .env("SCAN_SECRET", SECRET)
+    .env("DOCKER_HOST", format!("unix://{}", socket.display()));
+    let out = common::run(&mut cmd, &radioactive());
+    let f = findings(&out);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0]["path"], "leak");
+    assert_eq!(
+        requests.recv().unwrap(),
+        "GET /images/get?names=registry.example%2Fapp%3A1 HTTP/1.1"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _) = fake_engine(
+        dir.path(),
+        "404 Not Found",
+        br#"{"message":"reference does not exist"}"#.to_vec(),
+    );
+    let mut cmd = common::command();
+    cmd.args(["scan", "docker://nope:1"])
+        .env("DOCKER_HOST", format!("unix://{}", socket.display()));
+    let out = common::run(&mut cmd, &radioactive());
+    fails_with(
+        &out,
+        "cannot save image nope:1: 404 Not Found: reference does not exist",
+    );
+}
