@@ -177,6 +177,8 @@ fn docker_build_through_the_helper() {
     step("killed client, restarted daemon");
     the_image_holds_neither_value(&s);
     step("the image holds neither value");
+    scan_reports_clean_images_and_finds_every_leak(&s);
+    step("scan: a clean build reports nothing; file, ENV, label and build-arg leaks are found");
     descriptors_return_to_baseline(&s, baseline);
     step("descriptors back to baseline");
 }
@@ -520,4 +522,67 @@ fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Setup) {
         );
         session.abort();
     });
+}
+
+/// `irsa-secrets scan` on images the real daemon built: the secret-mount build is clean; each
+/// way of copying a secret into an image is found.
+fn scan_reports_clean_images_and_finds_every_leak(s: &Setup) {
+    let token_file = s.dir.join("sa/token").display().to_string();
+    let scan = |image: &str| {
+        let out = common::run(
+            command()
+                .args(["scan", "--format", "json", image])
+                .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+                .env("AWS_ROLE_ARN", ARN)
+                .env(
+                    "DOCKER_HOST",
+                    format!("unix://{}", s.daemon.socket.display()),
+                ),
+            &s.r,
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, text, err) = scan("docker://irsa-test-secrets");
+    assert_eq!(
+        code,
+        Some(0),
+        "the secret-mount build is clean:\n{text}\n{err}"
+    );
+
+    let leaks = [
+        ("leak-file", "RUN --mount=type=secret,id=aws-web-identity-token cp /run/secrets/aws-web-identity-token /leaked", "\"path\": \"leaked\""),
+        ("leak-env", "ARG T\nENV LEAKED=$T", "Env"),
+        ("leak-label", "ARG T\nLABEL leaked=$T", "Labels"),
+        ("leak-arg", "ARG T\nRUN echo using-the-arg", "created_by"),
+    ];
+    for (name, dockerfile, place) in leaks {
+        let ctx = s.context(name, dockerfile);
+        s.build_ok(&ctx, &["-t", name, "--build-arg", &format!("T={ARN}")]);
+        let saved = s.dir.join(format!("{name}.tar"));
+        let out = s
+            .daemon
+            .docker()
+            .args(["save", "-o"])
+            .arg(&saved)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (code, text, err) = scan(&saved.display().to_string());
+        assert_eq!(code, Some(1), "{name}: the leak is found:\n{text}\n{err}");
+        assert!(
+            text.contains(place),
+            "{name}: the finding names {place}:\n{text}"
+        );
+        std::fs::remove_file(saved).unwrap();
+    }
 }
