@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use common::fake_daemon::{daemon_script, fake_daemon, Observed};
 use common::session_client::client_session;
-use common::{command, token, Helper, Radioactive};
-use http_body_util::BodyExt;
+use common::{command, grpc_call, token, Helper, Radioactive};
 use irsa_secrets::h2::{self, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -155,14 +154,7 @@ async fn buildkit_clients_through_the_binary() {
         .expect("the client's session ends with its daemon")
         .ok();
     let mut fresh = connect(&helper.socket).await;
-    let req = http::Request::post("http://localhost/moby.buildkit.v1.Control/ListWorkers")
-        .header("content-type", "application/grpc")
-        .body(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .unwrap();
+    let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
     let res = fresh.ready().await.unwrap().call(req).await.unwrap();
     let status = tonic::Status::from_header_map(res.headers()).expect("a trailers-only gRPC error");
     assert_eq!(status.code(), Code::Unavailable);
@@ -353,14 +345,7 @@ async fn a_tls_upstream_with_client_certificates() {
     ] {
         let helper = start(name, &flags);
         let mut control = connect(&helper.socket).await;
-        let req = http::Request::post("http://localhost/moby.buildkit.v1.Control/ListWorkers")
-            .header("content-type", "application/grpc")
-            .body(
-                http_body_util::Empty::new()
-                    .map_err(|never| match never {})
-                    .boxed_unsync(),
-            )
-            .unwrap();
+        let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
         let res = control.ready().await.unwrap().call(req).await.unwrap();
         let status = tonic::Status::from_header_map(res.headers()).expect("a gRPC error");
         assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");

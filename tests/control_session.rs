@@ -10,27 +10,15 @@ use std::sync::Arc;
 mod common;
 use common::fake_daemon::{daemon_script, fake_daemon, Observed};
 use common::session_client::{big_payload, client_session, ClientSecrets};
+use common::{grpc_call, mock_provider};
 
-use http::Request;
-use http_body_util::BodyExt;
 use irsa_secrets::h2::{self, Peer};
-use irsa_secrets::provider::Provider;
 use irsa_secrets::proxy::grpc::{self};
-use irsa_secrets::sources::mock::{Mock, MOCK_ROLE_ARN};
-use irsa_secrets::sources::IdentityIds;
+use irsa_secrets::sources::mock::MOCK_ROLE_ARN;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Code;
 use tower::{Service, ServiceExt};
-
-fn provider() -> Provider {
-    Provider::new(vec![Arc::new(Mock::new(
-        IdentityIds::default(),
-        "sts.amazonaws.com".into(),
-        std::time::Duration::from_secs(300),
-        None,
-    ))])
-}
 
 /// Wires client ⇄ helper (grpc::serve) ⇄ daemon over in-memory pipes; returns the client's
 /// HTTP/2 connection to the helper and the daemon's reports.
@@ -46,7 +34,7 @@ async fn setup() -> (
     let helper = tokio::spawn(grpc::serve(
         helper_client_side,
         helper_daemon_side,
-        provider(),
+        mock_provider(),
     ));
     let (control, conn) = h2::handshake(client_io).await.unwrap();
     tokio::spawn(conn);
@@ -58,14 +46,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
     let (mut control, mut observed, _helper) = setup().await;
 
     // A plain Control call passes untouched, response headers included.
-    let req = Request::post("http://localhost/moby.buildkit.v1.Control/ListWorkers")
-        .header("content-type", "application/grpc")
-        .body(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .unwrap();
+    let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
     let res = control.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.headers().get("x-fake-daemon").unwrap(), "yes");
     assert_eq!(res.headers().get("grpc-status").unwrap(), "0");

@@ -448,22 +448,14 @@ fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Setup) {
             .unwrap();
         let (mut control, conn) = h2::handshake(io).await.unwrap();
         tokio::spawn(conn);
-        let call = |path: &str| {
-            http::Request::post(format!("http://localhost{path}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(
-                    http_body_util::Full::new(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
-                        .map_err(|never| match never {})
-                        .boxed_unsync(),
-                )
-                .unwrap()
-        };
         let res = control
             .ready()
             .await
             .unwrap()
-            .call(call("/moby.buildkit.v1.Control/ListWorkers"))
+            .call(common::grpc_call(
+                "/moby.buildkit.v1.Control/ListWorkers",
+                &[0, 0, 0, 0, 0],
+            ))
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
@@ -484,7 +476,10 @@ fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Setup) {
             .ready()
             .await
             .unwrap()
-            .call(call("/not.a.real.Service/Method"))
+            .call(common::grpc_call(
+                "/not.a.real.Service/Method",
+                &[0, 0, 0, 0, 0],
+            ))
             .await
             .unwrap();
         let status = res.headers().get("grpc-status").cloned().or_else(|| None);

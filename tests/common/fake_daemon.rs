@@ -23,6 +23,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 use tower::ServiceExt;
 
+use super::grpc_call;
 use super::session_client::BIG;
 
 fn uri() -> http::Uri {
@@ -101,14 +102,7 @@ pub fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
                 })
                 .await
                 .is_ok();
-            let req = Request::post(format!("http://localhost{BIG}"))
-                .header("content-type", "application/grpc")
-                .body(
-                    http_body_util::Empty::new()
-                        .map_err(|never| match never {})
-                        .boxed_unsync(),
-                )
-                .unwrap();
+            let req = grpc_call(BIG, b"");
             let res = peer.clone().oneshot(req).await.unwrap();
             let body = res.into_body().collect().await.unwrap().to_bytes();
             report

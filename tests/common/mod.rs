@@ -274,3 +274,27 @@ impl Projected {
 pub mod dockerd;
 pub mod fake_daemon;
 pub mod session_client;
+
+/// A gRPC call to `path` on `localhost` whose body is `body` as given (already framed).
+pub fn grpc_call(path: &str, body: &'static [u8]) -> http::Request<tonic::body::BoxBody> {
+    use http_body_util::BodyExt;
+    http::Request::post(format!("http://localhost{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(
+            http_body_util::Full::new(bytes::Bytes::from_static(body))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .unwrap()
+}
+
+/// A provider serving the mock identity under the default ids.
+pub fn mock_provider() -> irsa_secrets::provider::Provider {
+    irsa_secrets::provider::Provider::new(vec![Arc::new(irsa_secrets::sources::mock::Mock::new(
+        irsa_secrets::sources::IdentityIds::default(),
+        "sts.amazonaws.com".into(),
+        Duration::from_secs(300),
+        None,
+    ))])
+}
