@@ -13,6 +13,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
 use tonic::Status;
 
+use crate::metrics::Metrics;
+
 /// HTTP/2 flow-control windows. Build contexts stream through the helper; the protocol's
 /// 64 KiB default would cap them at one window per round trip.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -56,11 +58,17 @@ pub struct Peer(SendRequest<BoxBody>);
 impl Peer {
     /// Forwards a call as is: headers, streaming body and trailers both ways. A peer that is
     /// gone becomes `Unavailable` with `what` named, so the caller sees who failed.
-    pub async fn forward(&mut self, req: Request<Incoming>, what: &str) -> Response<BoxBody> {
+    /// Bytes of both bodies are counted in `metrics`.
+    pub async fn forward(
+        &mut self,
+        req: Request<Incoming>,
+        what: &str,
+        metrics: &Metrics,
+    ) -> Response<BoxBody> {
         let path = req.uri().path().to_string();
-        let req = req.map(|body| body.map_err(to_status).boxed_unsync());
+        let req = req.map(|body| counted(body, metrics));
         match tower::ServiceExt::oneshot(self.clone(), req).await {
-            Ok(res) => res.map(|body| body.map_err(to_status).boxed_unsync()),
+            Ok(res) => res.map(|body| counted(body, metrics)),
             Err(e) => {
                 tracing::debug!(%path, error = %e, "{what} did not answer");
                 Status::unavailable(format!("irsa-secrets: {what} did not answer {path}: {e}"))
@@ -98,6 +106,19 @@ impl tower::Service<Request<BoxBody>> for Peer {
         }
         Box::pin(self.0.send_request(req))
     }
+}
+
+/// A forwarded body, its data counted as it passes (one atomic add per frame).
+fn counted(body: Incoming, metrics: &Metrics) -> BoxBody {
+    let metrics = metrics.clone();
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            metrics.forwarded(data.len() as u64);
+        }
+        frame
+    })
+    .map_err(to_status)
+    .boxed_unsync()
 }
 
 /// A body error as a gRPC status, so forwarded bodies share tonic's body type.

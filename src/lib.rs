@@ -8,11 +8,14 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod audit;
 pub mod cli;
 pub mod client;
+pub mod config;
 pub mod h2;
 pub mod jwt;
 pub mod logging;
+pub mod metrics;
 pub mod proto;
 pub mod provider;
 pub mod proxy;

@@ -1,11 +1,16 @@
-//! The Secrets service: maps ids to sources, enforces BuildKit's value rules and turns source
-//! failures into gRPC statuses BuildKit reports precisely. Knows nothing of sockets or sessions.
+//! The Secrets service: maps ids to sources, applies the listener's policy (which ids it
+//! serves), enforces BuildKit's value rules, turns source failures into gRPC statuses BuildKit
+//! reports precisely, and records every answer in the audit trail and the metrics. Knows
+//! nothing of sockets or sessions.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tonic::{Code, Request, Response, Status};
 
+use crate::audit::{Audit, Caller, Outcome, Peer};
+use crate::metrics::Metrics;
 use crate::proto::secrets::secrets_server::Secrets;
 use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
@@ -15,6 +20,26 @@ use crate::sources::{ErrorKind, Source};
 #[derive(Debug, Clone)]
 pub struct Provider {
     routes: Arc<HashMap<String, Arc<dyn Source>>>,
+    listener: Arc<str>,
+    allowed: Option<Arc<BTreeSet<String>>>,
+    audit: Audit,
+    metrics: Metrics,
+}
+
+/// One answer, as the audit trail and the metrics see it.
+pub struct Answer<'a> {
+    /// The id asked for.
+    pub id: &'a str,
+    /// Which source answered (`client` for the build client's own secrets).
+    pub source: Option<&'a str>,
+    /// What became of the request.
+    pub outcome: Outcome,
+    /// The value sent, for its fingerprint.
+    pub value: Option<&'a SecretValue>,
+    /// The error, when the outcome is one.
+    pub error: Option<&'a str>,
+    /// When the request arrived.
+    pub started: Instant,
 }
 
 impl Provider {
@@ -29,31 +54,101 @@ impl Provider {
         }
         Self {
             routes: Arc::new(routes),
+            listener: Arc::from("default"),
+            allowed: None,
+            audit: Audit::default(),
+            metrics: Metrics::default(),
         }
+    }
+
+    /// Names the listener this provider answers for and, if given, limits it to `allowed` ids:
+    /// the others are refused as if nobody served them.
+    pub fn with_policy(mut self, listener: &str, allowed: Option<BTreeSet<String>>) -> Self {
+        self.listener = Arc::from(listener);
+        self.allowed = allowed.map(Arc::new);
+        self
+    }
+
+    /// Sends records to `audit` and counts into `metrics`.
+    pub fn with_observers(mut self, audit: Audit, metrics: Metrics) -> Self {
+        self.audit = audit;
+        self.metrics = metrics;
+        self
+    }
+
+    /// The listener's name, for records made elsewhere (sessions, refused peers).
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
+    /// The audit trail.
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The ids this provider answers, sorted, for start-up logs and `doctor`.
     pub fn ids(&self) -> Vec<String> {
-        let mut ids: Vec<_> = self.routes.keys().cloned().collect();
+        let mut ids: Vec<_> = self
+            .routes
+            .keys()
+            .filter(|id| self.allows(id))
+            .cloned()
+            .collect();
         ids.sort();
         ids
     }
 
-    /// True when `id` is one of ours.
-    pub fn owns(&self, id: &str) -> bool {
-        self.routes.contains_key(id)
+    fn allows(&self, id: &str) -> bool {
+        self.allowed.as_ref().is_none_or(|a| a.contains(id))
     }
 
-    /// Fetches `id`. `NotFound` for ids nobody serves, so BuildKit treats them as absent (its
-    /// `GIT_AUTH_TOKEN.*` and `HTTP_AUTH_*` probes rely on that); any other failure gets a code
-    /// BuildKit reports as a hard error, with a message that says what to check.
-    pub async fn get(&self, id: &str) -> Result<SecretValue, Status> {
+    /// True when `id` is one of ours on this listener.
+    pub fn owns(&self, id: &str) -> bool {
+        self.routes.contains_key(id) && self.allows(id)
+    }
+
+    /// Time left on each source's identity (token, credentials), for probes and metrics.
+    pub fn expiries(&self) -> Vec<(&'static str, Result<Duration, String>)> {
+        let mut seen = BTreeSet::new();
+        self.routes
+            .values()
+            .filter(|s| seen.insert(Arc::as_ptr(s) as *const () as usize))
+            .filter_map(|s| s.expiry().map(|e| (s.name(), e)))
+            .collect()
+    }
+
+    /// Fetches `id` for `caller`. `NotFound` for ids not served here, so BuildKit treats them
+    /// as absent (its `GIT_AUTH_TOKEN.*` and `HTTP_AUTH_*` probes rely on that); any other
+    /// failure gets a code BuildKit reports as a hard error, with a message that says what to
+    /// check.
+    pub async fn get(&self, id: &str, caller: &Caller) -> Result<SecretValue, Status> {
+        let started = Instant::now();
+        let answer = |source, outcome, value, error| Answer {
+            id,
+            source,
+            outcome,
+            value,
+            error,
+            started,
+        };
         let Some(source) = self.routes.get(id) else {
-            tracing::debug!(id, "secret not served here");
+            self.record(caller, answer(None, Outcome::NotFound, None, None));
             return Err(Status::not_found(format!("secret {id} not found")));
         };
-        let result = source.fetch(id).await;
-        let outcome = match result {
+        if !self.allows(id) {
+            tracing::warn!(listener = %self.listener, id, "secret refused: this listener does not serve it");
+            self.record(
+                caller,
+                answer(Some(source.name()), Outcome::Denied, None, None),
+            );
+            return Err(Status::not_found(format!("secret {id} not found")));
+        }
+        let result = match source.fetch(id).await {
             Ok(Some(value)) if value.is_empty() => Err(Status::failed_precondition(format!(
                 "secret {id} from the {} source is empty; an empty secret is refused rather than \
                  mounted as an empty file",
@@ -78,19 +173,72 @@ impl Provider {
                 Err(Status::new(code, format!("irsa-secrets: {e}")))
             }
         };
-        match &outcome {
-            Ok(value) => tracing::info!(
-                id,
-                source = source.name(),
-                bytes = value.len(),
-                "secret served"
+        match &result {
+            Ok(value) => self.record(
+                caller,
+                answer(Some(source.name()), Outcome::Served, Some(value), None),
             ),
-            Err(status) => {
-                tracing::warn!(id, source = source.name(), code = ?status.code(), error = status.message(), "secret refused")
+            Err(status) if status.code() == Code::NotFound => self.record(
+                caller,
+                answer(Some(source.name()), Outcome::NotFound, None, None),
+            ),
+            Err(status) => self.record(
+                caller,
+                answer(
+                    Some(source.name()),
+                    Outcome::Error,
+                    None,
+                    Some(status.message()),
+                ),
+            ),
+        }
+        result
+    }
+
+    /// Writes the audit record and the metrics of one answer, and the log line.
+    pub fn record(&self, caller: &Caller, a: Answer<'_>) {
+        let session = caller.session.as_deref().unwrap_or("-");
+        match a.outcome {
+            Outcome::Served => {
+                tracing::info!(listener = %self.listener, session, id = a.id, source = a.source, bytes = a.value.map(SecretValue::len), "secret served")
+            }
+            Outcome::NotFound if is_buildkit_probe(a.id) => {
+                tracing::debug!(session, id = a.id, "secret not served here")
+            }
+            Outcome::NotFound => tracing::warn!(
+                listener = %self.listener,
+                session,
+                id = a.id,
+                "a build asked for secret {}, which nobody serves: a RUN --mount without required=true silently runs without it",
+                a.id
+            ),
+            Outcome::Denied => {}
+            Outcome::Error => {
+                tracing::warn!(listener = %self.listener, session, id = a.id, source = a.source, error = a.error, "secret refused")
             }
         }
-        outcome
+        self.audit.secret(&self.listener, caller, &a);
+        let label = if self.routes.contains_key(a.id) || a.source == Some("client") {
+            a.id
+        } else {
+            "other"
+        };
+        self.metrics
+            .request(&self.listener, label, a.outcome, a.started.elapsed());
     }
+}
+
+/// BuildKit's own lookups for optional credentials (git and HTTP sources), which are expected
+/// to miss.
+fn is_buildkit_probe(id: &str) -> bool {
+    [
+        "GIT_AUTH_TOKEN",
+        "GIT_AUTH_HEADER",
+        "HTTP_AUTH_TOKEN_",
+        "HTTP_AUTH_HEADER_",
+    ]
+    .iter()
+    .any(|p| id.starts_with(p))
 }
 
 #[tonic::async_trait]
@@ -99,8 +247,21 @@ impl Secrets for Provider {
         &self,
         request: Request<GetSecretRequest>,
     ) -> Result<Response<GetSecretResponse>, Status> {
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .map(|c| Peer {
+                pid: c.pid(),
+                uid: c.uid(),
+                gid: c.gid(),
+            });
+        let caller = Caller {
+            session: None,
+            peer,
+        };
         let id = request.into_inner().id;
-        let value = self.get(&id).await?;
+        let value = self.get(&id, &caller).await?;
         Ok(Response::new(GetSecretResponse {
             data: value.expose().to_vec(),
         }))

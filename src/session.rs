@@ -8,21 +8,25 @@
 //! forwarded as raw HTTP/2 streams: headers, body frames and trailers, never buffered whole.
 
 use std::convert::Infallible;
+use std::time::Instant;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
-use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
+use tonic::{Code, Request as GrpcRequest, Response as GrpcResponse, Status};
 use tower::Service;
 
+use crate::audit::{Caller, Outcome};
 use crate::h2::{self, Peer};
+use crate::metrics::Metrics;
 use crate::proto::secrets::secrets_client::SecretsClient;
 use crate::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
 use crate::proto::GET_SECRET_PATH;
-use crate::provider::Provider;
+use crate::provider::{Answer, Provider};
+use crate::secret::SecretValue;
 
 /// What the splice knows of a session, from its `X-Docker-Expose-Session-*` headers.
 #[derive(Debug, Clone, Default)]
@@ -31,6 +35,18 @@ pub struct SessionInfo {
     pub id: String,
     /// The methods the client serves (`X-Docker-Expose-Session-Grpc-Method`).
     pub client_methods: Vec<String>,
+    /// The process on the other end of the helper's socket.
+    pub peer: Option<crate::audit::Peer>,
+}
+
+impl SessionInfo {
+    /// The session as the audit trail names it.
+    pub fn caller(&self) -> Caller {
+        Caller {
+            session: Some(self.id.clone()),
+            peer: self.peer,
+        }
+    }
 }
 
 impl SessionInfo {
@@ -55,14 +71,19 @@ where
     D: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (to_client, client_conn) = h2::handshake(client).await.map_err(SpliceError::Client)?;
+    let metrics = provider.metrics().clone();
     let secrets = SecretsServer::new(SessionSecrets {
         provider,
         client: info.client_serves_secrets().then(|| {
             SecretsClient::with_origin(to_client.clone(), Uri::from_static("http://localhost"))
         }),
-        session: info.id.clone(),
+        caller: info.caller(),
     });
-    let router = Router { to_client, secrets };
+    let router = Router {
+        to_client,
+        secrets,
+        metrics,
+    };
     let server = h2::server().serve_connection(
         TokioIo::new(daemon),
         hyper::service::service_fn(move |req| router.clone().route(req)),
@@ -77,23 +98,30 @@ where
     }
 }
 
-/// Runs [`splice`] with the session's start and end in the log: what both front doors do.
+/// Runs [`splice`] with the session's start and end in the log, the audit trail and the
+/// metrics: what both front doors do.
 pub async fn join<C, D>(client: C, daemon: D, info: SessionInfo, provider: Provider)
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     D: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let started = std::time::Instant::now();
-    tracing::info!(session = %info.id, "build session joined");
-    let id = info.id.clone();
-    match splice(client, daemon, info, provider).await {
-        Ok(()) => {
-            tracing::info!(session = %id, seconds = started.elapsed().as_secs_f64(), "build session ended")
-        }
+    let caller = info.caller();
+    let (audit, listener) = (provider.audit().clone(), provider.listener().to_string());
+    let _open = provider.metrics().session(&listener);
+    tracing::info!(listener, session = %info.id, "build session joined");
+    audit.session_start(&listener, &caller);
+    let result = splice(client, daemon, info, provider).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let session = caller.session.as_deref().unwrap_or_default();
+    match &result {
+        Ok(()) => tracing::info!(listener, session, seconds, "build session ended"),
         Err(e) => {
-            tracing::warn!(session = %id, seconds = started.elapsed().as_secs_f64(), error = %e, "build session ended abnormally")
+            tracing::warn!(listener, session, seconds, error = %e, "build session ended abnormally")
         }
     }
+    let error = result.err().map(|e| e.to_string());
+    audit.session_end(&listener, &caller, seconds, error.as_deref());
 }
 
 /// A peer closing its end of the tunnel: how sessions normally end, not a failure.
@@ -125,6 +153,7 @@ pub enum SpliceError {
 struct Router {
     to_client: Peer,
     secrets: SecretsServer<SessionSecrets>,
+    metrics: Metrics,
 }
 
 impl Router {
@@ -137,7 +166,10 @@ impl Router {
                 .unwrap_or_else(|never| match never {}));
         }
         tracing::trace!(path = req.uri().path(), "forwarding to the client");
-        Ok(self.to_client.forward(req, "the build client").await)
+        Ok(self
+            .to_client
+            .forward(req, "the build client", &self.metrics)
+            .await)
     }
 }
 
@@ -147,7 +179,7 @@ impl Router {
 struct SessionSecrets {
     provider: Provider,
     client: Option<SecretsClient<Peer>>,
-    session: String,
+    caller: Caller,
 }
 
 impl SessionSecrets {
@@ -172,27 +204,51 @@ impl Secrets for SessionSecrets {
         request: GrpcRequest<GetSecretRequest>,
     ) -> Result<GrpcResponse<GetSecretResponse>, Status> {
         let request = request.into_inner();
-        let id = request.id.clone();
-        if !self.provider.owns(&id) {
-            return match self.ask_client(&request).await {
-                Some(answer) => answer.map(GrpcResponse::new),
-                None => Err(Status::not_found(format!("secret {id} not found"))),
-            };
-        }
+        let id = request.id.as_str();
+        let started = Instant::now();
+        let session = self.caller.session.as_deref().unwrap_or_default();
+        let client = Some("client");
         match self.ask_client(&request).await {
             Some(Ok(answer)) => {
-                tracing::info!(session = %self.session, id, "the client's own --secret wins over the helper's value");
-                return Ok(GrpcResponse::new(answer));
+                if self.provider.owns(id) {
+                    tracing::info!(
+                        session,
+                        id,
+                        "the client's own --secret wins over the helper's value"
+                    );
+                }
+                let value = SecretValue::new(answer.data);
+                let a = Answer {
+                    id,
+                    source: client,
+                    outcome: Outcome::Served,
+                    value: Some(&value),
+                    error: None,
+                    started,
+                };
+                self.provider.record(&self.caller, a);
+                return Ok(GrpcResponse::new(GetSecretResponse {
+                    data: value.expose().to_vec(),
+                }));
             }
-            Some(Err(status))
-                if status.code() != tonic::Code::NotFound
-                    && status.code() != tonic::Code::Unimplemented =>
-            {
-                tracing::warn!(session = %self.session, id, code = ?status.code(), "the client's own secret failed; serving the helper's");
+            Some(Err(status)) if !matches!(status.code(), Code::NotFound | Code::Unimplemented) => {
+                if !self.provider.owns(id) {
+                    let a = Answer {
+                        id,
+                        source: client,
+                        outcome: Outcome::Error,
+                        value: None,
+                        error: Some(status.message()),
+                        started,
+                    };
+                    self.provider.record(&self.caller, a);
+                    return Err(status);
+                }
+                tracing::warn!(session, id, code = ?status.code(), "the client's own secret failed; serving the helper's");
             }
             _ => {}
         }
-        let value = self.provider.get(&id).await?;
+        let value = self.provider.get(id, &self.caller).await?;
         Ok(GrpcResponse::new(GetSecretResponse {
             data: value.expose().to_vec(),
         }))

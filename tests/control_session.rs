@@ -34,7 +34,7 @@ async fn setup() -> (
     let helper = tokio::spawn(grpc::serve(
         helper_client_side,
         helper_daemon_side,
-        mock_provider(),
+        irsa_secrets::proxy::Context::new(mock_provider()),
     ));
     let (control, conn) = h2::handshake(client_io).await.unwrap();
     tokio::spawn(conn);

@@ -355,7 +355,11 @@ fn start_long_build(s: &Setup, name: &str) -> Child {
         .spawn()
         .unwrap();
     // Wait for the helper to have served the step's secret: the step has started.
-    let served = |log: &str| log.matches("secret served id=\"aws-role-arn\"").count();
+    let served = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("secret served") && l.contains("id=\"aws-role-arn\""))
+            .count()
+    };
     let before = served(&s.helper.log_text());
     let deadline = Instant::now() + Duration::from_secs(120);
     while served(&s.helper.log_text()) == before {

@@ -47,7 +47,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stand in front of the Docker daemon: builds through this socket get the secrets.
-    Proxy(proxy::ProxyArgs),
+    Proxy(Box<proxy::ProxyArgs>),
     /// Serve the Secrets service alone on a unix socket (for tests, embedding and debugging).
     Serve(serve::ServeArgs),
     /// Ask a running helper for secrets and print their size and fingerprint, never the value.
@@ -68,7 +68,7 @@ impl Cli {
     /// Runs the chosen command; the exit code is the command's verdict.
     pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
         match self.command {
-            Command::Proxy(args) => proxy::run(args).await,
+            Command::Proxy(args) => proxy::run(*args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Probe(args) => probe::run(args).await,
             Command::Token(args) => inspect::token(args),

@@ -1,22 +1,66 @@
-//! `irsa-secrets proxy`.
+//! `irsa-secrets proxy`: one or more listeners in front of daemons, with the audit trail and
+//! the metrics endpoint shared between them.
 
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use clap::Args;
+use clap::{Args, Parser};
+use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
 use super::IdentityArgs;
+use crate::audit::Audit;
+use crate::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
 use crate::proxy::tls::TlsArgs;
-use crate::proxy::{Daemon, Upstream, UpstreamKind};
+use crate::proxy::{Daemon, Gate, Upstream, UpstreamKind};
 use crate::socket;
 
 /// Flags of `proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    /// A TOML file whose keys are these flags: top-level keys are the global ones, each
+    /// [[listener]] table one listener (so several sockets can serve different ids).
+    #[arg(long, value_name = "FILE", env = "IRSA_SECRETS_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(flatten)]
+    pub listener: ListenerArgs,
+}
+
+/// Settings shared by every listener.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GlobalArgs {
+    /// Write one JSON line per secret request and session to FILE (`-` for stdout).
+    #[arg(long, value_name = "FILE|-", env = "IRSA_SECRETS_AUDIT_LOG")]
+    pub audit_log: Option<String>,
+
+    /// Key for the audit records' value fingerprints (HMAC-SHA256); random per process if unset.
+    #[arg(long, value_name = "FILE", env = "IRSA_SECRETS_AUDIT_KEY_FILE")]
+    pub audit_key_file: Option<PathBuf>,
+
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address (off by default).
+    #[arg(long, value_name = "ADDR:PORT", env = "IRSA_SECRETS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// One listener: a socket, the daemon behind it, what it serves and to whom.
+#[derive(Debug, Clone, Args)]
+pub struct ListenerArgs {
+    /// Name of this listener in logs, audit records and metrics.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+
     /// Socket to listen on; point DOCKER_HOST, buildctl --addr or the buildx remote driver at it.
     #[arg(long, env = "IRSA_SECRETS_LISTEN", value_name = "unix:///PATH")]
-    pub listen: String,
+    pub listen: Option<String>,
 
     /// The daemon to forward to: dockerd (e.g. unix:///var/run/docker.sock) or buildkitd
     /// (e.g. unix:///run/buildkit/buildkitd.sock).
@@ -37,6 +81,22 @@ pub struct ProxyArgs {
     )]
     pub upstream_kind: UpstreamKind,
 
+    /// Serve only these ids on this listener (repeatable); others are answered as absent.
+    #[arg(long = "allow-id", value_name = "ID")]
+    pub allow_ids: Vec<String>,
+
+    /// Only processes of this uid may connect (repeatable; checked with SO_PEERCRED).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    pub allow_uids: Vec<u32>,
+
+    /// Only processes of this gid may connect (repeatable; a uid or a gid match admits).
+    #[arg(long = "allow-gid", value_name = "GID")]
+    pub allow_gids: Vec<u32>,
+
+    /// Most build sessions open at once on this listener; more are refused with a clear error.
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
+
     #[command(flatten)]
     pub tls: TlsArgs,
 
@@ -47,30 +107,188 @@ pub struct ProxyArgs {
     pub identity: IdentityArgs,
 }
 
+/// Parses one `[[listener]]` table's flags.
+#[derive(Debug, Parser)]
+#[command(name = "listener", no_binary_name = true)]
+struct ListenerFlags {
+    #[command(flatten)]
+    listener: ListenerArgs,
+}
+
+/// Parses the config file's global flags.
+#[derive(Debug, Parser)]
+#[command(name = "config", no_binary_name = true)]
+struct GlobalFlags {
+    #[command(flatten)]
+    global: GlobalArgs,
+}
+
+/// A listener ready to run.
+struct Ready {
+    bound: socket::BoundSocket,
+    daemon: Daemon,
+    provider: Provider,
+    gate: Gate,
+}
+
 pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let provider = Provider::new(args.identity.sources()?);
-    let tls = args
-        .tls
-        .load(args.upstream.host())
-        .map_err(anyhow::Error::msg)?;
-    let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
-    let bound = socket::bind(&path, &args.socket.options()).map_err(anyhow::Error::msg)?;
-    tracing::info!(
-        socket = %bound.file.path().display(),
-        upstream = %args.upstream,
-        ids = ?provider.ids(),
-        "proxying: point DOCKER_HOST, buildctl --addr or the buildx remote driver at unix://{}",
-        bound.file.path().display()
-    );
-    let daemon = Daemon::new(args.upstream, tls, args.upstream_kind);
-    crate::proxy::run(
-        bound.listener,
-        daemon,
-        provider,
-        crate::serve::shutdown_signal(),
-    )
-    .await;
-    drop(bound.file);
+    let (global, listeners) = match &args.config {
+        Some(path) => {
+            if args.listener.listen.is_some() {
+                anyhow::bail!("give listeners either in --config or with --listen, not both");
+            }
+            let file = crate::config::load(path).map_err(anyhow::Error::msg)?;
+            let from_file = GlobalFlags::try_parse_from(&file.global)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+                .global;
+            let global = GlobalArgs {
+                audit_log: args.global.audit_log.or(from_file.audit_log),
+                audit_key_file: args.global.audit_key_file.or(from_file.audit_key_file),
+                metrics_listen: args.global.metrics_listen.or(from_file.metrics_listen),
+            };
+            let mut listeners = Vec::new();
+            for (i, flags) in file.listeners.iter().enumerate() {
+                let parsed = ListenerFlags::try_parse_from(flags)
+                    .map_err(|e| anyhow::anyhow!("{}: listener {}: {e}", path.display(), i + 1))?;
+                listeners.push(parsed.listener);
+            }
+            if listeners.is_empty() {
+                anyhow::bail!("{} has no [[listener]] table", path.display());
+            }
+            (global, listeners)
+        }
+        None => (args.global, vec![args.listener]),
+    };
+    let audit = match &global.audit_log {
+        Some(target) => {
+            Audit::open(target, global.audit_key_file.as_deref()).map_err(anyhow::Error::msg)?
+        }
+        None => Audit::default(),
+    };
+    let metrics = Metrics::default();
+    let mut names = BTreeSet::new();
+    let mut ready = Vec::new();
+    for l in listeners {
+        if !names.insert(l.name.clone()) {
+            anyhow::bail!(
+                "two listeners are named {:?}; give each a distinct name",
+                l.name
+            );
+        }
+        ready.push(prepare(l, &audit, &metrics)?);
+    }
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = global.metrics_listen {
+        let probes: Arc<dyn Readiness> = Arc::new(Probes(
+            ready
+                .iter()
+                .map(|r| (r.provider.clone(), r.daemon.upstream.clone()))
+                .collect(),
+        ));
+        let (metrics, stop) = (metrics.clone(), stop.clone());
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
+        tasks.spawn(async move {
+            if let Err(e) =
+                crate::metrics::serve(listener, metrics, probes, stop.cancelled_owned()).await
+            {
+                tracing::error!(error = %e, "the metrics endpoint failed");
+            }
+        });
+    }
+    for r in ready {
+        let Ready {
+            bound,
+            daemon,
+            provider,
+            gate,
+        } = r;
+        tracing::info!(
+            listener = provider.listener(),
+            socket = %bound.file.path().display(),
+            upstream = %daemon.upstream,
+            ids = ?provider.ids(),
+            "proxying: point DOCKER_HOST, buildctl --addr or the buildx remote driver at unix://{}",
+            bound.file.path().display()
+        );
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            crate::proxy::run(
+                bound.listener,
+                daemon,
+                provider,
+                gate,
+                stop.cancelled_owned(),
+            )
+            .await;
+            drop(bound.file);
+        });
+    }
+    crate::serve::shutdown_signal().await;
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<Ready> {
+    let context = |e: String| anyhow::anyhow!("listener {}: {e}", l.name);
+    let listen = l
+        .listen
+        .as_deref()
+        .ok_or_else(|| context("--listen unix:///PATH is required".into()))?;
+    let allowed = (!l.allow_ids.is_empty()).then(|| l.allow_ids.iter().cloned().collect());
+    let provider = Provider::new(
+        l.identity
+            .sources()
+            .map_err(|e| context(format!("{e:#}")))?,
+    )
+    .with_policy(&l.name, allowed)
+    .with_observers(audit.clone(), metrics.clone());
+    let tls = l.tls.load(l.upstream.host()).map_err(context)?;
+    let path = socket::parse_unix_address(listen).map_err(context)?;
+    let bound = socket::bind(&path, &l.socket.options()).map_err(context)?;
+    Ok(Ready {
+        bound,
+        daemon: Daemon::new(l.upstream, tls, l.upstream_kind),
+        provider,
+        gate: Gate::new(l.allow_uids, l.allow_gids, l.max_sessions),
+    })
+}
+
+/// `/readyz`: every listener's identity is valid and its daemon reachable.
+struct Probes(Vec<(Provider, Upstream)>);
+
+impl Readiness for Probes {
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut problems = Vec::new();
+            for (provider, upstream) in &self.0 {
+                let listener = provider.listener();
+                for (source, expiry) in provider.expiries() {
+                    match expiry {
+                        Ok(left) => provider
+                            .metrics()
+                            .expiry(listener, source, left.as_secs_f64()),
+                        Err(e) => {
+                            provider.metrics().expiry(listener, source, 0.0);
+                            problems.push(format!("listener {listener}: {source}: {e}"));
+                        }
+                    }
+                }
+                if let Err(e) = upstream.connect().await {
+                    problems.push(format!(
+                        "listener {listener}: the daemon at {upstream} is unreachable: {e}"
+                    ));
+                }
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("\n"))
+            }
+        })
+    }
 }

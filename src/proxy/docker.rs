@@ -17,9 +17,8 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::grpc;
 use super::grpc::{session_info, SESSION_METHOD};
-use super::{Daemon, Io};
+use super::{Context, Daemon, Io};
 use crate::proto::GET_SECRET_PATH;
-use crate::provider::Provider;
 use crate::session::{self, SessionInfo};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -30,7 +29,7 @@ type Upgraded = BoxFuture<'static, ()>;
 
 /// Serves one client connection: every request goes to a dedicated upstream connection, so
 /// keep-alive, ordering and hijacking behave as they would directly.
-pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, provider: Provider) {
+pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, ctx: Context) {
     let send = match connect(&daemon).await {
         Ok(send) => Some(send),
         Err(e) => {
@@ -42,7 +41,7 @@ pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, provider: Pr
     let state = Arc::new(Conn {
         send: Mutex::new(send),
         daemon,
-        provider,
+        ctx,
         upgrades,
     });
     let service = hyper::service::service_fn(move |req| Arc::clone(&state).handle(req));
@@ -84,7 +83,7 @@ async fn connect(daemon: &Daemon) -> Result<(SendRequest<Body>, AbortOnDrop), St
 struct Conn {
     send: Mutex<Option<(SendRequest<Body>, AbortOnDrop)>>,
     daemon: Arc<Daemon>,
-    provider: Provider,
+    ctx: Context,
     upgrades: mpsc::UnboundedSender<Upgraded>,
 }
 
@@ -94,8 +93,14 @@ impl Conn {
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, hyper::Error> {
         let kind = upgrade_kind(&req);
-        let session = (kind == Some(UpgradeKind::Session)).then(|| session_info(req.headers()));
+        let session = (kind == Some(UpgradeKind::Session))
+            .then(|| session_info(req.headers(), self.ctx.peer));
+        let mut permit = None;
         if let Some(info) = &session {
+            match self.ctx.admit_session(info) {
+                Ok(p) => permit = p,
+                Err(why) => return Ok(error_response(StatusCode::TOO_MANY_REQUESTS, &why)),
+            }
             add_secrets_method(&mut req, info);
         }
         let client_upgrade = req
@@ -108,6 +113,10 @@ impl Conn {
             Ok(res) => res,
             Err(e) => {
                 tracing::warn!(%method, %path, upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
+                self.ctx
+                    .provider
+                    .metrics()
+                    .upstream_error(self.ctx.provider.listener());
                 return Ok(error_response(
                     StatusCode::BAD_GATEWAY,
                     &format!(
@@ -121,7 +130,7 @@ impl Conn {
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
                 let daemon_upgrade = hyper::upgrade::on(&mut res);
-                let provider = self.provider.clone();
+                let ctx = self.ctx.clone();
                 let job: Upgraded = Box::pin(async move {
                     let (client, daemon) = match tokio::try_join!(client_upgrade, daemon_upgrade) {
                         Ok(pair) => pair,
@@ -130,9 +139,10 @@ impl Conn {
                     let (client, daemon) = (TokioIo::new(client), TokioIo::new(daemon));
                     match (kind, session) {
                         (Some(UpgradeKind::Session), Some(info)) => {
-                            session::join(client, daemon, info, provider).await
+                            session::join(client, daemon, info, ctx.provider).await;
+                            drop(permit);
                         }
-                        (Some(UpgradeKind::Grpc), _) => grpc::serve(client, daemon, provider).await,
+                        (Some(UpgradeKind::Grpc), _) => grpc::serve(client, daemon, ctx).await,
                         _ => pipe(client, daemon).await,
                     }
                 });
@@ -183,11 +193,11 @@ pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, String>
     Ok(Box::new(TokioIo::new(upgraded)))
 }
 
-/// Answers every request on `client` with `message` (HTTP 502), for clients the helper cannot
-/// serve; then closes.
-pub async fn refuse(client: impl Io, message: String) {
+/// Answers every request on `client` with `status` and `message`, for clients the helper
+/// cannot or may not serve; then closes.
+pub async fn refuse(client: impl Io, status: StatusCode, message: String) {
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-        let res = error_response(StatusCode::BAD_GATEWAY, &message);
+        let res = error_response(status, &message);
         async move { Ok::<_, std::convert::Infallible>(res) }
     });
     let _ = hyper::server::conn::http1::Builder::new()

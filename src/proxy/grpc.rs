@@ -11,10 +11,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tonic::body::BoxBody;
 
-use super::Io;
+use super::{Context, Io};
 use crate::h2::{self, Peer};
 use crate::proto::GET_SECRET_PATH;
-use crate::provider::Provider;
 use crate::session::{self, SessionInfo};
 use crate::tunnel::{self, Outgoing};
 
@@ -31,7 +30,7 @@ pub const SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
 
 /// Serves one client's HTTP/2 connection against one upstream HTTP/2 connection; returns when
 /// either ends.
-pub async fn serve(client: impl Io, upstream: impl Io, provider: Provider) {
+pub async fn serve(client: impl Io, upstream: impl Io, ctx: Context) {
     let (daemon, daemon_conn) = match h2::handshake(upstream).await {
         Ok(pair) => pair,
         Err(e) => {
@@ -40,13 +39,16 @@ pub async fn serve(client: impl Io, upstream: impl Io, provider: Provider) {
                 h2::chain(&e)
             );
             tracing::warn!(error = %reason, "daemon connection failed");
-            return refuse(client, reason).await;
+            ctx.provider
+                .metrics()
+                .upstream_error(ctx.provider.listener());
+            return refuse(client, tonic::Status::unavailable(reason)).await;
         }
     };
     let failure = Arc::new(OnceLock::<String>::new());
     let failed = Arc::clone(&failure);
     let service = hyper::service::service_fn(move |req| {
-        route(daemon.clone(), provider.clone(), Arc::clone(&failed), req)
+        route(daemon.clone(), ctx.clone(), Arc::clone(&failed), req)
     });
     let server = h2::server().serve_connection(TokioIo::new(client), service);
     tokio::pin!(server, daemon_conn);
@@ -79,9 +81,9 @@ pub async fn serve(client: impl Io, upstream: impl Io, provider: Provider) {
 
 /// Answers every call on `client` with `Unavailable` and `message`: the clear error an HTTP/2
 /// client gets when the daemon cannot be reached.
-pub async fn refuse(client: impl Io, message: String) {
+pub async fn refuse(client: impl Io, status: tonic::Status) {
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-        let res = tonic::Status::unavailable(message.clone()).into_http();
+        let res = status.clone().into_http();
         async move { Ok::<_, Infallible>(res) }
     });
     let _ = h2::server()
@@ -91,7 +93,7 @@ pub async fn refuse(client: impl Io, message: String) {
 
 async fn route(
     mut daemon: Peer,
-    provider: Provider,
+    ctx: Context,
     failure: Arc<OnceLock<String>>,
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {
@@ -100,19 +102,21 @@ async fn route(
         return Ok(tonic::Status::unavailable(message).into_http());
     }
     if req.uri().path() != SESSION_PATH {
-        return Ok(daemon.forward(req, "the daemon").await);
+        return Ok(daemon
+            .forward(req, "the daemon", ctx.provider.metrics())
+            .await);
     }
-    Ok(join_session(daemon, provider, req).await)
+    Ok(join_session(daemon, ctx, req).await)
 }
 
 /// Re-originates the client's session call upstream with the same metadata (plus GetSecret in
 /// the method list) and splices the two tunnels.
-async fn join_session(
-    daemon: Peer,
-    provider: Provider,
-    req: Request<Incoming>,
-) -> Response<BoxBody> {
-    let info = session_info(req.headers());
+async fn join_session(daemon: Peer, ctx: Context, req: Request<Incoming>) -> Response<BoxBody> {
+    let info = session_info(req.headers(), ctx.peer);
+    let permit = match ctx.admit_session(&info) {
+        Ok(permit) => permit,
+        Err(why) => return tonic::Status::resource_exhausted(why).into_http(),
+    };
     let (parts, client_body) = req.into_parts();
     // Our call to the daemon: its request body carries what we write into the daemon's tunnel.
     let (daemon_outbox, daemon_body_out) = tunnel::outgoing(Outgoing::Request);
@@ -144,7 +148,10 @@ async fn join_session(
     let daemon_tunnel = daemon_outbox.join(daemon_body_in, tunnel::Incoming::Response);
     let (client_outbox, client_body_out) = tunnel::outgoing(Outgoing::Response);
     let client_tunnel = client_outbox.join(client_body, tunnel::Incoming::Request);
-    tokio::spawn(session::join(client_tunnel, daemon_tunnel, info, provider));
+    tokio::spawn(async move {
+        session::join(client_tunnel, daemon_tunnel, info, ctx.provider).await;
+        drop(permit);
+    });
     Response::from_parts(res_parts, client_body_out)
 }
 
@@ -154,8 +161,9 @@ fn is_trailers_only(headers: &http::HeaderMap) -> bool {
 }
 
 /// The session's id and method list, from the call's metadata.
-pub fn session_info(headers: &http::HeaderMap) -> SessionInfo {
+pub fn session_info(headers: &http::HeaderMap, peer: Option<crate::audit::Peer>) -> SessionInfo {
     SessionInfo {
+        peer,
         id: headers
             .get(SESSION_UUID)
             .and_then(|v| v.to_str().ok())

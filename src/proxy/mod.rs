@@ -10,7 +10,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::task::JoinSet;
 
+use crate::audit::{Caller, Peer};
 use crate::provider::Provider;
+use crate::session::SessionInfo;
 use sniff::Protocol;
 use tls::{Alpn, Tls};
 
@@ -86,6 +88,87 @@ impl Upstream {
                 stream.set_nodelay(true)?;
                 Box::new(stream)
             }
+        })
+    }
+}
+
+/// Who may use a listener, and how much: peer credential allowlists (`SO_PEERCRED`) and a
+/// ceiling on concurrent sessions.
+#[derive(Debug, Clone, Default)]
+pub struct Gate {
+    allow_uids: Vec<u32>,
+    allow_gids: Vec<u32>,
+    sessions: Option<(usize, Arc<tokio::sync::Semaphore>)>,
+}
+
+impl Gate {
+    /// Admits peers whose uid is in `uids` or whose gid is in `gids` (everyone when both are
+    /// empty), and at most `max_sessions` sessions at once.
+    pub fn new(uids: Vec<u32>, gids: Vec<u32>, max_sessions: Option<usize>) -> Self {
+        Self {
+            allow_uids: uids,
+            allow_gids: gids,
+            sessions: max_sessions.map(|n| (n, Arc::new(tokio::sync::Semaphore::new(n)))),
+        }
+    }
+
+    /// Checks a connecting peer against the allowlists.
+    pub fn admits(&self, peer: Option<Peer>) -> Result<(), String> {
+        if self.allow_uids.is_empty() && self.allow_gids.is_empty() {
+            return Ok(());
+        }
+        match peer {
+            Some(p) if self.allow_uids.contains(&p.uid) || self.allow_gids.contains(&p.gid) => Ok(()),
+            Some(p) => Err(format!(
+                "irsa-secrets: uid {} gid {} may not use this socket; the helper's allow_uids/allow_gids decide who may",
+                p.uid, p.gid
+            )),
+            None => Err("irsa-secrets: the peer's credentials are unknown and this socket has an allowlist".into()),
+        }
+    }
+
+    /// A place for one more session, held until the returned permit is dropped.
+    pub fn session(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+        let Some((max, sem)) = &self.sessions else {
+            return Ok(None);
+        };
+        Arc::clone(sem).try_acquire_owned().map(Some).map_err(|_| {
+            format!("irsa-secrets: this socket already has {max} build sessions open (max_sessions); retry when one ends")
+        })
+    }
+}
+
+/// What a front door needs to know about the connection it serves.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The listener's secrets, policy and observers.
+    pub provider: Provider,
+    /// The listener's admission rules.
+    pub gate: Gate,
+    /// The connecting process.
+    pub peer: Option<Peer>,
+}
+
+impl Context {
+    /// A context with no admission rules and no known peer (in-process use, tests).
+    pub fn new(provider: Provider) -> Self {
+        Self {
+            provider,
+            gate: Gate::default(),
+            peer: None,
+        }
+    }
+
+    /// Admits a new session or says why not; the permit must live as long as the session.
+    pub fn admit_session(
+        &self,
+        info: &SessionInfo,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+        self.gate.session().inspect_err(|why| {
+            tracing::warn!(listener = self.provider.listener(), session = %info.id, "{why}");
+            self.provider
+                .audit()
+                .connection_denied(self.provider.listener(), &info.caller(), why);
         })
     }
 }
@@ -195,6 +278,7 @@ pub async fn run(
     listener: UnixListener,
     daemon: Daemon,
     provider: Provider,
+    gate: Gate,
     shutdown: impl Future<Output = ()>,
 ) {
     let daemon = Arc::new(daemon);
@@ -204,7 +288,9 @@ pub async fn run(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    connections.spawn(serve_client(stream, Arc::clone(&daemon), provider.clone()));
+                    let peer = Peer::of(&stream);
+                    let ctx = Context { provider: provider.clone(), gate: gate.clone(), peer };
+                    connections.spawn(serve_client(stream, Arc::clone(&daemon), ctx));
                 }
                 Err(e) => {
                     // EMFILE and the like: back off instead of spinning.
@@ -232,14 +318,29 @@ pub async fn run(
 }
 
 /// One client: HTTP/2 clients get the BuildKit API, HTTP/1.1 clients the Docker API.
-async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, provider: Provider) {
+async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, ctx: Context) {
     let (protocol, stream) = match sniff::sniff(stream).await {
         Ok(pair) => pair,
         Err(e) => return tracing::debug!(error = %e, "client dropped before its first request"),
     };
+    if let Err(why) = ctx.gate.admits(ctx.peer) {
+        let listener = ctx.provider.listener();
+        tracing::warn!(listener, peer = ?ctx.peer, "connection refused: {why}");
+        let caller = Caller {
+            session: None,
+            peer: ctx.peer,
+        };
+        ctx.provider
+            .audit()
+            .connection_denied(listener, &caller, &why);
+        return match protocol {
+            Protocol::Http2 => grpc::refuse(stream, tonic::Status::permission_denied(why)).await,
+            Protocol::Http1 => docker::refuse(stream, http::StatusCode::FORBIDDEN, why).await,
+        };
+    }
     match protocol {
         Protocol::Http2 => match daemon.connect_grpc().await {
-            Ok(upstream) => grpc::serve(stream, upstream, provider).await,
+            Ok(upstream) => grpc::serve(stream, upstream, ctx).await,
             Err(e) => {
                 let message = format!(
                     "irsa-secrets: the daemon at {} is unreachable: {e}; check that it is running \
@@ -247,7 +348,10 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, provider: Provide
                     daemon.upstream
                 );
                 tracing::warn!(upstream = %daemon.upstream, error = %e, "daemon unreachable");
-                grpc::refuse(stream, message).await
+                ctx.provider
+                    .metrics()
+                    .upstream_error(ctx.provider.listener());
+                grpc::refuse(stream, tonic::Status::unavailable(message)).await
             }
         },
         Protocol::Http1 => {
@@ -257,9 +361,9 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, provider: Provide
                      driver at this socket; DOCKER_HOST needs a helper in front of dockerd",
                     daemon.upstream
                 );
-                return docker::refuse(stream, message).await;
+                return docker::refuse(stream, http::StatusCode::BAD_GATEWAY, message).await;
             }
-            docker::serve_connection(stream, daemon, provider).await
+            docker::serve_connection(stream, daemon, ctx).await
         }
     }
 }

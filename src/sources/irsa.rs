@@ -75,6 +75,14 @@ impl Source for Irsa {
         self.ids.served(self.region.is_some())
     }
 
+    fn expiry(&self) -> Option<Result<Duration, String>> {
+        Some(
+            self.checked_token()
+                .map(|(_, c)| c.remaining)
+                .map_err(|e| e.message),
+        )
+    }
+
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
         Box::pin(async move {
             Ok(match self.ids.part(id) {

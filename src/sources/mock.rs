@@ -72,6 +72,13 @@ impl Source for Mock {
         self.ids.served(self.region.is_some())
     }
 
+    fn expiry(&self) -> Option<Result<Duration, String>> {
+        self.token();
+        let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let exp = current.as_ref().map(|(exp, _)| *exp).unwrap_or_default();
+        Some(Ok(Duration::from_secs(exp.saturating_sub(now_secs()))))
+    }
+
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
         Box::pin(async move {
             Ok(match self.ids.part(id) {

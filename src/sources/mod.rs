@@ -133,6 +133,12 @@ pub trait Source: Send + Sync + fmt::Debug {
 
     /// Fetches the current value of `id`; `Ok(None)` when this source does not serve it.
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>>;
+
+    /// Time left before the identity this source serves expires, if it expires at all; an
+    /// error when it cannot be served now. Feeds `/readyz` and the expiry metric.
+    fn expiry(&self) -> Option<Result<std::time::Duration, String>> {
+        None
+    }
 }
 
 /// Reads a file of at most `limit` bytes in one go, so a huge file costs no more than the limit.

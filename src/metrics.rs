@@ -1,0 +1,265 @@
+//! Prometheus metrics and the Kubernetes probes (`/metrics`, `/healthz`, `/readyz`) on an
+//! optional loopback HTTP listener, so the helper is monitored like any other sidecar.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::audit::Outcome;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    id: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpiryLabels {
+    listener: String,
+    source: String,
+}
+
+/// The helper's metrics; cheap to clone, shared by every listener.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    sessions_open: Family<ListenerLabel, Gauge>,
+    sessions: Family<ListenerLabel, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Histogram,
+    forwarded: Counter,
+    upstream_errors: Family<ListenerLabel, Counter>,
+    expiry: Family<ExpiryLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("irsa_secrets");
+        let inner = Inner {
+            sessions_open: Family::default(),
+            sessions: Family::default(),
+            requests: Family::default(),
+            latency: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            forwarded: Counter::default(),
+            upstream_errors: Family::default(),
+            expiry: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sessions_open",
+            "Build sessions open now",
+            inner.sessions_open.clone(),
+        );
+        registry.register("sessions", "Build sessions joined", inner.sessions.clone());
+        registry.register(
+            "secret_requests",
+            "GetSecret requests by id and outcome",
+            inner.requests.clone(),
+        );
+        registry.register(
+            "secret_request_duration_seconds",
+            "Time to answer a GetSecret request",
+            inner.latency.clone(),
+        );
+        registry.register(
+            "forwarded_bytes",
+            "Bytes of session streams forwarded between client and daemon",
+            inner.forwarded.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failures to reach or talk to the daemon",
+            inner.upstream_errors.clone(),
+        );
+        registry.register(
+            "expiry_seconds",
+            "Seconds until the served identity (token or STS credentials) expires",
+            inner.expiry.clone(),
+        );
+        Self {
+            inner: Arc::new(Inner { registry, ..inner }),
+        }
+    }
+}
+
+impl Metrics {
+    /// A session started on `listener`; returns a guard that marks its end when dropped.
+    pub fn session(&self, listener: &str) -> SessionGuard {
+        let label = ListenerLabel {
+            listener: listener.to_string(),
+        };
+        self.inner.sessions.get_or_create(&label).inc();
+        self.inner.sessions_open.get_or_create(&label).inc();
+        SessionGuard {
+            metrics: self.clone(),
+            label,
+        }
+    }
+
+    /// Counts a GetSecret answer and its latency. `id` should be bounded (owned ids, or
+    /// `other`) so probes cannot grow the label set without limit.
+    pub fn request(&self, listener: &str, id: &str, outcome: Outcome, latency: Duration) {
+        let outcome = match outcome {
+            Outcome::Served => "served",
+            Outcome::NotFound => "not_found",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        };
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels {
+                listener: listener.into(),
+                id: id.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.inner.latency.observe(latency.as_secs_f64());
+    }
+
+    /// Counts bytes forwarded through a session.
+    pub fn forwarded(&self, bytes: u64) {
+        self.inner.forwarded.inc_by(bytes);
+    }
+
+    /// Counts a failure to reach the daemon.
+    pub fn upstream_error(&self, listener: &str) {
+        self.inner
+            .upstream_errors
+            .get_or_create(&ListenerLabel {
+                listener: listener.into(),
+            })
+            .inc();
+    }
+
+    /// Sets the time left on a source's identity (negative once expired).
+    pub fn expiry(&self, listener: &str, source: &str, seconds: f64) {
+        self.inner
+            .expiry
+            .get_or_create(&ExpiryLabels {
+                listener: listener.into(),
+                source: source.into(),
+            })
+            .set(seconds);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+/// Marks a session closed when dropped.
+pub struct SessionGuard {
+    metrics: Metrics,
+    label: ListenerLabel,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .inner
+            .sessions_open
+            .get_or_create(&self.label)
+            .dec();
+    }
+}
+
+/// What `/readyz` asks before saying ready, and what refreshes the expiry gauges.
+pub trait Readiness: Send + Sync + 'static {
+    /// `Ok` when every listener can serve: its identity is valid and its daemon reachable;
+    /// otherwise the reasons, one per line.
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    ready: Arc<dyn Readiness>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, "metrics and probes on /metrics, /healthz, /readyz");
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let (metrics, ready) = (metrics.clone(), Arc::clone(&ready));
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                answer(req, metrics.clone(), Arc::clone(&ready))
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn answer(
+    req: Request<Incoming>,
+    metrics: Metrics,
+    ready: Arc<dyn Readiness>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (status, body, content_type) = match req.uri().path() {
+        "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
+        "/readyz" => match ready.check().await {
+            Ok(()) => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
+            Err(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready:\n{why}\n"),
+                "text/plain",
+            ),
+        },
+        "/metrics" => {
+            // Refreshes the expiry gauges; the verdict itself is /readyz's business.
+            let _ = ready.check().await;
+            (
+                StatusCode::OK,
+                metrics.encode(),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "try /metrics, /healthz or /readyz\n".to_string(),
+            "text/plain",
+        ),
+    };
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    Ok(res)
+}
