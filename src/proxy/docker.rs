@@ -99,7 +99,7 @@ impl Conn {
         if let Some(info) = &session {
             match self.ctx.admit_session(info) {
                 Ok(p) => permit = p,
-                Err(why) => return Ok(error_response(StatusCode::TOO_MANY_REQUESTS, &why)),
+                Err(why) => return Ok(plain_response(StatusCode::TOO_MANY_REQUESTS, why)),
             }
             add_secrets_method(&mut req, info);
         }
@@ -251,6 +251,21 @@ fn add_secrets_method(req: &mut Request<Incoming>, info: &SessionInfo) {
         req.headers_mut()
             .append(SESSION_METHOD, HeaderValue::from_static(GET_SECRET_PATH));
     }
+}
+
+/// A plain-text refusal, for clients that print the raw body (a refused session upgrade).
+fn plain_response(status: StatusCode, message: String) -> Response<Body> {
+    let mut res = Response::new(
+        Full::new(Bytes::from(message))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    res
 }
 
 fn error_response(status: StatusCode, message: &str) -> Response<Body> {

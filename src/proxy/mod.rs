@@ -133,7 +133,9 @@ impl Gate {
             return Ok(None);
         };
         Arc::clone(sem).try_acquire_owned().map(Some).map_err(|_| {
-            format!("irsa-secrets: this socket already has {max} build sessions open (max_sessions); retry when one ends")
+            // The docker CLI shows only the first 24 bytes of a refused session upgrade's body
+            // ("bogus greeting"), so the reason comes first.
+            format!("max_sessions {max} full: irsa-secrets refused this build session; retry when one ends")
         })
     }
 }

@@ -1,0 +1,364 @@
+//! Fleet features through real builds on a private dockerd: per-listener policy from a config
+//! file, a refused peer, the audit trail for every outcome (with no value in it), the metrics
+//! endpoint, and readiness that follows the token and the daemon.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
+use common::{command, token, Helper, Projected, Radioactive};
+
+const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
+
+fn build(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
+    let out = docker_on(socket)
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg(ctx)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    r.assert_absent("build output", &out.stdout);
+    r.assert_absent("build output", &out.stderr);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn context(dir: &Path, name: &str, run: &str) -> std::path::PathBuf {
+    let ctx = dir.join(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {BASE_IMAGE}\nRUN {run}\n"),
+    )
+    .unwrap();
+    ctx
+}
+
+/// GET `path` from the metrics endpoint: (status code, body).
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// Parses the Prometheus text format into (name{labels}, value) pairs.
+fn parse_metrics(text: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("name value");
+            (
+                name.to_string(),
+                value
+                    .parse::<f64>()
+                    .unwrap_or_else(|_| panic!("bad value in {l}")),
+            )
+        })
+        .collect()
+}
+
+fn metric(metrics: &[(String, f64)], name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .iter()
+        .find(|(n, _)| n.starts_with(name) && labels.iter().all(|l| n.contains(l)))
+        .map(|(_, v)| *v)
+}
+
+#[test]
+fn policy_audit_metrics_and_readiness() {
+    if let Err(why) = dockerd::available() {
+        assert!(
+            std::env::var_os("IRSA_SECRETS_SKIP_DOCKER").is_some(),
+            "{why} (set IRSA_SECRETS_SKIP_DOCKER=1 to skip)"
+        );
+        return eprintln!("skipped: {why}");
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("irsa-policy-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let r = Radioactive::default();
+    let t = token(3600, -10);
+    r.watch(t.as_bytes());
+    r.watch(ARN.as_bytes());
+    let mut projected = Projected::new(&dir.join("sa"), &t);
+    let daemon = Dockerd::start(&dir.join("d"));
+    // A stand-in daemon for the readiness check of a fourth listener: a socket the test controls.
+    let canary_path = dir.join("canary.sock");
+    let canary = std::os::unix::net::UnixListener::bind(&canary_path).unwrap();
+    let audit = dir.join("audit.jsonl");
+    let config = dir.join("irsa-secrets.toml");
+    let up = format!("unix://{}", daemon.socket.display());
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+audit_log = "{audit}"
+metrics_listen = "127.0.0.1:0"
+
+[[listener]]
+name = "trusted"
+listen = "unix://{dir}/trusted.sock"
+upstream = "{up}"
+
+[[listener]]
+name = "untrusted"
+listen = "unix://{dir}/untrusted.sock"
+upstream = "{up}"
+allow_id = ["aws-role-arn"]
+max_sessions = 1
+
+[[listener]]
+name = "locked"
+listen = "unix://{dir}/locked.sock"
+upstream = "{up}"
+allow_uid = [4242]
+
+[[listener]]
+name = "canary"
+listen = "unix://{dir}/canary-front.sock"
+upstream = "unix://{canary}"
+upstream_kind = "docker"
+"#,
+            audit = audit.display(),
+            dir = dir.display(),
+            canary = canary_path.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = command();
+    cmd.args(["proxy", "--config"]).arg(&config);
+    let tf = projected.token_path().display().to_string();
+    let helper = Helper::spawn(
+        cmd,
+        dir.join("trusted.sock"),
+        dir,
+        &[("AWS_WEB_IDENTITY_TOKEN_FILE", &tf), ("AWS_ROLE_ARN", ARN)],
+        &r,
+    );
+    let addr = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = helper.log_text();
+            if let Some(line) = log.lines().find(|l| l.contains("metrics and probes")) {
+                break line
+                    .split("addr=")
+                    .nth(1)
+                    .unwrap()
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics address in the log:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+
+    // Per-listener policy through real builds.
+    let token_step = context(dir, "token", "--mount=type=secret,id=aws-web-identity-token,required sha256sum /run/secrets/aws-web-identity-token");
+    let arn_step = context(
+        dir,
+        "arn",
+        "--mount=type=secret,id=aws-role-arn,required sha256sum /run/secrets/aws-role-arn",
+    );
+    let missing = context(
+        dir,
+        "missing",
+        "--mount=type=secret,id=nobody-has-this true",
+    );
+    let (ok, out) = build(&dir.join("trusted.sock"), &token_step, &r);
+    assert!(ok, "the trusted listener serves the token:\n{out}");
+    let (ok, out) = build(&dir.join("untrusted.sock"), &token_step, &r);
+    assert!(
+        !ok && out.contains("secret aws-web-identity-token not found"),
+        "the untrusted listener does not serve the token:\n{out}"
+    );
+    let (ok, out) = build(&dir.join("untrusted.sock"), &arn_step, &r);
+    assert!(ok, "the untrusted listener serves what it allows:\n{out}");
+    let (ok, out) = build(&dir.join("trusted.sock"), &missing, &r);
+    assert!(ok, "an optional secret nobody has is absent:\n{out}");
+
+    // Past max_sessions (1 on the untrusted listener) a second session is refused with the reason.
+    let long = context(
+        dir,
+        "long",
+        "--mount=type=secret,id=aws-role-arn,required sleep 4",
+    );
+    let first = docker_on(&dir.join("untrusted.sock"))
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg(&long)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (ok, out) = build(&dir.join("untrusted.sock"), &arn_step, &r);
+    assert!(!ok, "a session past the limit is refused:\n{out}");
+    // The docker CLI reports the status code only ("unable to upgrade to h2c, received 429");
+    // the helper's log says why.
+    assert!(out.contains("429"), "{out}");
+    assert!(helper.log_text().contains("max_sessions 1 full"));
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+
+    // A refused peer: root is not uid 4242.
+    let (ok, out) = build(&dir.join("locked.sock"), &arn_step, &r);
+    assert!(
+        !ok && out.contains("may not use this socket"),
+        "a refused peer is told why:\n{out}"
+    );
+
+    // A source error: an expired token fails the step with the reason.
+    let expired = token(-60, -7200);
+    r.watch(expired.as_bytes());
+    projected.swap(&expired);
+    let (ok, out) = build(&dir.join("trusted.sock"), &token_step, &r);
+    assert!(!ok && out.contains("expired at"), "{out}");
+
+    // Readiness follows the token...
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    projected.swap(&t);
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&addr, "/healthz").0, 200);
+
+    // ...and the metrics tell the same story.
+    let (code, text) = get(&addr, "/metrics");
+    assert_eq!(code, 200);
+    let m = parse_metrics(&text);
+    let served = metric(
+        &m,
+        "irsa_secrets_secret_requests_total",
+        &[
+            r#"listener="trusted""#,
+            r#"id="aws-web-identity-token""#,
+            r#"outcome="served""#,
+        ],
+    );
+    assert!(served >= Some(1.0), "{text}");
+    let denied = metric(
+        &m,
+        "irsa_secrets_secret_requests_total",
+        &[r#"listener="untrusted""#, r#"outcome="denied""#],
+    );
+    assert!(denied >= Some(1.0), "{text}");
+    assert!(
+        metric(
+            &m,
+            "irsa_secrets_secret_requests_total",
+            &[r#"outcome="error""#]
+        ) >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric(
+            &m,
+            "irsa_secrets_sessions_total",
+            &[r#"listener="trusted""#]
+        ) >= Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&m, "irsa_secrets_sessions_open", &[r#"listener="trusted""#]),
+        Some(0.0),
+        "{text}"
+    );
+    let expiry = metric(
+        &m,
+        "irsa_secrets_expiry_seconds",
+        &[r#"listener="trusted""#, r#"source="irsa""#],
+    )
+    .unwrap();
+    assert!(expiry > 3000.0 && expiry <= 3600.0, "{text}");
+    assert!(
+        metric(&m, "irsa_secrets_forwarded_bytes_total", &[]) > Some(100.0),
+        "the build contexts passed: {text}"
+    );
+    assert!(
+        metric(
+            &m,
+            "irsa_secrets_secret_request_duration_seconds_count",
+            &[]
+        ) >= Some(5.0),
+        "{text}"
+    );
+
+    // Readiness follows the daemon.
+    drop(canary);
+    std::fs::remove_file(&canary_path).unwrap();
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("canary") && body.contains("unreachable"),
+        "{body}"
+    );
+
+    // The audit trail: every outcome, sessions with durations, the refused peer; no value.
+    let trail = std::fs::read(&audit).unwrap();
+    r.assert_absent("the audit log", &trail);
+    let records: Vec<serde_json::Value> = trail
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    let find = |event: &str, outcome: Option<&str>, listener: &str| {
+        records.iter().find(|r| {
+            r["event"] == event
+                && r["listener"] == listener
+                && outcome.is_none_or(|o| r["outcome"] == o)
+        })
+    };
+    let served = find("secret", Some("served"), "trusted").expect("a served record");
+    assert_eq!(served["id"], "aws-web-identity-token");
+    assert_eq!(served["source"], "irsa");
+    assert_eq!(served["fingerprint"].as_str().unwrap().len(), 32);
+    assert!(served["session"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(served["peer"]["uid"], 0);
+    assert!(find("secret", Some("denied"), "untrusted").is_some());
+    assert!(find("secret", Some("error"), "trusted")
+        .is_some_and(|r| r["error"].as_str().unwrap().contains("expired")));
+    assert!(records.iter().any(|r| r["event"] == "secret"
+        && r["outcome"] == "not_found"
+        && r["id"] == "nobody-has-this"));
+    assert!(find("session_start", None, "trusted").is_some());
+    assert!(find("session_end", None, "trusted").is_some_and(|r| r["seconds"].as_f64().is_some()));
+    assert!(find("connection_denied", None, "locked").is_some_and(|r| r["peer"]["uid"] == 0));
+    assert!(
+        helper.log_text().contains("which nobody serves"),
+        "the silent required=false case is a warning"
+    );
+    drop(helper);
+    drop(daemon);
+}
