@@ -255,21 +255,19 @@ fn add_secrets_method(req: &mut Request<Incoming>, info: &SessionInfo) {
 
 /// A plain-text refusal, for clients that print the raw body (a refused session upgrade).
 fn plain_response(status: StatusCode, message: String) -> Response<Body> {
-    let mut res = Response::new(
-        Full::new(Bytes::from(message))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    response(status, "text/plain", message)
+}
+
+/// An error as the Engine API words them (`{"message": ...}`), closing the connection.
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut res = response(status, "application/json", body);
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     res
 }
 
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({ "message": message }).to_string();
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut res = Response::new(
         Full::new(Bytes::from(body))
             .map_err(|never| match never {})
@@ -278,10 +276,8 @@ fn error_response(status: StatusCode, message: &str) -> Response<Body> {
     *res.status_mut() = status;
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
+        HeaderValue::from_static(content_type),
     );
-    res.headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
     res
 }
 
