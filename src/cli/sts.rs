@@ -53,9 +53,8 @@ impl StsArgs {
         let policy = match &self.session_policy {
             None => None,
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!("--session-policy {}: {e}", path.display())
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("--session-policy {}: {e}", path.display()))?;
                 scope::check_policy(&text)
                     .map_err(|e| anyhow::anyhow!("--session-policy {} {e}", path.display()))?;
                 Some(text)

@@ -146,7 +146,10 @@ impl Sts {
 
 impl Inner {
     fn cached(&self) -> Option<Cached> {
-        self.cached.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn store(&self, cached: Cached) {

@@ -189,10 +189,7 @@ impl Exchange {
             session_token: SecretValue::from(creds.session_token),
             expiration,
             received: SystemTime::now(),
-            assumed_role_arn: output
-                .assumed_role_user
-                .map(|u| u.arn)
-                .unwrap_or_default(),
+            assumed_role_arn: output.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
         })
     }
 
@@ -213,7 +210,10 @@ impl Exchange {
                 return Failure::Transient(format!("no answer within {ATTEMPT_TIMEOUT:?}"))
             }
             SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
-                return Failure::Transient(format!("cannot reach it: {}", DisplayErrorContext(&err)))
+                return Failure::Transient(format!(
+                    "cannot reach it: {}",
+                    DisplayErrorContext(&err)
+                ))
             }
             SdkError::ResponseError(r) if r.raw().status().is_server_error() => {
                 return Failure::Transient(format!("HTTP {}", r.raw().status().as_u16()))

@@ -209,12 +209,14 @@ impl SessionName {
             for key in path {
                 v = v.and_then(|v| v.get(key));
             }
-            v.and_then(|v| v.as_str()).map(str::to_string).ok_or_else(|| {
-                format!(
-                    "the token has no kubernetes.io.{} claim for the session name {self}",
-                    path.join(".")
-                )
-            })
+            v.and_then(|v| v.as_str())
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    format!(
+                        "the token has no kubernetes.io.{} claim for the session name {self}",
+                        path.join(".")
+                    )
+                })
         };
         let mut name = String::new();
         for piece in &self.0 {
@@ -274,7 +276,9 @@ mod tests {
         // Latin-1 counts as one character each: 2048 of them pass, 2049 fail.
         let body = |n: usize| format!("\"{}\"", "é".repeat(n - 2));
         assert!(check_policy(&body(2048)).is_ok());
-        assert!(check_policy(&body(2049)).unwrap_err().contains("2049 characters"));
+        assert!(check_policy(&body(2049))
+            .unwrap_err()
+            .contains("2049 characters"));
         assert!(check_policy("").unwrap_err().contains("0 characters"));
         assert!(check_policy("\"a\u{0}\"").unwrap_err().contains("'\\0'"));
         assert!(check_policy("\"€\"").unwrap_err().contains("U+0020"));
@@ -305,7 +309,9 @@ mod tests {
         let ten = vec!["arn:aws:iam::aws:policy/A".to_string(); 10];
         assert!(check_policy_arns(&ten).is_ok());
         let eleven = vec!["arn:aws:iam::aws:policy/A".to_string(); 11];
-        assert!(check_policy_arns(&eleven).unwrap_err().contains("at most 10"));
+        assert!(check_policy_arns(&eleven)
+            .unwrap_err()
+            .contains("at most 10"));
     }
 
     #[test]
