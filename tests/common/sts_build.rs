@@ -60,3 +60,12 @@ pub fn check_credentials_file(output: &str, issued: &Issued) {
         );
     }
 }
+
+/// What moto issued, for synchronous tests (the Docker test is one): runs its own runtime.
+pub fn issued_blocking(moto: &Moto) -> Vec<Issued> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(moto.issued())
+}
