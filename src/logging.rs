@@ -1,6 +1,9 @@
 //! Log set-up: human text or JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, EnvFilter, Layer};
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -13,14 +16,24 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Secret values never reach it: they only exist as
 /// `SecretValue`, which formats as `[redacted]`.
+///
+/// The AWS SDK's trace level prints HTTP exchanges, error bodies included, whose text the
+/// helper does not control: it is capped at debug whatever `RUST_LOG` says.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let sdk_cap = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("aws_smithy_runtime", LevelFilter::DEBUG);
+    let filter = env.and(sdk_cap);
+    let layer = fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_filter(filter))
+            .init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().flatten_event(true).with_filter(filter))
+            .init(),
     }
 }

@@ -28,6 +28,31 @@ pub struct DoctorArgs {
     pub identity: IdentityArgs,
 }
 
+/// Performs one exchange and reports the assumed role and expiry, never the keys. Skipped when
+/// the identity itself has a problem, which the checks above already reported.
+async fn sts_check(id: &IdentityArgs, r: &mut Report) {
+    if r.problems > 0 {
+        println!("skip  the STS exchange (fix the identity first)");
+        return;
+    }
+    let sts = match id.sts() {
+        Ok(sts) => sts,
+        Err(e) => return r.fail(&format!("{e:#}"), "fix the --sts flags"),
+    };
+    match sts.credentials().await {
+        Ok(issued) => r.ok(&format!(
+            "STS issued credentials for {} expiring at {} (in {})",
+            issued.assumed_role_arn,
+            issued.expiration_rfc3339(),
+            jwt::human(issued.valid_for(SystemTime::now()))
+        )),
+        Err(e) => r.fail(
+            &format!("the STS exchange failed: {e}"),
+            "see the message; `irsa-secrets token` shows the claims STS sees",
+        ),
+    }
+}
+
 pub(super) fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let checked = match args.identity.identity()? {
         Identity::Irsa(irsa) => irsa.checked_token()?.1,
@@ -91,7 +116,7 @@ impl Report {
     }
 }
 
-pub(super) fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
+pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let id = &args.identity;
     let mut r = Report { problems: 0 };
     if id.mock {
@@ -132,6 +157,9 @@ pub(super) fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 }
             },
         }
+    }
+    if id.sts.sts {
+        sts_check(id, &mut r).await;
     }
     for spec in &id.secrets {
         match &spec.origin {

@@ -12,6 +12,8 @@ use crate::logging::LogFormat;
 use crate::sources::irsa::Irsa;
 use crate::sources::mock::Mock;
 use crate::sources::static_secret::{SecretSpec, Static};
+use crate::sources::sts::exchange::Exchange;
+use crate::sources::sts::Sts;
 use crate::sources::{IdentityIds, Source};
 
 mod inspect;
@@ -20,6 +22,7 @@ mod probe;
 mod proxy;
 mod scan;
 mod serve;
+mod sts;
 
 /// Serve the runner's AWS identity (IRSA) to BuildKit builds as session secrets.
 ///
@@ -72,7 +75,7 @@ impl Cli {
             Command::Serve(args) => serve::run(args).await,
             Command::Probe(args) => probe::run(args).await,
             Command::Token(args) => inspect::token(args),
-            Command::Doctor(args) => inspect::doctor(args),
+            Command::Doctor(args) => inspect::doctor(args).await,
             Command::Mock(cmd) => mock::run(cmd),
             Command::Scan(args) => scan::run(args).await,
         }
@@ -128,6 +131,10 @@ pub struct IdentityArgs {
     /// Repeatable; overrides the identity ids it names.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     pub secrets: Vec<SecretSpec>,
+
+    /// Scoped STS credentials instead of the raw identity.
+    #[command(flatten)]
+    pub sts: sts::StsArgs,
 }
 
 /// The identity source the flags select, if any.
@@ -164,17 +171,19 @@ impl IdentityArgs {
                 self.region.clone(),
             )));
         }
+        self.irsa().map(Identity::Irsa)
+    }
+
+    fn irsa(&self) -> anyhow::Result<Irsa> {
         match (&self.token_file, &self.role_arn) {
-            (Some(file), Some(arn)) => Ok(Identity::Irsa(
-                Irsa::new(
-                    self.ids(),
-                    file.clone(),
-                    arn.clone(),
-                    self.region.clone(),
-                    self.expectations(),
-                )
-                .map_err(anyhow::Error::msg)?,
-            )),
+            (Some(file), Some(arn)) => Irsa::new(
+                self.ids(),
+                file.clone(),
+                arn.clone(),
+                self.region.clone(),
+                self.expectations(),
+            )
+            .map_err(anyhow::Error::msg),
             (None, _) => anyhow::bail!(
                 "no identity: AWS_WEB_IDENTITY_TOKEN_FILE (or --token-file) is not set. On EKS, \
                  annotate the runner's service account with eks.amazonaws.com/role-arn; on a \
@@ -194,6 +203,11 @@ impl IdentityArgs {
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
         if no_identity && !self.secrets.is_empty() {
             tracing::warn!("no AWS identity configured: serving only the --secret declarations");
+        } else if self.sts.sts {
+            sources.push(Arc::new(self.sts()?));
+            if self.sts.serve_identity {
+                sources.push(Arc::new(self.irsa()?));
+            }
         } else {
             sources.push(match self.identity()? {
                 Identity::Irsa(s) => Arc::new(s),
@@ -206,5 +220,29 @@ impl IdentityArgs {
             ));
         }
         Ok(sources)
+    }
+
+    /// The STS source `--sts` selects: the IRSA token exchanged for scoped credentials.
+    pub fn sts(&self) -> anyhow::Result<Sts> {
+        if self.mock {
+            anyhow::bail!(
+                "--sts exchanges the real IRSA token and --mock has none STS would accept: drop \
+                 --mock and point --token-file and --role-arn at an identity"
+            );
+        }
+        let irsa = self.irsa()?;
+        let Some(region) = self.region.clone() else {
+            anyhow::bail!(
+                "--sts needs a region for STS's regional endpoint: set AWS_REGION or pass --region"
+            );
+        };
+        let role_arn = self.role_arn.as_deref().unwrap_or_default();
+        Ok(Sts::new(
+            irsa,
+            self.sts.scope(role_arn)?,
+            Exchange::new(&region, self.sts.sts_endpoint.as_deref()),
+            self.expiry_margin,
+            Some((self.region_id.clone(), region)),
+        ))
     }
 }

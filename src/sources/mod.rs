@@ -10,6 +10,7 @@ use crate::secret::SecretValue;
 pub mod irsa;
 pub mod mock;
 pub mod static_secret;
+pub mod sts;
 
 /// The default id of the web identity token.
 pub const TOKEN_ID: &str = "aws-web-identity-token";

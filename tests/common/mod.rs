@@ -26,6 +26,8 @@ pub fn command() -> Command {
         "AWS_REGION",
         "IRSA_SECRETS_MOCK",
         "IRSA_SECRETS_LISTEN",
+        "IRSA_SECRETS_STS",
+        "AWS_ENDPOINT_URL_STS",
     ] {
         cmd.env_remove(var);
     }
@@ -273,7 +275,10 @@ impl Projected {
 }
 pub mod dockerd;
 pub mod fake_daemon;
+pub mod fake_sts;
+pub mod moto;
 pub mod session_client;
+pub mod sts_build;
 
 /// A gRPC call to `path` on `localhost` whose body is `body` as given (already framed).
 pub fn grpc_call(path: &str, body: &'static [u8]) -> http::Request<tonic::body::BoxBody> {

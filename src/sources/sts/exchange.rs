@@ -1,0 +1,358 @@
+//! One AssumeRoleWithWebIdentity call, with the helper's own bounded retries and errors that say
+//! what to fix. The call is unsigned, so the SDK client has no credentials provider at all.
+
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_sts::config::retry::RetryConfig;
+use aws_sdk_sts::config::timeout::TimeoutConfig;
+use aws_sdk_sts::config::{BehaviorVersion, Region};
+use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::types::PolicyDescriptorType;
+use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
+
+use super::scope::Scope;
+use crate::jwt::{self, Claims};
+use crate::secret::SecretValue;
+use crate::sources::{ErrorKind, SourceError};
+
+/// Attempts per exchange; the SDK's own retries are off so this count is exact.
+pub const ATTEMPTS: u32 = 3;
+/// Time allowed for one attempt, connection included. With the backoff below, an exchange that
+/// keeps failing gives up within about 10 s.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
+/// First backoff; doubled per retry, with jitter.
+const BACKOFF: Duration = Duration::from_millis(250);
+/// Longest STS message quoted in an error.
+const MAX_QUOTE: usize = 300;
+
+/// Credentials STS issued. The three values live in [`SecretValue`]s only.
+#[derive(Debug)]
+pub struct Issued {
+    /// `AccessKeyId` (`ASIA...`).
+    pub access_key_id: SecretValue,
+    /// `SecretAccessKey`.
+    pub secret_access_key: SecretValue,
+    /// `SessionToken`.
+    pub session_token: SecretValue,
+    /// When STS says they stop working.
+    pub expiration: SystemTime,
+    /// When they were received, the start of their lifetime for refresh scheduling.
+    pub received: SystemTime,
+    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, for logs and `doctor`.
+    pub assumed_role_arn: String,
+}
+
+impl Issued {
+    /// Lifetime left at `now` (zero once expired).
+    pub fn valid_for(&self, now: SystemTime) -> Duration {
+        self.expiration.duration_since(now).unwrap_or_default()
+    }
+
+    /// The expiry as RFC 3339, as `aws-credentials-expiration` serves it.
+    pub fn expiration_rfc3339(&self) -> String {
+        humantime::format_rfc3339_seconds(self.expiration).to_string()
+    }
+}
+
+/// An STS client for one region and endpoint.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    client: aws_sdk_sts::Client,
+    /// Where requests go, for messages.
+    endpoint: String,
+    region: String,
+}
+
+/// What a failed attempt means for the next one.
+enum Failure {
+    /// Worth another attempt (throttling, 5xx, timeouts, IdP unreachable).
+    Transient(String),
+    /// Final: retrying cannot help.
+    Fatal(SourceError),
+}
+
+impl Exchange {
+    /// A client for `region`, sending to `endpoint` or, without one, to STS's regional endpoint.
+    pub fn new(region: &str, endpoint: Option<&str>) -> Self {
+        let https = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let mut config = aws_sdk_sts::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .http_client(https)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(ATTEMPT_TIMEOUT)
+                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                    .build(),
+            );
+        if let Some(url) = endpoint {
+            config = config.endpoint_url(url);
+        }
+        Self {
+            client: aws_sdk_sts::Client::from_conf(config.build()),
+            endpoint: endpoint.map_or_else(
+                || format!("https://sts.{region}.amazonaws.com"),
+                str::to_string,
+            ),
+            region: region.to_string(),
+        }
+    }
+
+    /// Exchanges `token` (whose checked claims are `claims`) for credentials scoped by `scope`,
+    /// retrying transient failures with exponential backoff.
+    pub async fn assume(
+        &self,
+        scope: &Scope,
+        token: &SecretValue,
+        claims: &Claims,
+        session_name: &str,
+    ) -> Result<Issued, SourceError> {
+        let token_text = std::str::from_utf8(token.expose()).map_err(|_| {
+            SourceError::new(ErrorKind::Invalid, "the web identity token is not UTF-8")
+        })?;
+        let mut delay = BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            match self.attempt(scope, token_text, claims, session_name).await {
+                Ok(issued) => return Ok(issued),
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient(why)) if attempt < ATTEMPTS => {
+                    let pause = delay.mul_f64(0.5 + 0.5 * super::jitter());
+                    tracing::warn!(attempt, error = %why, retry_in = ?pause, "STS call failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    delay *= 2;
+                }
+                Err(Failure::Transient(why)) => {
+                    return Err(SourceError::new(
+                        ErrorKind::Io,
+                        format!(
+                            "STS at {} failed {ATTEMPTS} times, last: {why}; check that the \
+                             endpoint is reachable from the helper (proxy, DNS, egress rules) \
+                             and the AWS Health Dashboard",
+                            self.endpoint
+                        ),
+                    ))
+                }
+            }
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    async fn attempt(
+        &self,
+        scope: &Scope,
+        token: &str,
+        claims: &Claims,
+        session_name: &str,
+    ) -> Result<Issued, Failure> {
+        let policy_arns = scope
+            .policy_arns
+            .iter()
+            .map(|arn| PolicyDescriptorType::builder().arn(arn).build())
+            .collect();
+        let result = self
+            .client
+            .assume_role_with_web_identity()
+            .role_arn(&scope.role_arn)
+            .role_session_name(session_name)
+            .web_identity_token(token)
+            .set_policy(scope.policy.clone())
+            .set_policy_arns(Some(policy_arns).filter(|v: &Vec<_>| !v.is_empty()))
+            .duration_seconds(scope.duration.as_secs() as i32)
+            .send()
+            .await;
+        let mut output = match result {
+            Ok(output) => output,
+            Err(err) => return Err(self.classify(err, scope, token, claims)),
+        };
+        let malformed = |what: &str| {
+            Failure::Fatal(SourceError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "STS at {} answered without {what}; check that --sts-endpoint is an STS \
+                     endpoint",
+                    self.endpoint
+                ),
+            ))
+        };
+        let creds = output
+            .credentials
+            .take()
+            .ok_or_else(|| malformed("credentials"))?;
+        let expiration =
+            SystemTime::try_from(creds.expiration).map_err(|_| malformed("a valid expiration"))?;
+        Ok(Issued {
+            access_key_id: SecretValue::from(creds.access_key_id),
+            secret_access_key: SecretValue::from(creds.secret_access_key),
+            session_token: SecretValue::from(creds.session_token),
+            expiration,
+            received: SystemTime::now(),
+            assumed_role_arn: output.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
+        })
+    }
+
+    fn classify<E>(
+        &self,
+        err: SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
+        scope: &Scope,
+        token: &str,
+        claims: &Claims,
+    ) -> Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let fatal = |kind, message: String| Failure::Fatal(SourceError::new(kind, message));
+        let service = match &err {
+            SdkError::ServiceError(service) => service,
+            SdkError::TimeoutError(_) => {
+                return Failure::Transient(format!("no answer within {ATTEMPT_TIMEOUT:?}"))
+            }
+            SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+                return Failure::Transient(format!(
+                    "cannot reach it: {}",
+                    DisplayErrorContext(&err)
+                ))
+            }
+            SdkError::ResponseError(r) if r.raw().status().is_server_error() => {
+                return Failure::Transient(format!("HTTP {}", r.raw().status().as_u16()))
+            }
+            _ => {
+                return fatal(
+                    ErrorKind::Io,
+                    format!(
+                        "STS call to {} failed: {}; check --sts-endpoint and --region",
+                        self.endpoint,
+                        scrub(&DisplayErrorContext(&err).to_string(), token)
+                    ),
+                )
+            }
+        };
+        let status = service.raw().status().as_u16();
+        let code = service.err().code().unwrap_or_default().to_string();
+        let quoted = scrub(service.err().message().unwrap_or_default(), token);
+        let said = format!("STS answered {code} (HTTP {status}: {quoted:?})");
+        if matches!(
+            code.as_str(),
+            "IDPCommunicationError"
+                | "Throttling"
+                | "ThrottlingException"
+                | "RequestLimitExceeded"
+                | "TooManyRequestsException"
+                | "ServiceUnavailable"
+                | "InternalFailure"
+        ) || status == 429
+            || status >= 500
+        {
+            return Failure::Transient(said);
+        }
+        let iss = claims.iss.as_deref().unwrap_or("(no iss claim)");
+        let sub = claims.sub.as_deref().unwrap_or("(no sub claim)");
+        let aud = claims.aud.to_vec().join(",");
+        let trust = format!(
+            "check the role's trust policy: Principal Federated = the OIDC provider for {iss}, \
+             Action sts:AssumeRoleWithWebIdentity, Condition {host}:sub = {sub} and {host}:aud = \
+             {aud}",
+            host = iss.trim_start_matches("https://")
+        );
+        let (kind, hint) = match code.as_str() {
+            "ExpiredTokenException" => (
+                ErrorKind::Invalid,
+                "STS considers the web identity token expired: check that kubelet rotates the \
+                 projected token and this machine's clock"
+                    .to_string(),
+            ),
+            "InvalidIdentityToken" => (
+                ErrorKind::Invalid,
+                format!(
+                    "STS could not validate the token: check that {iss} is registered as an IAM \
+                     OIDC identity provider in the role's account, with {aud} in its audiences, \
+                     and that its discovery document and keys are reachable"
+                ),
+            ),
+            "IDPRejectedClaim" => (
+                ErrorKind::Denied,
+                format!("the identity provider rejected the token's claims: {trust}"),
+            ),
+            "AccessDenied" => (
+                ErrorKind::Denied,
+                format!("not allowed to assume {}: {trust}", scope.role_arn),
+            ),
+            "MalformedPolicyDocument" => (
+                ErrorKind::Invalid,
+                "STS rejected the session policy: check --session-policy's grammar (Version, \
+                 Statement, Effect, Action, Resource)"
+                    .to_string(),
+            ),
+            "PackedPolicyTooLarge" => (
+                ErrorKind::Invalid,
+                "the session policies are too large once packed: shorten --session-policy or \
+                 pass fewer --policy-arn"
+                    .to_string(),
+            ),
+            "RegionDisabledException" => (
+                ErrorKind::Denied,
+                format!(
+                    "STS is not activated in {} for the role's account: activate it in the IAM \
+                     console's account settings or pass another --region",
+                    self.region
+                ),
+            ),
+            "ValidationError" => (
+                ErrorKind::Invalid,
+                format!(
+                    "STS refused the request: --duration ({}) must not exceed the role's maximum \
+                     session duration (1h unless raised), and the role ARN must exist",
+                    jwt::human(scope.duration)
+                ),
+            ),
+            _ if code.is_empty() => (
+                ErrorKind::Invalid,
+                format!(
+                    "the answer is not an STS response: check that --sts-endpoint ({}) is STS",
+                    self.endpoint
+                ),
+            ),
+            _ => (
+                ErrorKind::Invalid,
+                format!("check the role {} and the request", scope.role_arn),
+            ),
+        };
+        fatal(kind, format!("{said}: {hint}"))
+    }
+}
+
+/// Makes text from the other side safe to log: bounded, single-line, and never the token, even
+/// if the server echoed it back.
+fn scrub(text: &str, token: &str) -> String {
+    let text = if token.len() >= 8 {
+        text.replace(token, "[redacted]")
+    } else {
+        text.to_string()
+    };
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX_QUOTE)
+        .collect();
+    if text.chars().count() > MAX_QUOTE {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_bounds_flattens_and_hides_the_token() {
+        assert_eq!(
+            scrub("bad token eyJhbGciOi.x.y\nhere", "eyJhbGciOi.x.y"),
+            "bad token [redacted] here"
+        );
+        let long = "x".repeat(1000);
+        assert_eq!(scrub(&long, "eyJhbGciOi").chars().count(), MAX_QUOTE + 1);
+    }
+}
