@@ -14,6 +14,8 @@ use crate::sources::mock::Mock;
 use crate::sources::static_secret::{SecretSpec, Static};
 use crate::sources::{IdentityIds, Source};
 
+mod docs;
+mod health;
 mod inspect;
 mod mock;
 mod probe;
@@ -62,6 +64,13 @@ pub enum Command {
     /// Search an image for the secrets the helper serves and for AWS credentials; exit 0 when
     /// clean, 1 on findings, 2 on error.
     Scan(scan::ScanArgs),
+    /// Exit 0 when the helper's socket accepts connections: the image's HEALTHCHECK and a
+    /// Kubernetes exec probe (the image has no shell).
+    Health(health::HealthArgs),
+    /// Print a shell completion script, generated from these definitions.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff), generated from these definitions.
+    Man(docs::ManArgs),
 }
 
 impl Cli {
@@ -75,6 +84,9 @@ impl Cli {
             Command::Doctor(args) => inspect::doctor(args),
             Command::Mock(cmd) => mock::run(cmd),
             Command::Scan(args) => scan::run(args).await,
+            Command::Health(args) => health::run(args).await,
+            Command::Completions(args) => docs::completions(args),
+            Command::Man(args) => docs::man(args),
         }
     }
 }
