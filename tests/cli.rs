@@ -41,12 +41,19 @@ fn man_page_is_roff_with_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("man1");
     stdout(&["man", "--out-dir", out_dir.to_str().unwrap()]);
-    for page in ["irsa-secrets.1", "irsa-secrets-proxy.1", "irsa-secrets-mock-write.1"] {
+    for page in [
+        "irsa-secrets.1",
+        "irsa-secrets-proxy.1",
+        "irsa-secrets-mock-write.1",
+    ] {
         let text = std::fs::read_to_string(out_dir.join(page)).unwrap();
         assert!(text.contains(".TH"), "{page}");
     }
     let proxy = std::fs::read_to_string(out_dir.join("irsa-secrets-proxy.1")).unwrap();
-    assert!(proxy.contains("upstream"), "the proxy page documents its flags");
+    assert!(
+        proxy.contains("upstream"),
+        "the proxy page documents its flags"
+    );
 }
 
 #[test]
