@@ -16,6 +16,8 @@ use crate::sources::sts::exchange::Exchange;
 use crate::sources::sts::Sts;
 use crate::sources::{IdentityIds, Source};
 
+mod docs;
+mod health;
 mod inspect;
 mod mock;
 mod probe;
@@ -65,6 +67,13 @@ pub enum Command {
     /// Search an image for the secrets the helper serves and for AWS credentials; exit 0 when
     /// clean, 1 on findings, 2 on error.
     Scan(scan::ScanArgs),
+    /// Exit 0 when the helper's socket accepts connections: the image's HEALTHCHECK and a
+    /// Kubernetes exec probe (the image has no shell).
+    Health(health::HealthArgs),
+    /// Print a shell completion script, generated from these definitions.
+    Completions(docs::CompletionsArgs),
+    /// Print the man page (roff), generated from these definitions.
+    Man(docs::ManArgs),
 }
 
 impl Cli {
@@ -78,6 +87,9 @@ impl Cli {
             Command::Doctor(args) => inspect::doctor(args).await,
             Command::Mock(cmd) => mock::run(cmd),
             Command::Scan(args) => scan::run(args).await,
+            Command::Health(args) => health::run(args).await,
+            Command::Completions(args) => docs::completions(args),
+            Command::Man(args) => docs::man(args),
         }
     }
 }
