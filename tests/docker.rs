@@ -177,6 +177,8 @@ fn docker_build_through_the_helper() {
     step("killed client, restarted daemon");
     the_image_holds_neither_value(&s);
     step("the image holds neither value");
+    sts_credentials_reach_a_build_step(&s);
+    step("STS: a RUN step gets an aws-credentials file holding the keys moto issued");
     scan_reports_clean_images_and_finds_every_leak(&s);
     step("scan: a clean build reports nothing; file, ENV, label and build-arg leaks are found");
     descriptors_return_to_baseline(&s, baseline);
@@ -584,4 +586,54 @@ fn scan_reports_clean_images_and_finds_every_leak(s: &Setup) {
         );
         std::fs::remove_file(saved).unwrap();
     }
+}
+
+/// With `--sts`, a `RUN` step gets a shared-credentials file holding exactly the keys STS (moto)
+/// issued, from one STS call.
+fn sts_credentials_reach_a_build_step(s: &Setup) {
+    use common::moto::Moto;
+    use common::sts_build;
+
+    let moto = Moto::start(&s.dir);
+    let socket = s.dir.join("sts.sock");
+    let mut proxy = command();
+    proxy
+        .arg("proxy")
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()));
+    proxy
+        .arg("--upstream")
+        .arg(format!("unix://{}", s.daemon.socket.display()));
+    proxy.args(sts_build::helper_args(&moto));
+    let token_file = s.dir.join("sa/token").display().to_string();
+    let helper = Helper::spawn(
+        proxy,
+        socket,
+        &s.dir,
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file),
+            ("AWS_ROLE_ARN", ARN),
+        ],
+        &s.r,
+    );
+    let ctx = s.context("sts", &sts_build::dockerfile_step());
+    let out = docker_on(&helper.socket)
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let issued = sts_build::issued_blocking(&moto);
+    for i in &issued {
+        s.r.watch(i.secret_access_key.as_bytes());
+        s.r.watch(i.session_token.as_bytes());
+    }
+    s.r.assert_absent("the STS build's output", text.as_bytes());
+    assert!(out.status.success(), "{text}\n{}", helper.log_text());
+    assert_eq!(issued.len(), 1, "one STS call for the build");
+    sts_build::check_credentials_file(&text, &issued[0]);
 }
