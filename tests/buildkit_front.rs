@@ -346,7 +346,10 @@ async fn a_tls_upstream_with_client_certificates() {
         let helper = start(name, &flags);
         let mut control = connect(&helper.socket).await;
         let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
-        let res = control.ready().await.unwrap().call(req).await.unwrap();
+        let res = match control.ready().await.unwrap().call(req).await {
+            Ok(res) => res,
+            Err(e) => panic!("{name}: {e:?}\n{}", helper.log_text()),
+        };
         let status = tonic::Status::from_header_map(res.headers()).expect("a gRPC error");
         assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
         let msg = status.message();

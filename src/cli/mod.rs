@@ -43,6 +43,11 @@ pub struct Cli {
     )]
     pub log_format: LogFormat,
 
+    /// Threads serving connections. One suits a sidecar and spends the least CPU per byte
+    /// forwarded; raise it for many concurrent builds on one helper.
+    #[arg(long, global = true, default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256), env = "IRSA_SECRETS_WORKER_THREADS")]
+    pub worker_threads: u16,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -3,8 +3,8 @@
 //! (the buildx docker driver's control connection).
 
 use std::convert::Infallible;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -45,10 +45,11 @@ pub async fn serve(client: impl Io, upstream: impl Io, ctx: Context) {
             return refuse(client, tonic::Status::unavailable(reason)).await;
         }
     };
-    let failure = Arc::new(OnceLock::<String>::new());
-    let failed = Arc::clone(&failure);
+    // Set once the daemon connection is gone, with the reason; calls in flight and new ones
+    // then answer Unavailable instead of waiting on a dead connection.
+    let (failure, failed) = watch::channel(None::<String>);
     let service = hyper::service::service_fn(move |req| {
-        route(daemon.clone(), ctx.clone(), Arc::clone(&failed), req)
+        route(daemon.clone(), ctx.clone(), failed.clone(), req)
     });
     let server = h2::server().serve_connection(TokioIo::new(client), service);
     tokio::pin!(server, daemon_conn);
@@ -65,7 +66,7 @@ pub async fn serve(client: impl Io, upstream: impl Io, ctx: Context) {
                 Err(e) => h2::chain(&e),
             };
             tracing::warn!(error = %reason, "daemon HTTP/2 connection ended");
-            let _ = failure.set(reason);
+            failure.send_replace(Some(reason));
         }
     }
     // The daemon is gone: for a grace period every call gets Unavailable with the reason, then
@@ -94,19 +95,31 @@ pub async fn refuse(client: impl Io, status: tonic::Status) {
 async fn route(
     mut daemon: Peer,
     ctx: Context,
-    failure: Arc<OnceLock<String>>,
+    mut failure: watch::Receiver<Option<String>>,
     req: Request<Incoming>,
 ) -> Result<Response<BoxBody>, Infallible> {
-    if let Some(reason) = failure.get() {
+    let failed = |reason: &str| {
         let message = format!("irsa-secrets: the daemon connection failed: {reason}; check the daemon and the helper's --upstream and TLS flags");
-        return Ok(tonic::Status::unavailable(message).into_http());
+        Ok(tonic::Status::unavailable(message).into_http())
+    };
+    if let Some(reason) = failure.borrow_and_update().as_deref() {
+        return failed(reason);
     }
-    if req.uri().path() != SESSION_PATH {
-        return Ok(daemon
-            .forward(req, "the daemon", ctx.provider.metrics())
-            .await);
+    let call = async {
+        if req.uri().path() != SESSION_PATH {
+            return daemon
+                .forward(req, "the daemon", ctx.provider.metrics())
+                .await;
+        }
+        join_session(daemon, ctx.clone(), req).await
+    };
+    tokio::select! {
+        res = call => Ok(res),
+        Ok(()) = failure.changed() => {
+            let reason = failure.borrow().clone().unwrap_or_default();
+            failed(&reason)
+        }
     }
-    Ok(join_session(daemon, ctx, req).await)
 }
 
 /// Re-originates the client's session call upstream with the same metadata (plus GetSecret in
