@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Connection, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, BufStream};
 use tonic::body::BoxBody;
 use tonic::Status;
 
@@ -24,6 +24,17 @@ const MAX_FRAME: u32 = 1024 * 1024;
 /// Bytes queued per stream before a writer waits.
 const SEND_BUFFER: usize = 4 * 1024 * 1024;
 
+/// Read and write buffers of each HTTP/2 connection. h2 reads at most a few KiB at a time;
+/// one large read instead cuts the read syscalls on the data path about fivefold, and the write
+/// buffer turns each frame's header-plus-payload writev into one send (measured with strace
+/// and `scripts/bench` on a 400 MB build context: helper CPU per MB down by about a tenth).
+const IO_BUFFER: usize = 256 * 1024;
+
+/// A stream with the helper's read and write buffers, ready for hyper.
+pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> TokioIo<BufStream<T>> {
+    TokioIo::new(BufStream::with_capacity(IO_BUFFER, IO_BUFFER, io))
+}
+
 /// An HTTP/2 server builder with the helper's window sizes.
 pub fn server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -37,7 +48,13 @@ pub fn server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
 /// Opens an HTTP/2 client connection over `io`; the connection future must be polled.
 pub async fn handshake<T>(
     io: T,
-) -> Result<(Peer, Connection<TokioIo<T>, BoxBody, TokioExecutor>), hyper::Error>
+) -> Result<
+    (
+        Peer,
+        Connection<TokioIo<BufStream<T>>, BoxBody, TokioExecutor>,
+    ),
+    hyper::Error,
+>
 where
     T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -46,7 +63,7 @@ where
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(SEND_BUFFER)
-        .handshake(TokioIo::new(io))
+        .handshake(buffered(io))
         .await?;
     Ok((Peer(send), conn))
 }

@@ -12,7 +12,6 @@ use std::time::Instant;
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
 use tonic::{Code, Request as GrpcRequest, Response as GrpcResponse, Status};
@@ -85,7 +84,7 @@ where
         metrics,
     };
     let server = h2::server().serve_connection(
-        TokioIo::new(daemon),
+        h2::buffered(daemon),
         hyper::service::service_fn(move |req| router.clone().route(req)),
     );
     let result = tokio::select! {

@@ -51,7 +51,7 @@ pub async fn serve(client: impl Io, upstream: impl Io, ctx: Context) {
     let service = hyper::service::service_fn(move |req| {
         route(daemon.clone(), ctx.clone(), failed.clone(), req)
     });
-    let server = h2::server().serve_connection(TokioIo::new(client), service);
+    let server = h2::server().serve_connection(h2::buffered(client), service);
     tokio::pin!(server, daemon_conn);
     tokio::select! {
         r = &mut server => {
