@@ -216,9 +216,8 @@ impl IdentityArgs {
     /// All sources, identity first so explicit `--secret` declarations win shared ids. With
     /// `--secret` declarations and no identity configured, serves just those.
     pub fn sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
-        let no_identity = !self.mock && self.token_file.is_none() && self.role_arn.is_none();
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-        if no_identity && !self.secrets.is_empty() {
+        if !self.has_identity() && !self.secrets.is_empty() {
             tracing::warn!("no AWS identity configured: serving only the --secret declarations");
         } else if self.sts.sts {
             sources.push(Arc::new(self.sts()?));
@@ -226,17 +225,33 @@ impl IdentityArgs {
                 sources.push(Arc::new(self.irsa()?));
             }
         } else {
-            sources.push(match self.identity()? {
-                Identity::Irsa(s) => Arc::new(s),
-                Identity::Mock(s) => Arc::new(s),
-            });
+            sources.push(self.identity_source()?);
         }
-        if !self.secrets.is_empty() {
-            sources.push(Arc::new(
-                Static::new(self.secrets.clone()).map_err(anyhow::Error::msg)?,
-            ));
-        }
+        sources.extend(self.static_source()?);
         Ok(sources)
+    }
+
+    /// True when an identity (IRSA or mock) is configured at all.
+    pub fn has_identity(&self) -> bool {
+        self.mock || self.token_file.is_some() || self.role_arn.is_some()
+    }
+
+    /// The raw identity (IRSA token and role ARN, or the mock), as a source.
+    pub fn identity_source(&self) -> anyhow::Result<Arc<dyn Source>> {
+        Ok(match self.identity()? {
+            Identity::Irsa(s) => Arc::new(s),
+            Identity::Mock(s) => Arc::new(s),
+        })
+    }
+
+    /// The `--secret` declarations, as a source, if there are any.
+    pub fn static_source(&self) -> anyhow::Result<Option<Arc<dyn Source>>> {
+        if self.secrets.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(
+            Static::new(self.secrets.clone()).map_err(anyhow::Error::msg)?,
+        )))
     }
 
     /// The STS source `--sts` selects: the IRSA token exchanged for scoped credentials.

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::{Identity, IdentityArgs};
+use super::IdentityArgs;
 use crate::scan::report::{self, Format};
 use crate::scan::{docker, Limits, Needles, Progress, Report};
-use crate::sources::static_secret::Static;
 use crate::sources::Source;
 
 /// Flags of `scan`.
@@ -100,11 +99,7 @@ async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
 async fn needles(identity: &IdentityArgs) -> anyhow::Result<(Needles, Vec<String>)> {
     let mut needles = Needles::default();
     let mut notes = Vec::new();
-    let configured = identity.mock
-        || identity.token_file.is_some()
-        || identity.role_arn.is_some()
-        || !identity.secrets.is_empty();
-    if !configured {
+    if !identity.has_identity() && identity.secrets.is_empty() {
         notes.push(
             "no identity or --secret configured: only the generic detectors ran (AWS keys, \
              session tokens, identity JWTs)"
@@ -112,19 +107,13 @@ async fn needles(identity: &IdentityArgs) -> anyhow::Result<(Needles, Vec<String
         );
         return Ok((needles, notes));
     }
-    // Built here rather than with `IdentityArgs::sources`, whose log lines speak of serving.
+    // Not `IdentityArgs::sources`: with --sts it would mint fresh credentials, which no image
+    // can hold; the generic detectors find STS keys instead.
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-    if identity.mock || identity.token_file.is_some() || identity.role_arn.is_some() {
-        sources.push(match identity.identity()? {
-            Identity::Irsa(s) => Arc::new(s),
-            Identity::Mock(s) => Arc::new(s),
-        });
+    if identity.has_identity() {
+        sources.push(identity.identity_source()?);
     }
-    if !identity.secrets.is_empty() {
-        sources.push(Arc::new(
-            Static::new(identity.secrets.clone()).map_err(anyhow::Error::msg)?,
-        ));
-    }
+    sources.extend(identity.static_source()?);
     for source in sources {
         for id in source.ids() {
             if source.name() != "static" && id == identity.region_id {
