@@ -177,6 +177,8 @@ fn docker_build_through_the_helper() {
     step("killed client, restarted daemon");
     the_image_holds_neither_value(&s);
     step("the image holds neither value");
+    other_engine_calls_pass_through(&s);
+    step("other Engine API calls pass: run (hijacked attach), exec, logs, inspect");
     sts_credentials_reach_a_build_step(&s);
     step("STS: a RUN step gets an aws-credentials file holding the keys moto issued");
     scan_reports_clean_images_and_finds_every_leak(&s);
@@ -636,4 +638,47 @@ fn sts_credentials_reach_a_build_step(s: &Setup) {
     assert!(out.status.success(), "{text}\n{}", helper.log_text());
     assert_eq!(issued.len(), 1, "one STS call for the build");
     sts_build::check_credentials_file(&text, &issued[0]);
+}
+
+/// Everything that is not a build passes through untouched: `docker run` (create, a hijacked
+/// attach stream, start, wait), `exec` (an upgraded stream), `logs` and `inspect`.
+fn other_engine_calls_pass_through(s: &Setup) {
+    let docker = |args: &[&str]| {
+        let out = docker_on(&s.helper.socket).args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "docker {args:?}:\n{text}");
+        text
+    };
+    let out = docker(&[
+        "run",
+        "--rm",
+        "--network=none",
+        BASE_IMAGE,
+        "echo",
+        "attached-through-the-helper",
+    ]);
+    assert!(out.contains("attached-through-the-helper"), "{out}");
+    let id = docker(&[
+        "run",
+        "-d",
+        "--network=none",
+        BASE_IMAGE,
+        "sh",
+        "-c",
+        "echo logged-line && sleep 60",
+    ]);
+    let id = id.trim();
+    let out = docker(&["exec", id, "echo", "exec-through-the-helper"]);
+    assert!(out.contains("exec-through-the-helper"), "{out}");
+    let out = docker(&["exec", "-i", id, "cat"]);
+    assert!(out.is_empty(), "stdin closed at once: {out}");
+    let out = docker(&["logs", id]);
+    assert!(out.contains("logged-line"), "{out}");
+    let out = docker(&["inspect", "--format", "{{.State.Running}}", id]);
+    assert_eq!(out.trim(), "true");
+    docker(&["rm", "-f", id]);
 }
