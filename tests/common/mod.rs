@@ -19,7 +19,13 @@ pub fn bin() -> &'static str {
 
 /// A `Command` for the binary with a clean identity environment and trace logging.
 pub fn command() -> Command {
-    let mut cmd = Command::new(bin());
+    command_for(Path::new(bin()))
+}
+
+/// Like [`command`], for a copy of the binary at `program` (e.g. one another user may run:
+/// the build tree may sit in a directory only root can enter).
+pub fn command_for(program: &Path) -> Command {
+    let mut cmd = Command::new(program);
     for var in [
         "AWS_WEB_IDENTITY_TOKEN_FILE",
         "AWS_ROLE_ARN",
