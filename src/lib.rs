@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod arn;
 pub mod audit;
 pub mod cli;
 pub mod client;

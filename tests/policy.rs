@@ -87,12 +87,8 @@ fn metric(metrics: &[(String, f64)], name: &str, labels: &[&str]) -> Option<f64>
 
 #[test]
 fn policy_audit_metrics_and_readiness() {
-    if let Err(why) = dockerd::available() {
-        assert!(
-            std::env::var_os("IRSA_SECRETS_SKIP_DOCKER").is_some(),
-            "{why} (set IRSA_SECRETS_SKIP_DOCKER=1 to skip)"
-        );
-        return eprintln!("skipped: {why}");
+    if dockerd::skip() {
+        return;
     }
     let tmp = tempfile::Builder::new()
         .prefix("irsa-policy-")

@@ -154,39 +154,16 @@ fn token_error(file: &Path, err: &TokenError) -> SourceError {
 /// Checks `arn:<partition>:iam::<12 digits>:role/<path/><name>`.
 pub fn check_role_arn(arn: &str) -> Result<(), String> {
     let fail = |why: &str| {
-        Err(format!(
+        format!(
             "role ARN {arn:?} {why}; expected arn:<partition>:iam::<12-digit account>:role/<name>, \
              e.g. arn:aws:iam::111122223333:role/ci-builder"
-        ))
+        )
     };
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    if parts.len() != 6 || parts[0] != "arn" {
-        return fail("is not an ARN");
+    let (account, resource) = crate::arn::split_iam(arn).map_err(fail)?;
+    if !crate::arn::is_account_id(account) {
+        return Err(fail("does not have a 12-digit account id"));
     }
-    let (partition, service, region, account, resource) =
-        (parts[1], parts[2], parts[3], parts[4], parts[5]);
-    if partition.is_empty()
-        || !partition
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '-')
-    {
-        return fail("has an invalid partition");
-    }
-    if service != "iam" || !region.is_empty() {
-        return fail("is not an IAM ARN");
-    }
-    if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return fail("does not have a 12-digit account id");
-    }
-    let Some(path_name) = resource.strip_prefix("role/") else {
-        return fail("is not a role");
-    };
-    let name = path_name.rsplit('/').next().unwrap_or_default();
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c);
-    if name.is_empty() || name.len() > 64 || !path_name.chars().all(ok_char) {
-        return fail("has an invalid role name");
-    }
-    Ok(())
+    crate::arn::check_resource(resource, "role", 64).map_err(|why| fail(&why))
 }
 
 #[cfg(test)]

@@ -73,39 +73,19 @@ pub fn check_policy(text: &str) -> Result<(), String> {
 /// Checks `arn:<partition>:iam::<12 digits or aws>:policy/<path/><name>`, for `--policy-arn`.
 pub fn parse_policy_arn(arn: &str) -> Result<String, String> {
     let fail = |why: &str| {
-        Err(format!(
+        format!(
             "policy ARN {arn:?} {why}; expected arn:<partition>:iam::<12-digit account or aws>:\
              policy/<name>, e.g. arn:aws:iam::aws:policy/ReadOnlyAccess"
-        ))
+        )
     };
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let [prefix, partition, service, region, account, resource] = parts[..] else {
-        return fail("is not an ARN");
-    };
-    if prefix != "arn" {
-        return fail("is not an ARN");
+    let (account, resource) = crate::arn::split_iam(arn).map_err(fail)?;
+    if account != "aws" && !crate::arn::is_account_id(account) {
+        return Err(fail("does not have a 12-digit account id or \"aws\""));
     }
-    if partition.is_empty()
-        || !partition
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c == '-')
-    {
-        return fail("has an invalid partition");
+    if arn.len() > 2048 {
+        return Err(fail("has an invalid policy name"));
     }
-    if service != "iam" || !region.is_empty() {
-        return fail("is not an IAM ARN");
-    }
-    if account != "aws" && (account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit())) {
-        return fail("does not have a 12-digit account id or \"aws\"");
-    }
-    let Some(path_name) = resource.strip_prefix("policy/") else {
-        return fail("is not a policy");
-    };
-    let name = path_name.rsplit('/').next().unwrap_or_default();
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c);
-    if name.is_empty() || arn.len() > 2048 || !path_name.chars().all(ok_char) {
-        return fail("has an invalid policy name");
-    }
+    crate::arn::check_resource(resource, "policy", 2048).map_err(|why| fail(&why))?;
     Ok(arn.to_string())
 }
 
