@@ -1,0 +1,207 @@
+//! A real BuildKit client library through the helper: the `bollard` crate's `buildkitd` driver
+//! opens `moby.buildkit.v1.Control/Session` and calls `Control/Solve` with the dockerfile
+//! frontend, on the helper socket in front of a real dockerd (Debian's docker.io 20.10, whose
+//! BuildKit v0.8 API the helper bridges to `/grpc`). A `RUN` step mounts the IRSA token by id
+//! with no client-side secret; the image is exported into dockerd (the `moby` exporter) and the
+//! step's output is read back from it.
+//!
+//! tonic endpoints dial TCP, so a loopback forwarder stands in front of the helper's unix socket.
+
+mod common;
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use bollard::grpc::build::{ImageBuildFrontendOptions, ImageBuildLoadInput, ImageBuildNetworkMode};
+use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
+use bollard::grpc::driver::Build as _;
+use common::dockerd::{self, Dockerd, BASE_IMAGE};
+use common::{command, token, Helper, Projected, Radioactive};
+use sha2::{Digest, Sha256};
+
+const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
+const IMAGE: &str = "irsa-test-bollard";
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A gzipped tar holding just the Dockerfile: bollard uploads it as the build context.
+fn context(dockerfile: &str) -> bytes::Bytes {
+    let mut header = tar::Header::new_gnu();
+    header.set_path("Dockerfile").unwrap();
+    header.set_size(dockerfile.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.append(&header, dockerfile.as_bytes()).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&tar.into_inner().unwrap()).unwrap();
+    gz.finish().unwrap().into()
+}
+
+/// Accepts loopback TCP connections and splices each onto a new connection to `socket`.
+async fn forward_to(socket: &Path) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let socket = socket.to_path_buf();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                if let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The file `path` of `image`, copied out of a created (never started) container.
+fn read_from_image(daemon: &Dockerd, image: &str, path: &str) -> Vec<u8> {
+    let run = |args: &[&str]| {
+        let out = daemon.docker().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let id = String::from_utf8(run(&["create", image, "true"])).unwrap();
+    let id = id.trim();
+    let archive = run(&["cp", &format!("{id}:{path}"), "-"]);
+    run(&["rm", id]);
+    let mut tar = tar::Archive::new(archive.as_slice());
+    let mut entry = tar.entries().unwrap().next().unwrap().unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn bollard_buildkit_client_through_the_helper() {
+    if let Err(why) = dockerd::available() {
+        assert!(
+            std::env::var_os("IRSA_SECRETS_SKIP_DOCKER").is_some(),
+            "{why} (set IRSA_SECRETS_SKIP_DOCKER=1 to skip)"
+        );
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("irsa-bollard-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path().to_path_buf();
+    let r = Radioactive::default();
+    let t = token(3600, -10);
+    r.watch(t.as_bytes());
+    r.watch(ARN.as_bytes());
+    let projected = Projected::new(&dir.join("sa"), &t);
+    let daemon = Dockerd::start(&dir.join("d"));
+    let socket = dir.join("helper.sock");
+    let mut proxy = command();
+    proxy
+        .arg("proxy")
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--upstream")
+        .arg(format!("unix://{}", daemon.socket.display()));
+    let token_file = projected.token_path().display().to_string();
+    let helper = Helper::spawn(
+        proxy,
+        socket,
+        &dir,
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file),
+            ("AWS_ROLE_ARN", ARN),
+            ("RUST_LOG", "debug"),
+        ],
+        &r,
+    );
+
+    let dockerfile = format!(
+        "FROM {BASE_IMAGE}\n\
+         RUN --mount=type=secret,id=aws-web-identity-token,required \
+         --mount=type=secret,id=aws-role-arn,required \
+         sha256sum /run/secrets/aws-web-identity-token /run/secrets/aws-role-arn > /out\n"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async {
+        let addr = forward_to(&helper.socket).await;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let driver = BuildkitDaemon::new(endpoint);
+        let opts = ImageBuildFrontendOptions::builder()
+            .force_network_mode(&ImageBuildNetworkMode::None)
+            .nocache(true)
+            .build();
+        tokio::time::timeout(
+            Duration::from_secs(300),
+            driver.docker_build(
+                IMAGE,
+                opts,
+                ImageBuildLoadInput::Upload(context(&dockerfile)),
+                None,
+                None,
+            ),
+        )
+        .await
+    });
+    let log = helper.log_text();
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!(
+            "bollard build failed: {e:?}\nhelper log:\n{}\ndockerd:\n{}",
+            tail(&log),
+            daemon.log_tail()
+        ),
+        Err(_) => panic!(
+            "bollard build still running after 300 s\nhelper log:\n{}\ndockerd:\n{}",
+            tail(&log),
+            daemon.log_tail()
+        ),
+    }
+
+    // The step saw exactly the token file and the role ARN, served by the helper.
+    let out = String::from_utf8(read_from_image(&daemon, IMAGE, "/out")).unwrap();
+    r.assert_absent("the step's output", out.as_bytes());
+    assert!(
+        out.contains(&format!(
+            "{}  /run/secrets/aws-web-identity-token",
+            sha(t.as_bytes())
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}  /run/secrets/aws-role-arn",
+            sha(ARN.as_bytes())
+        )),
+        "{out}"
+    );
+    for id in ["aws-web-identity-token", "aws-role-arn"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("secret served") && l.contains(&format!("id=\"{id}\""))),
+            "no `secret served` line for {id}:\n{}",
+            tail(&log)
+        );
+    }
+
+    // The image itself holds no secret: only the step's digests.
+    let saved = daemon.docker().args(["save", IMAGE]).output().unwrap();
+    assert!(saved.status.success());
+    r.assert_absent("the built image (docker save)", &saved.stdout);
+}
+
+fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
