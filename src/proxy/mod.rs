@@ -120,7 +120,7 @@ impl Gate {
         match peer {
             Some(p) if self.allow_uids.contains(&p.uid) || self.allow_gids.contains(&p.gid) => Ok(()),
             Some(p) => Err(format!(
-                "irsa-secrets: uid {} gid {} may not use this socket; the helper's allow_uids/allow_gids decide who may",
+                "irsa-secrets: uid {} gid {} may not use this socket; ask for your uid or gid in the listener's --allow-uid/--allow-gid (allow_uid/allow_gid in the config file)",
                 p.uid, p.gid
             )),
             None => Err("irsa-secrets: the peer's credentials are unknown and this socket has an allowlist".into()),
