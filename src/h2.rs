@@ -1,7 +1,8 @@
 //! HTTP/2 plumbing shared by the splice and the gRPC front door: connection builders with
 //! windows sized for build contexts, and raw forwarding of a call to a peer.
 
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Uri};
@@ -31,8 +32,76 @@ const SEND_BUFFER: usize = 4 * 1024 * 1024;
 const IO_BUFFER: usize = 256 * 1024;
 
 /// A stream with the helper's read and write buffers, ready for hyper.
-pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> TokioIo<BufStream<T>> {
-    TokioIo::new(BufStream::with_capacity(IO_BUFFER, IO_BUFFER, io))
+pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> TokioIo<Coalesce<BufStream<T>>> {
+    TokioIo::new(Coalesce {
+        inner: BufStream::with_capacity(IO_BUFFER, IO_BUFFER, io),
+        pending: 0,
+        deferred: false,
+    })
+}
+
+/// Below this many buffered bytes a flush first yields once, so frames that other tasks are
+/// about to queue go out in the same write.
+const COALESCE_BELOW: usize = 128 * 1024;
+
+/// Defers a small flush by one scheduler turn: h2 flushes after every frame, and on the data
+/// path the next frame is usually one task away.
+pub struct Coalesce<T> {
+    inner: T,
+    pending: usize,
+    deferred: bool,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Coalesce<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write(cx, buf))?;
+        self.pending += n;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, bufs))?;
+        self.pending += n;
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.pending > 0 && self.pending < COALESCE_BELOW && !self.deferred {
+            self.deferred = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.pending = 0;
+        self.deferred = false;
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// An HTTP/2 server builder with the helper's window sizes.
@@ -51,7 +120,7 @@ pub async fn handshake<T>(
 ) -> Result<
     (
         Peer,
-        Connection<TokioIo<BufStream<T>>, BoxBody, TokioExecutor>,
+        Connection<TokioIo<Coalesce<BufStream<T>>>, BoxBody, TokioExecutor>,
     ),
     hyper::Error,
 >
