@@ -64,6 +64,29 @@ impl Drop for FakeBuildkitd {
     }
 }
 
+/// Opens a build session named `id` through the helper and waits for the daemon's report of
+/// it, which must show the role ARN the helper serves; returns the report and the session.
+async fn session_through(
+    helper: &Path,
+    id: &str,
+    observed: &mut mpsc::UnboundedReceiver<Observed>,
+) -> (Observed, tokio::task::JoinHandle<()>) {
+    let control = connect(helper).await;
+    let session = tokio::spawn(client_session(
+        control,
+        id.into(),
+        None,
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    let o = tokio::time::timeout(Duration::from_secs(30), observed.recv())
+        .await
+        .expect("the daemon reports the session")
+        .unwrap();
+    assert_eq!(o.session, id);
+    assert_eq!(o.role_arn.as_deref(), Ok(ARN.as_bytes()));
+    (o, session)
+}
+
 async fn connect(helper: &Path) -> Peer {
     let io = tokio::net::UnixStream::connect(helper).await.unwrap();
     let (peer, conn) = h2::handshake(io).await.unwrap();
@@ -104,19 +127,7 @@ async fn buildkit_clients_through_the_binary() {
     let helper = start_helper(dir.path(), &daemon_sock, &r, &token_file);
 
     // A session: the daemon's GetSecret calls get the helper's values.
-    let control = connect(&helper.socket).await;
-    let session = tokio::spawn(client_session(
-        control.clone(),
-        "bk-1".into(),
-        None,
-        Arc::new(AtomicUsize::new(0)),
-    ));
-    let o = tokio::time::timeout(Duration::from_secs(30), observed.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(o.session, "bk-1");
-    assert_eq!(o.role_arn.unwrap(), ARN.as_bytes());
+    let (o, session) = session_through(&helper.socket, "bk-1", &mut observed).await;
     assert_eq!(o.probe, Code::NotFound);
     assert!(o.health);
 
@@ -165,19 +176,7 @@ async fn buildkit_clients_through_the_binary() {
     );
 
     let _daemon = FakeBuildkitd::start(&daemon_sock, report);
-    let control = connect(&helper.socket).await;
-    let again = tokio::spawn(client_session(
-        control,
-        "bk-2".into(),
-        None,
-        Arc::new(AtomicUsize::new(0)),
-    ));
-    let o = tokio::time::timeout(Duration::from_secs(30), observed.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(o.session, "bk-2");
-    assert_eq!(o.role_arn.unwrap(), ARN.as_bytes());
+    let (_, again) = session_through(&helper.socket, "bk-2", &mut observed).await;
     again.abort();
 }
 
@@ -307,19 +306,7 @@ async fn a_tls_upstream_with_client_certificates() {
             "buildkitd.test",
         ],
     );
-    let control = connect(&good.socket).await;
-    let session = tokio::spawn(client_session(
-        control,
-        "tls-1".into(),
-        None,
-        Arc::new(AtomicUsize::new(0)),
-    ));
-    let o = tokio::time::timeout(Duration::from_secs(30), observed.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(o.session, "tls-1");
-    assert_eq!(o.role_arn.unwrap(), ARN.as_bytes());
+    let (_, session) = session_through(&good.socket, "tls-1", &mut observed).await;
     session.abort();
 
     // Without a client certificate, or with the wrong server name, the daemon cannot be
