@@ -485,7 +485,7 @@ fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Setup) {
             ))
             .await
             .unwrap();
-        let status = res.headers().get("grpc-status").cloned().or_else(|| None);
+        let status = res.headers().get("grpc-status").cloned();
         let trailers = res
             .into_body()
             .collect()

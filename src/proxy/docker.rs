@@ -16,10 +16,9 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, Mutex};
 
 use super::grpc;
-use super::grpc::{session_info, SESSION_METHOD};
+use super::grpc::{advertise_secrets, session_info};
 use super::{Context, Daemon, Io};
-use crate::proto::GET_SECRET_PATH;
-use crate::session::{self, SessionInfo};
+use crate::session;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -101,7 +100,7 @@ impl Conn {
                 Ok(p) => permit = p,
                 Err(why) => return Ok(plain_response(StatusCode::TOO_MANY_REQUESTS, why)),
             }
-            add_secrets_method(&mut req, info);
+            advertise_secrets(req.headers_mut(), info);
         }
         let client_upgrade = req
             .headers()
@@ -243,14 +242,6 @@ fn strip_version(path: &str) -> &str {
         }
     }
     path
-}
-
-/// Advertises GetSecret upstream when the client does not serve it itself.
-fn add_secrets_method(req: &mut Request<Incoming>, info: &SessionInfo) {
-    if !info.client_serves_secrets() {
-        req.headers_mut()
-            .append(SESSION_METHOD, HeaderValue::from_static(GET_SECRET_PATH));
-    }
 }
 
 /// A plain-text refusal, for clients that print the raw body (a refused session upgrade).

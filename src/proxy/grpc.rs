@@ -134,11 +134,7 @@ async fn join_session(daemon: Peer, ctx: Context, req: Request<Incoming>) -> Res
     // Our call to the daemon: its request body carries what we write into the daemon's tunnel.
     let (daemon_outbox, daemon_body_out) = tunnel::outgoing(Outgoing::Request);
     let mut upstream_req = Request::from_parts(parts, daemon_body_out);
-    if !info.client_serves_secrets() {
-        upstream_req
-            .headers_mut()
-            .append(SESSION_METHOD, HeaderValue::from_static(GET_SECRET_PATH));
-    }
+    advertise_secrets(upstream_req.headers_mut(), &info);
     let response = match tower::ServiceExt::oneshot(daemon, upstream_req).await {
         Ok(res) if res.status().is_success() && !is_trailers_only(res.headers()) => res,
         Ok(res) => {
@@ -171,6 +167,14 @@ async fn join_session(daemon: Peer, ctx: Context, req: Request<Incoming>) -> Res
 /// A gRPC error answered in the headers alone (no body, no trailers).
 fn is_trailers_only(headers: &http::HeaderMap) -> bool {
     headers.get("grpc-status").is_some_and(|s| s != "0")
+}
+
+/// Adds GetSecret to the method list the daemon sees when the client does not serve it: both
+/// front doors re-originate sessions with it.
+pub fn advertise_secrets(headers: &mut http::HeaderMap, info: &SessionInfo) {
+    if !info.client_serves_secrets() {
+        headers.append(SESSION_METHOD, HeaderValue::from_static(GET_SECRET_PATH));
+    }
 }
 
 /// The session's id and method list, from the call's metadata.
