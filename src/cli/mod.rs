@@ -144,8 +144,9 @@ pub struct IdentityArgs {
     #[arg(long, default_value = crate::sources::REGION_ID, value_name = "ID")]
     pub region_id: String,
 
-    /// Also serve another secret, with buildx's syntax: id=ID,src=FILE or id=ID,env=VAR.
-    /// Repeatable; overrides the identity ids it names.
+    /// Also serve another secret, with buildx's syntax: id=ID,src=FILE or id=ID,env=VAR (a
+    /// field holding a comma is quoted whole: '"src=/a,b"'). Repeatable; overrides the
+    /// identity ids it names.
     #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
     pub secrets: Vec<SecretSpec>,
 

@@ -31,12 +31,13 @@ pub struct SecretSpec {
 impl FromStr for SecretSpec {
     type Err = String;
 
-    /// Parses buildx's syntax: comma-separated `key=value` fields with keys `type` (`file` or
-    /// `env`), `id`, `src`/`source` and `env`. With neither `src` nor `env`, the id names an
-    /// environment variable if one is set, else a file; `type=env` makes `src` a variable name.
+    /// Parses buildx's syntax: one CSV record of `key=value` fields with keys `type` (`file` or
+    /// `env`), `id`, `src`/`source` and `env`; a field holding a comma is quoted whole
+    /// (`"src=/a,b"`). With neither `src` nor `env`, the id names an environment variable if
+    /// one is set, else a file; `type=env` makes `src` a variable name.
     fn from_str(s: &str) -> Result<Self, String> {
         let (mut typ, mut id, mut src, mut env) = (None, None, None, None);
-        for field in s.split(',') {
+        for field in &csv_fields(s)? {
             let (key, value) = field.split_once('=').ok_or_else(|| {
                 format!("invalid field {field:?} in --secret: must be a key=value pair")
             })?;
@@ -71,6 +72,24 @@ impl FromStr for SecretSpec {
         };
         Ok(SecretSpec { id, origin })
     }
+}
+
+/// Splits a `--secret` value into its fields the way buildx does: as one CSV record.
+fn csv_fields(s: &str) -> Result<Vec<String>, String> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(s.as_bytes());
+    let mut records = reader.records();
+    let record = match records.next() {
+        None => return Ok(Vec::new()),
+        Some(record) => record.map_err(|e| format!("--secret {s:?} is not valid CSV: {e}"))?,
+    };
+    if records.next().is_some() {
+        return Err(format!(
+            "--secret {s:?} spans several lines: give one per flag"
+        ));
+    }
+    Ok(record.iter().map(str::to_string).collect())
 }
 
 /// Serves declared secrets by id.
@@ -179,6 +198,12 @@ mod tests {
         );
         // With neither src nor env: a variable named like the id if set (PATH always is), else a file.
         assert_eq!(parse("id=PATH").unwrap().origin, Origin::Env("PATH".into()));
+        // A field holding a comma is quoted whole, as buildx's CSV reading expects.
+        assert_eq!(
+            parse(r#"id=a,"src=/run/a,b""#).unwrap().origin,
+            Origin::File("/run/a,b".into())
+        );
+        assert_eq!(parse(r#""id=say ""hi""",env=V"#).unwrap().id, r#"say "hi""#);
         assert_eq!(
             parse("id=irsa-secrets-no-such-var").unwrap().origin,
             Origin::File("irsa-secrets-no-such-var".into())
@@ -193,6 +218,8 @@ mod tests {
             ("id=a,type=cmd", "unsupported secret type"),
             ("id=a,foo=b", "unexpected key"),
             ("id=a,src", "must be a key=value pair"),
+            ("", "has no id"),
+            ("id=a\nid=b", "spans several lines"),
         ] {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(msg), "{bad}: {err}");
