@@ -16,16 +16,10 @@ use std::time::Duration;
 use bollard::grpc::build::{ImageBuildFrontendOptions, ImageBuildLoadInput, ImageBuildNetworkMode};
 use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
 use bollard::grpc::driver::Build as _;
-use common::dockerd::{self, Dockerd, BASE_IMAGE};
-use common::{command, token, Helper, Projected, Radioactive};
-use sha2::{Digest, Sha256};
+use common::dockerd::{self, Dockerd, Stack, BASE_IMAGE};
+use common::{sha, tail, ARN};
 
-const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
 const IMAGE: &str = "irsa-test-bollard";
-
-fn sha(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
 
 /// A gzipped tar holding just the Dockerfile: bollard uploads it as the build context.
 fn context(dockerfile: &str) -> bytes::Bytes {
@@ -86,37 +80,8 @@ fn bollard_buildkit_client_through_the_helper() {
     if dockerd::skip() {
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("irsa-bollard-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path().to_path_buf();
-    let r = Radioactive::default();
-    let t = token(3600, -10);
-    r.watch(t.as_bytes());
-    r.watch(ARN.as_bytes());
-    let projected = Projected::new(&dir.join("sa"), &t);
-    let daemon = Dockerd::start(&dir.join("d"));
-    let socket = dir.join("helper.sock");
-    let mut proxy = command();
-    proxy
-        .arg("proxy")
-        .arg("--listen")
-        .arg(format!("unix://{}", socket.display()))
-        .arg("--upstream")
-        .arg(format!("unix://{}", daemon.socket.display()));
-    let token_file = projected.token_path().display().to_string();
-    let helper = Helper::spawn(
-        proxy,
-        socket,
-        &dir,
-        &[
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file),
-            ("AWS_ROLE_ARN", ARN),
-            ("RUST_LOG", "debug"),
-        ],
-        &r,
-    );
+    let s = Stack::start("irsa-bollard-");
+    let (helper, daemon, r) = (&s.helper, &s.daemon, &s.r);
 
     let dockerfile = format!(
         "FROM {BASE_IMAGE}\n\
@@ -165,12 +130,12 @@ fn bollard_buildkit_client_through_the_helper() {
     }
 
     // The step saw exactly the token file and the role ARN, served by the helper.
-    let out = String::from_utf8(read_from_image(&daemon, IMAGE, "/out")).unwrap();
+    let out = String::from_utf8(read_from_image(daemon, IMAGE, "/out")).unwrap();
     r.assert_absent("the step's output", out.as_bytes());
     assert!(
         out.contains(&format!(
             "{}  /run/secrets/aws-web-identity-token",
-            sha(t.as_bytes())
+            sha(s.token.as_bytes())
         )),
         "{out}"
     );
@@ -194,9 +159,4 @@ fn bollard_buildkit_client_through_the_helper() {
     let saved = daemon.docker().args(["save", IMAGE]).output().unwrap();
     assert!(saved.status.success());
     r.assert_absent("the built image (docker save)", &saved.stdout);
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
 }

@@ -13,15 +13,13 @@ use std::time::Duration;
 
 use common::fake_daemon::{daemon_script, fake_daemon, Observed};
 use common::session_client::client_session;
-use common::{command, grpc_call, token, Helper, Radioactive};
+use common::{command, grpc_call, token, Helper, Radioactive, ARN};
 use irsa_secrets::h2::{self, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tonic::Code;
 use tower::{Service, ServiceExt};
-
-const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
 
 /// A fake buildkitd listening on a unix socket; dropping it kills every connection at once.
 struct FakeBuildkitd {

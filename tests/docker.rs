@@ -11,23 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
-use common::{command, token, Helper, Projected, Radioactive};
-use sha2::{Digest, Sha256};
-
-const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
-
-struct Setup {
-    dir: PathBuf,
-    daemon: Dockerd,
-    helper: Helper,
-    token: String,
-    r: Radioactive,
-}
-
-fn sha(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
+use common::dockerd::{self, docker_on, Stack, BASE_IMAGE};
+use common::{command, sha, tail, Helper, ARN};
 
 /// Waits for `child` up to `limit`, killing it past that.
 fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
@@ -47,7 +32,7 @@ fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
     );
 }
 
-impl Setup {
+impl Stack {
     fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
         let ctx = self.dir.join(name);
         std::fs::create_dir_all(&ctx).unwrap();
@@ -103,55 +88,12 @@ impl Setup {
     }
 }
 
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 #[test]
 fn docker_build_through_the_helper() {
     if dockerd::skip() {
         return;
     }
-    let tmp = tempfile::Builder::new()
-        .prefix("irsa-docker-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path().to_path_buf();
-    let r = Radioactive::default();
-    let t = token(3600, -10);
-    r.watch(t.as_bytes());
-    r.watch(ARN.as_bytes());
-    let projected = Projected::new(&dir.join("sa"), &t);
-    let daemon = Dockerd::start(&dir.join("d"));
-    let mut proxy = command();
-    let socket = dir.join("helper.sock");
-    proxy
-        .arg("proxy")
-        .arg("--listen")
-        .arg(format!("unix://{}", socket.display()));
-    proxy
-        .arg("--upstream")
-        .arg(format!("unix://{}", daemon.socket.display()));
-    let token_file = projected.token_path().display().to_string();
-    let helper = Helper::spawn(
-        proxy,
-        socket,
-        &dir,
-        &[
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file),
-            ("AWS_ROLE_ARN", ARN),
-            ("RUST_LOG", "debug"),
-        ],
-        &r,
-    );
-    let s = Setup {
-        dir,
-        daemon,
-        helper,
-        token: t,
-        r,
-    };
+    let s = Stack::start("irsa-docker-");
 
     let started = Instant::now();
     let step = |name: &str| eprintln!("[{:>6.1}s] {name}", started.elapsed().as_secs_f64());
@@ -182,7 +124,7 @@ fn docker_build_through_the_helper() {
     step("descriptors back to baseline");
 }
 
-fn secrets_arrive_without_flags_and_the_clients_own_secrets_still_work(s: &Setup) {
+fn secrets_arrive_without_flags_and_the_clients_own_secrets_still_work(s: &Stack) {
     let ctx = s.context(
         "secrets",
         "RUN --mount=type=secret,id=aws-web-identity-token --mount=type=secret,id=aws-role-arn \
@@ -254,7 +196,7 @@ fn secrets_arrive_without_flags_and_the_clients_own_secrets_still_work(s: &Setup
         .contains("the client's own --secret wins"));
 }
 
-fn a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries_on(s: &Setup) {
+fn a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries_on(s: &Stack) {
     let ctx = s.context("missing", "RUN --mount=type=secret,id=nobody-has-this,required sha256sum /run/secrets/nobody-has-this");
     let (ok, out) = s.build(&ctx, &[]);
     assert!(!ok, "{out}");
@@ -277,7 +219,7 @@ fn fill(buf: &mut [u8], mut seed: u64) {
     }
 }
 
-fn a_large_context_arrives_intact(s: &Setup) {
+fn a_large_context_arrives_intact(s: &Stack) {
     const FILES: usize = 5000;
     const SIZE: usize = 42 * 1024;
     let ctx = s.context(
@@ -315,7 +257,7 @@ fn a_large_context_arrives_intact(s: &Setup) {
     std::fs::remove_dir_all(ctx.join("data")).unwrap();
 }
 
-fn eight_parallel_builds(s: &Setup) {
+fn eight_parallel_builds(s: &Stack) {
     let want = format!(
         "{}  /run/secrets/aws-web-identity-token",
         sha(s.token.as_bytes())
@@ -342,7 +284,7 @@ fn eight_parallel_builds(s: &Setup) {
 }
 
 /// Starts a build whose step runs long, and waits until the step is running.
-fn start_long_build(s: &Setup, name: &str) -> Child {
+fn start_long_build(s: &Stack, name: &str) -> Child {
     let ctx = s.context(
         name,
         &format!("RUN --mount=type=secret,id=aws-role-arn echo {name}-running && sleep 60"),
@@ -375,7 +317,7 @@ fn start_long_build(s: &Setup, name: &str) -> Child {
     child
 }
 
-fn killed_client_and_restarted_daemon(mut s: Setup) -> Setup {
+fn killed_client_and_restarted_daemon(mut s: Stack) -> Stack {
     // A client killed mid-build: the helper drops the session and serves the next build.
     let mut victim = start_long_build(&s, "killed");
     victim.kill().unwrap();
@@ -402,7 +344,7 @@ fn killed_client_and_restarted_daemon(mut s: Setup) -> Setup {
     s
 }
 
-fn the_image_holds_neither_value(s: &Setup) {
+fn the_image_holds_neither_value(s: &Stack) {
     let out = s
         .daemon
         .docker()
@@ -421,7 +363,7 @@ fn the_image_holds_neither_value(s: &Setup) {
     s.r.assert_absent("the built image (docker save)", &out.stdout);
 }
 
-fn descriptors_return_to_baseline(s: &Setup, baseline: usize) {
+fn descriptors_return_to_baseline(s: &Stack, baseline: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = s.helper_fds();
@@ -437,7 +379,7 @@ fn descriptors_return_to_baseline(s: &Setup, baseline: usize) {
 }
 
 /// An HTTP/2 client on the helper socket gets BuildKit's API, bridged to dockerd's `/grpc`.
-fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Setup) {
+fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Stack) {
     use http_body_util::BodyExt;
     use irsa_secrets::h2;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -524,7 +466,7 @@ fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Setup) {
 
 /// `irsa-secrets scan` on images the real daemon built: the secret-mount build is clean; each
 /// way of copying a secret into an image is found.
-fn scan_reports_clean_images_and_finds_every_leak(s: &Setup) {
+fn scan_reports_clean_images_and_finds_every_leak(s: &Stack) {
     let token_file = s.dir.join("sa/token").display().to_string();
     let scan = |image: &str| {
         let out = common::run(
@@ -587,7 +529,7 @@ fn scan_reports_clean_images_and_finds_every_leak(s: &Setup) {
 
 /// With `--sts`, a `RUN` step gets a shared-credentials file holding exactly the keys STS (moto)
 /// issued, from one STS call.
-fn sts_credentials_reach_a_build_step(s: &Setup) {
+fn sts_credentials_reach_a_build_step(s: &Stack) {
     use common::moto::Moto;
     use common::sts_build;
 
@@ -608,7 +550,7 @@ fn sts_credentials_reach_a_build_step(s: &Setup) {
         socket,
         &s.dir,
         &[
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
             ("AWS_ROLE_ARN", ARN),
         ],
         &s.r,
@@ -637,7 +579,7 @@ fn sts_credentials_reach_a_build_step(s: &Setup) {
 
 /// Everything that is not a build passes through untouched: `docker run` (create, a hijacked
 /// attach stream, start, wait), `exec` (an upgraded stream), `logs` and `inspect`.
-fn other_engine_calls_pass_through(s: &Setup) {
+fn other_engine_calls_pass_through(s: &Stack) {
     let docker = |args: &[&str]| {
         let out = docker_on(&s.helper.socket).args(args).output().unwrap();
         let text = format!(

@@ -10,9 +10,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
-use common::{command, token, Helper, Projected, Radioactive};
-
-const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
+use common::{command, token, Helper, Projected, Radioactive, ARN};
 
 fn build(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
     let out = docker_on(socket)

@@ -6,10 +6,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{command, run, token, token_with, Helper, Projected, Radioactive};
+use common::{command, run, token, token_with, Helper, Projected, Radioactive, ARN};
 use tonic::Code;
-
-const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
 
 fn irsa_env(token_file: &std::path::Path) -> Vec<(&'static str, String)> {
     vec![

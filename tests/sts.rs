@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::fake_sts::{FakeSts, Reply};
 use common::moto::Moto;
-use common::{command, run, sts_build, token, Helper, Radioactive};
+use common::{command, run, sts_build, token, Helper, Radioactive, ARN};
 use tonic::Code;
 
-const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
 const CREDENTIAL_IDS: [&str; 5] = [
     "aws-credentials",
     "aws-access-key-id",

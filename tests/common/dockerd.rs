@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::{Helper, Projected, Radioactive, ARN};
+
 /// The docker CLI with BuildKit built in (20.10 from Debian's docker.io).
 pub const DOCKER: &str = "/usr/bin/docker";
 /// The daemon binary.
@@ -225,4 +227,58 @@ pub fn docker_on(socket: &Path) -> Command {
         )
         .env_remove("BUILDKIT_PROGRESS");
     cmd
+}
+
+/// A private dockerd with the helper's front door before it, serving the IRSA identity of a
+/// projected token: what the tests that build through the helper start from. Dropped, it stops
+/// the helper, then the daemon, then removes its directory.
+pub struct Stack {
+    pub helper: Helper,
+    pub daemon: Dockerd,
+    /// The token the helper serves.
+    pub token: String,
+    /// Values no output may hold: the token and the role ARN.
+    pub r: Radioactive,
+    /// The stack's private directory.
+    pub dir: PathBuf,
+    _projected: Projected,
+    _tmp: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts the daemon and `irsa-secrets proxy` in a new temp dir named `prefix...`.
+    pub fn start(prefix: &str) -> Stack {
+        let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let r = Radioactive::default();
+        let token = super::token(3600, -10);
+        r.watch(token.as_bytes());
+        r.watch(ARN.as_bytes());
+        let projected = Projected::new(&dir.join("sa"), &token);
+        let daemon = Dockerd::start(&dir.join("d"));
+        let socket = dir.join("helper.sock");
+        let mut proxy = super::command();
+        proxy
+            .arg("proxy")
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .arg("--upstream")
+            .arg(format!("unix://{}", daemon.socket.display()));
+        let token_file = projected.token_path().display().to_string();
+        let env = [
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
+            ("AWS_ROLE_ARN", ARN),
+            ("RUST_LOG", "debug"),
+        ];
+        let helper = Helper::spawn(proxy, socket, &dir, &env, &r);
+        Stack {
+            helper,
+            daemon,
+            token,
+            r,
+            dir,
+            _projected: projected,
+            _tmp: tmp,
+        }
+    }
 }

@@ -12,6 +12,21 @@ use irsa_secrets::proto::secrets::secrets_client::SecretsClient;
 use irsa_secrets::secret::SecretValue;
 use tonic::transport::Channel;
 
+/// The role ARN the tests' IRSA identity names.
+pub const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
+
+/// Hex sha256, as `sha256sum` prints it inside a build step.
+pub fn sha(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// The last 40 lines of a log, for failure messages.
+pub fn tail(s: &str) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
 /// Path of the binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_irsa-secrets")
