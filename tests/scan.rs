@@ -167,6 +167,19 @@ impl Oci {
 }
 
 /// A one-manifest OCI layout in `dir`.
+/// An OCI layout whose one layer holds [`SECRET`] in the file `leak`.
+fn leaky_image(dir: &Path) -> PathBuf {
+    let oci = dir.join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File("leak", SECRET.as_bytes().to_vec())])],
+        &[],
+        json!({}),
+        &[],
+    );
+    oci
+}
+
 fn oci_image(
     dir: &Path,
     layers: &[(Vec<u8>, Vec<u8>, &str)],
@@ -600,14 +613,7 @@ fn every_platform_and_attestation_of_an_index_is_scanned() {
 #[test]
 fn text_and_sarif_reports_carry_findings_but_never_the_value() {
     let dir = tempfile::tempdir().unwrap();
-    let oci = dir.path().join("oci");
-    oci_image(
-        &oci,
-        &[gz_layer(vec![E::File("leak", SECRET.as_bytes().to_vec())])],
-        &[],
-        json!({}),
-        &[],
-    );
+    let oci = leaky_image(dir.path());
     let out = scan(&oci, &[]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
@@ -625,14 +631,7 @@ fn text_and_sarif_reports_carry_findings_but_never_the_value() {
 #[test]
 fn the_library_entry_point_reports_findings() {
     let dir = tempfile::tempdir().unwrap();
-    let oci = dir.path().join("oci");
-    oci_image(
-        &oci,
-        &[gz_layer(vec![E::File("leak", SECRET.as_bytes().to_vec())])],
-        &[],
-        json!({}),
-        &[],
-    );
+    let oci = leaky_image(dir.path());
     let mut needles = irsa_secrets::scan::Needles::default();
     needles.add(
         "app-token",

@@ -273,6 +273,19 @@ async fn the_scope_reaches_sts_and_bad_scopes_fail_at_start() {
     let not_json = dir.path().join("bad.json");
     std::fs::write(&not_json, "{\"Version\": ").unwrap();
     let file = token_file(dir.path(), &r).display().to_string();
+    // `serve --sts` with the identity and the given flags; its stderr once it has refused.
+    let refused = |flags: &[&str]| {
+        let out = run(
+            command()
+                .args(["serve", "--listen", "unix:///tmp/never.sock", "--sts"])
+                .args(["--token-file", &file, "--role-arn", ARN])
+                .args(flags),
+            &r,
+        );
+        assert!(!out.status.success(), "{flags:?} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let endpoint = ["--region", "us-east-1", "--sts-endpoint", &fake.url];
     for (flags, why) in [
         (
             vec!["--session-policy", big.to_str().unwrap()],
@@ -297,32 +310,8 @@ async fn the_scope_reaches_sts_and_bad_scopes_fail_at_start() {
             "unknown placeholder",
         ),
     ] {
-        let out = run(
-            command()
-                .args([
-                    "serve",
-                    "--listen",
-                    "unix:///tmp/never.sock",
-                    "--sts",
-                    "--region",
-                    "us-east-1",
-                ])
-                .args([
-                    "--token-file",
-                    &file,
-                    "--role-arn",
-                    ARN,
-                    "--sts-endpoint",
-                    &fake.url,
-                ])
-                .args(&flags),
-            &r,
-        );
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains(why),
-            "{flags:?}: {err}"
-        );
+        let err = refused(&[&endpoint[..], &flags[..]].concat());
+        assert!(err.contains(why), "{flags:?}: {err}");
     }
     let eleven: Vec<String> = (0..11)
         .flat_map(|i| {
@@ -332,28 +321,9 @@ async fn the_scope_reaches_sts_and_bad_scopes_fail_at_start() {
             ]
         })
         .collect();
-    let out = run(
-        command()
-            .args([
-                "serve",
-                "--listen",
-                "unix:///tmp/never.sock",
-                "--sts",
-                "--region",
-                "us-east-1",
-            ])
-            .args(["--token-file", &file, "--role-arn", ARN])
-            .args(&eleven),
-        &r,
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("at most 10"));
-    let out = run(
-        command()
-            .args(["serve", "--listen", "unix:///tmp/never.sock", "--sts"])
-            .args(["--token-file", &file, "--role-arn", ARN]),
-        &r,
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a region"));
+    let eleven: Vec<&str> = eleven.iter().map(String::as_str).collect();
+    assert!(refused(&[&endpoint[..], &eleven[..]].concat()).contains("at most 10"));
+    assert!(refused(&[]).contains("needs a region"));
     assert_eq!(fake.calls(), 1, "no exchange for refused configurations");
 }
 
