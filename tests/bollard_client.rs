@@ -17,7 +17,7 @@ use bollard::grpc::build::{ImageBuildFrontendOptions, ImageBuildLoadInput, Image
 use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
 use bollard::grpc::driver::Build as _;
 use common::dockerd::{self, Dockerd, Stack, BASE_IMAGE};
-use common::{sha, tail, ARN};
+use common::tail;
 
 const IMAGE: &str = "irsa-test-bollard";
 
@@ -132,20 +132,7 @@ fn bollard_buildkit_client_through_the_helper() {
     // The step saw exactly the token file and the role ARN, served by the helper.
     let out = String::from_utf8(read_from_image(daemon, IMAGE, "/out")).unwrap();
     r.assert_absent("the step's output", out.as_bytes());
-    assert!(
-        out.contains(&format!(
-            "{}  /run/secrets/aws-web-identity-token",
-            sha(s.token.as_bytes())
-        )),
-        "{out}"
-    );
-    assert!(
-        out.contains(&format!(
-            "{}  /run/secrets/aws-role-arn",
-            sha(ARN.as_bytes())
-        )),
-        "{out}"
-    );
+    s.assert_step_saw_the_identity(&out);
     for id in ["aws-web-identity-token", "aws-role-arn"] {
         assert!(
             log.lines()

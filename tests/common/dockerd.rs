@@ -281,4 +281,15 @@ impl Stack {
             _tmp: tmp,
         }
     }
+
+    /// Asserts that a step's `sha256sum` of both mounts, in `out`, shows the served token and ARN.
+    pub fn assert_step_saw_the_identity(&self, out: &str) {
+        for (value, id) in [
+            (self.token.as_str(), "aws-web-identity-token"),
+            (ARN, "aws-role-arn"),
+        ] {
+            let line = format!("{}  /run/secrets/{id}", super::sha(value.as_bytes()));
+            assert!(out.contains(&line), "no `{line}` in:\n{out}");
+        }
+    }
 }
