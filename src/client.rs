@@ -40,7 +40,7 @@ pub async fn get_secret(
             annotations: Default::default(),
         })
         .await?;
-    Ok(SecretValue::new(response.into_inner().data))
+    Ok(response.into_inner().into_value())
 }
 
 /// The hex SHA-256 of a value: what a build step can print to prove which value it got.

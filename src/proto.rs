@@ -12,5 +12,46 @@ pub mod control {
     tonic::include_proto!("moby.buildkit.v1");
 }
 
+#[cfg(test)]
+mod tests {
+    use super::secrets::GetSecretResponse;
+
+    #[test]
+    fn a_secret_response_debugs_without_its_value() {
+        let r = GetSecretResponse {
+            data: b"hunter2-value".to_vec(),
+        };
+        let text = format!("{r:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("[redacted, 13 bytes]"), "{text}");
+    }
+}
+
+/// The generated Debug would print the value; this one says how long it is.
+impl std::fmt::Debug for secrets::GetSecretResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GetSecretResponse")
+            .field(
+                "data",
+                &format_args!("[redacted, {} bytes]", self.data.len()),
+            )
+            .finish()
+    }
+}
+
+impl secrets::GetSecretResponse {
+    /// Moves the value into a [`SecretValue`], leaving nothing behind to wipe.
+    pub fn into_value(mut self) -> crate::secret::SecretValue {
+        crate::secret::SecretValue::new(std::mem::take(&mut self.data))
+    }
+}
+
+/// Wipes the value when the message is dropped, as `SecretValue` does.
+impl Drop for secrets::GetSecretResponse {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.data);
+    }
+}
+
 /// Full path of the one method the helper answers inside a session.
 pub const GET_SECRET_PATH: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";

@@ -25,7 +25,6 @@ use crate::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
 use crate::proto::GET_SECRET_PATH;
 use crate::provider::{Answer, Provider};
-use crate::secret::SecretValue;
 
 /// What the splice knows of a session, from its `X-Docker-Expose-Session-*` headers.
 #[derive(Debug, Clone, Default)]
@@ -216,7 +215,7 @@ impl Secrets for SessionSecrets {
                         "the client's own --secret wins over the helper's value"
                     );
                 }
-                let value = SecretValue::new(answer.data);
+                let value = answer.into_value();
                 let a = Answer {
                     id,
                     source: client,

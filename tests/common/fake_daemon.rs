@@ -89,7 +89,7 @@ pub fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
                         annotations: Default::default(),
                     })
                     .await
-                    .map(|r| r.into_inner().data)
+                    .map(|r| r.into_inner().into_value().expose().to_vec())
                     .map_err(|s| s.code())
                 }
             };
