@@ -74,22 +74,53 @@ impl FromStr for SecretSpec {
     }
 }
 
-/// Splits a `--secret` value into its fields the way buildx does: as one CSV record.
+/// Splits a `--secret` value into its fields as buildx does: one record of Go's strict CSV. A
+/// field that starts with `"` is quoted (`""` inside stands for `"`; commas are literal); a
+/// quote anywhere else is an error. Written out rather than taken from the csv crate, which
+/// accepts stray quotes that buildx refuses and would read them differently.
 fn csv_fields(s: &str) -> Result<Vec<String>, String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(s.as_bytes());
-    let mut records = reader.records();
-    let record = match records.next() {
-        None => return Ok(Vec::new()),
-        Some(record) => record.map_err(|e| format!("--secret {s:?} is not valid CSV: {e}"))?,
-    };
-    if records.next().is_some() {
-        return Err(format!(
-            "--secret {s:?} spans several lines: give one per flag"
-        ));
+    let refuse = |what: &str| Err(format!("--secret {s:?} {what}"));
+    if s.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(record.iter().map(str::to_string).collect())
+    let mut fields = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match (chars.next(), chars.peek()) {
+                    (None, _) => return refuse("has a quoted field with no closing quote"),
+                    (Some('"'), Some('"')) => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    (Some('"'), Some(',') | None) => break,
+                    (Some('"'), Some(_)) => {
+                        return refuse("has text after a closing quote: quote whole fields")
+                    }
+                    (Some(c), _) => field.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|&c| c != ',') {
+                match c {
+                    '"' => {
+                        return refuse(
+                            "has a quote inside a field: quote the whole field, as \"src=a\"\"b\"",
+                        )
+                    }
+                    '\n' | '\r' => return refuse("spans several lines: give one per flag"),
+                    c => field.push(c),
+                }
+            }
+        }
+        fields.push(field);
+        // A field ends at a comma, and another follows, or at the end of the value.
+        if chars.next().is_none() {
+            return Ok(fields);
+        }
+    }
 }
 
 /// Serves declared secrets by id.
@@ -220,6 +251,10 @@ mod tests {
             ("id=a,src", "must be a key=value pair"),
             ("", "has no id"),
             ("id=a\nid=b", "spans several lines"),
+            (r#"id=a,src=/x"y"#, "quote inside a field"),
+            (r#"id=a,"src=/a,b"#, "no closing quote"),
+            (r#""id=a"x,src=f"#, "text after a closing quote"),
+            ("id=a,", "must be a key=value pair"),
         ] {
             let err = parse(bad).unwrap_err();
             assert!(err.contains(msg), "{bad}: {err}");
