@@ -51,7 +51,8 @@ const MAX_DEFERRED: u8 = 16;
 /// h2 flushes after each large DATA frame and once more when it has nothing left to send. A
 /// flush that follows fresh writes is deferred (the task is woken so it comes back); the flush
 /// that follows no writes, the idle one, goes out. So every frame queued in one turn of the
-/// connection leaves in one send, and nothing waits longer than one scheduler turn.
+/// connection leaves in one send; bytes wait at most `MAX_DEFERRED` turns or until
+/// `COALESCE_BELOW` of them are buffered.
 pub struct Coalesce<T> {
     inner: T,
     /// Bytes written since the last real flush.
