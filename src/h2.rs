@@ -176,6 +176,7 @@ impl Peer {
         match tower::ServiceExt::oneshot(self.clone(), req).await {
             Ok(res) => res.map(|body| counted(body, metrics)),
             Err(e) => {
+                let e = chain(&e);
                 tracing::debug!(%path, error = %e, "{what} did not answer");
                 Status::unavailable(format!("irsa-secrets: {what} did not answer {path}: {e}"))
                     .into_http()
