@@ -12,21 +12,6 @@ pub mod control {
     tonic::include_proto!("moby.buildkit.v1");
 }
 
-#[cfg(test)]
-mod tests {
-    use super::secrets::GetSecretResponse;
-
-    #[test]
-    fn a_secret_response_debugs_without_its_value() {
-        let r = GetSecretResponse {
-            data: b"hunter2-value".to_vec(),
-        };
-        let text = format!("{r:?}");
-        assert!(!text.contains("hunter2"), "{text}");
-        assert!(text.contains("[redacted, 13 bytes]"), "{text}");
-    }
-}
-
 /// The generated Debug would print the value; this one says how long it is.
 impl std::fmt::Debug for secrets::GetSecretResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,6 +25,13 @@ impl std::fmt::Debug for secrets::GetSecretResponse {
 }
 
 impl secrets::GetSecretResponse {
+    /// The answer carrying `value`: a copy, wiped when the message is dropped.
+    pub fn carrying(value: &crate::secret::SecretValue) -> Self {
+        Self {
+            data: value.expose().to_vec(),
+        }
+    }
+
     /// Moves the value into a [`SecretValue`], leaving nothing behind to wipe.
     pub fn into_value(mut self) -> crate::secret::SecretValue {
         crate::secret::SecretValue::new(std::mem::take(&mut self.data))
@@ -55,3 +47,18 @@ impl Drop for secrets::GetSecretResponse {
 
 /// Full path of the one method the helper answers inside a session.
 pub const GET_SECRET_PATH: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
+
+#[cfg(test)]
+mod tests {
+    use super::secrets::GetSecretResponse;
+
+    #[test]
+    fn a_secret_response_debugs_without_its_value() {
+        let r = GetSecretResponse {
+            data: b"hunter2-value".to_vec(),
+        };
+        let text = format!("{r:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("[redacted, 13 bytes]"), "{text}");
+    }
+}

@@ -262,8 +262,6 @@ impl Secrets for Provider {
         };
         let id = request.into_inner().id;
         let value = self.get(&id, &caller).await?;
-        Ok(Response::new(GetSecretResponse {
-            data: value.expose().to_vec(),
-        }))
+        Ok(Response::new(GetSecretResponse::carrying(&value)))
     }
 }

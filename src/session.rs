@@ -225,9 +225,7 @@ impl Secrets for SessionSecrets {
                     started,
                 };
                 self.provider.record(&self.caller, a);
-                return Ok(GrpcResponse::new(GetSecretResponse {
-                    data: value.expose().to_vec(),
-                }));
+                return Ok(GrpcResponse::new(GetSecretResponse::carrying(&value)));
             }
             Some(Err(status)) if !matches!(status.code(), Code::NotFound | Code::Unimplemented) => {
                 if !self.provider.owns(id) {
@@ -247,8 +245,6 @@ impl Secrets for SessionSecrets {
             _ => {}
         }
         let value = self.provider.get(id, &self.caller).await?;
-        Ok(GrpcResponse::new(GetSecretResponse {
-            data: value.expose().to_vec(),
-        }))
+        Ok(GrpcResponse::new(GetSecretResponse::carrying(&value)))
     }
 }
