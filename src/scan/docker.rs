@@ -11,6 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
+use super::matcher::url_encode;
 use super::ScanError;
 
 /// The engine's socket: `DOCKER_HOST` when it is a `unix://` address, else the default.
@@ -41,7 +42,7 @@ pub async fn fetch(socket: &std::path::Path, name: &str) -> Result<File, ScanErr
         .await
         .map_err(|e| err("HTTP handshake with the Docker Engine failed", &e))?;
     let connection = tokio::spawn(connection);
-    let uri = format!("/images/get?names={}", query_escape(name));
+    let uri = format!("/images/get?names={}", url_encode(name.as_bytes()));
     let request = hyper::Request::get(uri)
         .header(hyper::header::HOST, "docker")
         .body(Empty::<Bytes>::new())
@@ -100,20 +101,6 @@ fn temp_file() -> std::io::Result<File> {
     Ok(file)
 }
 
-/// Percent-encodes a query value (image names hold `/`, `:` and `@`).
-fn query_escape(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +117,6 @@ mod tests {
         );
         let err = socket_path(Some("tcp://10.0.0.1:2375")).unwrap_err();
         assert!(err.to_string().contains("only unix sockets"), "{err}");
-        assert_eq!(query_escape("reg.io/a/b:1"), "reg.io%2Fa%2Fb%3A1");
+        assert_eq!(url_encode(b"reg.io/a/b:1"), "reg.io%2Fa%2Fb%3A1");
     }
 }

@@ -231,7 +231,7 @@ pub struct Window {
 /// the value alone.
 fn encodings(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let mut forms = vec![("", value.to_vec())];
-    let url = url_encode(value);
+    let url = url_encode(value).into_bytes();
     if url != value {
         forms.push(("URL-encoded", url));
     }
@@ -253,14 +253,15 @@ fn encodings(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     forms
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn url_encode(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len());
+/// Percent-encodes everything but RFC 3986's unreserved characters: how a value looks in a URL
+/// (a leak to find, or an image name in a query).
+pub(super) fn url_encode(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
     for &b in value {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b);
+            out.push(b as char);
         } else {
-            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+            out.push_str(&format!("%{b:02X}"));
         }
     }
     out
