@@ -21,7 +21,9 @@ fn validate(module: &str, args: &[&str], file: &Path) -> String {
         .args(args)
         .arg(file)
         .output()
-        .unwrap_or_else(|e| panic!("python3: {e}: run scripts/deps-python"));
+        .unwrap_or_else(|e| {
+            panic!("python3: {e}: run scripts/deps-python and put target/pyenv/bin first on PATH")
+        });
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -29,7 +31,7 @@ fn validate(module: &str, args: &[&str], file: &Path) -> String {
     );
     assert!(
         !text.contains("No module named"),
-        "{module} is missing: run scripts/deps-python\n{text}"
+        "{module} is missing: run scripts/deps-python and put target/pyenv/bin first on PATH\n{text}"
     );
     assert!(out.status.success(), "{}:\n{text}", file.display());
     text

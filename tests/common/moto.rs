@@ -1,5 +1,6 @@
-//! moto (`moto_server` from PyPI, installed by scripts/deps) on a free loopback port, started
-//! and stopped by the test: a real STS + IAM + S3 to prove served credentials sign requests.
+//! moto (`moto_server` from PyPI, installed by scripts/deps-python into target/pyenv) on a free
+//! loopback port, started and stopped by the test: a real STS + IAM + S3 to prove served
+//! credentials sign requests.
 //!
 //! moto's quirks (shared/docs/anchors.md section 4): AssumeRoleWithWebIdentity validates nothing
 //! and must be called before auth enforcement is switched on (it answers 500 after); S3 with
@@ -67,7 +68,10 @@ impl Moto {
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
             .spawn()
-            .expect("moto_server is not installed: run scripts/deps (pip install 'moto[server]')");
+            .expect(
+                "moto_server is not on PATH: run scripts/deps-python and put target/pyenv/bin \
+                 first on PATH (scripts/test does both)",
+            );
         let mut moto = Moto {
             child,
             url: format!("http://127.0.0.1:{port}"),
