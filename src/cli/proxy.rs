@@ -12,7 +12,7 @@ use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
-use super::IdentityArgs;
+use super::{RuntimeArgs, ServedArgs};
 use crate::audit::Audit;
 use crate::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
@@ -33,6 +33,9 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub listener: ListenerArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Settings shared by every listener.
@@ -104,7 +107,7 @@ pub struct ListenerArgs {
     pub socket: SocketArgs,
 
     #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub served: ServedArgs,
 }
 
 /// Parses one `[[listener]]` table's flags.
@@ -241,7 +244,7 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         .ok_or_else(|| context("--listen unix:///PATH is required".into()))?;
     let allowed = (!l.allow_ids.is_empty()).then(|| l.allow_ids.iter().cloned().collect());
     let provider = Provider::new(
-        l.identity
+        l.served
             .sources()
             .map_err(|e| context(format!("{e:#}")))?,
     )
