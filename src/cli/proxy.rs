@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser};
+use clap::{Args, CommandFactory, Parser};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
 use super::{RuntimeArgs, ServedArgs};
 use crate::audit::Audit;
+use crate::config::{Place, Schema};
 use crate::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
 use crate::proxy::tls::TlsArgs;
@@ -140,9 +141,10 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             if args.listener.listen.is_some() {
                 anyhow::bail!("give listeners either in --config or with --listen, not both");
             }
-            let file = crate::config::load(path).map_err(anyhow::Error::msg)?;
-            let from_file = GlobalFlags::try_parse_from(&file.global)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let schema = Schema::new(GlobalFlags::command(), ListenerFlags::command());
+            let file = schema.load(path)?;
+            let from_file = schema
+                .matches::<GlobalFlags>(path, Place::Top, &file.global)?
                 .global;
             let global = GlobalArgs {
                 audit_log: args.global.audit_log.or(from_file.audit_log),
@@ -151,8 +153,7 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             };
             let mut listeners = Vec::new();
             for (i, flags) in file.listeners.iter().enumerate() {
-                let parsed = ListenerFlags::try_parse_from(flags)
-                    .map_err(|e| anyhow::anyhow!("{}: listener {}: {e}", path.display(), i + 1))?;
+                let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), flags)?;
                 listeners.push(parsed.listener);
             }
             if listeners.is_empty() {
