@@ -2,6 +2,7 @@
 //! the metrics endpoint shared between them.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::FileTypeExt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -217,6 +218,10 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             "proxying: point DOCKER_HOST, buildctl --addr or the buildx remote driver at unix://{}",
             bound.file.path().display()
         );
+        tokio::spawn(check_upstream(
+            provider.listener().to_string(),
+            daemon.upstream.clone(),
+        ));
         let stop = stop.clone();
         tasks.spawn(async move {
             crate::proxy::run(
@@ -261,6 +266,38 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         gate: Gate::new(l.allow_uids, l.allow_gids, l.max_sessions),
     })
 }
+
+/// Says at start-up, in one line, when a listener's daemon does not answer: otherwise the
+/// first sign would be a failed build. Not fatal, since a sidecar and its daemon start together.
+async fn check_upstream(listener: String, upstream: Upstream) {
+    let why = match tokio::time::timeout(UPSTREAM_CHECK, upstream.connect()).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => match &upstream {
+            Upstream::Unix(path) => match std::fs::metadata(path) {
+                Ok(meta) if !meta.file_type().is_socket() => {
+                    format!("{} is not a socket", path.display())
+                }
+                Ok(_) => format!("nobody listens on the socket: {e}"),
+                Err(_) => format!("nothing at {}", path.display()),
+            },
+            Upstream::Tcp(_) => e.to_string(),
+        },
+        Err(_) => format!(
+            "no connection within {}",
+            humantime::format_duration(UPSTREAM_CHECK)
+        ),
+    };
+    tracing::warn!(
+        listener,
+        upstream = %upstream,
+        "the daemon at {upstream} does not answer yet ({why}); builds through this listener fail \
+         until it does. Still serving: check --upstream and that dockerd or buildkitd runs and \
+         listens there"
+    );
+}
+
+/// How long the start-up check waits for the daemon.
+const UPSTREAM_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `/readyz`: every listener's identity is valid and its daemon reachable.
 struct Probes(Vec<(Provider, Upstream)>);
