@@ -149,16 +149,17 @@ impl Schema {
             problem,
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(None, Problem::Unreadable(e)))?;
-        self.parse(&text).map_err(|(place, problem)| fail(place, problem))
+        self.parse(&text)
+            .map_err(|(place, problem)| fail(place, problem))
     }
 
     /// Turns TOML text into flags: `key = value` becomes `--key value` (underscores become
     /// dashes), `key = true` becomes `--key`, `false` nothing, and arrays repeat the flag.
     pub fn parse(&self, text: &str) -> Result<ConfigArgs, (Option<Place>, Problem)> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map_or(1, |s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map_or(1, |s| {
+                text[..s.start.min(text.len())].lines().count().max(1)
+            });
             let message = e.message().to_string();
             (None, Problem::Syntax { line, message })
         })?;
@@ -435,7 +436,10 @@ mod tests {
     fn bad_files_say_where_and_what_is_allowed() {
         assert!(problem("listener = 3").contains("[[listener]]"));
         let p = problem("[[listener]]\nallow_uid = { a = 1 }");
-        assert!(p.contains("Listener(1)") && p.contains("`allow_uid` takes"), "{p}");
+        assert!(
+            p.contains("Listener(1)") && p.contains("`allow_uid` takes"),
+            "{p}"
+        );
         let p = problem("[[listener]]\nname = \"a\"\n[[listener]]\nmock = \"yes\"");
         assert!(
             p.contains("Listener(2)") && p.contains("`mock` takes true or false, not a string"),
@@ -468,7 +472,9 @@ mod tests {
 
     #[test]
     fn clap_refusals_name_the_key() {
-        let c = schema().parse("[[listener]]\nmax_sessions = \"lots\"").unwrap();
+        let c = schema()
+            .parse("[[listener]]\nmax_sessions = \"lots\"")
+            .unwrap();
         let err = schema()
             .matches::<Matched>(Path::new("/f.toml"), Place::Listener(1), &c.listeners[0])
             .unwrap_err()

@@ -97,7 +97,10 @@ pub(super) fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let want = args.token.expectations();
     let (source, checked) = if args.token.mock {
         let mock = args.token.mock_source(IdentityIds::default(), None);
-        ("mock", jwt::check(mock.token().expose(), &want, SystemTime::now())?)
+        (
+            "mock",
+            jwt::check(mock.token().expose(), &want, SystemTime::now())?,
+        )
     } else {
         let Some(file) = &args.token.token_file else {
             anyhow::bail!(
@@ -250,7 +253,9 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 Some(_) => r.ok(&format!("secret {}: variable {var} is set", spec.id)),
                 None => r.fail(
                     &format!("secret {}: variable {var} is not set", spec.id),
-                    &format!("export {var} in the helper's environment, or correct env= in --secret"),
+                    &format!(
+                        "export {var} in the helper's environment, or correct env= in --secret"
+                    ),
                 ),
             },
         }

@@ -117,7 +117,6 @@ impl Default for RuntimeArgs {
     }
 }
 
-
 /// The web-identity token: where it comes from and what it must carry. `token` needs no more.
 #[derive(Debug, Clone, Args)]
 pub struct WebTokenArgs {
@@ -305,7 +304,11 @@ impl ServedArgs {
         if !self.identity.has_identity() && !self.secrets.secrets.is_empty() {
             tracing::warn!("no AWS identity configured: serving only the --secret declarations");
         } else if self.sts.sts {
-            sources.push(Arc::new(self.sts.source(&self.identity, &ids, region.clone())?));
+            sources.push(Arc::new(self.sts.source(
+                &self.identity,
+                &ids,
+                region.clone(),
+            )?));
             if self.sts.serve_identity {
                 sources.push(Arc::new(self.identity.irsa(ids, region)?));
             }

@@ -2,8 +2,8 @@
 //! the metrics endpoint shared between them.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileTypeExt;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -249,13 +249,9 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         .as_deref()
         .ok_or_else(|| context("--listen unix:///PATH is required".into()))?;
     let allowed = (!l.allow_ids.is_empty()).then(|| l.allow_ids.iter().cloned().collect());
-    let provider = Provider::new(
-        l.served
-            .sources()
-            .map_err(|e| context(format!("{e:#}")))?,
-    )
-    .with_policy(&l.name, allowed)
-    .with_observers(audit.clone(), metrics.clone());
+    let provider = Provider::new(l.served.sources().map_err(|e| context(format!("{e:#}")))?)
+        .with_policy(&l.name, allowed)
+        .with_observers(audit.clone(), metrics.clone());
     let tls = l.tls.load(l.upstream.host()).map_err(context)?;
     let path = socket::parse_unix_address(listen).map_err(context)?;
     let bound = socket::bind(&path, &l.socket.options()).map_err(context)?;

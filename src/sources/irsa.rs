@@ -137,8 +137,8 @@ pub fn check_token_file(
     want: &Expectations,
 ) -> Result<(SecretValue, jwt::Checked), SourceError> {
     let value = read_token(file)?;
-    let checked = jwt::check(value.expose(), want, SystemTime::now())
-        .map_err(|e| token_error(file, &e))?;
+    let checked =
+        jwt::check(value.expose(), want, SystemTime::now()).map_err(|e| token_error(file, &e))?;
     Ok((value, checked))
 }
 
