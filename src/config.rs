@@ -235,10 +235,14 @@ impl Schema {
             expected,
             found: value.type_str(),
         };
-        let scalar = |v: &Value, out: &mut Vec<String>| match v {
-            Value::String(s) => Ok(out.extend([flag.clone(), s.clone()])),
-            Value::Integer(n) => Ok(out.extend([flag.clone(), n.to_string()])),
-            _ => Err(()),
+        let scalar = |v: &Value, out: &mut Vec<String>| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Integer(n) => n.to_string(),
+                _ => return Err(()),
+            };
+            out.extend([flag.clone(), text]);
+            Ok(())
         };
         match (kind, value) {
             (Kind::Switch, Value::Boolean(true)) => out.push(flag),

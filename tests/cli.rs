@@ -144,10 +144,12 @@ fn each_command_help_lists_only_the_flags_it_uses() {
         (&["token"], cat(&[&["--json"], IDENTITY, ALWAYS]), 25),
         (
             &["doctor"],
+            // --serve-identity changes nothing a check sees: hidden.
             cat(&[
                 &["--role-arn", "--region", "--secret"],
                 IDENTITY,
-                STS,
+                &STS[..1],
+                &STS[2..],
                 ALWAYS,
             ]),
             60,

@@ -16,6 +16,7 @@ use crate::sources::IdentityIds;
 #[derive(Debug, Args)]
 #[command(
     mut_arg("mock", |a| a.help("Show a freshly minted mock token instead of IRSA's").long_help(None::<&str>)),
+    mut_arg("token_file", |a| a.help("The projected service-account token to show")),
     mut_arg("expiry_margin", |a| a.help("Flag the token as expiring soon with less than this left (e.g. 5m, 1h)")),
 )]
 pub struct TokenArgs {
@@ -34,6 +35,10 @@ pub struct TokenArgs {
     mut_arg("secrets", |a| a
         .help("Also check a secret declared as for `serve` (id=ID,src=FILE or id=ID,env=VAR): the file exists or the variable is set")
         .long_help(None::<&str>)),
+    mut_arg("token_file", |a| a.help("The projected service-account token to check")),
+    mut_arg("expiry_margin", |a| a.help("A token with less lifetime left is a problem (e.g. 5m, 1h)")),
+    mut_arg("region", |a| a.help("AWS region, for the --sts exchange's regional endpoint")),
+    mut_arg("serve_identity", |a| a.hide(true)),
     mut_arg("sts", |a| a
         .help("Also exchange the token with STS once, as `serve --sts` would, and show the assumed role and expiry (never the keys)")
         .long_help(None::<&str>)),
