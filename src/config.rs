@@ -22,7 +22,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::error::{ContextKind, ContextValue};
 use clap::{ArgAction, Command, FromArgMatches};
 use toml::Value;
 
@@ -155,7 +155,7 @@ impl Schema {
 
     /// Turns TOML text into flags: `key = value` becomes `--key value` (underscores become
     /// dashes), `key = true` becomes `--key`, `false` nothing, and arrays repeat the flag.
-    pub fn parse(&self, text: &str) -> Result<ConfigArgs, (Option<Place>, Problem)> {
+    fn parse(&self, text: &str) -> Result<ConfigArgs, (Option<Place>, Problem)> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let line = e.span().map_or(1, |s| {
                 text[..s.start.min(text.len())].lines().count().max(1)
@@ -269,7 +269,7 @@ impl Schema {
             Place::Top => Place::Listener(1),
             Place::Listener(_) => Place::Top,
         };
-        if key == "listener" || self.kind(other, key).is_some() {
+        if self.kind(other, key).is_some() {
             let where_ = match place {
                 Place::Top => "it is a listener's setting: move it into a [[listener]] table",
                 Place::Listener(_) => {
@@ -332,9 +332,6 @@ fn key_of(long: &str) -> String {
 
 /// Clap's first line, with `--flag <VALUE>` written as the file's `flag` key and no usage.
 fn in_file_terms(err: &clap::Error) -> String {
-    if err.kind() == ErrorKind::DisplayHelp || err.kind() == ErrorKind::DisplayVersion {
-        return "`help` and `version` are not settings".into();
-    }
     let rendered = err.render().to_string();
     // The message ends at the first blank line, before clap's usage and tip lines.
     let message: Vec<&str> = rendered
