@@ -16,9 +16,14 @@
 //! listen = "unix:///run/irsa/untrusted.sock"
 //! allow_id = ["aws-region"]
 //! ```
+//!
+//! Errors speak of the file's keys and tables, never of flags or of clap's usage lines.
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
 
+use clap::error::{ContextKind, ContextValue};
+use clap::{ArgAction, Command, FromArgMatches};
 use toml::Value;
 
 /// The file, turned into argument lists.
@@ -30,77 +35,366 @@ pub struct ConfigArgs {
     pub listeners: Vec<Vec<String>>,
 }
 
-/// Reads `path` and turns its keys into flags.
-pub fn load(path: &Path) -> Result<ConfigArgs, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// Where in the file a key is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Outside any table.
+    Top,
+    /// The N-th `[[listener]]` table, counted from 1.
+    Listener(usize),
 }
 
-/// Turns TOML text into flags: `key = value` becomes `--key value` (underscores become
-/// dashes), `key = true` becomes `--key`, `false` nothing, and arrays repeat the flag.
-pub fn parse(text: &str) -> Result<ConfigArgs, String> {
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| e.message().to_string())?;
-    let mut out = ConfigArgs::default();
-    for (key, value) in &table {
-        if key == "listener" {
-            let Value::Array(listeners) = value else {
-                return Err("`listener` must be an array of tables: write [[listener]]".into());
-            };
-            for (i, l) in listeners.iter().enumerate() {
-                let Value::Table(l) = l else {
-                    return Err(format!("listener {} is not a table", i + 1));
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Top => f.write_str("top level"),
+            Place::Listener(n) => write!(f, "[[listener]] {n}"),
+        }
+    }
+}
+
+/// A problem in the file, located as precisely as it can be.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {problem}", path.display(), place.map(|p| format!(": {p}")).unwrap_or_default())]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The table, when the problem is in one.
+    pub place: Option<Place>,
+    /// What is wrong.
+    pub problem: Problem,
+}
+
+/// What is wrong in the file, and what is allowed instead.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    /// The file cannot be read.
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+    /// The text is not TOML.
+    #[error("line {line}: not valid TOML: {message}")]
+    Syntax {
+        /// 1-based line of the error.
+        line: usize,
+        /// The parser's message.
+        message: String,
+    },
+    /// `listener` is not an array of tables.
+    #[error("`listener` must be an array of tables: write [[listener]]")]
+    ListenerShape,
+    /// A key no table accepts.
+    #[error("unknown key `{key}`; {hint}")]
+    Unknown {
+        /// The key.
+        key: String,
+        /// The nearest match, or the keys allowed here.
+        hint: String,
+    },
+    /// A key of the other kind of table.
+    #[error("`{key}` is not valid here: {where_}")]
+    Misplaced {
+        /// The key.
+        key: String,
+        /// Where it belongs.
+        where_: &'static str,
+    },
+    /// A value of the wrong TOML type.
+    #[error("`{key}` takes {expected}, not {} {found}", if found.starts_with(['a', 'i']) { "an" } else { "a" })]
+    Type {
+        /// The key.
+        key: String,
+        /// What it takes.
+        expected: &'static str,
+        /// The TOML type given.
+        found: &'static str,
+    },
+    /// The value parsed but the setting refused it (the flag's own check).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a key takes, from its flag's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Switch,
+    One,
+    Many,
+}
+
+/// The keys of the two kinds of table, derived from the clap commands that parse them.
+#[derive(Debug)]
+pub struct Schema {
+    top: Command,
+    listener: Command,
+}
+
+impl Schema {
+    /// `top` parses the top-level keys, `listener` each `[[listener]]` table.
+    pub fn new(top: Command, listener: Command) -> Self {
+        Self { top, listener }
+    }
+
+    fn command(&self, place: Place) -> &Command {
+        match place {
+            Place::Top => &self.top,
+            Place::Listener(_) => &self.listener,
+        }
+    }
+
+    /// Reads `path` and turns its keys into flags.
+    pub fn load(&self, path: &Path) -> Result<ConfigArgs, ConfigError> {
+        let fail = |place, problem| ConfigError {
+            path: path.to_path_buf(),
+            place,
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(None, Problem::Unreadable(e)))?;
+        self.parse(&text)
+            .map_err(|(place, problem)| fail(place, problem))
+    }
+
+    /// Turns TOML text into flags: `key = value` becomes `--key value` (underscores become
+    /// dashes), `key = true` becomes `--key`, `false` nothing, and arrays repeat the flag.
+    fn parse(&self, text: &str) -> Result<ConfigArgs, (Option<Place>, Problem)> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map_or(1, |s| {
+                text[..s.start.min(text.len())].lines().count().max(1)
+            });
+            let message = e.message().to_string();
+            (None, Problem::Syntax { line, message })
+        })?;
+        let mut out = ConfigArgs::default();
+        for (key, value) in &table {
+            if key == "listener" {
+                let Value::Array(listeners) = value else {
+                    return Err((Some(Place::Top), Problem::ListenerShape));
                 };
-                let mut args = Vec::new();
-                for (k, v) in l {
-                    flags(k, v, &mut args).map_err(|e| format!("listener {}: {e}", i + 1))?;
+                for (i, l) in listeners.iter().enumerate() {
+                    let place = Place::Listener(i + 1);
+                    let Value::Table(l) = l else {
+                        return Err((Some(place), Problem::ListenerShape));
+                    };
+                    let mut args = Vec::new();
+                    for (k, v) in l {
+                        self.flags(place, k, v, &mut args)
+                            .map_err(|p| (Some(place), p))?;
+                    }
+                    out.listeners.push(args);
                 }
-                out.listeners.push(args);
+            } else {
+                self.flags(Place::Top, key, value, &mut out.global)
+                    .map_err(|p| (Some(Place::Top), p))?;
             }
-        } else {
-            flags(key, value, &mut out.global)?;
+        }
+        Ok(out)
+    }
+
+    /// Parses one table's flags into `T`, wording clap's refusals in the file's terms.
+    pub fn matches<T: FromArgMatches>(
+        &self,
+        path: &Path,
+        place: Place,
+        flags: &[String],
+    ) -> Result<T, ConfigError> {
+        self.command(place)
+            .clone()
+            .no_binary_name(true)
+            .try_get_matches_from(flags)
+            .and_then(|m| T::from_arg_matches(&m))
+            .map_err(|e| ConfigError {
+                path: path.to_path_buf(),
+                place: Some(place),
+                problem: Problem::Invalid(in_file_terms(&e)),
+            })
+    }
+
+    fn kind(&self, place: Place, key: &str) -> Option<Kind> {
+        self.command(place)
+            .get_arguments()
+            .find(|a| a.get_long().is_some_and(|l| key_of(l) == key) && !is_builtin(a))
+            .map(|a| match a.get_action() {
+                ArgAction::SetTrue => Kind::Switch,
+                ArgAction::Append => Kind::Many,
+                _ => Kind::One,
+            })
+    }
+
+    fn flags(
+        &self,
+        place: Place,
+        key: &str,
+        value: &Value,
+        out: &mut Vec<String>,
+    ) -> Result<(), Problem> {
+        let Some(kind) = self.kind(place, key) else {
+            return Err(self.not_here(place, key));
+        };
+        let flag = format!("--{}", key.replace('_', "-"));
+        let wrong = |expected| Problem::Type {
+            key: key.to_string(),
+            expected,
+            found: value.type_str(),
+        };
+        let scalar = |v: &Value, out: &mut Vec<String>| {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                Value::Integer(n) => n.to_string(),
+                _ => return Err(()),
+            };
+            out.extend([flag.clone(), text]);
+            Ok(())
+        };
+        match (kind, value) {
+            (Kind::Switch, Value::Boolean(true)) => out.push(flag),
+            (Kind::Switch, Value::Boolean(false)) => {}
+            (Kind::Switch, _) => return Err(wrong("true or false")),
+            (Kind::One, v) => scalar(v, out).map_err(|()| wrong("a string or a number"))?,
+            (Kind::Many, Value::Array(items)) => {
+                for item in items {
+                    scalar(item, out)
+                        .map_err(|()| wrong("a string, a number or an array of them"))?;
+                }
+            }
+            (Kind::Many, v) => {
+                scalar(v, out).map_err(|()| wrong("a string, a number or an array of them"))?
+            }
+        }
+        Ok(())
+    }
+
+    /// Why `key` is refused at `place`: it belongs to the other kind of table, or it is unknown
+    /// (with the nearest key, or the list of keys allowed here).
+    fn not_here(&self, place: Place, key: &str) -> Problem {
+        let other = match place {
+            Place::Top => Place::Listener(1),
+            Place::Listener(_) => Place::Top,
+        };
+        if self.kind(other, key).is_some() {
+            let where_ = match place {
+                Place::Top => "it is a listener's setting: move it into a [[listener]] table",
+                Place::Listener(_) => {
+                    "it applies to every listener: move it to the top level, before the first \
+                     [[listener]]"
+                }
+            };
+            return Problem::Misplaced {
+                key: key.to_string(),
+                where_,
+            };
+        }
+        let hint = match self.nearest(place, key) {
+            Some(near) => format!("did you mean `{near}`?"),
+            None => {
+                let keys: Vec<String> = self
+                    .command(place)
+                    .get_arguments()
+                    .filter(|a| !is_builtin(a))
+                    .filter_map(|a| a.get_long().map(key_of))
+                    .collect();
+                match place {
+                    Place::Top => format!(
+                        "the top level takes {} and [[listener]] tables",
+                        keys.join(", ")
+                    ),
+                    Place::Listener(_) => format!("a [[listener]] takes {}", keys.join(", ")),
+                }
+            }
+        };
+        Problem::Unknown {
+            key: key.to_string(),
+            hint,
         }
     }
-    Ok(out)
+
+    /// The key clap would suggest for `key` as a flag at `place`.
+    fn nearest(&self, place: Place, key: &str) -> Option<String> {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let err = self
+            .command(place)
+            .clone()
+            .no_binary_name(true)
+            .try_get_matches_from([flag])
+            .err()?;
+        match err.get(ContextKind::SuggestedArg) {
+            Some(ContextValue::String(s)) => Some(key_of(s.trim_start_matches('-'))),
+            _ => None,
+        }
+    }
 }
 
-fn flags(key: &str, value: &Value, out: &mut Vec<String>) -> Result<(), String> {
-    let flag = format!("--{}", key.replace('_', "-"));
-    match value {
-        Value::Boolean(true) => out.push(flag),
-        Value::Boolean(false) => {}
-        Value::String(s) => out.extend([flag, s.clone()]),
-        Value::Integer(n) => out.extend([flag, n.to_string()]),
-        Value::Array(items) => {
-            for item in items {
-                if matches!(item, Value::Array(_) | Value::Table(_)) {
-                    return Err(format!(
-                        "{key}: arrays may hold only strings, numbers and booleans"
-                    ));
-                }
-                flags(key, item, out)?;
+fn is_builtin(arg: &clap::Arg) -> bool {
+    matches!(arg.get_long(), Some("help" | "version"))
+}
+
+fn key_of(long: &str) -> String {
+    long.replace('-', "_")
+}
+
+/// Clap's first line, with `--flag <VALUE>` written as the file's `flag` key and no usage.
+fn in_file_terms(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    // The message ends at the first blank line, before clap's usage and tip lines.
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let line = message.join(" ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    let mut out = String::new();
+    let mut rest = line;
+    while let Some(at) = rest.find("--") {
+        out.push_str(&rest[..at]);
+        let name_end = rest[at + 2..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .map_or(rest.len(), |n| at + 2 + n);
+        out.push('`');
+        out.push_str(&key_of(&rest[at + 2..name_end]));
+        out.push('`');
+        rest = &rest[name_end..];
+        // Drop the value placeholder (` <N>`).
+        if let Some(after) = rest.strip_prefix(" <") {
+            if let Some(close) = after.find('>') {
+                rest = &after[close + 1..];
             }
         }
-        other => {
-            return Err(format!(
-                "{key}: unsupported value of type {}",
-                other.type_str()
-            ))
-        }
     }
-    Ok(())
+    out.push_str(rest);
+    // Clap quotes flags ('--x'); the key is already in backquotes.
+    out.replace("'`", "`").replace("`'", "`")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Arg;
+
+    fn schema() -> Schema {
+        Schema::new(
+            Command::new("top").arg(Arg::new("audit_log").long("audit-log")),
+            Command::new("listener")
+                .arg(Arg::new("name").long("name"))
+                .arg(Arg::new("listen").long("listen"))
+                .arg(Arg::new("mock").long("mock").action(ArgAction::SetTrue))
+                .arg(Arg::new("socket_mode").long("socket-mode"))
+                .arg(
+                    Arg::new("max_sessions")
+                        .long("max-sessions")
+                        .value_parser(clap::value_parser!(u32)),
+                )
+                .arg(
+                    Arg::new("allow_uid")
+                        .long("allow-uid")
+                        .action(ArgAction::Append),
+                ),
+        )
+    }
 
     #[test]
     fn keys_become_flags() {
-        let c = parse(
-            r#"
+        let c = schema()
+            .parse(
+                r#"
             audit_log = "-"
             [[listener]]
             name = "a"
@@ -112,8 +406,8 @@ mod tests {
             listen = "unix:///b.sock"
             mock = false
             "#,
-        )
-        .unwrap();
+            )
+            .unwrap();
         assert_eq!(c.global, ["--audit-log", "-"]);
         assert_eq!(
             c.listeners[0],
@@ -134,12 +428,62 @@ mod tests {
         assert_eq!(c.listeners[1], ["--listen", "unix:///b.sock"]);
     }
 
+    fn problem(text: &str) -> String {
+        let (place, problem) = schema().parse(text).unwrap_err();
+        format!("{place:?}: {problem}")
+    }
+
     #[test]
-    fn bad_files_say_where() {
-        assert!(parse("listener = 3").unwrap_err().contains("[[listener]]"));
-        assert!(parse("[[listener]]\nx = { a = 1 }")
+    fn bad_files_say_where_and_what_is_allowed() {
+        assert!(problem("listener = 3").contains("[[listener]]"));
+        let p = problem("[[listener]]\nallow_uid = { a = 1 }");
+        assert!(
+            p.contains("Listener(1)") && p.contains("`allow_uid` takes"),
+            "{p}"
+        );
+        let p = problem("[[listener]]\nname = \"a\"\n[[listener]]\nmock = \"yes\"");
+        assert!(
+            p.contains("Listener(2)") && p.contains("`mock` takes true or false, not a string"),
+            "{p}"
+        );
+        let p = problem("listen = \"unix:///a\"");
+        assert!(p.contains("Top") && p.contains("[[listener]] table"), "{p}");
+        let p = problem("[[listener]]\naudit_log = \"-\"");
+        assert!(p.contains("top level"), "{p}");
+        let p = problem("[[listener]]\nlistn = \"unix:///a\"");
+        assert!(p.contains("did you mean `listen`?"), "{p}");
+        let p = problem("bogus = 1");
+        assert!(p.contains("the top level takes audit_log"), "{p}");
+        assert!(problem("a = ").contains("line 1"));
+    }
+
+    /// Accepts whatever clap matched: the test is about clap's refusals.
+    #[derive(Debug)]
+    struct Matched;
+
+    impl FromArgMatches for Matched {
+        fn from_arg_matches(_: &clap::ArgMatches) -> Result<Self, clap::Error> {
+            Ok(Matched)
+        }
+
+        fn update_from_arg_matches(&mut self, _: &clap::ArgMatches) -> Result<(), clap::Error> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn clap_refusals_name_the_key() {
+        let c = schema()
+            .parse("[[listener]]\nmax_sessions = \"lots\"")
+            .unwrap();
+        let err = schema()
+            .matches::<Matched>(Path::new("/f.toml"), Place::Listener(1), &c.listeners[0])
             .unwrap_err()
-            .contains("listener 1: x"));
-        assert!(parse("a = ").is_err());
+            .to_string();
+        assert!(
+            err.starts_with("/f.toml: [[listener]] 1: invalid value 'lots' for `max_sessions`"),
+            "{err}"
+        );
+        assert!(!err.contains("--") && !err.contains("Usage"), "{err}");
     }
 }

@@ -142,9 +142,10 @@ pub fn decode(token: &[u8]) -> Result<Claims, TokenError> {
     }
     let parts: Vec<&str> = text.split('.').collect();
     if parts.len() != 3 {
+        let n = parts.len();
+        let noun = if n == 1 { "part" } else { "parts" };
         return Err(TokenError::Malformed(format!(
-            "it has {} dot-separated parts, a JWT has 3",
-            parts.len()
+            "it has {n} dot-separated {noun}, a JWT has 3"
         )));
     }
     for (name, part) in ["header", "payload", "signature"].iter().zip(&parts) {
@@ -219,9 +220,25 @@ pub fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
-/// Formats a duration to the second, e.g. `4h 12m 3s`.
+/// Formats a duration to the second, e.g. `4h 12m 3s`, `1 day`, `2 days 3h`.
 pub fn human(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    let secs = d.as_secs();
+    let (days, h, m, s) = (secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    let mut parts = Vec::new();
+    match days {
+        0 => {}
+        1 => parts.push("1 day".to_string()),
+        n => parts.push(format!("{n} days")),
+    }
+    for (n, unit) in [(h, "h"), (m, "m"), (s, "s")] {
+        if n > 0 {
+            parts.push(format!("{n}{unit}"));
+        }
+    }
+    if parts.is_empty() {
+        return "0s".into();
+    }
+    parts.join(" ")
 }
 
 #[cfg(test)]
@@ -312,6 +329,7 @@ mod tests {
             (b"  \n", "empty"),
             (b"\xff\xfe.a.b", "not UTF-8"),
             (b"only.two", "2 dot-separated parts"),
+            (b"one", "1 dot-separated part,"),
             (b"a..c", "payload is empty"),
             (b"!!!.eyJ9.c2ln", "header is not base64url"),
             (
@@ -330,5 +348,16 @@ mod tests {
         }
         let err = decode(b"eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2VjcmV0LXNpZw").unwrap_err();
         assert!(!err.to_string().contains("c2VjcmV0LXNpZw"));
+    }
+
+    #[test]
+    fn durations_read_as_words() {
+        let d = |s| human(Duration::from_secs(s));
+        assert_eq!(d(0), "0s");
+        assert_eq!(d(59), "59s");
+        assert_eq!(d(3600 + 12 * 60 + 3), "1h 12m 3s");
+        assert_eq!(d(86400), "1 day");
+        assert_eq!(d(2 * 86400 + 3 * 3600), "2 days 3h");
+        assert_eq!(d(86400 + 61), "1 day 1m 1s");
     }
 }

@@ -87,14 +87,40 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, String> {
     let file_name = path
         .file_name()
         .ok_or_else(|| format!("{} has no file name", path.display()))?;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(format!(
+                "cannot listen on {}: {} is not a directory",
+                path.display(),
+                dir.display()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "cannot listen on {}: the directory {} does not exist; create it (mkdir -p {}) \
+                 or mount the volume that should hold it",
+                path.display(),
+                dir.display(),
+                dir.display()
+            ))
+        }
+        Err(e) => return Err(format!("cannot inspect {}: {e}", dir.display())),
+    }
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
         file_name.to_string_lossy(),
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
-    let listener =
-        UnixListener::bind(&tmp).map_err(|e| format!("cannot bind {}: {e}", tmp.display()))?;
+    let listener = UnixListener::bind(&tmp).map_err(|e| {
+        format!(
+            "cannot create the socket {} in {}: {e}",
+            path.display(),
+            dir.display()
+        )
+    })?;
     let finish = || -> Result<(), String> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))
             .map_err(|e| format!("cannot set mode {:o} on the socket: {e}", opts.mode))?;

@@ -217,7 +217,7 @@ async fn bad_tokens_are_refused_with_the_file_and_the_reason_and_other_ids_still
             token_with(3600, -10, "kubernetes.default.svc").into_bytes(),
             "expected \"sts.amazonaws.com\"",
         ),
-        (b"not-a-jwt".to_vec(), "1 dot-separated parts"),
+        (b"not-a-jwt".to_vec(), "1 dot-separated part,"),
         (b"".to_vec(), "is empty"),
         (b"\xff\xfe\xfd.\x80.\x81".to_vec(), "not UTF-8"),
         (huge.into_bytes(), "larger than 500 KiB"),

@@ -5,39 +5,83 @@ use std::time::SystemTime;
 
 use clap::Args;
 
-use super::{Identity, IdentityArgs};
+use super::sts::StsArgs;
+use super::{IdentityArgs, RegionArgs, SecretArgs, WebTokenArgs, NO_IDENTITY_HINT};
 use crate::jwt::{self, Checked};
-use crate::sources::irsa::{check_role_arn, read_token};
+use crate::sources::irsa::{check_role_arn, check_token_file, read_token, token_hint};
 use crate::sources::static_secret::Origin;
+use crate::sources::IdentityIds;
 
 /// Flags of `token`.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("mock", |a| a.help("Show a freshly minted mock token instead of IRSA's").long_help(None::<&str>)),
+    mut_arg("token_file", |a| a.help("The projected service-account token to show")),
+    mut_arg("expiry_margin", |a| a.help("Flag the token as expiring soon with less than this left (e.g. 5m, 1h)")),
+)]
 pub struct TokenArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
 
     #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub token: WebTokenArgs,
 }
 
-/// Flags of `doctor`.
+/// Flags of `doctor`: what the helper would serve, checked without serving it.
 #[derive(Debug, Args)]
+#[command(
+    mut_arg("mock", |a| a.help("Check the mock identity instead of IRSA (always passes)").long_help(None::<&str>)),
+    mut_arg("secrets", |a| a
+        .help("Also check a secret declared as for `serve` (id=ID,src=FILE or id=ID,env=VAR): the file exists or the variable is set")
+        .long_help(None::<&str>)),
+    mut_arg("token_file", |a| a.help("The projected service-account token to check")),
+    mut_arg("expiry_margin", |a| a.help("A token with less lifetime left is a problem (e.g. 5m, 1h)")),
+    mut_arg("region", |a| a.help("AWS region, for the --sts exchange's regional endpoint")),
+    mut_arg("serve_identity", |a| a.hide(true)),
+    mut_arg("sts", |a| a
+        .help("Also exchange the token with STS once, as `serve --sts` would, and show the assumed role and expiry (never the keys)")
+        .long_help(None::<&str>)),
+)]
 pub struct DoctorArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    #[command(flatten)]
+    pub region: RegionArgs,
+
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+
+    #[command(flatten)]
+    pub sts: StsArgs,
 }
 
 /// Performs one exchange and reports the assumed role and expiry, never the keys. Skipped when
 /// the identity itself has a problem, which the checks above already reported.
-async fn sts_check(id: &IdentityArgs, r: &mut Report) {
+async fn sts_check(args: &DoctorArgs, r: &mut Report) {
     if r.problems > 0 {
         println!("skip  the STS exchange (fix the identity first)");
         return;
     }
-    let sts = match id.sts() {
+    let region = args.region.region.clone();
+    let no_region = region.is_none();
+    let sts = match args
+        .sts
+        .source(&args.identity, &IdentityIds::default(), region)
+    {
         Ok(sts) => sts,
-        Err(e) => return r.fail(&format!("{e:#}"), "fix the --sts flags"),
+        Err(e) => {
+            let fix = if args.identity.token.mock {
+                "drop --mock: STS accepts only a real IRSA token"
+            } else if no_region {
+                "export AWS_REGION=REGION (e.g. us-east-1) or pass --region REGION"
+            } else {
+                "correct the --session-policy file (JSON, at most 2048 characters) or the \
+                 --policy-arn values (at most 10 managed policy ARNs)"
+            };
+            return r.fail(&format!("{e:#}"), fix);
+        }
     };
     match sts.credentials().await {
         Ok(issued) => r.ok(&format!(
@@ -48,20 +92,30 @@ async fn sts_check(id: &IdentityArgs, r: &mut Report) {
         )),
         Err(e) => r.fail(
             &format!("the STS exchange failed: {e}"),
-            "see the message; `irsa-secrets token` shows the claims STS sees",
+            "run `irsa-secrets token` for the claims STS checks: the role's trust policy must \
+             name this token's issuer (OIDC provider), audience and subject",
         ),
     }
 }
 
 pub(super) fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
-    let checked = match args.identity.identity()? {
-        Identity::Irsa(irsa) => irsa.checked_token()?.1,
-        Identity::Mock(mock) => {
-            let want = args.identity.expectations();
-            jwt::check(mock.token().expose(), &want, SystemTime::now())?
-        }
+    let want = args.token.expectations();
+    let (source, checked) = if args.token.mock {
+        let mock = args.token.mock_source(IdentityIds::default(), None);
+        (
+            "mock",
+            jwt::check(mock.token().expose(), &want, SystemTime::now())?,
+        )
+    } else {
+        let Some(file) = &args.token.token_file else {
+            anyhow::bail!(
+                "no token: AWS_WEB_IDENTITY_TOKEN_FILE (or --token-file) is not set. \
+                 {NO_IDENTITY_HINT}"
+            );
+        };
+        let (_, checked) = check_token_file(file, &want).map_err(|e| anyhow::anyhow!(e.message))?;
+        ("irsa", checked)
     };
-    let source = if args.identity.mock { "mock" } else { "irsa" };
     if args.json {
         let out = serde_json::json!({
             "source": source,
@@ -116,41 +170,67 @@ impl Report {
     }
 }
 
+/// The fix for a missing identity variable: on EKS the webhook sets it; on a laptop the mock does.
+const LAPTOP_FIX: &str = "on a laptop, run `irsa-secrets mock write ~/.irsa/identity` and \
+     `set -a; . ~/.irsa/identity/env; set +a`, or pass --mock";
+
 pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let id = &args.identity;
     let mut r = Report { problems: 0 };
-    if id.mock {
+    if id.token.mock {
         r.ok("mock identity selected (--mock): builds get a fake token and role ARN");
     } else {
         match &id.role_arn {
             None => r.fail(
                 "AWS_ROLE_ARN is not set",
-                "annotate the runner's service account with eks.amazonaws.com/role-arn, or pass --role-arn",
+                &format!(
+                    "on EKS, annotate the runner's service account with \
+                     eks.amazonaws.com/role-arn (or pass --role-arn ARN); {LAPTOP_FIX}"
+                ),
             ),
             Some(arn) => match check_role_arn(arn) {
                 Ok(()) => r.ok("AWS_ROLE_ARN is set and is an IAM role ARN"),
-                Err(e) => r.fail(&e, "set AWS_ROLE_ARN to the role the service account may assume"),
+                Err(e) => r.fail(
+                    &e,
+                    "set AWS_ROLE_ARN (or --role-arn) to the role the service account may \
+                     assume: `kubectl get sa NAME -o yaml` shows its eks.amazonaws.com/role-arn",
+                ),
             },
         }
-        match &id.token_file {
+        match &id.token.token_file {
             None => r.fail(
                 "AWS_WEB_IDENTITY_TOKEN_FILE is not set",
-                "run in a pod whose service account has the eks.amazonaws.com/role-arn annotation, or pass --token-file",
+                &format!(
+                    "on EKS, run in a pod whose service account has the \
+                     eks.amazonaws.com/role-arn annotation (or pass --token-file FILE); \
+                     {LAPTOP_FIX}"
+                ),
             ),
             Some(file) => match read_token(file) {
-                Err(e) => r.fail(&e.message, "mount the projected service-account token and point AWS_WEB_IDENTITY_TOKEN_FILE at it"),
+                Err(e) => r.fail(
+                    &e.message,
+                    "mount the projected service-account token and point \
+                     AWS_WEB_IDENTITY_TOKEN_FILE at it (`ls -l FILE` shows whether it exists \
+                     and who may read it)",
+                ),
                 Ok(token) => {
                     r.ok(&format!("token file {} is readable", file.display()));
-                    match jwt::check(token.expose(), &id.expectations(), SystemTime::now()) {
-                        Err(e) => r.fail(&format!("the token {e}"), "see the message; the projected volume sets audience and lifetime"),
+                    let want = id.token.expectations();
+                    match jwt::check(token.expose(), &want, SystemTime::now()) {
+                        Err(e) => r.fail(&format!("the token {e}"), token_hint(&e)),
                         Ok(c) if c.expiring_soon => r.fail(
-                            &format!("the token expires in {}, under the {} margin", jwt::human(c.remaining), jwt::human(id.expiry_margin)),
-                            "kubelet should rotate it at 80% of its lifetime: check the projected volume and kubelet",
+                            &format!(
+                                "the token expires in {}, under the {} margin",
+                                jwt::human(c.remaining),
+                                jwt::human(id.token.expiry_margin)
+                            ),
+                            "kubelet should rotate it at 80% of its lifetime: check the \
+                             projected volume and kubelet (`kubectl describe pod`)",
                         ),
                         Ok(c) => r.ok(&format!(
                             "the token is valid for {} (audience {}, subject {})",
                             jwt::human(c.remaining),
-                            id.audience,
+                            id.token.audience,
                             c.claims.sub.as_deref().unwrap_or("none")
                         )),
                     }
@@ -158,10 +238,10 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             },
         }
     }
-    if id.sts.sts {
-        sts_check(id, &mut r).await;
+    if args.sts.sts {
+        sts_check(&args, &mut r).await;
     }
-    for spec in &id.secrets {
+    for spec in &args.secrets.secrets {
         match &spec.origin {
             Origin::File(path) => match std::fs::metadata(path) {
                 Ok(_) => r.ok(&format!(
@@ -171,23 +251,32 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                 )),
                 Err(e) => r.fail(
                     &format!("secret {}: {}: {e}", spec.id, path.display()),
-                    "fix the src= path",
+                    "create the file, or correct src= in --secret",
                 ),
             },
             Origin::Env(var) => match std::env::var_os(var) {
                 Some(_) => r.ok(&format!("secret {}: variable {var} is set", spec.id)),
                 None => r.fail(
                     &format!("secret {}: variable {var} is not set", spec.id),
-                    "export it in the helper's environment",
+                    &format!(
+                        "export {var} in the helper's environment, or correct env= in --secret"
+                    ),
                 ),
             },
         }
     }
-    if r.problems == 0 {
-        println!("all checks passed");
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("{} problem(s) found", r.problems);
-        Ok(ExitCode::FAILURE)
+    match r.problems {
+        0 => {
+            println!("all checks passed");
+            Ok(ExitCode::SUCCESS)
+        }
+        1 => {
+            println!("1 problem found");
+            Ok(ExitCode::FAILURE)
+        }
+        n => {
+            println!("{n} problems found");
+            Ok(ExitCode::FAILURE)
+        }
     }
 }

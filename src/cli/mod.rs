@@ -12,8 +12,6 @@ use crate::logging::LogFormat;
 use crate::sources::irsa::Irsa;
 use crate::sources::mock::Mock;
 use crate::sources::static_secret::{SecretSpec, Static};
-use crate::sources::sts::exchange::Exchange;
-use crate::sources::sts::Sts;
 use crate::sources::{IdentityIds, Source};
 
 mod docs;
@@ -33,21 +31,6 @@ mod sts;
 #[derive(Debug, Parser)]
 #[command(name = "irsa-secrets", version, propagate_version = true)]
 pub struct Cli {
-    /// Log line format.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "IRSA_SECRETS_LOG_FORMAT"
-    )]
-    pub log_format: LogFormat,
-
-    /// Threads serving connections. One suits a sidecar and spends the least CPU per byte
-    /// forwarded; raise it for many concurrent builds on one helper.
-    #[arg(long, global = true, default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256), env = "IRSA_SECRETS_WORKER_THREADS")]
-    pub worker_threads: u16,
-
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -97,12 +80,46 @@ impl Cli {
             Command::Man(args) => docs::man(args),
         }
     }
+
+    /// How the process logs and how many threads it runs: set by the commands that serve
+    /// connections, the defaults for the others (which print their results and exit).
+    pub fn runtime(&self) -> RuntimeArgs {
+        match &self.command {
+            Command::Proxy(args) => args.runtime.clone(),
+            Command::Serve(args) => args.runtime.clone(),
+            _ => RuntimeArgs::default(),
+        }
+    }
 }
 
-/// Where the identity comes from and under which ids it is served; shared by every command
-/// that serves or inspects it.
+/// The default of `--worker-threads`, also used by commands that do not have the flag.
+const DEFAULT_WORKER_THREADS: u16 = 1;
+
+/// Process settings of the commands that serve connections (`proxy`, `serve`).
 #[derive(Debug, Clone, Args)]
-pub struct IdentityArgs {
+pub struct RuntimeArgs {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::default(), env = "IRSA_SECRETS_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// Threads serving connections. One suits a sidecar and spends the least CPU per byte
+    /// forwarded; raise it for many concurrent builds on one helper.
+    #[arg(long, default_value_t = DEFAULT_WORKER_THREADS, value_parser = clap::value_parser!(u16).range(1..=256), env = "IRSA_SECRETS_WORKER_THREADS")]
+    pub worker_threads: u16,
+}
+
+impl Default for RuntimeArgs {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::default(),
+            worker_threads: DEFAULT_WORKER_THREADS,
+        }
+    }
+}
+
+/// The web-identity token: where it comes from and what it must carry. `token` needs no more.
+#[derive(Debug, Clone, Args)]
+pub struct WebTokenArgs {
     /// Serve a mock identity (a realistic unsigned token and a fake role ARN) instead of IRSA:
     /// for laptops and tests with no AWS.
     #[arg(long, env = "IRSA_SECRETS_MOCK")]
@@ -111,14 +128,6 @@ pub struct IdentityArgs {
     /// The projected service-account token, re-read on every request (kubelet rotates it).
     #[arg(long, env = "AWS_WEB_IDENTITY_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-
-    /// The IAM role the token may assume: arn:aws:iam::ACCOUNT:role/NAME.
-    #[arg(long, env = "AWS_ROLE_ARN", value_name = "ARN")]
-    pub role_arn: Option<String>,
-
-    /// AWS region; also served as the `aws-region` secret when set.
-    #[arg(long, env = "AWS_REGION")]
-    pub region: Option<String>,
 
     /// The audience the token must carry (the projected volume's `audience`).
     #[arg(
@@ -131,7 +140,91 @@ pub struct IdentityArgs {
     /// A token with less lifetime left is still served, with a warning (e.g. 5m, 1h).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "IRSA_SECRETS_EXPIRY_MARGIN")]
     pub expiry_margin: Duration,
+}
 
+impl WebTokenArgs {
+    fn expectations(&self) -> Expectations {
+        Expectations {
+            audience: self.audience.clone(),
+            expiry_margin: self.expiry_margin,
+        }
+    }
+
+    /// The mock identity these flags describe, serving `ids` (and `region` when set).
+    fn mock_source(&self, ids: IdentityIds, region: Option<String>) -> Mock {
+        Mock::new(ids, self.audience.clone(), self.expiry_margin, region)
+    }
+}
+
+/// The AWS identity: the web-identity token and the role it may assume.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// The web-identity token.
+    #[command(flatten)]
+    pub token: WebTokenArgs,
+
+    /// The IAM role the token may assume: arn:aws:iam::ACCOUNT:role/NAME.
+    #[arg(long, env = "AWS_ROLE_ARN", value_name = "ARN")]
+    pub role_arn: Option<String>,
+}
+
+/// What to do on a machine with no identity, for every message that reports one missing.
+pub const NO_IDENTITY_HINT: &str = "On EKS, annotate the runner's service account with \
+     eks.amazonaws.com/role-arn; on a laptop, pass --mock, or run `irsa-secrets mock write DIR` \
+     and `set -a; . DIR/env; set +a`";
+
+impl IdentityArgs {
+    /// True when an identity (IRSA or mock) is configured at all.
+    pub fn has_identity(&self) -> bool {
+        self.token.mock || self.token.token_file.is_some() || self.role_arn.is_some()
+    }
+
+    /// The real IRSA identity, or an error that says which variable or flag is missing.
+    fn irsa(&self, ids: IdentityIds, region: Option<String>) -> anyhow::Result<Irsa> {
+        match (&self.token.token_file, &self.role_arn) {
+            (Some(file), Some(arn)) => Irsa::new(
+                ids,
+                file.clone(),
+                arn.clone(),
+                region,
+                self.token.expectations(),
+            )
+            .map_err(anyhow::Error::msg),
+            (None, _) => anyhow::bail!(
+                "no identity: AWS_WEB_IDENTITY_TOKEN_FILE (or --token-file) is not set. \
+                 {NO_IDENTITY_HINT}"
+            ),
+            (_, None) => anyhow::bail!(
+                "no identity: AWS_ROLE_ARN (or --role-arn) is not set. {NO_IDENTITY_HINT}"
+            ),
+        }
+    }
+
+    /// The raw identity (IRSA token and role ARN, or the mock), as a source.
+    pub fn source(
+        &self,
+        ids: IdentityIds,
+        region: Option<String>,
+    ) -> anyhow::Result<Arc<dyn Source>> {
+        Ok(if self.token.mock {
+            Arc::new(self.token.mock_source(ids, region))
+        } else {
+            Arc::new(self.irsa(ids, region)?)
+        })
+    }
+}
+
+/// The AWS region, served as a secret and used for STS's regional endpoint.
+#[derive(Debug, Clone, Args)]
+pub struct RegionArgs {
+    /// AWS region; also served as the `aws-region` secret when set.
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+/// The secret ids under which the identity is served.
+#[derive(Debug, Clone, Args)]
+pub struct IdsArgs {
     /// Secret id under which the token is served.
     #[arg(long, default_value = crate::sources::TOKEN_ID, value_name = "ID")]
     pub token_id: String,
@@ -143,27 +236,9 @@ pub struct IdentityArgs {
     /// Secret id under which the region is served.
     #[arg(long, default_value = crate::sources::REGION_ID, value_name = "ID")]
     pub region_id: String,
-
-    /// Also serve another secret, with buildx's syntax: id=ID,src=FILE or id=ID,env=VAR (a
-    /// field holding a comma is quoted whole: '"src=/a,b"'). Repeatable; overrides the
-    /// identity ids it names.
-    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
-    pub secrets: Vec<SecretSpec>,
-
-    /// Scoped STS credentials instead of the raw identity.
-    #[command(flatten)]
-    pub sts: sts::StsArgs,
 }
 
-/// The identity source the flags select, if any.
-pub enum Identity {
-    /// The real IRSA token and role.
-    Irsa(Irsa),
-    /// The mock identity.
-    Mock(Mock),
-}
-
-impl IdentityArgs {
+impl IdsArgs {
     fn ids(&self) -> IdentityIds {
         IdentityIds {
             token: self.token_id.clone(),
@@ -171,82 +246,21 @@ impl IdentityArgs {
             region: self.region_id.clone(),
         }
     }
+}
 
-    fn expectations(&self) -> Expectations {
-        Expectations {
-            audience: self.audience.clone(),
-            expiry_margin: self.expiry_margin,
-        }
-    }
+/// Secrets beyond the identity, declared like buildx's `--secret`.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// Also serve another secret, with buildx's syntax: id=ID,src=FILE or id=ID,env=VAR (a
+    /// field holding a comma is quoted whole: '"src=/a,b"'). Repeatable; overrides the
+    /// identity ids it names.
+    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    pub secrets: Vec<SecretSpec>,
+}
 
-    /// The identity source, or an error that says which variable or flag is missing.
-    pub fn identity(&self) -> anyhow::Result<Identity> {
-        if self.mock {
-            return Ok(Identity::Mock(Mock::new(
-                self.ids(),
-                self.audience.clone(),
-                self.expiry_margin,
-                self.region.clone(),
-            )));
-        }
-        self.irsa().map(Identity::Irsa)
-    }
-
-    fn irsa(&self) -> anyhow::Result<Irsa> {
-        match (&self.token_file, &self.role_arn) {
-            (Some(file), Some(arn)) => Irsa::new(
-                self.ids(),
-                file.clone(),
-                arn.clone(),
-                self.region.clone(),
-                self.expectations(),
-            )
-            .map_err(anyhow::Error::msg),
-            (None, _) => anyhow::bail!(
-                "no identity: AWS_WEB_IDENTITY_TOKEN_FILE (or --token-file) is not set. On EKS, \
-                 annotate the runner's service account with eks.amazonaws.com/role-arn; on a \
-                 laptop, use --mock"
-            ),
-            (_, None) => anyhow::bail!(
-                "no identity: AWS_ROLE_ARN (or --role-arn) is not set. On EKS, annotate the \
-                 runner's service account with eks.amazonaws.com/role-arn; on a laptop, use --mock"
-            ),
-        }
-    }
-
-    /// All sources, identity first so explicit `--secret` declarations win shared ids. With
-    /// `--secret` declarations and no identity configured, serves just those.
-    pub fn sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
-        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-        if !self.has_identity() && !self.secrets.is_empty() {
-            tracing::warn!("no AWS identity configured: serving only the --secret declarations");
-        } else if self.sts.sts {
-            sources.push(Arc::new(self.sts()?));
-            if self.sts.serve_identity {
-                sources.push(Arc::new(self.irsa()?));
-            }
-        } else {
-            sources.push(self.identity_source()?);
-        }
-        sources.extend(self.static_source()?);
-        Ok(sources)
-    }
-
-    /// True when an identity (IRSA or mock) is configured at all.
-    pub fn has_identity(&self) -> bool {
-        self.mock || self.token_file.is_some() || self.role_arn.is_some()
-    }
-
-    /// The raw identity (IRSA token and role ARN, or the mock), as a source.
-    pub fn identity_source(&self) -> anyhow::Result<Arc<dyn Source>> {
-        Ok(match self.identity()? {
-            Identity::Irsa(s) => Arc::new(s),
-            Identity::Mock(s) => Arc::new(s),
-        })
-    }
-
+impl SecretArgs {
     /// The `--secret` declarations, as a source, if there are any.
-    pub fn static_source(&self) -> anyhow::Result<Option<Arc<dyn Source>>> {
+    pub fn source(&self) -> anyhow::Result<Option<Arc<dyn Source>>> {
         if self.secrets.is_empty() {
             return Ok(None);
         }
@@ -254,28 +268,107 @@ impl IdentityArgs {
             Static::new(self.secrets.clone()).map_err(anyhow::Error::msg)?,
         )))
     }
+}
 
-    /// The STS source `--sts` selects: the IRSA token exchanged for scoped credentials.
-    pub fn sts(&self) -> anyhow::Result<Sts> {
-        if self.mock {
-            anyhow::bail!(
-                "--sts exchanges the real IRSA token and --mock has none STS would accept: drop \
-                 --mock and point --token-file and --role-arn at an identity"
-            );
+/// Everything `serve` and each `proxy` listener serve: the identity, its ids, extra secrets,
+/// and the STS exchange.
+#[derive(Debug, Clone, Args)]
+pub struct ServedArgs {
+    /// The token and the role.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    /// The region.
+    #[command(flatten)]
+    pub region: RegionArgs,
+
+    /// The ids the identity is served under.
+    #[command(flatten)]
+    pub ids: IdsArgs,
+
+    /// The `--secret` declarations.
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+
+    /// Scoped STS credentials instead of the raw identity.
+    #[command(flatten)]
+    pub sts: sts::StsArgs,
+}
+
+impl ServedArgs {
+    /// All sources, identity first so explicit `--secret` declarations win shared ids. With
+    /// `--secret` declarations and no identity configured, serves just those.
+    pub fn sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let (ids, region) = (self.ids.ids(), self.region.region.clone());
+        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+        if !self.identity.has_identity() && !self.secrets.secrets.is_empty() {
+            tracing::warn!("no AWS identity configured: serving only the --secret declarations");
+        } else if self.sts.sts {
+            sources.push(Arc::new(self.sts.source(
+                &self.identity,
+                &ids,
+                region.clone(),
+            )?));
+            if self.sts.serve_identity {
+                sources.push(Arc::new(self.identity.irsa(ids, region)?));
+            }
+        } else {
+            sources.push(self.identity.source(ids, region)?);
         }
-        let irsa = self.irsa()?;
-        let Some(region) = self.region.clone() else {
-            anyhow::bail!(
-                "--sts needs a region for STS's regional endpoint: set AWS_REGION or pass --region"
-            );
-        };
-        let role_arn = self.role_arn.as_deref().unwrap_or_default();
-        Ok(Sts::new(
-            irsa,
-            self.sts.scope(role_arn)?,
-            Exchange::new(&region, self.sts.sts_endpoint.as_deref()),
-            self.expiry_margin,
-            Some((self.region_id.clone(), region)),
-        ))
+        sources.extend(self.secrets.source()?);
+        Ok(sources)
+    }
+}
+
+/// What `scan` looks for: the values the helper would serve with the same flags. The STS
+/// flags are left out (fresh credentials cannot be in an image, and the generic detectors find
+/// STS keys of any origin), and so is the region (no credential, and in every AWS SDK); the
+/// expiry margin and the region's id, which change nothing here, are hidden.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("mock", |a| a
+        .help("Look for the mock identity's values instead of IRSA's")
+        .long_help(None::<&str>)),
+    mut_arg("token_file", |a| a
+        .help("Look for the token in this file (the projected service-account token)")
+        .long_help(None::<&str>)),
+    mut_arg("role_arn", |a| a.help("Look for this IAM role ARN")),
+    mut_arg("audience", |a| a.help("The audience the token in --token-file must carry")),
+    mut_arg("expiry_margin", |a| a.hide(true)),
+    mut_arg("token_id", |a| a.help("The id a token finding is reported under")),
+    mut_arg("role_arn_id", |a| a.help("The id a role ARN finding is reported under")),
+    mut_arg("region_id", |a| a.hide(true)),
+    mut_arg("secrets", |a| a
+        .help("Also look for this secret, declared as for `serve`: id=ID,src=FILE or id=ID,env=VAR (repeatable)")
+        .long_help(None::<&str>)),
+)]
+pub struct SearchArgs {
+    /// The token and the role.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    /// The ids the identity is served under.
+    #[command(flatten)]
+    pub ids: IdsArgs,
+
+    /// The `--secret` declarations.
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+}
+
+impl SearchArgs {
+    /// True when an identity (IRSA or mock) is configured at all.
+    pub fn has_identity(&self) -> bool {
+        self.identity.has_identity()
+    }
+
+    /// The raw identity, as a source (without the region, which is no credential).
+    pub fn identity_source(&self) -> anyhow::Result<Arc<dyn Source>> {
+        self.identity.source(self.ids.ids(), None)
+    }
+
+    /// The `--secret` declarations, as a source, if there are any.
+    pub fn static_source(&self) -> anyhow::Result<Option<Arc<dyn Source>>> {
+        self.secrets.source()
     }
 }

@@ -3,17 +3,19 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Args, Parser};
+use clap::{Args, CommandFactory, Parser};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
-use super::IdentityArgs;
+use super::{RuntimeArgs, ServedArgs};
 use crate::audit::Audit;
+use crate::config::{Place, Schema};
 use crate::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
 use crate::proxy::tls::TlsArgs;
@@ -33,6 +35,9 @@ pub struct ProxyArgs {
 
     #[command(flatten)]
     pub listener: ListenerArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Settings shared by every listener.
@@ -104,7 +109,7 @@ pub struct ListenerArgs {
     pub socket: SocketArgs,
 
     #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub served: ServedArgs,
 }
 
 /// Parses one `[[listener]]` table's flags.
@@ -137,9 +142,10 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             if args.listener.listen.is_some() {
                 anyhow::bail!("give listeners either in --config or with --listen, not both");
             }
-            let file = crate::config::load(path).map_err(anyhow::Error::msg)?;
-            let from_file = GlobalFlags::try_parse_from(&file.global)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let schema = Schema::new(GlobalFlags::command(), ListenerFlags::command());
+            let file = schema.load(path)?;
+            let from_file = schema
+                .matches::<GlobalFlags>(path, Place::Top, &file.global)?
                 .global;
             let global = GlobalArgs {
                 audit_log: args.global.audit_log.or(from_file.audit_log),
@@ -148,8 +154,7 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             };
             let mut listeners = Vec::new();
             for (i, flags) in file.listeners.iter().enumerate() {
-                let parsed = ListenerFlags::try_parse_from(flags)
-                    .map_err(|e| anyhow::anyhow!("{}: listener {}: {e}", path.display(), i + 1))?;
+                let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), flags)?;
                 listeners.push(parsed.listener);
             }
             if listeners.is_empty() {
@@ -213,6 +218,10 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             "proxying: point DOCKER_HOST, buildctl --addr or the buildx remote driver at unix://{}",
             bound.file.path().display()
         );
+        tokio::spawn(check_upstream(
+            provider.listener().to_string(),
+            daemon.upstream.clone(),
+        ));
         let stop = stop.clone();
         tasks.spawn(async move {
             crate::proxy::run(
@@ -240,13 +249,9 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         .as_deref()
         .ok_or_else(|| context("--listen unix:///PATH is required".into()))?;
     let allowed = (!l.allow_ids.is_empty()).then(|| l.allow_ids.iter().cloned().collect());
-    let provider = Provider::new(
-        l.identity
-            .sources()
-            .map_err(|e| context(format!("{e:#}")))?,
-    )
-    .with_policy(&l.name, allowed)
-    .with_observers(audit.clone(), metrics.clone());
+    let provider = Provider::new(l.served.sources().map_err(|e| context(format!("{e:#}")))?)
+        .with_policy(&l.name, allowed)
+        .with_observers(audit.clone(), metrics.clone());
     let tls = l.tls.load(l.upstream.host()).map_err(context)?;
     let path = socket::parse_unix_address(listen).map_err(context)?;
     let bound = socket::bind(&path, &l.socket.options()).map_err(context)?;
@@ -257,6 +262,38 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         gate: Gate::new(l.allow_uids, l.allow_gids, l.max_sessions),
     })
 }
+
+/// Says at start-up, in one line, when a listener's daemon does not answer: otherwise the
+/// first sign would be a failed build. Not fatal, since a sidecar and its daemon start together.
+async fn check_upstream(listener: String, upstream: Upstream) {
+    let why = match tokio::time::timeout(UPSTREAM_CHECK, upstream.connect()).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => match &upstream {
+            Upstream::Unix(path) => match std::fs::metadata(path) {
+                Ok(meta) if !meta.file_type().is_socket() => {
+                    format!("{} is not a socket", path.display())
+                }
+                Ok(_) => format!("nobody listens on the socket: {e}"),
+                Err(_) => format!("nothing at {}", path.display()),
+            },
+            Upstream::Tcp(_) => e.to_string(),
+        },
+        Err(_) => format!(
+            "no connection within {}",
+            humantime::format_duration(UPSTREAM_CHECK)
+        ),
+    };
+    tracing::warn!(
+        listener,
+        upstream = %upstream,
+        "the daemon at {upstream} does not answer yet ({why}); builds through this listener fail \
+         until it does. Still serving: check --upstream and that dockerd or buildkitd runs and \
+         listens there"
+    );
+}
+
+/// How long the start-up check waits for the daemon.
+const UPSTREAM_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `/readyz`: every listener's identity is valid and its daemon reachable.
 struct Probes(Vec<(Provider, Upstream)>);

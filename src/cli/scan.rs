@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::IdentityArgs;
+use super::SearchArgs;
 use crate::scan::report::{self, Format};
 use crate::scan::{docker, Limits, Needles, Progress, Report};
 use crate::sources::Source;
@@ -38,7 +38,7 @@ pub struct ScanArgs {
     /// Where the values to look for come from (the same flags as `serve`); with none, only the
     /// generic detectors run.
     #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub identity: SearchArgs,
 }
 
 pub(super) async fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
@@ -96,10 +96,10 @@ async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
 
 /// The values every configured source serves now. Sources that fail fail the scan: scanning
 /// without them would report a clean image it has not checked.
-async fn needles(identity: &IdentityArgs) -> anyhow::Result<(Needles, Vec<String>)> {
+async fn needles(identity: &SearchArgs) -> anyhow::Result<(Needles, Vec<String>)> {
     let mut needles = Needles::default();
     let mut notes = Vec::new();
-    if !identity.has_identity() && identity.secrets.is_empty() {
+    if !identity.has_identity() && identity.secrets.secrets.is_empty() {
         notes.push(
             "no identity or --secret configured: only the generic detectors ran (AWS keys, \
              session tokens, identity JWTs)"
@@ -107,8 +107,6 @@ async fn needles(identity: &IdentityArgs) -> anyhow::Result<(Needles, Vec<String
         );
         return Ok((needles, notes));
     }
-    // Not `IdentityArgs::sources`: with --sts it would mint fresh credentials, which no image
-    // can hold; the generic detectors find STS keys instead.
     let mut sources: Vec<Arc<dyn Source>> = Vec::new();
     if identity.has_identity() {
         sources.push(identity.identity_source()?);
@@ -116,9 +114,6 @@ async fn needles(identity: &IdentityArgs) -> anyhow::Result<(Needles, Vec<String
     sources.extend(identity.static_source()?);
     for source in sources {
         for id in source.ids() {
-            if source.name() != "static" && id == identity.region_id {
-                continue; // a region is not a credential, and appears in every AWS SDK
-            }
             match source.fetch(&id).await {
                 Ok(Some(value)) => needles.add(id, value),
                 Ok(None) => {}

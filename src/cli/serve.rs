@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::IdentityArgs;
+use super::{RuntimeArgs, ServedArgs};
 use crate::provider::Provider;
 use crate::socket::{self, SocketOptions};
 
@@ -19,7 +19,10 @@ pub struct ServeArgs {
     pub socket: SocketArgs,
 
     #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub served: ServedArgs,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Who may connect to the helper's socket.
@@ -52,7 +55,7 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let provider = Provider::new(args.identity.sources()?);
+    let provider = Provider::new(args.served.sources()?);
     let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
     let bound = socket::bind(&path, &args.socket.options()).map_err(anyhow::Error::msg)?;
     crate::serve::run(provider, bound, crate::serve::shutdown_signal()).await?;

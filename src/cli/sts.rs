@@ -5,9 +5,13 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::IdentityArgs;
+use crate::sources::sts::exchange::Exchange;
 use crate::sources::sts::scope::{self, Scope, SessionName};
+use crate::sources::sts::Sts;
+use crate::sources::IdentityIds;
 
-/// How the token is exchanged with STS, shared by every command that serves or inspects it.
+/// How the token is exchanged with STS: `serve`, `proxy` and `doctor`.
 #[derive(Debug, Clone, Args)]
 pub struct StsArgs {
     /// Exchange the token with STS (AssumeRoleWithWebIdentity) and serve the resulting
@@ -47,6 +51,36 @@ pub struct StsArgs {
 }
 
 impl StsArgs {
+    /// The STS source `--sts` selects: `identity`'s IRSA token exchanged for scoped
+    /// credentials at `region`'s endpoint, the region served under `ids`' region id.
+    pub fn source(
+        &self,
+        identity: &IdentityArgs,
+        ids: &IdentityIds,
+        region: Option<String>,
+    ) -> anyhow::Result<Sts> {
+        if identity.token.mock {
+            anyhow::bail!(
+                "--sts exchanges the real IRSA token and --mock has none STS would accept: drop \
+                 --mock and point --token-file and --role-arn at an identity"
+            );
+        }
+        let irsa = identity.irsa(ids.clone(), region.clone())?;
+        let Some(region) = region else {
+            anyhow::bail!(
+                "--sts needs a region for STS's regional endpoint: set AWS_REGION or pass --region"
+            );
+        };
+        let role_arn = identity.role_arn.as_deref().unwrap_or_default();
+        Ok(Sts::new(
+            irsa,
+            self.scope(role_arn)?,
+            Exchange::new(&region, self.sts_endpoint.as_deref()),
+            identity.token.expiry_margin,
+            Some((ids.region.clone(), region)),
+        ))
+    }
+
     /// The scope of the exchange for `role_arn`, with the session policy read and checked.
     pub fn scope(&self, role_arn: &str) -> anyhow::Result<Scope> {
         scope::check_policy_arns(&self.policy_arns).map_err(anyhow::Error::msg)?;

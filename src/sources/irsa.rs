@@ -42,12 +42,9 @@ impl Irsa {
         })
     }
 
-    /// Reads and validates the token as a request would, for `token` and `doctor`.
+    /// Reads and validates the token as a request would.
     pub fn checked_token(&self) -> Result<(SecretValue, jwt::Checked), SourceError> {
-        let value = read_token(&self.token_file)?;
-        let checked = jwt::check(value.expose(), &self.want, SystemTime::now())
-            .map_err(|e| token_error(&self.token_file, &e))?;
-        Ok((value, checked))
+        check_token_file(&self.token_file, &self.want)
     }
 
     fn token(&self) -> Result<SecretValue, SourceError> {
@@ -133,18 +130,42 @@ pub fn read_token(path: &Path) -> Result<SecretValue, SourceError> {
     }
 }
 
-fn token_error(file: &Path, err: &TokenError) -> SourceError {
-    let hint = match err {
+/// Reads and validates the token in `file` as a request would, for `token` and `doctor` too
+/// (which need no role ARN).
+pub fn check_token_file(
+    file: &Path,
+    want: &Expectations,
+) -> Result<(SecretValue, jwt::Checked), SourceError> {
+    let value = read_token(file)?;
+    let checked =
+        jwt::check(value.expose(), want, SystemTime::now()).map_err(|e| token_error(file, &e))?;
+    Ok((value, checked))
+}
+
+/// What to do about a token that failed validation.
+pub fn token_hint(err: &TokenError) -> &'static str {
+    match err {
         TokenError::Expired { .. } => {
             "kubelet rotates projected tokens at 80% of their lifetime: check that the file is the \
              projected volume (not a copy) and that kubelet is running"
         }
-        TokenError::NotYetValid { .. } => "check this machine's clock",
+        TokenError::NotYetValid { .. } => {
+            "check this machine's clock (`date -u`; enable NTP with `timedatectl set-ntp true`)"
+        }
         TokenError::WrongAudience { .. } => {
             "set the projected token's audience (eks.amazonaws.com/audience) or pass --audience"
         }
-        TokenError::Malformed(_) => "the file must hold a service-account token (a JWT)",
-    };
+        TokenError::Malformed(_) => {
+            "the file must hold a service-account token (a JWT): point \
+             AWS_WEB_IDENTITY_TOKEN_FILE (or --token-file) at the projected token, on EKS \
+             /var/run/secrets/eks.amazonaws.com/serviceaccount/token, or write a mock one with \
+             `irsa-secrets mock write DIR`"
+        }
+    }
+}
+
+fn token_error(file: &Path, err: &TokenError) -> SourceError {
+    let hint = token_hint(err);
     SourceError::new(
         ErrorKind::Invalid,
         format!("web identity token in {} {err}; {hint}", file.display()),
