@@ -679,7 +679,10 @@ fn a_path_climbing_out_of_the_root_is_refused() {
         b"evil".to_vec(),
     )]);
     oci_image(&oci, &[(tar.clone(), tar, PLAIN)], &[], json!({}), &[]);
-    fails_with(&scan(&oci, &[]), "unsafe path \"../../etc/cron.d/evil\"");
+    fails_with(
+        &scan(&oci, &[]),
+        "member 0 (the header at byte 0): its path climbs out of the archive root",
+    );
 
     // In docker save's manifest.json, a layer path that points outside the archive.
     let save = dir.path().join("save.tar");
@@ -704,7 +707,10 @@ fn a_path_climbing_out_of_the_root_is_refused() {
     }
     b.finish().unwrap();
     drop(b);
-    fails_with(&scan(&patched, &[]), "unsafe path");
+    fails_with(
+        &scan(&patched, &[]),
+        "manifest.json [0].Layers[0]: the path naming it: its path climbs out",
+    );
 }
 
 #[test]
@@ -883,5 +889,190 @@ fn docker_images_are_read_through_the_engine_api() {
     fails_with(
         &out,
         "cannot save image nope:1: 404 Not Found: reference does not exist",
+    );
+}
+
+// Errors never echo hostile input: what was wrong and where, never the bytes.
+
+/// Credentials that are not AWS's documentation examples, so every detector would report them.
+const HOSTILE_KEY: &str = "AKIAZQ3HOSTILE7INPUT";
+const HOSTILE_SECRET: &str = "Zq8vJ3kWm/Px9+Lr2TnYb5HcQe7Ua0FgDs4XoIi1";
+
+/// Runs `scan IMAGE` (generic detectors only) and asserts that it fails with `message` and that
+/// stderr holds no 12-byte run of `input` and neither credential.
+fn fails_without_echo(image: &Path, message: &str, input: &[u8]) -> String {
+    let r = Radioactive::default();
+    r.watch(HOSTILE_KEY.as_bytes());
+    r.watch(HOSTILE_SECRET.as_bytes());
+    let mut cmd = common::command();
+    cmd.arg("scan").arg(image);
+    let out = common::run(&mut cmd, &r);
+    fails_with(&out, message);
+    let stderr = out.stderr.clone();
+    for window in input.windows(12) {
+        assert!(
+            !stderr.windows(12).any(|w| w == window),
+            "stderr echoes {:?} of the input: {}",
+            String::from_utf8_lossy(window),
+            String::from_utf8_lossy(&stderr)
+        );
+    }
+    String::from_utf8_lossy(&stderr).into_owned()
+}
+
+fn credentials_file() -> Vec<u8> {
+    format!(
+        "[default]\naws_access_key_id = {HOSTILE_KEY}\naws_secret_access_key = {HOSTILE_SECRET}\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_file_that_is_not_an_archive_is_named_so_without_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let what = "not a tar archive, an OCI layout or a docker-save archive";
+    // Large enough for a tar header (the tar reader's error quoted it), and smaller than one.
+    let mut large = credentials_file();
+    while large.len() < 2048 {
+        large.extend_from_slice(&credentials_file());
+    }
+    let small = credentials_file();
+    for (name, content) in [("large", large), ("small", small)] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, &content).unwrap();
+        fails_without_echo(&file, what, &content);
+    }
+}
+
+#[test]
+fn a_corrupt_tar_header_is_named_by_member_and_offset_without_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A layer whose second header is overwritten with credentials: a bad checksum, fields
+    // that are not numbers.
+    let mut tar = layer(vec![
+        E::File("etc/ok", b"fine".to_vec()),
+        E::File("etc/next", b"next".to_vec()),
+    ]);
+    let creds = credentials_file();
+    tar[1024..1024 + creds.len()].copy_from_slice(&creds);
+    let oci = dir.path().join("oci");
+    oci_image(&oci, &[(tar.clone(), tar, PLAIN)], &[], json!({}), &[]);
+    let stderr = fails_without_echo(&oci, "member 1", &creds);
+    assert!(stderr.contains("byte 1024"), "{stderr}");
+
+    // The same archive as the image itself.
+    let mut save = std::fs::read({
+        let p = dir.path().join("save.tar");
+        docker_save(&p, &[layer(vec![E::File("a", b"a".to_vec())])], &[], &[]);
+        p
+    })
+    .unwrap();
+    let second = tar::Archive::new(&save[..])
+        .entries()
+        .unwrap()
+        .nth(1)
+        .unwrap()
+        .unwrap()
+        .raw_header_position() as usize;
+    save[second..second + creds.len()].copy_from_slice(&creds);
+    let file = dir.path().join("corrupt.tar");
+    std::fs::write(&file, &save).unwrap();
+    let stderr = fails_without_echo(&file, "member 1", &creds);
+    assert!(stderr.contains(&format!("byte {second}")), "{stderr}");
+}
+
+#[test]
+fn hostile_documents_are_refused_without_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer_tar = layer(vec![E::File("a", b"a".to_vec())]);
+    // Each case: an image whose JSON puts a credential where a number, a digest or a path goes.
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "index: a string for schemaVersion",
+            json!({ "schemaVersion": HOSTILE_SECRET, "manifests": [] }),
+        ),
+        (
+            "index: a credential as a digest",
+            json!({ "schemaVersion": 2, "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("md5:{HOSTILE_KEY}"), "size": 2 }] }),
+        ),
+        (
+            "index: a credential as a media type and size",
+            json!({ "schemaVersion": 2, "manifests": [{
+                "mediaType": HOSTILE_SECRET,
+                "digest": sha(b"x"), "size": HOSTILE_KEY }] }),
+        ),
+    ];
+    for (name, index) in cases {
+        let oci = dir.path().join(name.replace([' ', ':'], "-"));
+        let layout = Oci::new(&oci);
+        layout.blob(b"x", "application/octet-stream");
+        std::fs::write(oci.join("index.json"), index.to_string()).unwrap();
+        let stderr = fails_without_echo(&oci, "index.json", index.to_string().as_bytes());
+        eprintln!("{name}: {stderr}");
+    }
+
+    // docker save: a manifest.json naming files by credentials, a config whose diff_id is one.
+    let save_case = |name: &str, manifest: Value, config: Option<String>| {
+        let out = dir.path().join(format!("{name}.tar"));
+        let mut b = tar::Builder::new(std::fs::File::create(&out).unwrap());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        add("layer0/layer.tar", &layer_tar);
+        if let Some(config) = &config {
+            add(
+                &format!("{}.json", &sha(config.as_bytes())[7..]),
+                config.as_bytes(),
+            );
+        }
+        add("manifest.json", manifest.to_string().as_bytes());
+        b.finish().unwrap();
+        drop(b);
+        out
+    };
+    let missing = save_case(
+        "missing",
+        json!([{ "Config": format!("{HOSTILE_KEY}.json"), "Layers": [format!("{HOSTILE_SECRET}/layer.tar")] }]),
+        None,
+    );
+    fails_without_echo(&missing, "manifest.json", HOSTILE_KEY.as_bytes());
+    let config = config(&[format!("sha256:{HOSTILE_SECRET}")], &[], json!({}), &[]).to_string();
+    let config_name = format!("{}.json", &sha(config.as_bytes())[7..]);
+    let diff_id = save_case(
+        "diff-id",
+        json!([{ "Config": config_name, "Layers": ["layer0/layer.tar"] }]),
+        Some(config.clone()),
+    );
+    fails_without_echo(&diff_id, "diff_id", config.as_bytes());
+    let climbing = save_case(
+        "climbing",
+        json!([{ "Config": format!("../{HOSTILE_KEY}.json"), "Layers": [] }]),
+        None,
+    );
+    fails_without_echo(&climbing, "climbs out", HOSTILE_KEY.as_bytes());
+}
+
+#[test]
+fn a_member_path_climbing_out_is_refused_by_index_without_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let name = format!("../{HOSTILE_KEY}");
+    let tar = layer(vec![
+        E::File("ok", b"ok".to_vec()),
+        E::Raw(
+            raw_header(name.as_bytes(), tar::EntryType::Regular, 4),
+            b"evil".to_vec(),
+        ),
+    ]);
+    oci_image(&oci, &[(tar.clone(), tar, PLAIN)], &[], json!({}), &[]);
+    let stderr = fails_without_echo(&oci, "member 1 (the header at byte 1024)", name.as_bytes());
+    assert!(
+        stderr.contains("climbs out of the archive root"),
+        "{stderr}"
     );
 }

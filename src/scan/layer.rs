@@ -268,7 +268,7 @@ fn search_stream<R: Read>(
         {
             let mut archive = tar::Archive::new(&mut stream);
             let entries = archive.entries().map_err(io_err)?.raw(true);
-            tarx::for_each(entries, what, limits.max_header_bytes, |meta, entry| {
+            tarx::for_each(entries, what, limits.max_header_bytes, |meta, _, entry| {
                 let mut name_hits = Vec::new();
                 matcher.scan_bytes(&meta.path, &mut |h| name_hits.push(h));
                 let path = redact_spans(&meta.path, &name_hits);

@@ -25,7 +25,10 @@ mod store;
 mod tarx;
 
 /// A scan failure: the image could not be read, or it is malformed or hostile. Never holds a
-/// secret value.
+/// secret value, nor any byte of the image: an error says what is wrong and where (a member's
+/// index and offset, a document's line and column, a field's position), because whatever an
+/// image holds (a file's start, a path, a JSON value) may be a credential, and errors go to CI
+/// logs. Only names this crate makes (validated sha256 digests, the path given to `scan`) appear.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     /// Reading failed.
@@ -59,13 +62,38 @@ pub enum ScanError {
     },
     /// A path climbs out of the archive (`../`).
     #[error(
-        "{what}: unsafe path {path:?} climbs out of the archive root; refusing a hostile archive"
+        "{what}: {member}: its path climbs out of the archive root (a `..` component); refusing \
+         a hostile archive (the path is not shown: it may hold a credential)"
     )]
     UnsafePath {
         /// The archive or layer.
         what: String,
-        /// The path, made printable.
-        path: String,
+        /// Which path: a member's index and offset, or the document field that names it.
+        member: String,
+    },
+    /// A tar header is malformed or truncated.
+    #[error(
+        "{what}: {problem} at {place}; the archive is corrupt or hostile (its bytes are not \
+         shown: they may hold a credential)"
+    )]
+    Tar {
+        /// The archive or layer.
+        what: String,
+        /// The entry the header belongs to.
+        place: tarx::Place,
+        /// What is wrong, in words of our own.
+        problem: &'static str,
+    },
+    /// The file given to `scan` is no image at all.
+    #[error(
+        "{what}: not a tar archive, an OCI layout or a docker-save archive ({problem}); scan the \
+         output of `docker save`, an OCI layout (directory or tar), or docker://NAME"
+    )]
+    NotAnArchive {
+        /// The file.
+        what: String,
+        /// What its first bytes are not.
+        problem: &'static str,
     },
     /// A tar extension header (long name, PAX) is larger than allowed.
     #[error("{what}: a tar extension header of {size} bytes exceeds the limit of {limit} bytes; refusing a hostile archive")]
