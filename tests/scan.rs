@@ -1076,3 +1076,111 @@ fn a_member_path_climbing_out_is_refused_by_index_without_the_path() {
         "{stderr}"
     );
 }
+
+// Builds on a private dockerd (through the helper, which serves the IRSA token and role ARN),
+// then scans: what real encoders write is found, and the example's own flow is clean.
+
+/// Runs `scan --format json IMAGE` with the stack's identity, as CI does after a build.
+fn scan_built(s: &common::dockerd::Stack, image: &str, extra: &[&str]) -> Output {
+    let token_file = s.dir.join("sa/token").display().to_string();
+    common::run(
+        common::command()
+            .args(["scan", "--format", "json", image])
+            .args(extra)
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+            .env("AWS_ROLE_ARN", common::ARN)
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", s.daemon.socket.display()),
+            ),
+        &s.r,
+    )
+}
+
+/// Builds `dockerfile` (after `FROM` the busybox base) through the helper as `tag`; the log.
+fn build_through_helper(s: &common::dockerd::Stack, tag: &str, dockerfile: &str) -> String {
+    let ctx = s.dir.join(tag);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\n{dockerfile}\n", common::dockerd::BASE_IMAGE),
+    )
+    .unwrap();
+    let out = common::dockerd::docker_on(&s.helper.socket)
+        .args([
+            "build",
+            "--network=none",
+            "--progress=plain",
+            "--no-cache",
+            "-t",
+            tag,
+        ])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.r.assert_absent("build output", log.as_bytes());
+    assert!(out.status.success(), "{tag}:\n{log}");
+    log
+}
+
+#[test]
+fn real_builds_then_scans() {
+    if common::dockerd::skip() {
+        return;
+    }
+    let s = common::dockerd::Stack::start("irsa-scan-");
+    wrapped_encodings_written_by_real_tools_are_found(&s);
+}
+
+/// The token, written into the image by busybox's encoders (as a careless RUN step would):
+/// base64 at 76 columns (LF), at 64 (CRLF), shifted one byte (another alignment and phase),
+/// `xxd -p` (60 columns), upper-case hex, `od -An -tx1`.
+fn wrapped_encodings_written_by_real_tools_are_found(s: &common::dockerd::Stack) {
+    let leaks = [
+        ("b64-76", "busybox base64 $T"),
+        (
+            "b64-64-crlf",
+            "busybox base64 -w 0 $T | busybox fold -w 64 | busybox sed 's/$/\\r/'",
+        ),
+        ("b64-shifted", "{ echo x; cat $T; } | busybox base64"),
+        ("xxd", "busybox xxd -p $T"),
+        ("xxd-upper", "busybox xxd -p $T | busybox tr a-f A-F"),
+        ("od", "busybox od -An -tx1 $T"),
+    ];
+    let step: Vec<String> = leaks
+        .iter()
+        .map(|(name, cmd)| format!("{cmd} > /leak-{name}"))
+        .collect();
+    let log = build_through_helper(
+        s,
+        "leak-encoded",
+        &format!(
+            "RUN --mount=type=secret,id=aws-web-identity-token \
+             T=/run/secrets/aws-web-identity-token && {} \
+             && busybox head -c 66 /leak-b64-64-crlf | busybox tail -c 3 | busybox od -c",
+            step.join(" && ")
+        ),
+    );
+    // The 64-column copy really has CRLF line ends (`od -c` of its first line).
+    assert!(log.contains("\\r  \\n"), "{log}");
+    let out = scan_built(s, "docker://leak-encoded", &[]);
+    let f = findings(&out);
+    for (name, _) in leaks {
+        let form = if name.starts_with("b64") {
+            "base64"
+        } else {
+            "hex"
+        };
+        let detector = format!("secret aws-web-identity-token ({form}, wrapped)");
+        let hit = f
+            .iter()
+            .find(|f| f["path"] == format!("leak-{name}"))
+            .unwrap_or_else(|| panic!("leak-{name} is not found: {f:#?}"));
+        assert_eq!(hit["detector"], detector, "{hit}");
+    }
+}

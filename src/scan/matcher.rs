@@ -1,8 +1,19 @@
 //! Multi-pattern streaming search: one Aho-Corasick automaton holds every exact needle (raw,
-//! base64 at its three alignments, URL-encoded) and the anchors of the generic detectors, whose
-//! candidates are then confirmed by a few bytes of look-around. Streams are searched in large
-//! windows that overlap by the longest pattern plus the look-ahead, so a secret split across two
-//! reads is still found, exactly once.
+//! base64 at its three alignments, URL-encoded, hex) and the anchors of the generic detectors,
+//! whose candidates are then confirmed by a few bytes of look-around. Streams are searched in
+//! large windows that overlap by the longest pattern plus the look-ahead, so a secret split
+//! across two reads is still found, exactly once.
+//!
+//! Encoders wrap their output (`base64` at 76 columns, PEM and `openssl base64` at 64, `xxd -p`
+//! at 60, `od -An -tx1` at 16 bytes with spaces between them), with LF or CRLF, at any phase
+//! relative to the value. Wrapped needles are not added to the automaton (one per line width,
+//! phase, line ending and alignment: thousands of long patterns, and no prefilter left for the
+//! common case); instead, the stretches that can hold a wrapped encoding are normalised and
+//! searched again. Such a stretch is a run of base64 characters with a line break in it, or of
+//! hex digits and spaces with a line break in it. Line breaks are found with a `memchr`
+//! prefilter, and in binary data and ordinary text the runs around them are a few bytes long and
+//! rejected at once, so the normalising pass only ever touches encoded text: its cost is a
+//! search for `\n`, not a second pass over every byte.
 
 use std::io::{self, Read};
 
@@ -22,6 +33,25 @@ const SESSION_TOKEN_MAX: usize = 4096;
 const LOOKBEHIND: usize = 8;
 /// Bytes read per window, beyond the overlap.
 const CHUNK: usize = 1 << 20;
+/// Longest line of a spaced hex dump that is sure to be searched in full (`od` writes 48 bytes).
+const HEX_LINE_MAX: usize = 256;
+
+/// Which bytes may make up a stretch of wrapped base64 (or `xxd -p` hex): the standard
+/// alphabet, padding and line breaks.
+const BASE64_RUN: [bool; 256] =
+    class(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n");
+/// Which bytes may make up a stretch of spaced hex (`od -An -tx1`): hex digits, spaces, breaks.
+const HEX_RUN: [bool; 256] = class(b"0123456789abcdefABCDEF \r\n");
+
+const fn class(members: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < members.len() {
+        table[members[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
 
 /// What a pattern of the automaton stands for.
 #[derive(Debug, Clone)]
@@ -61,6 +91,19 @@ pub struct Matcher {
     max_pattern: usize,
     /// Bytes that must follow a match start in the window before it is judged.
     lookahead: usize,
+    /// The needles' base64 and hex forms, searched in normalised wrapped stretches.
+    wrapped: Option<Wrapped>,
+}
+
+/// The search for wrapped encodings: the forms, and the automaton that finds line breaks.
+struct Wrapped {
+    ac: AhoCorasick,
+    labels: Vec<String>,
+    /// Shortest form: shorter stretches cannot hold one.
+    min_len: usize,
+    /// Most bytes a wrapped form spans in the original (its length, gaps included).
+    max_span: usize,
+    breaks: AhoCorasick,
 }
 
 impl Matcher {
@@ -69,6 +112,8 @@ impl Matcher {
         let mut notes = Vec::new();
         let mut bytes: Vec<Vec<u8>> = Vec::new();
         let mut patterns = Vec::new();
+        let mut wrapped: Vec<Vec<u8>> = Vec::new();
+        let mut wrapped_labels = Vec::new();
         for (id, value) in needles.iter() {
             let value = value.expose();
             if value.len() < MIN_NEEDLE_LEN {
@@ -78,6 +123,11 @@ impl Matcher {
                 continue;
             }
             for (form, encoded) in encodings(value) {
+                let wraps = matches!(form, "base64" | "hex");
+                if wraps && encoded.len() >= MIN_NEEDLE_LEN && !wrapped.contains(&encoded) {
+                    wrapped.push(encoded.clone());
+                    wrapped_labels.push(format!("secret {id} ({form}, wrapped)"));
+                }
                 if encoded.len() >= MIN_NEEDLE_LEN && !bytes.contains(&encoded) {
                     bytes.push(encoded);
                     patterns.push(Pattern::Needle(if form.is_empty() {
@@ -113,13 +163,29 @@ impl Matcher {
             .match_kind(MatchKind::LeftmostLongest)
             .build(&bytes)
             .expect("patterns are plain byte strings within the automaton's limits");
-        let lookahead = max_pattern + JWT_MAX;
+        let wrapped = (!wrapped.is_empty()).then(|| {
+            let longest = wrapped.iter().map(Vec::len).max().unwrap_or(0);
+            Wrapped {
+                ac: AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&wrapped)
+                    .expect("patterns are plain byte strings within the automaton's limits"),
+                labels: wrapped_labels,
+                min_len: wrapped.iter().map(Vec::len).min().unwrap_or(0),
+                // Spaced hex is the widest: 3 bytes per 2 digits, plus a CRLF per 16 bytes.
+                max_span: 2 * longest + 16,
+                breaks: AhoCorasick::new([b"\n"]).expect("one byte is a valid pattern"),
+            }
+        });
+        let span = wrapped.as_ref().map_or(0, |w| w.max_span + HEX_LINE_MAX);
+        let lookahead = max_pattern.max(span) + JWT_MAX;
         (
             Matcher {
                 ac,
                 patterns,
                 max_pattern,
                 lookahead,
+                wrapped,
             },
             notes,
         )
@@ -127,7 +193,7 @@ impl Matcher {
 
     /// Searches a whole in-memory value (a file name, a config field).
     pub fn scan_bytes(&self, hay: &[u8], on_hit: &mut dyn FnMut(Hit)) {
-        self.search(hay, 0, hay.len(), 0, true, on_hit);
+        self.search(hay, 0, hay.len(), 0, 0, true, on_hit);
     }
 
     /// Searches a stream of any length in bounded memory; returns the number of bytes read.
@@ -143,6 +209,8 @@ impl Matcher {
         }
         let buf = &mut window.buf;
         let (mut len, mut from, mut base, mut total) = (0usize, 0usize, 0u64, 0u64);
+        // Where wrapped forms start being judged: the previous window judged those before.
+        let mut wrapped_from = 0usize;
         loop {
             let mut eof = false;
             while len < buf.len() {
@@ -160,7 +228,7 @@ impl Matcher {
                 }
             }
             let end = if eof { len } else { len - self.lookahead };
-            let resume = self.search(&buf[..len], from, end, base, eof, on_hit);
+            let resume = self.search(&buf[..len], from, end, wrapped_from, base, eof, on_hit);
             if eof {
                 return Ok(total);
             }
@@ -168,6 +236,7 @@ impl Matcher {
             buf.copy_within(keep..len, 0);
             len -= keep;
             from = resume - keep;
+            wrapped_from = end - keep;
             base += keep as u64;
         }
     }
@@ -178,9 +247,41 @@ impl Matcher {
         CHUNK.max(2 * overlap) + overlap
     }
 
-    /// Judges every match starting in `from..end` of `hay`; returns where the next search
+    /// Judges every match starting in `from..end` of `hay` (wrapped forms: in
+    /// `wrapped_from..end`), reporting them in offset order; returns where the next search
     /// resumes. `base` is the stream offset of `hay[0]`; `eof` says nothing follows `hay`.
+    #[allow(clippy::too_many_arguments)]
     fn search(
+        &self,
+        hay: &[u8],
+        from: usize,
+        end: usize,
+        wrapped_from: usize,
+        base: u64,
+        eof: bool,
+        on_hit: &mut dyn FnMut(Hit),
+    ) -> usize {
+        let mut wrapped = match &self.wrapped {
+            Some(w) => w.hits(hay, wrapped_from, if eof { hay.len() } else { end }, base),
+            None => Vec::new(),
+        }
+        .into_iter()
+        .peekable();
+        let resume = {
+            let mut in_order = |hit: Hit| {
+                while let Some(w) = wrapped.next_if(|w| w.offset < hit.offset) {
+                    on_hit(w);
+                }
+                on_hit(hit);
+            };
+            self.search_exact(hay, from, end, base, eof, &mut in_order)
+        };
+        wrapped.for_each(on_hit);
+        resume
+    }
+
+    /// The automaton's part of [`Matcher::search`].
+    fn search_exact(
         &self,
         hay: &[u8],
         from: usize,
@@ -220,21 +321,134 @@ impl Matcher {
     }
 }
 
+impl Wrapped {
+    /// Wrapped forms starting in `from..end` of `hay`, in offset order. Looks at the line
+    /// breaks from `from` on, and at the runs of base64 and of spaced hex around each: a run
+    /// long enough to hold a form is copied without its gaps (line breaks; spaces too in
+    /// hex runs) and searched. Only forms with a gap inside are reported: the automaton finds
+    /// the others.
+    fn hits(&self, hay: &[u8], from: usize, end: usize, base: u64) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        if from >= end {
+            return hits;
+        }
+        // A hit starting before `end` has its gaps, and the end of its line, before `scan_to`.
+        let scan_to = (end + self.max_span + HEX_LINE_MAX).min(hay.len());
+        let mut pos = from;
+        let mut flat = Vec::new();
+        let mut done_base64 = from;
+        let mut done_hex = from;
+        while pos < scan_to {
+            let Some(m) = self.breaks.find(Input::new(hay).span(pos..scan_to)) else {
+                break;
+            };
+            let at = m.start();
+            pos = at + 1;
+            // Base64 (and `xxd -p`) runs: hits must span a line break. Spaced hex runs: hits
+            // must span a space, so no hit is found in both.
+            for (table, gaps, required_gap, done) in [
+                (&BASE64_RUN, &b"\r\n"[..], &b"\r\n"[..], &mut done_base64),
+                (&HEX_RUN, &b" \r\n"[..], &b" "[..], &mut done_hex),
+            ] {
+                if at < *done {
+                    continue; // inside a run already searched
+                }
+                let start = at
+                    - hay[..at]
+                        .iter()
+                        .rev()
+                        .take_while(|b| table[**b as usize])
+                        .count();
+                let stop = at + hay[at..].iter().take_while(|b| table[**b as usize]).count();
+                *done = stop;
+                if stop - start >= self.min_len {
+                    self.search_run(
+                        &hay[start..stop],
+                        start,
+                        gaps,
+                        required_gap,
+                        from,
+                        end,
+                        base,
+                        &mut flat,
+                        &mut hits,
+                    );
+                }
+            }
+        }
+        hits.sort_by_key(|h| h.offset);
+        hits
+    }
+
+    /// Searches `run` (at `start` in the window) with its `gaps` removed; keeps the hits that
+    /// start in `from..end` and span a `required_gap` (hits without one are found by the
+    /// automaton, or in the other kind of run).
+    #[allow(clippy::too_many_arguments)]
+    fn search_run(
+        &self,
+        run: &[u8],
+        start: usize,
+        gaps: &[u8],
+        required_gap: &[u8],
+        from: usize,
+        end: usize,
+        base: u64,
+        flat: &mut Vec<u8>,
+        hits: &mut Vec<Hit>,
+    ) {
+        flat.clear();
+        flat.extend(run.iter().copied().filter(|b| !gaps.contains(b)));
+        if flat.len() < self.min_len {
+            return;
+        }
+        // Maps flat offsets back to the run, walking forwards only: matches come in order.
+        let (mut i, mut kept) = (0, 0);
+        let mut locate = |flat_at: usize| loop {
+            if !gaps.contains(&run[i]) {
+                if kept == flat_at {
+                    return i;
+                }
+                kept += 1;
+            }
+            i += 1;
+        };
+        for m in self.ac.find_iter(&flat[..]) {
+            let first = locate(m.start());
+            let last = locate(m.end() - 1);
+            let (at, len) = (start + first, last + 1 - first);
+            let spans_gap = run[first..=last].iter().any(|b| required_gap.contains(b));
+            if !spans_gap || at < from || at >= end {
+                continue;
+            }
+            let value = &flat[m.start()..m.end()];
+            hits.push(Hit {
+                offset: base + at as u64,
+                len,
+                detector: self.labels[m.pattern().as_usize()].clone(),
+                snippet: redact(value),
+            });
+        }
+    }
+}
+
 /// A reusable search buffer, so scanning many small files allocates once.
 #[derive(Default)]
 pub struct Window {
     buf: Vec<u8>,
 }
 
-/// The forms a needle may take in an image: raw, URL-encoded, and base64 (standard and URL-safe
-/// alphabets) at each of the three byte alignments, keeping only the characters that depend on
-/// the value alone.
+/// The forms a needle may take in an image: raw, URL-encoded, hex (lower and upper case), and
+/// base64 (standard and URL-safe alphabets) at each of the three byte alignments, keeping only
+/// the characters that depend on the value alone.
 fn encodings(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let mut forms = vec![("", value.to_vec())];
     let url = url_encode(value).into_bytes();
     if url != value {
         forms.push(("URL-encoded", url));
     }
+    let hex = hex::encode(value);
+    forms.push(("hex", hex.to_ascii_uppercase().into_bytes()));
+    forms.push(("hex", hex.into_bytes()));
     for (name, engine) in [
         ("base64", &STANDARD_NO_PAD),
         ("base64url", &URL_SAFE_NO_PAD),
@@ -382,6 +596,7 @@ pub fn redact(value: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::secret::SecretValue;
+    use base64::engine::general_purpose::STANDARD;
 
     fn matcher(values: &[&str]) -> Matcher {
         let mut needles = Needles::default();
@@ -443,6 +658,92 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// `text` with a line break after every `width` bytes, as encoders write it.
+    fn wrap(text: &[u8], width: usize, eol: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in text.chunks(width) {
+            out.extend_from_slice(line);
+            out.extend_from_slice(eol.as_bytes());
+        }
+        out
+    }
+
+    /// `od -An -tx1`: 16 bytes a line, each as a space and two digits.
+    fn od(value: &[u8], eol: &str) -> Vec<u8> {
+        let mut out = String::new();
+        for line in value.chunks(16) {
+            for b in line {
+                out.push_str(&format!(" {b:02x}"));
+            }
+            out.push_str(eol);
+        }
+        out.into_bytes()
+    }
+
+    #[test]
+    fn wrapped_base64_and_hex_are_found_at_every_phase_once() {
+        let secret = "arn:aws:iam::123456789012:role/wrapped-secret-ci";
+        let m = matcher(&[secret]);
+        for width in [76, 64, 60] {
+            for eol in ["\n", "\r\n"] {
+                for lead in 0..width {
+                    let data = format!("{}{secret}!tail", "p".repeat(lead));
+                    let b64 = wrap(STANDARD.encode(&data).as_bytes(), width, eol);
+                    let hex = wrap(hex::encode(&data).as_bytes(), width, eol);
+                    let upper = hex.to_ascii_uppercase();
+                    for (form, text) in [("base64", b64), ("hex", hex), ("hex", upper)] {
+                        let hits = hits_bytes(&m, &text);
+                        assert_eq!(hits.len(), 1, "{form} {width} {eol:?} {lead}: {hits:?}");
+                        assert!(hits[0].detector.contains(form), "{hits:?}");
+                        // The span covers the value's characters and the breaks between them.
+                        let start = hits[0].offset as usize;
+                        let flat: Vec<u8> = text[start..start + hits[0].len]
+                            .iter()
+                            .copied()
+                            .filter(|b| !b"\r\n".contains(b))
+                            .collect();
+                        assert!(flat.len() >= secret.len() * 8 / 6 - 2, "{hits:?}");
+                    }
+                }
+            }
+        }
+        for lead in 0..16 {
+            let data = format!("{}{secret}", "p".repeat(lead));
+            for eol in ["\n", "\r\n"] {
+                let hits = hits_bytes(&m, &od(data.as_bytes(), eol));
+                assert_eq!(hits.len(), 1, "od {lead} {eol:?}: {hits:?}");
+                assert_eq!(hits[0].detector, "secret s0 (hex, wrapped)");
+                assert_eq!(hits[0].offset, 3 * lead as u64 + 1 + (lead as u64 / 16));
+            }
+        }
+    }
+
+    #[test]
+    fn wrapped_forms_spanning_window_boundaries_are_found_once() {
+        let secret = "wrapped-boundary-secret-0123456789";
+        let m = matcher(&[secret]);
+        // A long base64 text (as `base64 FILE` writes it) with the secret every 1000 bytes of
+        // input: some copy straddles each window boundary, at some phase.
+        let mut data = Vec::new();
+        let mut expected = 0;
+        while data.len() < 3 * CHUNK {
+            data.extend_from_slice(&noise_block(1000));
+            data.extend_from_slice(secret.as_bytes());
+            expected += 1;
+        }
+        let text = wrap(STANDARD.encode(&data).as_bytes(), 76, "\r\n");
+        let all = hits_bytes(&m, &text);
+        assert_eq!(all.len(), expected, "in memory");
+        for read in [1 << 20, 4096] {
+            let hits = hits_stream(&m, &text, read);
+            assert_eq!(hits, all, "reads of {read}");
+        }
+    }
+
+    fn noise_block(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
     }
 
     #[test]
