@@ -485,8 +485,9 @@ fn a_secret_spanning_a_read_boundary_is_found_once_at_its_offset() {
 #[test]
 fn generic_detectors_run_without_any_configured_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let creds = "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n\
-                 aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n";
+    let creds = format!(
+        "[default]\naws_access_key_id = {HOSTILE_KEY}\naws_secret_access_key = {HOSTILE_SECRET}\n"
+    );
     let token = common::token(3600, 0);
     let save = dir.path().join("save.tar");
     docker_save(
@@ -499,8 +500,8 @@ fn generic_detectors_run_without_any_configured_secret() {
         &[],
     );
     let radioactive = Radioactive::default();
-    radioactive.watch(b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
-    radioactive.watch(b"IOSFODNN7EXAMPLE");
+    radioactive.watch(HOSTILE_SECRET.as_bytes());
+    radioactive.watch(&HOSTILE_KEY.as_bytes()[4..]);
     radioactive.watch(token.as_bytes());
     let mut cmd = common::command();
     cmd.args(["scan", "--format", "json"]).arg(&save);
@@ -1183,4 +1184,134 @@ fn wrapped_encodings_written_by_real_tools_are_found(s: &common::dockerd::Stack)
             .unwrap_or_else(|| panic!("leak-{name} is not found: {f:#?}"));
         assert_eq!(hit["detector"], detector, "{hit}");
     }
+}
+
+// AWS's documentation examples are no finding; --ignore accepts known false positives.
+
+const DOC_EXAMPLES: &str = "aws_access_key_id = AKIAIOSFODNN7EXAMPLE\n\
+    aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n\
+    AWS_ACCESS_KEY_ID=AKIAI44QH8DHBEXAMPLE\n\
+    AWS_SECRET_ACCESS_KEY=je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY\n";
+
+/// Runs `scan IMAGE ARGS...` with the generic detectors only; never echoes the hostile key.
+fn scan_generic(image: &Path, args: &[&str]) -> Output {
+    let r = Radioactive::default();
+    r.watch(&HOSTILE_KEY.as_bytes()[4..]);
+    let mut cmd = common::command();
+    cmd.arg("scan").arg(image).args(args);
+    common::run(&mut cmd, &r)
+}
+
+#[test]
+fn documentation_examples_are_no_findings_and_an_ignore_file_accepts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str, prefix: &str| {
+        let oci = dir.path().join(name);
+        let docs = format!("{prefix}{DOC_EXAMPLES}test_key = {HOSTILE_KEY}\n");
+        oci_image(
+            &oci,
+            &[gz_layer(vec![
+                E::File("usr/share/doc/aws/README", docs.into_bytes()),
+                E::File("etc/build-id", prefix.as_bytes().to_vec()),
+            ])],
+            &[],
+            json!({}),
+            &[],
+        );
+        oci
+    };
+    let first = image("first", "");
+    let f = findings(&scan_generic(&first, &["--format", "json"]));
+    let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
+    assert_eq!(
+        detectors,
+        ["aws-access-key-id"],
+        "only the non-example key: {f:?}"
+    );
+    let fingerprint = f[0]["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 16, "{f:?}");
+
+    // Every format carries it; the same finding of another run has the same one.
+    let text = String::from_utf8_lossy(&scan_generic(&first, &[]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("[fingerprint {fingerprint}]")),
+        "{text}"
+    );
+    let sarif = json_report(&scan_generic(&first, &["--format", "sarif"]));
+    assert_eq!(
+        sarif["runs"][0]["results"][0]["fingerprints"]["irsa-secrets/v1"],
+        fingerprint.as_str()
+    );
+
+    // Accepted: exit 0, counted. A rebuild with other content (other digests and offsets)
+    // keeps the fingerprint, so the file keeps working in CI.
+    let ignore = dir.path().join("scan-ignore");
+    std::fs::write(
+        &ignore,
+        format!("# known false positives\n\n{fingerprint}  # a test key in the docs\n"),
+    )
+    .unwrap();
+    let rebuilt = image("rebuilt", "build 2 of the same sources\n");
+    for oci in [&first, &rebuilt] {
+        let out = scan_generic(
+            oci,
+            &["--ignore", ignore.to_str().unwrap(), "--format", "json"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let report = json_report(&out);
+        assert_eq!(report["ignored"], 1, "{report}");
+        assert_eq!(report["findings"], json!([]), "{report}");
+    }
+    let out = scan_generic(&first, &["--ignore", ignore.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no secrets found (1 more ignored by --ignore)"),
+        "{text}"
+    );
+
+    // A fingerprint that matches nothing is noted; a malformed line is an error naming the
+    // line, not showing it.
+    std::fs::write(&ignore, format!("{fingerprint}\n0000000000000000\n")).unwrap();
+    let out = scan_generic(
+        &first,
+        &["--ignore", ignore.to_str().unwrap(), "--format", "json"],
+    );
+    let notes = json_report(&out)["notes"].to_string();
+    assert!(notes.contains("1 fingerprint(s) in"), "{notes}");
+    std::fs::write(
+        &ignore,
+        format!("{fingerprint}\naws_access_key_id = {HOSTILE_KEY}\n"),
+    )
+    .unwrap();
+    let out = scan_generic(&first, &["--ignore", ignore.to_str().unwrap()]);
+    fails_with(&out, "scan-ignore, line 2: not a finding fingerprint");
+}
+
+#[test]
+fn a_served_value_is_a_finding_even_when_it_is_a_documentation_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File(
+            "etc/creds",
+            DOC_EXAMPLES.as_bytes().to_vec(),
+        )])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let mut cmd = common::command();
+    cmd.args(["scan", "--format", "json"])
+        .arg(&oci)
+        .args(["--secret", "id=docs-key,env=DOCS_KEY"])
+        .env("DOCS_KEY", "AKIAIOSFODNN7EXAMPLE");
+    let f = findings(&common::run(&mut cmd, &Radioactive::default()));
+    let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
+    assert_eq!(detectors, ["secret docs-key"], "{f:?}");
 }

@@ -255,14 +255,9 @@ fn search_stream<R: Read>(
         source,
     };
     let mut window = Window::default();
-    let finding = |path: &str, place: &'static str, hit: Hit| Finding {
-        blob: blob.digest.clone(),
-        blob_kind: if blob.tar { "layer" } else { "blob" }.into(),
-        path: path.to_string(),
-        place: place.into(),
-        offset: hit.offset,
-        detector: hit.detector,
-        snippet: hit.snippet,
+    let kind = if blob.tar { "layer" } else { "blob" };
+    let finding = |path: &str, place: &'static str, hit: Hit| {
+        Finding::new(&blob.digest, kind, path, place, hit)
     };
     if blob.tar {
         {

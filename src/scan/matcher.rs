@@ -20,6 +20,7 @@ use std::io::{self, Read};
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
 
 use super::Needles;
 
@@ -81,7 +82,28 @@ pub struct Hit {
     pub detector: String,
     /// The first few characters and the redacted length.
     pub snippet: String,
+    /// sha256 of the matched bytes: an input of the finding's fingerprint, never shown.
+    pub value_digest: [u8; 32],
 }
+
+impl Hit {
+    fn new(offset: u64, detector: String, value: &[u8]) -> Hit {
+        Hit {
+            offset,
+            len: value.len(),
+            detector,
+            snippet: redact(value),
+            value_digest: Sha256::digest(value).into(),
+        }
+    }
+}
+
+/// AWS's documentation examples (`AKIAIOSFODNN7EXAMPLE`, `AKIAI44QH8DHBEXAMPLE`,
+/// `wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY`, `je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY`, ...)
+/// end so: the generic detectors pass over them, as gitleaks does (its aws-access-token rule
+/// allows `.+EXAMPLE$`). Served values are exact needles and are always reported.
+const EXAMPLE_KEY_ID_SUFFIX: &[u8] = b"EXAMPLE";
+const EXAMPLE_SECRET_KEY_SUFFIX: &[u8] = b"EXAMPLEKEY";
 
 /// The compiled search: built once per scan, shared by every blob.
 pub struct Matcher {
@@ -306,12 +328,7 @@ impl Matcher {
             let pattern = &self.patterns[m.pattern().as_usize()];
             match confirm(pattern, hay, m.start(), m.end()) {
                 Some((start, stop, detector)) => {
-                    on_hit(Hit {
-                        offset: base + start as u64,
-                        len: stop - start,
-                        detector,
-                        snippet: redact(&hay[start..stop]),
-                    });
+                    on_hit(Hit::new(base + start as u64, detector, &hay[start..stop]));
                     pos = stop.max(m.start() + 1);
                 }
                 None => pos = m.start() + 1,
@@ -420,13 +437,13 @@ impl Wrapped {
             if !spans_gap || at < from || at >= end {
                 continue;
             }
-            let value = &flat[m.start()..m.end()];
-            hits.push(Hit {
-                offset: base + at as u64,
-                len,
-                detector: self.labels[m.pattern().as_usize()].clone(),
-                snippet: redact(value),
-            });
+            let mut hit = Hit::new(
+                base + at as u64,
+                self.labels[m.pattern().as_usize()].clone(),
+                &flat[m.start()..m.end()],
+            );
+            hit.len = len; // the span in the original, gaps included
+            hits.push(hit);
         }
     }
 }
@@ -497,14 +514,17 @@ fn confirm(
             let ok = (start == 0 || !hay[start - 1].is_ascii_alphanumeric())
                 && hay.len() >= stop
                 && hay[end..stop].iter().all(upper_alnum)
-                && hay.get(stop).is_none_or(|b| !b.is_ascii_alphanumeric());
+                && hay.get(stop).is_none_or(|b| !b.is_ascii_alphanumeric())
+                && !hay[..stop].ends_with(EXAMPLE_KEY_ID_SUFFIX);
             ok.then(|| (start, stop, "aws-access-key-id".to_string()))
         }
         Pattern::SecretKeyAssignment => {
             let value = assigned_value(hay, end)?;
             let run = hay[value..].iter().take(41).take_while(|b| b64(b)).count();
             let boundary = hay.get(value + 40).is_none_or(|b| !b64(b) && *b != b'=');
-            (run == 40 && boundary).then(|| (value, value + 40, "aws-secret-access-key".into()))
+            let example = run == 40 && hay[..value + 40].ends_with(EXAMPLE_SECRET_KEY_SUFFIX);
+            (run == 40 && boundary && !example)
+                .then(|| (value, value + 40, "aws-secret-access-key".into()))
         }
         Pattern::SessionTokenAssignment => {
             let value = assigned_value(hay, end)?;
@@ -773,8 +793,8 @@ mod tests {
     #[test]
     fn generic_detectors_confirm_their_candidates() {
         let m = matcher(&[]);
-        let key = "AKIAIOSFODNN7EXAMPLE";
-        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let key = "AKIAZQ3HOSTILE7INPUT";
+        let secret = "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";
         let token = format!("IQoJb3JpZ2luX2VjE{}", "A".repeat(120));
         let cases: Vec<(String, Option<&str>)> = vec![
             (format!("id={key}\n"), Some("aws-access-key-id")),
@@ -800,6 +820,17 @@ mod tests {
                 Some("aws-session-token"),
             ),
             ("AWS_SESSION_TOKEN=short".into(), None),
+            // AWS's documentation examples are no leak.
+            ("id=AKIAIOSFODNN7EXAMPLE\n".into(), None),
+            ("id=AKIAI44QH8DHBEXAMPLE\n".into(), None),
+            (
+                "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n".into(),
+                None,
+            ),
+            (
+                "SecretAccessKey: je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY\n".into(),
+                None,
+            ),
         ];
         for (hay, want) in cases {
             let hits = hits_bytes(&m, hay.as_bytes());
@@ -809,6 +840,14 @@ mod tests {
                 "{hay}: {hits:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_served_value_is_found_even_when_it_is_a_documentation_example() {
+        let m = matcher(&["AKIAIOSFODNN7EXAMPLE"]);
+        let hits = hits_bytes(&m, b"id=AKIAIOSFODNN7EXAMPLE\n");
+        let detectors: Vec<_> = hits.iter().map(|h| h.detector.as_str()).collect();
+        assert_eq!(detectors, ["secret s0"]);
     }
 
     #[test]

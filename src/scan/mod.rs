@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::secret::SecretValue;
 
 pub mod docker;
+pub mod ignore;
 mod image;
 mod json;
 mod layer;
@@ -211,6 +212,43 @@ pub struct Finding {
     pub detector: String,
     /// A few leading characters and the redacted length: never the value.
     pub snippet: String,
+    /// What `--ignore` files list to accept this finding: see [`Finding::new`].
+    pub fingerprint: String,
+}
+
+impl Finding {
+    /// A finding of `hit` in `blob` at `path`, with its fingerprint: 16 hex digits of the
+    /// sha256 of the detector, the blob's kind, the path, the place and the sha256 of the
+    /// matched bytes. Those are what stays the same when an image is rebuilt from the same
+    /// sources (the blob digest and the offset change with any other edit), so an ignore file
+    /// keeps working in CI; and the same value at another path, or another value at this one,
+    /// is a new finding. The value enters only hashed twice and truncated to 64 bits: for a
+    /// credential (at least 100 bits of entropy) that confirms no guess and reveals nothing.
+    pub fn new(blob: &str, blob_kind: &str, path: &str, place: &str, hit: matcher::Hit) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            &b"irsa-secrets scan fingerprint v1"[..],
+            hit.detector.as_bytes(),
+            blob_kind.as_bytes(),
+            path.as_bytes(),
+            place.as_bytes(),
+            &hit.value_digest,
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        Finding {
+            blob: blob.to_string(),
+            blob_kind: blob_kind.to_string(),
+            path: path.to_string(),
+            place: place.to_string(),
+            offset: hit.offset,
+            detector: hit.detector,
+            snippet: hit.snippet,
+            fingerprint: hex::encode(&h.finalize()[..8]),
+        }
+    }
 }
 
 /// What a scan found.
@@ -218,8 +256,10 @@ pub struct Finding {
 pub struct Report {
     /// What was scanned, as given.
     pub image: String,
-    /// Findings, in image order.
+    /// Findings, in image order (those an ignore file accepts left out).
     pub findings: Vec<Finding>,
+    /// Findings an ignore file accepted.
+    pub ignored: usize,
     /// Things the user should know (skipped platforms, unsearched needles).
     pub notes: Vec<String>,
     /// Documents and blobs searched.
@@ -332,17 +372,8 @@ fn search_document(
     matcher: &matcher::Matcher,
     findings: &mut Vec<Finding>,
 ) {
-    let mut push = |path: &str, hit: matcher::Hit| {
-        findings.push(Finding {
-            blob: name.to_string(),
-            blob_kind: kind.to_string(),
-            path: path.to_string(),
-            place: "field".into(),
-            offset: hit.offset,
-            detector: hit.detector,
-            snippet: hit.snippet,
-        })
-    };
+    let mut push =
+        |path: &str, hit: matcher::Hit| findings.push(Finding::new(name, kind, path, "field", hit));
     match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(doc) => json::search(&doc, matcher, &mut push),
         Err(_) => matcher.scan_bytes(bytes, &mut |h| push("", h)),
