@@ -1136,6 +1136,73 @@ fn real_builds_then_scans() {
     }
     let s = common::dockerd::Stack::start("irsa-scan-");
     wrapped_encodings_written_by_real_tools_are_found(&s);
+    the_sccache_example_built_from_a_checkout_scans_clean(&s);
+}
+
+/// The flow examples/github-actions/build.yml runs, on examples/sccache/Dockerfile: a build
+/// from a checkout of this repository (its tracked files, whose tests hold AWS-shaped keys),
+/// through the helper, then `scan docker://IMAGE` with the identity. The stand-in build only
+/// checks the sources are there (cargo and S3 are not, offline); the image must be clean.
+fn the_sccache_example_built_from_a_checkout_scans_clean(s: &common::dockerd::Stack) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["Dockerfile", "Dockerfile.sts"] {
+        let text = std::fs::read_to_string(repo.join("examples/sccache").join(name)).unwrap();
+        let copies: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("COPY") || l.starts_with("ADD"))
+            .collect();
+        assert!(
+            copies.is_empty(),
+            "{name} copies into the image: {copies:?}"
+        );
+        assert!(text.contains("--mount=type=bind,target=/src"), "{name}");
+    }
+    let checkout = s.dir.join("checkout");
+    let files = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .arg("ls-files")
+        .output()
+        .unwrap();
+    assert!(files.status.success());
+    for file in String::from_utf8(files.stdout).unwrap().lines() {
+        let to = checkout.join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo.join(file), to).unwrap();
+    }
+    let out = common::dockerd::docker_on(&s.helper.socket)
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg("-f")
+        .arg(repo.join("examples/sccache/Dockerfile"))
+        .args([
+            "--build-arg",
+            &format!("BASE={}", common::dockerd::BASE_IMAGE),
+        ])
+        .args([
+            "--build-arg",
+            "BUILD=test -f Cargo.toml && test -f src/lib.rs && echo the sources are mounted",
+        ])
+        .args(["-t", "sccache-example"])
+        .arg(&checkout)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.r.assert_absent("build output", log.as_bytes());
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("the sources are mounted"), "{log}");
+    assert!(log.contains("aws-web-identity-token is a JWT"), "{log}");
+    let out = scan_built(s, "docker://sccache-example", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The token, written into the image by busybox's encoders (as a careless RUN step would):
