@@ -43,6 +43,10 @@ const BASE64_RUN: [bool; 256] =
     class(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n");
 /// Which bytes may make up a stretch of spaced hex (`od -An -tx1`): hex digits, spaces, breaks.
 const HEX_RUN: [bool; 256] = class(b"0123456789abcdefABCDEF \r\n");
+/// The gaps removed from runs, and those a hit must span to be reported from them.
+const LINE_BREAK: [bool; 256] = class(b"\r\n");
+const HEX_GAP: [bool; 256] = class(b" \r\n");
+const SPACE: [bool; 256] = class(b" ");
 
 const fn class(members: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
@@ -351,21 +355,19 @@ impl Wrapped {
         }
         // A hit starting before `end` has its gaps, and the end of its line, before `scan_to`.
         let scan_to = (end + self.max_span + HEX_LINE_MAX).min(hay.len());
-        let mut pos = from;
         let mut flat = Vec::new();
         let mut done_base64 = from;
         let mut done_hex = from;
-        while pos < scan_to {
-            let Some(m) = self.breaks.find(Input::new(hay).span(pos..scan_to)) else {
-                break;
-            };
+        for m in self
+            .breaks
+            .find_iter(Input::new(&hay[..scan_to]).span(from..scan_to))
+        {
             let at = m.start();
-            pos = at + 1;
             // Base64 (and `xxd -p`) runs: hits must span a line break. Spaced hex runs: hits
             // must span a space, so no hit is found in both.
             for (table, gaps, required_gap, done) in [
-                (&BASE64_RUN, &b"\r\n"[..], &b"\r\n"[..], &mut done_base64),
-                (&HEX_RUN, &b" \r\n"[..], &b" "[..], &mut done_hex),
+                (&BASE64_RUN, &LINE_BREAK, &LINE_BREAK, &mut done_base64),
+                (&HEX_RUN, &HEX_GAP, &SPACE, &mut done_hex),
             ] {
                 if at < *done {
                     continue; // inside a run already searched
@@ -405,8 +407,8 @@ impl Wrapped {
         &self,
         run: &[u8],
         start: usize,
-        gaps: &[u8],
-        required_gap: &[u8],
+        gaps: &[bool; 256],
+        required_gap: &[bool; 256],
         from: usize,
         end: usize,
         base: u64,
@@ -414,14 +416,25 @@ impl Wrapped {
         hits: &mut Vec<Hit>,
     ) {
         flat.clear();
-        flat.extend(run.iter().copied().filter(|b| !gaps.contains(b)));
+        if gaps == &LINE_BREAK {
+            // Line by line (memchr), so long base64 texts are copied, not filtered bytewise.
+            let mut line = 0;
+            for m in self.breaks.find_iter(run) {
+                let piece = &run[line..m.start()];
+                flat.extend_from_slice(piece.strip_suffix(b"\r").unwrap_or(piece));
+                line = m.end();
+            }
+            flat.extend(run[line..].iter().filter(|b| !gaps[**b as usize]));
+        } else {
+            flat.extend(run.iter().filter(|b| !gaps[**b as usize]));
+        }
         if flat.len() < self.min_len {
             return;
         }
         // Maps flat offsets back to the run, walking forwards only: matches come in order.
         let (mut i, mut kept) = (0, 0);
         let mut locate = |flat_at: usize| loop {
-            if !gaps.contains(&run[i]) {
+            if !gaps[run[i] as usize] {
                 if kept == flat_at {
                     return i;
                 }
@@ -433,7 +446,7 @@ impl Wrapped {
             let first = locate(m.start());
             let last = locate(m.end() - 1);
             let (at, len) = (start + first, last + 1 - first);
-            let spans_gap = run[first..=last].iter().any(|b| required_gap.contains(b));
+            let spans_gap = run[first..=last].iter().any(|b| required_gap[*b as usize]);
             if !spans_gap || at < from || at >= end {
                 continue;
             }

@@ -222,8 +222,10 @@ impl Finding {
     /// matched bytes. Those are what stays the same when an image is rebuilt from the same
     /// sources (the blob digest and the offset change with any other edit), so an ignore file
     /// keeps working in CI; and the same value at another path, or another value at this one,
-    /// is a new finding. The value enters only hashed twice and truncated to 64 bits: for a
-    /// credential (at least 100 bits of entropy) that confirms no guess and reveals nothing.
+    /// is a new finding. The value enters only through its sha256, and the result is cut to 64
+    /// bits: nothing of the value can be read from it, and testing a guess against it means
+    /// guessing the whole credential. No key is mixed in: one shared by every CI run (as
+    /// stability needs) would be no secret.
     pub fn new(blob: &str, blob_kind: &str, path: &str, place: &str, hit: matcher::Hit) -> Self {
         use sha2::Digest as _;
         let mut h = sha2::Sha256::new();
