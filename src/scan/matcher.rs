@@ -363,12 +363,28 @@ impl Wrapped {
             .find_iter(Input::new(&hay[..scan_to]).span(from..scan_to))
         {
             let at = m.start();
+            // A base64 hit spanning this break has alphabet characters on both sides of it; the
+            // lines of a hex dump end in a digit. Most breaks (code, prose, binary data) fail
+            // both at once and cost two lookups.
+            let before = match at.checked_sub(1).map(|i| hay[i]) {
+                Some(b'\r') => at.checked_sub(2).map(|i| hay[i]),
+                b => b,
+            };
+            let after = hay.get(at + 1).copied();
+            let alphabet = |b: Option<u8>| b.is_some_and(|b| BASE64_RUN[b as usize] && b > b'\r');
+            let wanted = [
+                alphabet(before) && alphabet(after),
+                before.is_some_and(|b| b.is_ascii_hexdigit()),
+            ];
             // Base64 (and `xxd -p`) runs: hits must span a line break. Spaced hex runs: hits
             // must span a space, so no hit is found in both.
-            for (table, gaps, required_gap, done) in [
+            for (wanted, (table, gaps, required_gap, done)) in wanted.into_iter().zip([
                 (&BASE64_RUN, &LINE_BREAK, &LINE_BREAK, &mut done_base64),
                 (&HEX_RUN, &HEX_GAP, &SPACE, &mut done_hex),
-            ] {
+            ]) {
+                if !wanted {
+                    continue;
+                }
                 if at < *done {
                     continue; // inside a run already searched
                 }
