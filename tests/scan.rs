@@ -485,8 +485,9 @@ fn a_secret_spanning_a_read_boundary_is_found_once_at_its_offset() {
 #[test]
 fn generic_detectors_run_without_any_configured_secret() {
     let dir = tempfile::tempdir().unwrap();
-    let creds = "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\n\
-                 aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n";
+    let creds = format!(
+        "[default]\naws_access_key_id = {HOSTILE_KEY}\naws_secret_access_key = {HOSTILE_SECRET}\n"
+    );
     let token = common::token(3600, 0);
     let save = dir.path().join("save.tar");
     docker_save(
@@ -499,8 +500,8 @@ fn generic_detectors_run_without_any_configured_secret() {
         &[],
     );
     let radioactive = Radioactive::default();
-    radioactive.watch(b"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
-    radioactive.watch(b"IOSFODNN7EXAMPLE");
+    radioactive.watch(HOSTILE_SECRET.as_bytes());
+    radioactive.watch(&HOSTILE_KEY.as_bytes()[4..]);
     radioactive.watch(token.as_bytes());
     let mut cmd = common::command();
     cmd.args(["scan", "--format", "json"]).arg(&save);
@@ -679,7 +680,10 @@ fn a_path_climbing_out_of_the_root_is_refused() {
         b"evil".to_vec(),
     )]);
     oci_image(&oci, &[(tar.clone(), tar, PLAIN)], &[], json!({}), &[]);
-    fails_with(&scan(&oci, &[]), "unsafe path \"../../etc/cron.d/evil\"");
+    fails_with(
+        &scan(&oci, &[]),
+        "member 0 (the header at byte 0): its path climbs out of the archive root",
+    );
 
     // In docker save's manifest.json, a layer path that points outside the archive.
     let save = dir.path().join("save.tar");
@@ -704,7 +708,10 @@ fn a_path_climbing_out_of_the_root_is_refused() {
     }
     b.finish().unwrap();
     drop(b);
-    fails_with(&scan(&patched, &[]), "unsafe path");
+    fails_with(
+        &scan(&patched, &[]),
+        "manifest.json [0].Layers[0]: the path naming it: its path climbs out",
+    );
 }
 
 #[test]
@@ -884,4 +891,494 @@ fn docker_images_are_read_through_the_engine_api() {
         &out,
         "cannot save image nope:1: 404 Not Found: reference does not exist",
     );
+}
+
+// Errors never echo hostile input: what was wrong and where, never the bytes.
+
+/// Credentials that are not AWS's documentation examples, so every detector would report them.
+const HOSTILE_KEY: &str = "AKIAZQ3HOSTILE7INPUT";
+const HOSTILE_SECRET: &str = "Zq8vJ3kWm/Px9+Lr2TnYb5HcQe7Ua0FgDs4XoIi1";
+
+/// Runs `scan IMAGE` (generic detectors only) and asserts that it fails with `message` and that
+/// stderr holds no 12-byte run of `input` and neither credential.
+fn fails_without_echo(image: &Path, message: &str, input: &[u8]) -> String {
+    let r = Radioactive::default();
+    r.watch(HOSTILE_KEY.as_bytes());
+    r.watch(HOSTILE_SECRET.as_bytes());
+    let mut cmd = common::command();
+    cmd.arg("scan").arg(image);
+    let out = common::run(&mut cmd, &r);
+    fails_with(&out, message);
+    let stderr = out.stderr.clone();
+    for window in input.windows(12) {
+        assert!(
+            !stderr.windows(12).any(|w| w == window),
+            "stderr echoes {:?} of the input: {}",
+            String::from_utf8_lossy(window),
+            String::from_utf8_lossy(&stderr)
+        );
+    }
+    String::from_utf8_lossy(&stderr).into_owned()
+}
+
+fn credentials_file() -> Vec<u8> {
+    format!(
+        "[default]\naws_access_key_id = {HOSTILE_KEY}\naws_secret_access_key = {HOSTILE_SECRET}\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_file_that_is_not_an_archive_is_named_so_without_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let what = "not a tar archive, an OCI layout or a docker-save archive";
+    // Large enough for a tar header (the tar reader's error quoted it), and smaller than one.
+    let mut large = credentials_file();
+    while large.len() < 2048 {
+        large.extend_from_slice(&credentials_file());
+    }
+    let small = credentials_file();
+    for (name, content) in [("large", large), ("small", small)] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, &content).unwrap();
+        fails_without_echo(&file, what, &content);
+    }
+}
+
+#[test]
+fn a_corrupt_tar_header_is_named_by_member_and_offset_without_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    // A layer whose second header is overwritten with credentials: a bad checksum, fields
+    // that are not numbers.
+    let mut tar = layer(vec![
+        E::File("etc/ok", b"fine".to_vec()),
+        E::File("etc/next", b"next".to_vec()),
+    ]);
+    let creds = credentials_file();
+    tar[1024..1024 + creds.len()].copy_from_slice(&creds);
+    let oci = dir.path().join("oci");
+    oci_image(&oci, &[(tar.clone(), tar, PLAIN)], &[], json!({}), &[]);
+    let stderr = fails_without_echo(&oci, "member 1", &creds);
+    assert!(stderr.contains("byte 1024"), "{stderr}");
+
+    // The same archive as the image itself.
+    let mut save = std::fs::read({
+        let p = dir.path().join("save.tar");
+        docker_save(&p, &[layer(vec![E::File("a", b"a".to_vec())])], &[], &[]);
+        p
+    })
+    .unwrap();
+    let second = tar::Archive::new(&save[..])
+        .entries()
+        .unwrap()
+        .nth(1)
+        .unwrap()
+        .unwrap()
+        .raw_header_position() as usize;
+    save[second..second + creds.len()].copy_from_slice(&creds);
+    let file = dir.path().join("corrupt.tar");
+    std::fs::write(&file, &save).unwrap();
+    let stderr = fails_without_echo(&file, "member 1", &creds);
+    assert!(stderr.contains(&format!("byte {second}")), "{stderr}");
+}
+
+#[test]
+fn hostile_documents_are_refused_without_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let layer_tar = layer(vec![E::File("a", b"a".to_vec())]);
+    // Each case: an image whose JSON puts a credential where a number, a digest or a path goes.
+    let cases: Vec<(&str, Value)> = vec![
+        (
+            "index: a string for schemaVersion",
+            json!({ "schemaVersion": HOSTILE_SECRET, "manifests": [] }),
+        ),
+        (
+            "index: a credential as a digest",
+            json!({ "schemaVersion": 2, "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("md5:{HOSTILE_KEY}"), "size": 2 }] }),
+        ),
+        (
+            "index: a credential as a media type and size",
+            json!({ "schemaVersion": 2, "manifests": [{
+                "mediaType": HOSTILE_SECRET,
+                "digest": sha(b"x"), "size": HOSTILE_KEY }] }),
+        ),
+    ];
+    for (name, index) in cases {
+        let oci = dir.path().join(name.replace([' ', ':'], "-"));
+        let layout = Oci::new(&oci);
+        layout.blob(b"x", "application/octet-stream");
+        std::fs::write(oci.join("index.json"), index.to_string()).unwrap();
+        let stderr = fails_without_echo(&oci, "index.json", index.to_string().as_bytes());
+        eprintln!("{name}: {stderr}");
+    }
+
+    // docker save: a manifest.json naming files by credentials, a config whose diff_id is one.
+    let save_case = |name: &str, manifest: Value, config: Option<String>| {
+        let out = dir.path().join(format!("{name}.tar"));
+        let mut b = tar::Builder::new(std::fs::File::create(&out).unwrap());
+        let mut add = |path: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, path, data).unwrap();
+        };
+        add("layer0/layer.tar", &layer_tar);
+        if let Some(config) = &config {
+            add(
+                &format!("{}.json", &sha(config.as_bytes())[7..]),
+                config.as_bytes(),
+            );
+        }
+        add("manifest.json", manifest.to_string().as_bytes());
+        b.finish().unwrap();
+        drop(b);
+        out
+    };
+    let missing = save_case(
+        "missing",
+        json!([{ "Config": format!("{HOSTILE_KEY}.json"), "Layers": [format!("{HOSTILE_SECRET}/layer.tar")] }]),
+        None,
+    );
+    fails_without_echo(&missing, "manifest.json", HOSTILE_KEY.as_bytes());
+    let config = config(&[format!("sha256:{HOSTILE_SECRET}")], &[], json!({}), &[]).to_string();
+    let config_name = format!("{}.json", &sha(config.as_bytes())[7..]);
+    let diff_id = save_case(
+        "diff-id",
+        json!([{ "Config": config_name, "Layers": ["layer0/layer.tar"] }]),
+        Some(config.clone()),
+    );
+    fails_without_echo(&diff_id, "diff_id", config.as_bytes());
+    let climbing = save_case(
+        "climbing",
+        json!([{ "Config": format!("../{HOSTILE_KEY}.json"), "Layers": [] }]),
+        None,
+    );
+    fails_without_echo(&climbing, "climbs out", HOSTILE_KEY.as_bytes());
+}
+
+#[test]
+fn a_member_path_climbing_out_is_refused_by_index_without_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let name = format!("../{HOSTILE_KEY}");
+    let tar = layer(vec![
+        E::File("ok", b"ok".to_vec()),
+        E::Raw(
+            raw_header(name.as_bytes(), tar::EntryType::Regular, 4),
+            b"evil".to_vec(),
+        ),
+    ]);
+    oci_image(&oci, &[(tar.clone(), tar, PLAIN)], &[], json!({}), &[]);
+    let stderr = fails_without_echo(&oci, "member 1 (the header at byte 1024)", name.as_bytes());
+    assert!(
+        stderr.contains("climbs out of the archive root"),
+        "{stderr}"
+    );
+}
+
+// Builds on a private dockerd (through the helper, which serves the IRSA token and role ARN),
+// then scans: what real encoders write is found, and the example's own flow is clean.
+
+/// Runs `scan --format json IMAGE` with the stack's identity, as CI does after a build.
+fn scan_built(s: &common::dockerd::Stack, image: &str, extra: &[&str]) -> Output {
+    let token_file = s.dir.join("sa/token").display().to_string();
+    common::run(
+        common::command()
+            .args(["scan", "--format", "json", image])
+            .args(extra)
+            .env("AWS_WEB_IDENTITY_TOKEN_FILE", &token_file)
+            .env("AWS_ROLE_ARN", common::ARN)
+            .env(
+                "DOCKER_HOST",
+                format!("unix://{}", s.daemon.socket.display()),
+            ),
+        &s.r,
+    )
+}
+
+/// Builds `dockerfile` (after `FROM` the busybox base) through the helper as `tag`; the log.
+fn build_through_helper(s: &common::dockerd::Stack, tag: &str, dockerfile: &str) -> String {
+    let ctx = s.dir.join(tag);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {}\n{dockerfile}\n", common::dockerd::BASE_IMAGE),
+    )
+    .unwrap();
+    let out = common::dockerd::docker_on(&s.helper.socket)
+        .args([
+            "build",
+            "--network=none",
+            "--progress=plain",
+            "--no-cache",
+            "-t",
+            tag,
+        ])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.r.assert_absent("build output", log.as_bytes());
+    assert!(out.status.success(), "{tag}:\n{log}");
+    log
+}
+
+#[test]
+fn real_builds_then_scans() {
+    if common::dockerd::skip() {
+        return;
+    }
+    let s = common::dockerd::Stack::start("irsa-scan-");
+    wrapped_encodings_written_by_real_tools_are_found(&s);
+    the_sccache_example_built_from_a_checkout_scans_clean(&s);
+}
+
+/// The flow examples/github-actions/build.yml runs, on examples/sccache/Dockerfile: a build
+/// from a checkout of this repository (its tracked files, whose tests hold AWS-shaped keys),
+/// through the helper, then `scan docker://IMAGE` with the identity. The stand-in build only
+/// checks the sources are there (cargo and S3 are not, offline); the image must be clean.
+fn the_sccache_example_built_from_a_checkout_scans_clean(s: &common::dockerd::Stack) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for name in ["Dockerfile", "Dockerfile.sts"] {
+        let text = std::fs::read_to_string(repo.join("examples/sccache").join(name)).unwrap();
+        let copies: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("COPY") || l.starts_with("ADD"))
+            .collect();
+        assert!(
+            copies.is_empty(),
+            "{name} copies into the image: {copies:?}"
+        );
+        assert!(text.contains("--mount=type=bind,target=/src"), "{name}");
+    }
+    let checkout = s.dir.join("checkout");
+    let files = std::process::Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .arg("ls-files")
+        .output()
+        .unwrap();
+    assert!(files.status.success());
+    for file in String::from_utf8(files.stdout).unwrap().lines() {
+        let to = checkout.join(file);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(repo.join(file), to).unwrap();
+    }
+    let out = common::dockerd::docker_on(&s.helper.socket)
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg("-f")
+        .arg(repo.join("examples/sccache/Dockerfile"))
+        .args([
+            "--build-arg",
+            &format!("BASE={}", common::dockerd::BASE_IMAGE),
+        ])
+        .args([
+            "--build-arg",
+            "BUILD=test -f Cargo.toml && test -f src/lib.rs && echo the sources are mounted",
+        ])
+        .args(["-t", "sccache-example"])
+        .arg(&checkout)
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.r.assert_absent("build output", log.as_bytes());
+    assert!(out.status.success(), "{log}");
+    assert!(log.contains("the sources are mounted"), "{log}");
+    assert!(log.contains("aws-web-identity-token is a JWT"), "{log}");
+    let out = scan_built(s, "docker://sccache-example", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The token, written into the image by busybox's encoders (as a careless RUN step would):
+/// base64 at 76 columns (LF), at 64 (CRLF), shifted one byte (another alignment and phase),
+/// `xxd -p` (60 columns), upper-case hex, `od -An -tx1`.
+fn wrapped_encodings_written_by_real_tools_are_found(s: &common::dockerd::Stack) {
+    let leaks = [
+        ("b64-76", "busybox base64 $T"),
+        (
+            "b64-64-crlf",
+            "busybox base64 -w 0 $T | busybox fold -w 64 | busybox sed 's/$/\\r/'",
+        ),
+        ("b64-shifted", "{ echo x; cat $T; } | busybox base64"),
+        ("xxd", "busybox xxd -p $T"),
+        ("xxd-upper", "busybox xxd -p $T | busybox tr a-f A-F"),
+        ("od", "busybox od -An -tx1 $T"),
+    ];
+    let step: Vec<String> = leaks
+        .iter()
+        .map(|(name, cmd)| format!("{cmd} > /leak-{name}"))
+        .collect();
+    let log = build_through_helper(
+        s,
+        "leak-encoded",
+        &format!(
+            "RUN --mount=type=secret,id=aws-web-identity-token \
+             T=/run/secrets/aws-web-identity-token && {} \
+             && busybox head -c 66 /leak-b64-64-crlf | busybox tail -c 3 | busybox od -c",
+            step.join(" && ")
+        ),
+    );
+    // The 64-column copy really has CRLF line ends (`od -c` of its first line).
+    assert!(log.contains("\\r  \\n"), "{log}");
+    let out = scan_built(s, "docker://leak-encoded", &[]);
+    let f = findings(&out);
+    for (name, _) in leaks {
+        let form = if name.starts_with("b64") {
+            "base64"
+        } else {
+            "hex"
+        };
+        let detector = format!("secret aws-web-identity-token ({form}, wrapped)");
+        let hit = f
+            .iter()
+            .find(|f| f["path"] == format!("leak-{name}"))
+            .unwrap_or_else(|| panic!("leak-{name} is not found: {f:#?}"));
+        assert_eq!(hit["detector"], detector, "{hit}");
+    }
+}
+
+// AWS's documentation examples are no finding; --ignore accepts known false positives.
+
+const DOC_EXAMPLES: &str = "aws_access_key_id = AKIAIOSFODNN7EXAMPLE\n\
+    aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n\
+    AWS_ACCESS_KEY_ID=AKIAI44QH8DHBEXAMPLE\n\
+    AWS_SECRET_ACCESS_KEY=je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY\n";
+
+/// Runs `scan IMAGE ARGS...` with the generic detectors only; never echoes the hostile key.
+fn scan_generic(image: &Path, args: &[&str]) -> Output {
+    let r = Radioactive::default();
+    r.watch(&HOSTILE_KEY.as_bytes()[4..]);
+    let mut cmd = common::command();
+    cmd.arg("scan").arg(image).args(args);
+    common::run(&mut cmd, &r)
+}
+
+#[test]
+fn documentation_examples_are_no_findings_and_an_ignore_file_accepts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str, prefix: &str| {
+        let oci = dir.path().join(name);
+        let docs = format!("{prefix}{DOC_EXAMPLES}test_key = {HOSTILE_KEY}\n");
+        oci_image(
+            &oci,
+            &[gz_layer(vec![
+                E::File("usr/share/doc/aws/README", docs.into_bytes()),
+                E::File("etc/build-id", prefix.as_bytes().to_vec()),
+            ])],
+            &[],
+            json!({}),
+            &[],
+        );
+        oci
+    };
+    let first = image("first", "");
+    let f = findings(&scan_generic(&first, &["--format", "json"]));
+    let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
+    assert_eq!(
+        detectors,
+        ["aws-access-key-id"],
+        "only the non-example key: {f:?}"
+    );
+    let fingerprint = f[0]["fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 16, "{f:?}");
+
+    // Every format carries it; the same finding of another run has the same one.
+    let text = String::from_utf8_lossy(&scan_generic(&first, &[]).stdout).into_owned();
+    assert!(
+        text.contains(&format!("[fingerprint {fingerprint}]")),
+        "{text}"
+    );
+    let sarif = json_report(&scan_generic(&first, &["--format", "sarif"]));
+    assert_eq!(
+        sarif["runs"][0]["results"][0]["fingerprints"]["irsa-secrets/v1"],
+        fingerprint.as_str()
+    );
+
+    // Accepted: exit 0, counted. A rebuild with other content (other digests and offsets)
+    // keeps the fingerprint, so the file keeps working in CI.
+    let ignore = dir.path().join("scan-ignore");
+    std::fs::write(
+        &ignore,
+        format!("# known false positives\n\n{fingerprint}  # a test key in the docs\n"),
+    )
+    .unwrap();
+    let rebuilt = image("rebuilt", "build 2 of the same sources\n");
+    for oci in [&first, &rebuilt] {
+        let out = scan_generic(
+            oci,
+            &["--ignore", ignore.to_str().unwrap(), "--format", "json"],
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let report = json_report(&out);
+        assert_eq!(report["ignored"], 1, "{report}");
+        assert_eq!(report["findings"], json!([]), "{report}");
+    }
+    let out = scan_generic(&first, &["--ignore", ignore.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("no secrets found (1 more ignored by --ignore)"),
+        "{text}"
+    );
+
+    // A fingerprint that matches nothing is noted; a malformed line is an error naming the
+    // line, not showing it.
+    std::fs::write(&ignore, format!("{fingerprint}\n0000000000000000\n")).unwrap();
+    let out = scan_generic(
+        &first,
+        &["--ignore", ignore.to_str().unwrap(), "--format", "json"],
+    );
+    let notes = json_report(&out)["notes"].to_string();
+    assert!(notes.contains("1 fingerprint(s) in"), "{notes}");
+    std::fs::write(
+        &ignore,
+        format!("{fingerprint}\naws_access_key_id = {HOSTILE_KEY}\n"),
+    )
+    .unwrap();
+    let out = scan_generic(&first, &["--ignore", ignore.to_str().unwrap()]);
+    fails_with(&out, "scan-ignore, line 2: not a finding fingerprint");
+}
+
+#[test]
+fn a_served_value_is_a_finding_even_when_it_is_a_documentation_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File(
+            "etc/creds",
+            DOC_EXAMPLES.as_bytes().to_vec(),
+        )])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let mut cmd = common::command();
+    cmd.args(["scan", "--format", "json"])
+        .arg(&oci)
+        .args(["--secret", "id=docs-key,env=DOCS_KEY"])
+        .env("DOCS_KEY", "AKIAIOSFODNN7EXAMPLE");
+    let f = findings(&common::run(&mut cmd, &Radioactive::default()));
+    let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
+    assert_eq!(detectors, ["secret docs-key"], "{f:?}");
 }

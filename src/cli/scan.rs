@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::SearchArgs;
+use crate::scan::ignore::Ignore;
 use crate::scan::report::{self, Format};
 use crate::scan::{docker, Limits, Needles, Progress, Report};
 use crate::sources::Source;
@@ -35,6 +36,12 @@ pub struct ScanArgs {
     #[arg(long, default_value = "200", value_name = "N")]
     pub max_ratio: u64,
 
+    /// Findings accepted as known false positives: one fingerprint a line, as every report
+    /// prints them (`#` comments and blank lines allowed). Accepted findings are counted, not
+    /// listed, and do not fail the scan.
+    #[arg(long, value_name = "FILE")]
+    pub ignore: Option<std::path::PathBuf>,
+
     /// Where the values to look for come from (the same flags as `serve`); with none, only the
     /// generic detectors run.
     #[command(flatten)]
@@ -52,6 +59,7 @@ pub(super) async fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
+    let ignore = args.ignore.as_deref().map(Ignore::load).transpose()?;
     let (needles, notes) = needles(&args.identity).await?;
     let limits = Limits {
         max_layer_bytes: args.max_layer_size,
@@ -88,6 +96,9 @@ async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
     }
     let mut report = result?;
     report.notes.splice(0..0, notes);
+    if let Some(ignore) = &ignore {
+        ignore.apply(&mut report);
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(report::render(&report, args.format).as_bytes())?;
     out.flush()?;

@@ -67,11 +67,11 @@ pub fn plan(store: &Store, name: &str, limits: &Limits) -> Result<Plan, ScanErro
         seen: HashSet::new(),
     };
     if store.exists("index.json") {
-        let bytes = store.read("index.json", limits.max_json_bytes)?;
+        let bytes = store.read("index.json", limits.max_json_bytes, "index.json")?;
         let index: ImageIndex = parse(&bytes, "index.json")?;
         walk.doc("index.json".into(), "index", bytes);
-        for desc in index.manifests() {
-            walk.visit(desc, 1, true)?;
+        for (i, desc) in index.manifests().iter().enumerate() {
+            walk.visit(desc, 1, true, &format!("index.json manifests[{i}]"))?;
         }
     } else if store.exists("manifest.json") {
         walk.docker_save()?;
@@ -98,14 +98,20 @@ impl Walk<'_> {
         self.plan.docs.push(Doc { name, kind, bytes });
     }
 
-    /// Follows a descriptor; `optional` ones (an index's children) may be absent from the
-    /// archive, as `docker save` leaves out platforms it does not have.
-    fn visit(&mut self, desc: &Descriptor, depth: usize, optional: bool) -> Result<(), ScanError> {
+    /// Follows a descriptor (`field` names it in errors); `optional` ones (an index's children)
+    /// may be absent from the archive, as `docker save` leaves out platforms it does not have.
+    fn visit(
+        &mut self,
+        desc: &Descriptor,
+        depth: usize,
+        optional: bool,
+        field: &str,
+    ) -> Result<(), ScanError> {
+        let path = blob_path(desc, field)?;
         let digest = desc.digest().to_string();
         if !self.seen.insert(digest.clone()) {
             return Ok(());
         }
-        let path = blob_path(desc)?;
         let media_type = desc.media_type().to_string();
         // Foreign (Windows base) layers are never stored in archives: they are fetched from URLs.
         let foreign = media_type.contains("foreign") || media_type.contains("nondistributable");
@@ -113,14 +119,17 @@ impl Walk<'_> {
             let platform = desc
                 .platform()
                 .as_ref()
-                .map(|p| format!(" ({}/{})", p.os(), p.architecture()))
+                .map(|p| {
+                    let (os, arch) = (p.os().to_string(), p.architecture().to_string());
+                    format!(" ({}/{})", word(&os), word(&arch))
+                })
                 .unwrap_or_default();
             self.plan
                 .notes
                 .push(format!("{digest}{platform} is not in the archive: skipped"));
             return Ok(());
         }
-        let section = self.store.section(&path)?;
+        let section = self.store.section(&path, &digest)?;
         check_size(&section, desc.size(), &digest)?;
         let kind = if media_type.contains("index") || media_type.contains("manifest.list") {
             "index"
@@ -145,27 +154,28 @@ impl Walk<'_> {
         let bytes = self.verified(&section, desc.digest().digest(), &digest)?;
         if kind == "index" {
             let index: ImageIndex = parse(&bytes, &digest)?;
-            self.doc(digest, kind, bytes);
-            for child in index.manifests() {
-                self.visit(child, depth + 1, true)?;
+            self.doc(digest.clone(), kind, bytes);
+            for (i, child) in index.manifests().iter().enumerate() {
+                self.visit(child, depth + 1, true, &format!("{digest} manifests[{i}]"))?;
             }
         } else {
             let manifest: ImageManifest = parse(&bytes, &digest)?;
-            self.doc(digest, kind, bytes);
-            self.config(manifest.config())?;
-            for layer in manifest.layers() {
-                self.visit(layer, depth + 1, false)?;
+            self.doc(digest.clone(), kind, bytes);
+            self.config(manifest.config(), &format!("{digest} config"))?;
+            for (i, layer) in manifest.layers().iter().enumerate() {
+                self.visit(layer, depth + 1, false, &format!("{digest} layers[{i}]"))?;
             }
         }
         Ok(())
     }
 
-    fn config(&mut self, desc: &Descriptor) -> Result<(), ScanError> {
+    fn config(&mut self, desc: &Descriptor, field: &str) -> Result<(), ScanError> {
+        let path = blob_path(desc, field)?;
         let digest = desc.digest().to_string();
         if !self.seen.insert(digest.clone()) {
             return Ok(());
         }
-        let section = self.store.section(&blob_path(desc)?)?;
+        let section = self.store.section(&path, &digest)?;
         check_size(&section, desc.size(), &digest)?;
         let bytes = self.verified(&section, desc.digest().digest(), &digest)?;
         self.doc(digest, "config", bytes);
@@ -173,35 +183,36 @@ impl Walk<'_> {
     }
 
     /// The classic `docker save` layout: manifest.json names a config file (named after its
-    /// digest) and uncompressed layer tars (whose digests are the config's diff ids).
+    /// digest) and uncompressed layer tars (whose digests are the config's diff ids). Its file
+    /// names are hostile input: errors and notes name them by their place in manifest.json.
     fn docker_save(&mut self) -> Result<(), ScanError> {
-        let bytes = self
-            .store
-            .read("manifest.json", self.limits.max_json_bytes)?;
+        let bytes =
+            self.store
+                .read("manifest.json", self.limits.max_json_bytes, "manifest.json")?;
         let entries: Vec<DockerManifest> = parse(&bytes, "manifest.json")?;
         self.doc("manifest.json".into(), "manifest", bytes);
-        for entry in entries {
-            let section = self.store.section(&entry.config)?;
+        for (i, entry) in entries.into_iter().enumerate() {
+            let label = format!("manifest.json [{i}].Config");
+            let section = self.store.section(&entry.config, &label)?;
             let hex = digest_in_name(&entry.config);
             let bytes = match &hex {
-                Some(hex) => self.verified(&section, hex, &entry.config)?,
+                Some(hex) => self.verified(&section, hex, &label)?,
                 None => {
                     self.plan.notes.push(format!(
-                        "config {} is not named after its digest: not verified",
-                        entry.config
+                        "the config {label} names is not named after its digest: not verified"
                     ));
-                    section.read_all(self.limits.max_json_bytes, &entry.config)?
+                    section.read_all(self.limits.max_json_bytes, &label)?
                 }
             };
-            let config: ImageConfiguration = parse(&bytes, &entry.config)?;
-            let name = hex.map_or(entry.config.clone(), |h| format!("sha256:{h}"));
+            let config: ImageConfiguration = parse(&bytes, &label)?;
+            let name = hex.map_or(label.clone(), |h| format!("sha256:{h}"));
             if self.seen.insert(name.clone()) {
-                self.doc(name, "config", bytes);
+                self.doc(name.clone(), "config", bytes);
             }
             let diff_ids = config.rootfs().diff_ids();
             if diff_ids.len() != entry.layers.len() {
                 return Err(ScanError::Format {
-                    what: entry.config,
+                    what: label,
                     message: format!(
                         "lists {} layers but manifest.json has {}",
                         diff_ids.len(),
@@ -209,18 +220,23 @@ impl Walk<'_> {
                     ),
                 });
             }
-            for (layer, diff_id) in entry.layers.iter().zip(diff_ids) {
-                let digest = match digest_in_name(layer) {
+            for (j, (layer, diff_id)) in entry.layers.iter().zip(diff_ids).enumerate() {
+                let label = format!("manifest.json [{i}].Layers[{j}]");
+                let digest = match digest_in_name(layer).or_else(|| sha256_hex(diff_id)) {
                     Some(hex) => format!("sha256:{hex}"),
-                    None => diff_id.clone(),
+                    None => {
+                        return Err(ScanError::Format {
+                            what: format!("{name} rootfs.diff_ids[{j}]"),
+                            message: "the diff_id is not a sha256 digest (sha256: and 64 \
+                                      lower-case hex digits)"
+                                .into(),
+                        })
+                    }
                 };
-                if !digest.starts_with("sha256:") {
-                    return Err(unsupported(&digest));
-                }
                 if !self.seen.insert(digest.clone()) {
                     continue;
                 }
-                let section = self.store.section(layer)?;
+                let section = self.store.section(layer, &label)?;
                 self.plan.blobs.push(Blob {
                     digest,
                     size: section.len(),
@@ -248,19 +264,44 @@ impl Walk<'_> {
     }
 }
 
-/// Where an OCI layout keeps a descriptor's blob; only sha256 is supported.
-fn blob_path(desc: &Descriptor) -> Result<String, ScanError> {
+/// Where an OCI layout keeps a descriptor's blob; only sha256 is supported. `field` names the
+/// descriptor in errors (its digest is not shown: it is not known to be one).
+fn blob_path(desc: &Descriptor, field: &str) -> Result<String, ScanError> {
     let digest = desc.digest();
-    if *digest.algorithm() != DigestAlgorithm::Sha256 {
-        return Err(unsupported(digest.as_ref()));
+    match sha256_hex(digest.as_ref()) {
+        Some(hex) if *digest.algorithm() == DigestAlgorithm::Sha256 => {
+            Ok(format!("blobs/sha256/{hex}"))
+        }
+        _ => Err(ScanError::Format {
+            what: field.to_string(),
+            message: "the digest is not a sha256 digest; only sha256 is supported".into(),
+        }),
     }
-    Ok(format!("blobs/sha256/{}", digest.digest()))
 }
 
-fn unsupported(digest: &str) -> ScanError {
-    ScanError::Format {
-        what: digest.to_string(),
-        message: "only sha256 digests are supported".into(),
+/// The hex of `sha256:HEX` when HEX is 64 lower-case hex digits.
+fn sha256_hex(digest: &str) -> Option<String> {
+    digest.strip_prefix("sha256:").and_then(hex64)
+}
+
+/// `s` when it is 64 lower-case hex digits.
+fn hex64(s: &str) -> Option<String> {
+    (s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+    .then(|| s.to_string())
+}
+
+/// A platform word from a descriptor, shown only when it looks like one (`linux`, `arm64`,
+/// `v8`): the field is hostile input.
+fn word(s: &str) -> &str {
+    let plain = s.len() <= 16
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    if plain {
+        s
+    } else {
+        "?"
     }
 }
 
@@ -278,17 +319,27 @@ fn check_size(section: &Section, declared: u64, what: &str) -> Result<(), ScanEr
 /// The sha256 a `docker save` file name carries: `HEX.json`, `blobs/sha256/HEX`.
 fn digest_in_name(path: &str) -> Option<String> {
     let name = path.rsplit('/').next()?;
-    let hex = name.strip_suffix(".json").unwrap_or(name);
-    (hex.len() == 64
-        && hex
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-    .then(|| hex.to_string())
+    hex64(name.strip_suffix(".json").unwrap_or(name))
 }
 
+/// Parses a document. serde_json's messages quote the offending value (`invalid type: string
+/// "..."`), so only its category and position are shown.
 fn parse<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, ScanError> {
-    serde_json::from_slice(bytes).map_err(|e| ScanError::Format {
-        what: what.to_string(),
-        message: format!("invalid JSON document: {e}"),
+    use serde_json::error::Category;
+    serde_json::from_slice(bytes).map_err(|e| {
+        let problem = match e.classify() {
+            Category::Syntax => "it is not valid JSON",
+            Category::Eof => "it ends before the JSON document does",
+            Category::Data => "a field is missing or has a type or value the format does not allow",
+            Category::Io => "it cannot be read",
+        };
+        ScanError::Format {
+            what: what.to_string(),
+            message: format!(
+                "invalid document: {problem} (line {}, column {}; the value is not shown)",
+                e.line(),
+                e.column()
+            ),
+        }
     })
 }

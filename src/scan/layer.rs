@@ -255,20 +255,15 @@ fn search_stream<R: Read>(
         source,
     };
     let mut window = Window::default();
-    let finding = |path: &str, place: &'static str, hit: Hit| Finding {
-        blob: blob.digest.clone(),
-        blob_kind: if blob.tar { "layer" } else { "blob" }.into(),
-        path: path.to_string(),
-        place: place.into(),
-        offset: hit.offset,
-        detector: hit.detector,
-        snippet: hit.snippet,
+    let kind = if blob.tar { "layer" } else { "blob" };
+    let finding = |path: &str, place: &'static str, hit: Hit| {
+        Finding::new(&blob.digest, kind, path, place, hit)
     };
     if blob.tar {
         {
             let mut archive = tar::Archive::new(&mut stream);
             let entries = archive.entries().map_err(io_err)?.raw(true);
-            tarx::for_each(entries, what, limits.max_header_bytes, |meta, entry| {
+            tarx::for_each(entries, what, limits.max_header_bytes, |meta, _, entry| {
                 let mut name_hits = Vec::new();
                 matcher.scan_bytes(&meta.path, &mut |h| name_hits.push(h));
                 let path = redact_spans(&meta.path, &name_hits);

@@ -1,14 +1,26 @@
 //! Multi-pattern streaming search: one Aho-Corasick automaton holds every exact needle (raw,
-//! base64 at its three alignments, URL-encoded) and the anchors of the generic detectors, whose
-//! candidates are then confirmed by a few bytes of look-around. Streams are searched in large
-//! windows that overlap by the longest pattern plus the look-ahead, so a secret split across two
-//! reads is still found, exactly once.
+//! base64 at its three alignments, URL-encoded, hex) and the anchors of the generic detectors,
+//! whose candidates are then confirmed by a few bytes of look-around. Streams are searched in
+//! large windows that overlap by the longest pattern plus the look-ahead, so a secret split
+//! across two reads is still found, exactly once.
+//!
+//! Encoders wrap their output (`base64` at 76 columns, PEM and `openssl base64` at 64, `xxd -p`
+//! at 60, `od -An -tx1` at 16 bytes with spaces between them), with LF or CRLF, at any phase
+//! relative to the value. Wrapped needles are not added to the automaton (one per line width,
+//! phase, line ending and alignment: thousands of long patterns, and no prefilter left for the
+//! common case); instead, the stretches that can hold a wrapped encoding are normalised and
+//! searched again. Such a stretch is a run of base64 characters with a line break in it, or of
+//! hex digits and spaces with a line break in it. Line breaks are found with a `memchr`
+//! prefilter and judged by the bytes next to them, so binary data pays for little more than
+//! that search (scripts/bench-scan: the same speed as without the pass), text with short lines
+//! for a look at each line end, and only base64 or hex text for a second search of it.
 
 use std::io::{self, Read};
 
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use sha2::{Digest as _, Sha256};
 
 use super::Needles;
 
@@ -22,6 +34,29 @@ const SESSION_TOKEN_MAX: usize = 4096;
 const LOOKBEHIND: usize = 8;
 /// Bytes read per window, beyond the overlap.
 const CHUNK: usize = 1 << 20;
+/// Longest line of a spaced hex dump that is sure to be searched in full (`od` writes 48 bytes).
+const HEX_LINE_MAX: usize = 256;
+
+/// Which bytes may make up a stretch of wrapped base64 (or `xxd -p` hex): the standard
+/// alphabet, padding and line breaks.
+const BASE64_RUN: [bool; 256] =
+    class(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n");
+/// Which bytes may make up a stretch of spaced hex (`od -An -tx1`): hex digits, spaces, breaks.
+const HEX_RUN: [bool; 256] = class(b"0123456789abcdefABCDEF \r\n");
+/// The gaps removed from runs, and those a hit must span to be reported from them.
+const LINE_BREAK: [bool; 256] = class(b"\r\n");
+const HEX_GAP: [bool; 256] = class(b" \r\n");
+const SPACE: [bool; 256] = class(b" ");
+
+const fn class(members: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < members.len() {
+        table[members[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
 
 /// What a pattern of the automaton stands for.
 #[derive(Debug, Clone)]
@@ -51,7 +86,28 @@ pub struct Hit {
     pub detector: String,
     /// The first few characters and the redacted length.
     pub snippet: String,
+    /// sha256 of the matched bytes: an input of the finding's fingerprint, never shown.
+    pub value_digest: [u8; 32],
 }
+
+impl Hit {
+    fn new(offset: u64, detector: String, value: &[u8]) -> Hit {
+        Hit {
+            offset,
+            len: value.len(),
+            detector,
+            snippet: redact(value),
+            value_digest: Sha256::digest(value).into(),
+        }
+    }
+}
+
+/// AWS's documentation examples (`AKIAIOSFODNN7EXAMPLE`, `AKIAI44QH8DHBEXAMPLE`,
+/// `wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY`, `je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY`, ...)
+/// end so: the generic detectors pass over them, as gitleaks does (its aws-access-token rule
+/// allows `.+EXAMPLE$`). Served values are exact needles and are always reported.
+const EXAMPLE_KEY_ID_SUFFIX: &[u8] = b"EXAMPLE";
+const EXAMPLE_SECRET_KEY_SUFFIX: &[u8] = b"EXAMPLEKEY";
 
 /// The compiled search: built once per scan, shared by every blob.
 pub struct Matcher {
@@ -61,6 +117,19 @@ pub struct Matcher {
     max_pattern: usize,
     /// Bytes that must follow a match start in the window before it is judged.
     lookahead: usize,
+    /// The needles' base64 and hex forms, searched in normalised wrapped stretches.
+    wrapped: Option<Wrapped>,
+}
+
+/// The search for wrapped encodings: the forms, and the automaton that finds line breaks.
+struct Wrapped {
+    ac: AhoCorasick,
+    labels: Vec<String>,
+    /// Shortest form: shorter stretches cannot hold one.
+    min_len: usize,
+    /// Most bytes a wrapped form spans in the original (its length, gaps included).
+    max_span: usize,
+    breaks: AhoCorasick,
 }
 
 impl Matcher {
@@ -69,6 +138,8 @@ impl Matcher {
         let mut notes = Vec::new();
         let mut bytes: Vec<Vec<u8>> = Vec::new();
         let mut patterns = Vec::new();
+        let mut wrapped: Vec<Vec<u8>> = Vec::new();
+        let mut wrapped_labels = Vec::new();
         for (id, value) in needles.iter() {
             let value = value.expose();
             if value.len() < MIN_NEEDLE_LEN {
@@ -78,6 +149,11 @@ impl Matcher {
                 continue;
             }
             for (form, encoded) in encodings(value) {
+                let wraps = matches!(form, "base64" | "hex");
+                if wraps && encoded.len() >= MIN_NEEDLE_LEN && !wrapped.contains(&encoded) {
+                    wrapped.push(encoded.clone());
+                    wrapped_labels.push(format!("secret {id} ({form}, wrapped)"));
+                }
                 if encoded.len() >= MIN_NEEDLE_LEN && !bytes.contains(&encoded) {
                     bytes.push(encoded);
                     patterns.push(Pattern::Needle(if form.is_empty() {
@@ -113,13 +189,29 @@ impl Matcher {
             .match_kind(MatchKind::LeftmostLongest)
             .build(&bytes)
             .expect("patterns are plain byte strings within the automaton's limits");
-        let lookahead = max_pattern + JWT_MAX;
+        let wrapped = (!wrapped.is_empty()).then(|| {
+            let longest = wrapped.iter().map(Vec::len).max().unwrap_or(0);
+            Wrapped {
+                ac: AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&wrapped)
+                    .expect("patterns are plain byte strings within the automaton's limits"),
+                labels: wrapped_labels,
+                min_len: wrapped.iter().map(Vec::len).min().unwrap_or(0),
+                // Spaced hex is the widest: 3 bytes per 2 digits, plus a CRLF per 16 bytes.
+                max_span: 2 * longest + 16,
+                breaks: AhoCorasick::new([b"\n"]).expect("one byte is a valid pattern"),
+            }
+        });
+        let span = wrapped.as_ref().map_or(0, |w| w.max_span + HEX_LINE_MAX);
+        let lookahead = max_pattern.max(span) + JWT_MAX;
         (
             Matcher {
                 ac,
                 patterns,
                 max_pattern,
                 lookahead,
+                wrapped,
             },
             notes,
         )
@@ -127,7 +219,7 @@ impl Matcher {
 
     /// Searches a whole in-memory value (a file name, a config field).
     pub fn scan_bytes(&self, hay: &[u8], on_hit: &mut dyn FnMut(Hit)) {
-        self.search(hay, 0, hay.len(), 0, true, on_hit);
+        self.search(hay, 0, hay.len(), 0, 0, true, on_hit);
     }
 
     /// Searches a stream of any length in bounded memory; returns the number of bytes read.
@@ -143,6 +235,8 @@ impl Matcher {
         }
         let buf = &mut window.buf;
         let (mut len, mut from, mut base, mut total) = (0usize, 0usize, 0u64, 0u64);
+        // Where wrapped forms start being judged: the previous window judged those before.
+        let mut wrapped_from = 0usize;
         loop {
             let mut eof = false;
             while len < buf.len() {
@@ -160,7 +254,7 @@ impl Matcher {
                 }
             }
             let end = if eof { len } else { len - self.lookahead };
-            let resume = self.search(&buf[..len], from, end, base, eof, on_hit);
+            let resume = self.search(&buf[..len], from, end, wrapped_from, base, eof, on_hit);
             if eof {
                 return Ok(total);
             }
@@ -168,6 +262,7 @@ impl Matcher {
             buf.copy_within(keep..len, 0);
             len -= keep;
             from = resume - keep;
+            wrapped_from = end - keep;
             base += keep as u64;
         }
     }
@@ -178,9 +273,41 @@ impl Matcher {
         CHUNK.max(2 * overlap) + overlap
     }
 
-    /// Judges every match starting in `from..end` of `hay`; returns where the next search
+    /// Judges every match starting in `from..end` of `hay` (wrapped forms: in
+    /// `wrapped_from..end`), reporting them in offset order; returns where the next search
     /// resumes. `base` is the stream offset of `hay[0]`; `eof` says nothing follows `hay`.
+    #[allow(clippy::too_many_arguments)]
     fn search(
+        &self,
+        hay: &[u8],
+        from: usize,
+        end: usize,
+        wrapped_from: usize,
+        base: u64,
+        eof: bool,
+        on_hit: &mut dyn FnMut(Hit),
+    ) -> usize {
+        let mut wrapped = match &self.wrapped {
+            Some(w) => w.hits(hay, wrapped_from, if eof { hay.len() } else { end }, base),
+            None => Vec::new(),
+        }
+        .into_iter()
+        .peekable();
+        let resume = {
+            let mut in_order = |hit: Hit| {
+                while let Some(w) = wrapped.next_if(|w| w.offset < hit.offset) {
+                    on_hit(w);
+                }
+                on_hit(hit);
+            };
+            self.search_exact(hay, from, end, base, eof, &mut in_order)
+        };
+        wrapped.for_each(on_hit);
+        resume
+    }
+
+    /// The automaton's part of [`Matcher::search`].
+    fn search_exact(
         &self,
         hay: &[u8],
         from: usize,
@@ -205,12 +332,7 @@ impl Matcher {
             let pattern = &self.patterns[m.pattern().as_usize()];
             match confirm(pattern, hay, m.start(), m.end()) {
                 Some((start, stop, detector)) => {
-                    on_hit(Hit {
-                        offset: base + start as u64,
-                        len: stop - start,
-                        detector,
-                        snippet: redact(&hay[start..stop]),
-                    });
+                    on_hit(Hit::new(base + start as u64, detector, &hay[start..stop]));
                     pos = stop.max(m.start() + 1);
                 }
                 None => pos = m.start() + 1,
@@ -220,21 +342,159 @@ impl Matcher {
     }
 }
 
+impl Wrapped {
+    /// Wrapped forms starting in `from..end` of `hay`, in offset order. Looks at the line
+    /// breaks from `from` on, and at the runs of base64 and of spaced hex around each: a run
+    /// long enough to hold a form is copied without its gaps (line breaks; spaces too in
+    /// hex runs) and searched. Only forms with a gap inside are reported: the automaton finds
+    /// the others.
+    fn hits(&self, hay: &[u8], from: usize, end: usize, base: u64) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        if from >= end {
+            return hits;
+        }
+        // A hit starting before `end` has its gaps, and the end of its line, before `scan_to`.
+        let scan_to = (end + self.max_span + HEX_LINE_MAX).min(hay.len());
+        let mut flat = Vec::new();
+        let mut done_base64 = from;
+        let mut done_hex = from;
+        for m in self
+            .breaks
+            .find_iter(Input::new(&hay[..scan_to]).span(from..scan_to))
+        {
+            let at = m.start();
+            // A base64 hit spanning this break has alphabet characters on both sides of it; the
+            // lines of a hex dump end in a digit. Most breaks (code, prose, binary data) fail
+            // both at once and cost two lookups.
+            let before = match at.checked_sub(1).map(|i| hay[i]) {
+                Some(b'\r') => at.checked_sub(2).map(|i| hay[i]),
+                b => b,
+            };
+            let after = hay.get(at + 1).copied();
+            let alphabet = |b: Option<u8>| b.is_some_and(|b| BASE64_RUN[b as usize] && b > b'\r');
+            let wanted = [
+                alphabet(before) && alphabet(after),
+                before.is_some_and(|b| b.is_ascii_hexdigit()),
+            ];
+            // Base64 (and `xxd -p`) runs: hits must span a line break. Spaced hex runs: hits
+            // must span a space, so no hit is found in both.
+            for (wanted, (table, gaps, required_gap, done)) in wanted.into_iter().zip([
+                (&BASE64_RUN, &LINE_BREAK, &LINE_BREAK, &mut done_base64),
+                (&HEX_RUN, &HEX_GAP, &SPACE, &mut done_hex),
+            ]) {
+                if !wanted {
+                    continue;
+                }
+                if at < *done {
+                    continue; // inside a run already searched
+                }
+                let start = at
+                    - hay[..at]
+                        .iter()
+                        .rev()
+                        .take_while(|b| table[**b as usize])
+                        .count();
+                let stop = at + hay[at..].iter().take_while(|b| table[**b as usize]).count();
+                *done = stop;
+                if stop - start >= self.min_len {
+                    self.search_run(
+                        &hay[start..stop],
+                        start,
+                        gaps,
+                        required_gap,
+                        from,
+                        end,
+                        base,
+                        &mut flat,
+                        &mut hits,
+                    );
+                }
+            }
+        }
+        hits.sort_by_key(|h| h.offset);
+        hits
+    }
+
+    /// Searches `run` (at `start` in the window) with its `gaps` removed; keeps the hits that
+    /// start in `from..end` and span a `required_gap` (hits without one are found by the
+    /// automaton, or in the other kind of run).
+    #[allow(clippy::too_many_arguments)]
+    fn search_run(
+        &self,
+        run: &[u8],
+        start: usize,
+        gaps: &[bool; 256],
+        required_gap: &[bool; 256],
+        from: usize,
+        end: usize,
+        base: u64,
+        flat: &mut Vec<u8>,
+        hits: &mut Vec<Hit>,
+    ) {
+        flat.clear();
+        if gaps == &LINE_BREAK {
+            // Line by line (memchr), so long base64 texts are copied, not filtered bytewise.
+            let mut line = 0;
+            for m in self.breaks.find_iter(run) {
+                let piece = &run[line..m.start()];
+                flat.extend_from_slice(piece.strip_suffix(b"\r").unwrap_or(piece));
+                line = m.end();
+            }
+            flat.extend(run[line..].iter().filter(|b| !gaps[**b as usize]));
+        } else {
+            flat.extend(run.iter().filter(|b| !gaps[**b as usize]));
+        }
+        if flat.len() < self.min_len {
+            return;
+        }
+        // Maps flat offsets back to the run, walking forwards only: matches come in order.
+        let (mut i, mut kept) = (0, 0);
+        let mut locate = |flat_at: usize| loop {
+            if !gaps[run[i] as usize] {
+                if kept == flat_at {
+                    return i;
+                }
+                kept += 1;
+            }
+            i += 1;
+        };
+        for m in self.ac.find_iter(&flat[..]) {
+            let first = locate(m.start());
+            let last = locate(m.end() - 1);
+            let (at, len) = (start + first, last + 1 - first);
+            let spans_gap = run[first..=last].iter().any(|b| required_gap[*b as usize]);
+            if !spans_gap || at < from || at >= end {
+                continue;
+            }
+            let mut hit = Hit::new(
+                base + at as u64,
+                self.labels[m.pattern().as_usize()].clone(),
+                &flat[m.start()..m.end()],
+            );
+            hit.len = len; // the span in the original, gaps included
+            hits.push(hit);
+        }
+    }
+}
+
 /// A reusable search buffer, so scanning many small files allocates once.
 #[derive(Default)]
 pub struct Window {
     buf: Vec<u8>,
 }
 
-/// The forms a needle may take in an image: raw, URL-encoded, and base64 (standard and URL-safe
-/// alphabets) at each of the three byte alignments, keeping only the characters that depend on
-/// the value alone.
+/// The forms a needle may take in an image: raw, URL-encoded, hex (lower and upper case), and
+/// base64 (standard and URL-safe alphabets) at each of the three byte alignments, keeping only
+/// the characters that depend on the value alone.
 fn encodings(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
     let mut forms = vec![("", value.to_vec())];
     let url = url_encode(value).into_bytes();
     if url != value {
         forms.push(("URL-encoded", url));
     }
+    let hex = hex::encode(value);
+    forms.push(("hex", hex.to_ascii_uppercase().into_bytes()));
+    forms.push(("hex", hex.into_bytes()));
     for (name, engine) in [
         ("base64", &STANDARD_NO_PAD),
         ("base64url", &URL_SAFE_NO_PAD),
@@ -283,14 +543,17 @@ fn confirm(
             let ok = (start == 0 || !hay[start - 1].is_ascii_alphanumeric())
                 && hay.len() >= stop
                 && hay[end..stop].iter().all(upper_alnum)
-                && hay.get(stop).is_none_or(|b| !b.is_ascii_alphanumeric());
+                && hay.get(stop).is_none_or(|b| !b.is_ascii_alphanumeric())
+                && !hay[..stop].ends_with(EXAMPLE_KEY_ID_SUFFIX);
             ok.then(|| (start, stop, "aws-access-key-id".to_string()))
         }
         Pattern::SecretKeyAssignment => {
             let value = assigned_value(hay, end)?;
             let run = hay[value..].iter().take(41).take_while(|b| b64(b)).count();
             let boundary = hay.get(value + 40).is_none_or(|b| !b64(b) && *b != b'=');
-            (run == 40 && boundary).then(|| (value, value + 40, "aws-secret-access-key".into()))
+            let example = run == 40 && hay[..value + 40].ends_with(EXAMPLE_SECRET_KEY_SUFFIX);
+            (run == 40 && boundary && !example)
+                .then(|| (value, value + 40, "aws-secret-access-key".into()))
         }
         Pattern::SessionTokenAssignment => {
             let value = assigned_value(hay, end)?;
@@ -382,6 +645,7 @@ pub fn redact(value: &[u8]) -> String {
 mod tests {
     use super::*;
     use crate::secret::SecretValue;
+    use base64::engine::general_purpose::STANDARD;
 
     fn matcher(values: &[&str]) -> Matcher {
         let mut needles = Needles::default();
@@ -445,6 +709,92 @@ mod tests {
         }
     }
 
+    /// `text` with a line break after every `width` bytes, as encoders write it.
+    fn wrap(text: &[u8], width: usize, eol: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in text.chunks(width) {
+            out.extend_from_slice(line);
+            out.extend_from_slice(eol.as_bytes());
+        }
+        out
+    }
+
+    /// `od -An -tx1`: 16 bytes a line, each as a space and two digits.
+    fn od(value: &[u8], eol: &str) -> Vec<u8> {
+        let mut out = String::new();
+        for line in value.chunks(16) {
+            for b in line {
+                out.push_str(&format!(" {b:02x}"));
+            }
+            out.push_str(eol);
+        }
+        out.into_bytes()
+    }
+
+    #[test]
+    fn wrapped_base64_and_hex_are_found_at_every_phase_once() {
+        let secret = "arn:aws:iam::123456789012:role/wrapped-secret-ci";
+        let m = matcher(&[secret]);
+        for width in [76, 64, 60] {
+            for eol in ["\n", "\r\n"] {
+                for lead in 0..width {
+                    let data = format!("{}{secret}!tail", "p".repeat(lead));
+                    let b64 = wrap(STANDARD.encode(&data).as_bytes(), width, eol);
+                    let hex = wrap(hex::encode(&data).as_bytes(), width, eol);
+                    let upper = hex.to_ascii_uppercase();
+                    for (form, text) in [("base64", b64), ("hex", hex), ("hex", upper)] {
+                        let hits = hits_bytes(&m, &text);
+                        assert_eq!(hits.len(), 1, "{form} {width} {eol:?} {lead}: {hits:?}");
+                        assert!(hits[0].detector.contains(form), "{hits:?}");
+                        // The span covers the value's characters and the breaks between them.
+                        let start = hits[0].offset as usize;
+                        let flat: Vec<u8> = text[start..start + hits[0].len]
+                            .iter()
+                            .copied()
+                            .filter(|b| !b"\r\n".contains(b))
+                            .collect();
+                        assert!(flat.len() >= secret.len() * 8 / 6 - 2, "{hits:?}");
+                    }
+                }
+            }
+        }
+        for lead in 0..16 {
+            let data = format!("{}{secret}", "p".repeat(lead));
+            for eol in ["\n", "\r\n"] {
+                let hits = hits_bytes(&m, &od(data.as_bytes(), eol));
+                assert_eq!(hits.len(), 1, "od {lead} {eol:?}: {hits:?}");
+                assert_eq!(hits[0].detector, "secret s0 (hex, wrapped)");
+                assert_eq!(hits[0].offset, 3 * lead as u64 + 1 + (lead as u64 / 16));
+            }
+        }
+    }
+
+    #[test]
+    fn wrapped_forms_spanning_window_boundaries_are_found_once() {
+        let secret = "wrapped-boundary-secret-0123456789";
+        let m = matcher(&[secret]);
+        // A long base64 text (as `base64 FILE` writes it) with the secret every 1000 bytes of
+        // input: some copy straddles each window boundary, at some phase.
+        let mut data = Vec::new();
+        let mut expected = 0;
+        while data.len() < 3 * CHUNK {
+            data.extend_from_slice(&noise_block(1000));
+            data.extend_from_slice(secret.as_bytes());
+            expected += 1;
+        }
+        let text = wrap(STANDARD.encode(&data).as_bytes(), 76, "\r\n");
+        let all = hits_bytes(&m, &text);
+        assert_eq!(all.len(), expected, "in memory");
+        for read in [1 << 20, 4096] {
+            let hits = hits_stream(&m, &text, read);
+            assert_eq!(hits, all, "reads of {read}");
+        }
+    }
+
+    fn noise_block(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
     #[test]
     fn matches_spanning_window_boundaries_are_found_once() {
         let secret = "boundary-spanning-secret-0123456789";
@@ -472,8 +822,8 @@ mod tests {
     #[test]
     fn generic_detectors_confirm_their_candidates() {
         let m = matcher(&[]);
-        let key = "AKIAIOSFODNN7EXAMPLE";
-        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        let key = "AKIAZQ3HOSTILE7INPUT";
+        let secret = "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";
         let token = format!("IQoJb3JpZ2luX2VjE{}", "A".repeat(120));
         let cases: Vec<(String, Option<&str>)> = vec![
             (format!("id={key}\n"), Some("aws-access-key-id")),
@@ -499,6 +849,17 @@ mod tests {
                 Some("aws-session-token"),
             ),
             ("AWS_SESSION_TOKEN=short".into(), None),
+            // AWS's documentation examples are no leak.
+            ("id=AKIAIOSFODNN7EXAMPLE\n".into(), None),
+            ("id=AKIAI44QH8DHBEXAMPLE\n".into(), None),
+            (
+                "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n".into(),
+                None,
+            ),
+            (
+                "SecretAccessKey: je7MtGbClwBF/2Zp9Utk/h3yCo8nvbEXAMPLEKEY\n".into(),
+                None,
+            ),
         ];
         for (hay, want) in cases {
             let hits = hits_bytes(&m, hay.as_bytes());
@@ -508,6 +869,14 @@ mod tests {
                 "{hay}: {hits:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_served_value_is_found_even_when_it_is_a_documentation_example() {
+        let m = matcher(&["AKIAIOSFODNN7EXAMPLE"]);
+        let hits = hits_bytes(&m, b"id=AKIAIOSFODNN7EXAMPLE\n");
+        let detectors: Vec<_> = hits.iter().map(|h| h.detector.as_str()).collect();
+        assert_eq!(detectors, ["secret s0"]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::secret::SecretValue;
 
 pub mod docker;
+pub mod ignore;
 mod image;
 mod json;
 mod layer;
@@ -25,7 +26,10 @@ mod store;
 mod tarx;
 
 /// A scan failure: the image could not be read, or it is malformed or hostile. Never holds a
-/// secret value.
+/// secret value, nor any byte of the image: an error says what is wrong and where (a member's
+/// index and offset, a document's line and column, a field's position), because whatever an
+/// image holds (a file's start, a path, a JSON value) may be a credential, and errors go to CI
+/// logs. Only names this crate makes (validated sha256 digests, the path given to `scan`) appear.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     /// Reading failed.
@@ -59,13 +63,38 @@ pub enum ScanError {
     },
     /// A path climbs out of the archive (`../`).
     #[error(
-        "{what}: unsafe path {path:?} climbs out of the archive root; refusing a hostile archive"
+        "{what}: {member}: its path climbs out of the archive root (a `..` component); refusing \
+         a hostile archive (the path is not shown: it may hold a credential)"
     )]
     UnsafePath {
         /// The archive or layer.
         what: String,
-        /// The path, made printable.
-        path: String,
+        /// Which path: a member's index and offset, or the document field that names it.
+        member: String,
+    },
+    /// A tar header is malformed or truncated.
+    #[error(
+        "{what}: {problem} at {place}; the archive is corrupt or hostile (its bytes are not \
+         shown: they may hold a credential)"
+    )]
+    Tar {
+        /// The archive or layer.
+        what: String,
+        /// The entry the header belongs to.
+        place: tarx::Place,
+        /// What is wrong, in words of our own.
+        problem: &'static str,
+    },
+    /// The file given to `scan` is no image at all.
+    #[error(
+        "{what}: not a tar archive, an OCI layout or a docker-save archive ({problem}); scan the \
+         output of `docker save`, an OCI layout (directory or tar), or docker://NAME"
+    )]
+    NotAnArchive {
+        /// The file.
+        what: String,
+        /// What its first bytes are not.
+        problem: &'static str,
     },
     /// A tar extension header (long name, PAX) is larger than allowed.
     #[error("{what}: a tar extension header of {size} bytes exceeds the limit of {limit} bytes; refusing a hostile archive")]
@@ -183,6 +212,45 @@ pub struct Finding {
     pub detector: String,
     /// A few leading characters and the redacted length: never the value.
     pub snippet: String,
+    /// What `--ignore` files list to accept this finding: see [`Finding::new`].
+    pub fingerprint: String,
+}
+
+impl Finding {
+    /// A finding of `hit` in `blob` at `path`, with its fingerprint: 16 hex digits of the
+    /// sha256 of the detector, the blob's kind, the path, the place and the sha256 of the
+    /// matched bytes. Those are what stays the same when an image is rebuilt from the same
+    /// sources (the blob digest and the offset change with any other edit), so an ignore file
+    /// keeps working in CI; and the same value at another path, or another value at this one,
+    /// is a new finding. The value enters only through its sha256, and the result is cut to 64
+    /// bits: nothing of the value can be read from it, and testing a guess against it means
+    /// guessing the whole credential. No key is mixed in: one shared by every CI run (as
+    /// stability needs) would be no secret.
+    pub fn new(blob: &str, blob_kind: &str, path: &str, place: &str, hit: matcher::Hit) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for part in [
+            &b"irsa-secrets scan fingerprint v1"[..],
+            hit.detector.as_bytes(),
+            blob_kind.as_bytes(),
+            path.as_bytes(),
+            place.as_bytes(),
+            &hit.value_digest,
+        ] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+        Finding {
+            blob: blob.to_string(),
+            blob_kind: blob_kind.to_string(),
+            path: path.to_string(),
+            place: place.to_string(),
+            offset: hit.offset,
+            detector: hit.detector,
+            snippet: hit.snippet,
+            fingerprint: hex::encode(&h.finalize()[..8]),
+        }
+    }
 }
 
 /// What a scan found.
@@ -190,8 +258,10 @@ pub struct Finding {
 pub struct Report {
     /// What was scanned, as given.
     pub image: String,
-    /// Findings, in image order.
+    /// Findings, in image order (those an ignore file accepts left out).
     pub findings: Vec<Finding>,
+    /// Findings an ignore file accepted.
+    pub ignored: usize,
     /// Things the user should know (skipped platforms, unsearched needles).
     pub notes: Vec<String>,
     /// Documents and blobs searched.
@@ -304,17 +374,8 @@ fn search_document(
     matcher: &matcher::Matcher,
     findings: &mut Vec<Finding>,
 ) {
-    let mut push = |path: &str, hit: matcher::Hit| {
-        findings.push(Finding {
-            blob: name.to_string(),
-            blob_kind: kind.to_string(),
-            path: path.to_string(),
-            place: "field".into(),
-            offset: hit.offset,
-            detector: hit.detector,
-            snippet: hit.snippet,
-        })
-    };
+    let mut push =
+        |path: &str, hit: matcher::Hit| findings.push(Finding::new(name, kind, path, "field", hit));
     match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(doc) => json::search(&doc, matcher, &mut push),
         Err(_) => matcher.scan_bytes(bytes, &mut |h| push("", h)),

@@ -35,18 +35,23 @@ fn text(report: &Report) -> String {
     for f in &report.findings {
         let path = if f.path.is_empty() { "-" } else { &f.path };
         out.push_str(&format!(
-            "{} {} {path} ({} at offset {}): {}: {}\n",
-            f.blob_kind, f.blob, f.place, f.offset, f.detector, f.snippet
+            "{} {} {path} ({} at offset {}): {}: {} [fingerprint {}]\n",
+            f.blob_kind, f.blob, f.place, f.offset, f.detector, f.snippet, f.fingerprint
         ));
     }
     for note in &report.notes {
         out.push_str(&format!("note: {note}\n"));
     }
-    let verdict = match report.findings.len() {
+    let mut verdict = match report.findings.len() {
         0 => "no secrets found".to_string(),
         1 => "1 finding".to_string(),
         n => format!("{n} findings"),
     };
+    match report.ignored {
+        0 => {}
+        1 => verdict.push_str(" (1 more ignored by --ignore)"),
+        n => verdict.push_str(&format!(" ({n} more ignored by --ignore)")),
+    }
     out.push_str(&format!(
         "{}: {verdict} ({} documents and blobs, {} bytes, all digests verified)\n",
         report.image, report.blobs, report.bytes
@@ -77,6 +82,7 @@ fn sarif(report: &Report) -> serde_json::Value {
                         "region": { "byteOffset": f.offset }
                     }
                 }],
+                "fingerprints": { "irsa-secrets/v1": f.fingerprint },
                 "properties": { "blob": f.blob, "blobKind": f.blob_kind, "place": f.place },
             })
         })
@@ -98,7 +104,7 @@ fn sarif(report: &Report) -> serde_json::Value {
             }},
             "artifacts": [{ "location": { "uri": report.image } }],
             "results": results,
-            "properties": { "notes": report.notes },
+            "properties": { "notes": report.notes, "ignored": report.ignored },
         }]
     })
 }
@@ -126,7 +132,9 @@ mod tests {
                 offset: 7,
                 detector: "secret aws-role-arn (base64)".into(),
                 snippet: "YXJu…[redacted 40 bytes]".into(),
+                fingerprint: "0123456789abcdef".into(),
             }],
+            ignored: 2,
             notes: vec![],
             blobs: 3,
             bytes: 100,
@@ -136,13 +144,21 @@ mod tests {
             text.contains("layer sha256:ab etc/app.conf (content at offset 7)"),
             "{text}"
         );
-        assert!(text.contains("1 finding"), "{text}");
+        assert!(text.contains("[fingerprint 0123456789abcdef]"), "{text}");
+        assert!(
+            text.contains("1 finding (2 more ignored by --ignore)"),
+            "{text}"
+        );
         let json: serde_json::Value = serde_json::from_str(&render(&report, Format::Json)).unwrap();
         assert_eq!(json["findings"][0]["offset"], 7);
         let sarif: serde_json::Value =
             serde_json::from_str(&render(&report, Format::Sarif)).unwrap();
         let result = &sarif["runs"][0]["results"][0];
         assert_eq!(result["ruleId"], "secret/aws-role-arn");
+        assert_eq!(
+            result["fingerprints"]["irsa-secrets/v1"],
+            "0123456789abcdef"
+        );
         assert_eq!(
             result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
             "sha256:ab/etc/app.conf"

@@ -1,7 +1,9 @@
 //! Random access to the files of an image archive without unpacking it: a directory (OCI
 //! layout), or a tar file (`docker save`, OCI tar) indexed once by its headers, whose members are
 //! then read in place with positioned reads. Paths are checked, links followed within the
-//! archive only, and link loops refused.
+//! archive only, and link loops refused. Paths come from hostile input (member names, link
+//! targets, `docker save`'s manifest.json), so errors name a file by a label its caller gives
+//! (a digest, `manifest.json entry 0 Config`), never by its path.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -116,6 +118,17 @@ impl Store {
 
     /// Indexes an open tar file (`what` names it in errors), seeking over member data.
     pub fn index(file: File, what: &str, limits: &Limits) -> Result<Store, ScanError> {
+        Self::index_tar(file, what, limits).map_err(|e| match e {
+            // The first header is not one: this is no tar at all (and no layout directory).
+            ScanError::Tar { place, .. } if place.member == 0 => ScanError::NotAnArchive {
+                what: what.to_string(),
+                problem: "its start is not a tar header",
+            },
+            e => e,
+        })
+    }
+
+    fn index_tar(file: File, what: &str, limits: &Limits) -> Result<Store, ScanError> {
         let mut magic = [0u8; 4];
         let n = file.read_at(&mut magic, 0).unwrap_or(0);
         if n >= 2 && (magic[..2] == [0x1f, 0x8b] || magic == [0x28, 0xb5, 0x2f, 0xfd]) {
@@ -134,31 +147,44 @@ impl Store {
                 source,
             })?
             .raw(true);
-        tarx::for_each(entries, what, limits.max_header_bytes, |meta, entry| {
-            let name = normalize(&String::from_utf8_lossy(&meta.path), what)?;
-            let member = match (meta.kind, &meta.link) {
-                (tar::EntryType::Symlink, Some(target)) => {
-                    let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
-                    Member::Link(format!("{dir}/{}", String::from_utf8_lossy(target)))
+        tarx::for_each(
+            entries,
+            what,
+            limits.max_header_bytes,
+            |meta, place, entry| {
+                // tarx refuses `..` components, so only a path that is all `.` and `/` is left.
+                let name = normalize(&String::from_utf8_lossy(&meta.path)).ok_or_else(|| {
+                    ScanError::UnsafePath {
+                        what: what.to_string(),
+                        member: place.to_string(),
+                    }
+                })?;
+                let member = match (meta.kind, &meta.link) {
+                    (tar::EntryType::Symlink, Some(target)) => {
+                        let dir = name.rsplit_once('/').map_or("", |(d, _)| d);
+                        Member::Link(format!("{dir}/{}", String::from_utf8_lossy(target)))
+                    }
+                    (tar::EntryType::Link, Some(target)) => {
+                        Member::Link(String::from_utf8_lossy(target).into_owned())
+                    }
+                    (kind, _) if kind.is_file() || kind == tar::EntryType::Continuous => {
+                        Member::File {
+                            offset: entry.raw_file_position(),
+                            len: meta.size,
+                        }
+                    }
+                    _ => Member::Other,
+                };
+                members.insert(name, member);
+                if members.len() > MAX_MEMBERS {
+                    return Err(ScanError::Format {
+                        what: what.to_string(),
+                        message: format!("more than {MAX_MEMBERS} files: not an image archive"),
+                    });
                 }
-                (tar::EntryType::Link, Some(target)) => {
-                    Member::Link(String::from_utf8_lossy(target).into_owned())
-                }
-                (kind, _) if kind.is_file() || kind == tar::EntryType::Continuous => Member::File {
-                    offset: entry.raw_file_position(),
-                    len: meta.size,
-                },
-                _ => Member::Other,
-            };
-            members.insert(name, member);
-            if members.len() > MAX_MEMBERS {
-                return Err(ScanError::Format {
-                    what: what.to_string(),
-                    message: format!("more than {MAX_MEMBERS} files: not an image archive"),
-                });
-            }
-            Ok(())
-        })?;
+                Ok(())
+            },
+        )?;
         Ok(Store::Tar { file, members })
     }
 
@@ -166,29 +192,29 @@ impl Store {
     pub fn exists(&self, path: &str) -> bool {
         match self {
             Store::Dir(root) => root.join(path).exists(),
-            Store::Tar { members, .. } => normalize(path, "")
-                .map(|p| members.contains_key(&p))
-                .unwrap_or(false),
+            Store::Tar { members, .. } => normalize(path).is_some_and(|p| members.contains_key(&p)),
         }
     }
 
-    /// The bytes of the file at `path`, following links within the archive.
-    pub fn section(&self, path: &str) -> Result<Section, ScanError> {
-        let mut name = normalize(path, path)?;
+    /// The bytes of the file at `path`, following links within the archive; `label` names it in
+    /// errors (`path` may be hostile).
+    pub fn section(&self, path: &str, label: &str) -> Result<Section, ScanError> {
+        let climbs = |member: &str| ScanError::UnsafePath {
+            what: label.to_string(),
+            member: member.to_string(),
+        };
+        let mut name = normalize(path).ok_or_else(|| climbs("the path naming it"))?;
         match self {
             Store::Dir(root) => {
                 let full = root.join(&name);
                 let io = |source| ScanError::Io {
-                    what: full.display().to_string(),
+                    what: format!("{label} in {}", root.display()),
                     source,
                 };
                 let canonical_root = root.canonicalize().map_err(io)?;
                 let canonical = full.canonicalize().map_err(io)?;
                 if !canonical.starts_with(&canonical_root) {
-                    return Err(ScanError::UnsafePath {
-                        what: root.display().to_string(),
-                        path: name,
-                    });
+                    return Err(climbs("the path naming it, through a link,"));
                 }
                 let file = File::open(&canonical).map_err(io)?;
                 let len = file.metadata().map_err(io)?.len();
@@ -203,7 +229,7 @@ impl Store {
                     match members.get(&name) {
                         None => {
                             return Err(ScanError::Format {
-                                what: path.to_string(),
+                                what: label.to_string(),
                                 message: "not in the archive".into(),
                             })
                         }
@@ -214,45 +240,43 @@ impl Store {
                                 len: *len,
                             })
                         }
-                        Some(Member::Link(target)) => name = normalize(target, path)?,
+                        Some(Member::Link(target)) => {
+                            name = normalize(target)
+                                .ok_or_else(|| climbs("a link followed to reach it"))?
+                        }
                         Some(Member::Other) => {
                             return Err(ScanError::Format {
-                                what: path.to_string(),
+                                what: label.to_string(),
                                 message: "is not a regular file in the archive".into(),
                             })
                         }
                     }
                 }
                 Err(ScanError::LinkLoop {
-                    what: path.to_string(),
+                    what: label.to_string(),
                     limit: MAX_LINKS,
                 })
             }
         }
     }
 
-    /// Reads a small file whole (an index, a manifest list).
-    pub fn read(&self, path: &str, max: u64) -> Result<Vec<u8>, ScanError> {
-        self.section(path)?.read_all(max, path)
+    /// Reads a small file whole (an index, a manifest list), named `label` in errors.
+    pub fn read(&self, path: &str, max: u64, label: &str) -> Result<Vec<u8>, ScanError> {
+        self.section(path, label)?.read_all(max, label)
     }
 }
 
-/// Resolves `.` and `..` in an archive path; a path that climbs above the root is refused.
-fn normalize(path: &str, what: &str) -> Result<String, ScanError> {
+/// Resolves `.` and `..` in an archive path; `None` for a path that climbs above the root.
+fn normalize(path: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for part in path.split('/') {
         match part {
             "" | "." => {}
             ".." => {
-                if parts.pop().is_none() {
-                    return Err(ScanError::UnsafePath {
-                        what: what.to_string(),
-                        path: path.to_string(),
-                    });
-                }
+                parts.pop()?;
             }
             _ => parts.push(part),
         }
     }
-    Ok(parts.join("/"))
+    Some(parts.join("/"))
 }

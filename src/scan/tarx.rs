@@ -1,6 +1,10 @@
 //! Tar entries with GNU long names, long links and PAX records applied here rather than by the
 //! `tar` crate, which reads such headers whole: a hostile multi-gigabyte header must cost at most
 //! a fixed number of bytes. Also rejects paths that climb out of the archive's root.
+//!
+//! Errors name a member by its index and its header's byte offset, never by its path or any
+//! other bytes of the archive: the `tar` crate's own messages quote the header (the start of a
+//! file that is no archive at all), and a hostile path can be a credential.
 
 use std::io::Read;
 
@@ -32,23 +36,74 @@ struct Pending {
     pax_values: Vec<Vec<u8>>,
 }
 
-/// Calls `f` with every real entry of `entries` (which must be in raw mode), applying extension
-/// headers of at most `max_header` bytes each. `what` names the archive in errors.
+/// Where an entry is: its index among the real entries and its first header's byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// 0 for the first real entry; extension headers belong to the entry they describe.
+    pub member: u64,
+    /// Offset of the entry's first header (extension headers included) in the tar stream.
+    pub offset: u64,
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "member {} (the header at byte {})",
+            self.member, self.offset
+        )
+    }
+}
+
+/// What a `tar` crate error says, in words of our own: its message quotes header bytes, so it is
+/// only ever compared with, never shown.
+fn tar_problem(e: &std::io::Error) -> &'static str {
+    let message = e.to_string();
+    if message.contains("checksum") {
+        "a header checksum does not match"
+    } else if e.kind() == std::io::ErrorKind::UnexpectedEof
+        || message.contains("entire block")
+        || message.contains("unexpected EOF")
+    {
+        "the archive ends inside a header or its data"
+    } else if message.contains("pax") {
+        "a PAX extension record is malformed"
+    } else {
+        "a header field is malformed"
+    }
+}
+
+/// Calls `f` with every real entry of `entries` (which must be in raw mode) and its place,
+/// applying extension headers of at most `max_header` bytes each. `what` names the archive in
+/// errors.
 pub fn for_each<R: Read>(
     entries: tar::Entries<'_, R>,
     what: &str,
     max_header: u64,
-    mut f: impl FnMut(&Meta, &mut tar::Entry<'_, R>) -> Result<(), ScanError>,
+    mut f: impl FnMut(&Meta, Place, &mut tar::Entry<'_, R>) -> Result<(), ScanError>,
 ) -> Result<(), ScanError> {
-    let io = |source| ScanError::Io {
-        what: what.to_string(),
-        source,
+    // The place of the entry being assembled.
+    let mut place = Place {
+        member: 0,
+        offset: 0,
     };
     let mut pending = Pending::default();
+    let tar_error = |place: Place, e: &std::io::Error| ScanError::Tar {
+        what: what.to_string(),
+        place,
+        problem: tar_problem(e),
+    };
     for entry in entries {
-        let mut entry = entry.map_err(io)?;
+        let mut entry = entry.map_err(|e| tar_error(place, &e))?;
         let kind = entry.header().entry_type();
-        let size = entry.header().entry_size().map_err(io)?;
+        let size = entry
+            .header()
+            .entry_size()
+            .map_err(|e| tar_error(place, &e))?;
+        // Where the next header starts.
+        let next = entry
+            .raw_file_position()
+            .saturating_add(size.div_ceil(512).saturating_mul(512));
         let extension = matches!(
             kind,
             EntryType::GNULongName
@@ -65,11 +120,19 @@ pub fn for_each<R: Read>(
                 });
             }
             let mut data = Vec::with_capacity(size as usize);
-            entry.read_to_end(&mut data).map_err(io)?;
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| tar_error(place, &e))?;
             match kind {
                 EntryType::GNULongName => pending.path = Some(trim_nul(data)),
                 EntryType::GNULongLink => pending.link = Some(trim_nul(data)),
-                _ => apply_pax(&data, kind == EntryType::XHeader, &mut pending, what)?,
+                _ => apply_pax(&data, kind == EntryType::XHeader, &mut pending).map_err(
+                    |problem| ScanError::Tar {
+                        what: what.to_string(),
+                        place,
+                        problem,
+                    },
+                )?,
             }
             continue;
         }
@@ -84,7 +147,7 @@ pub fn for_each<R: Read>(
         if let Some(pax_size) = pending.size.take() {
             if pax_size != size {
                 return Err(ScanError::Format {
-                    what: what.to_string(),
+                    what: format!("{what}: {place}"),
                     message: format!(
                         "a PAX size record ({pax_size}) disagrees with the header ({size}); \
                          such archives parse differently in different tools"
@@ -92,7 +155,12 @@ pub fn for_each<R: Read>(
                 });
             }
         }
-        check_path(&path, what)?;
+        if climbs_out(&path) {
+            return Err(ScanError::UnsafePath {
+                what: what.to_string(),
+                member: place.to_string(),
+            });
+        }
         let meta = Meta {
             path,
             link,
@@ -100,11 +168,15 @@ pub fn for_each<R: Read>(
             size,
             pax_values: std::mem::take(&mut pending.pax_values),
         };
-        f(&meta, &mut entry)?;
+        f(&meta, place, &mut entry)?;
+        place = Place {
+            member: place.member + 1,
+            offset: next,
+        };
     }
     if pending.path.is_some() || pending.link.is_some() {
         return Err(ScanError::Format {
-            what: what.to_string(),
+            what: format!("{what}: {place}"),
             message: "the archive ends with an extension header describing no entry".into(),
         });
     }
@@ -112,12 +184,9 @@ pub fn for_each<R: Read>(
 }
 
 /// Applies a PAX header's records; global headers' records are only kept for searching.
-fn apply_pax(data: &[u8], local: bool, pending: &mut Pending, what: &str) -> Result<(), ScanError> {
+fn apply_pax(data: &[u8], local: bool, pending: &mut Pending) -> Result<(), &'static str> {
     for record in tar::PaxExtensions::new(data) {
-        let record = record.map_err(|e| ScanError::Io {
-            what: what.to_string(),
-            source: e,
-        })?;
+        let record = record.map_err(|_| "a PAX extension record is malformed")?;
         match (local, record.key_bytes()) {
             (true, b"path") => pending.path = Some(record.value_bytes().to_vec()),
             (true, b"linkpath") => pending.link = Some(record.value_bytes().to_vec()),
@@ -126,10 +195,7 @@ fn apply_pax(data: &[u8], local: bool, pending: &mut Pending, what: &str) -> Res
                     .value()
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .ok_or_else(|| ScanError::Format {
-                        what: what.to_string(),
-                        message: "a PAX size record is not a number".into(),
-                    })?;
+                    .ok_or("a PAX size record is not a number")?;
                 pending.size = Some(size);
             }
             _ => pending.pax_values.push(record.value_bytes().to_vec()),
@@ -145,14 +211,8 @@ fn trim_nul(mut data: Vec<u8>) -> Vec<u8> {
     data
 }
 
-/// Refuses a path with a `..` component: no tool should extract it, and one that does writes
+/// True for a path with a `..` component: no tool should extract it, and one that does writes
 /// outside its target directory.
-pub fn check_path(path: &[u8], what: &str) -> Result<(), ScanError> {
-    if path.split(|&b| b == b'/').any(|c| c == b"..") {
-        return Err(ScanError::UnsafePath {
-            what: what.to_string(),
-            path: super::printable(path),
-        });
-    }
-    Ok(())
+fn climbs_out(path: &[u8]) -> bool {
+    path.split(|&b| b == b'/').any(|c| c == b"..")
 }
