@@ -38,6 +38,10 @@ pub struct Caller {
     /// The client process on the other end of the helper's socket.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub peer: Option<Peer>,
+    /// Asked on the socket itself (`irsa-secrets probe`, any gRPC client), not by a build from
+    /// inside its session; written as `"probe": true`, absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub probe: bool,
 }
 
 /// A unix socket peer's credentials (`SO_PEERCRED`).

@@ -200,7 +200,10 @@ impl Provider {
         let session = caller.session.as_deref().unwrap_or("-");
         match a.outcome {
             Outcome::Served => {
-                tracing::info!(listener = %self.listener, session, id = a.id, source = a.source, bytes = a.value.map(SecretValue::len), "secret served")
+                tracing::info!(listener = %self.listener, session, probe = caller.probe, id = a.id, source = a.source, bytes = a.value.map(SecretValue::len), "secret served")
+            }
+            Outcome::NotFound if caller.probe => {
+                tracing::info!(listener = %self.listener, id = a.id, "a probe asked for secret {}, which nobody serves here", a.id)
             }
             Outcome::NotFound if is_buildkit_probe(a.id) => {
                 tracing::debug!(session, id = a.id, "secret not served here")
@@ -241,24 +244,31 @@ fn is_buildkit_probe(id: &str) -> bool {
     .any(|p| id.starts_with(p))
 }
 
+/// The Secrets service asked directly on a socket: `serve`'s whole service, and what the
+/// proxy's BuildKit front door answers GetSecret calls made on the helper's socket with
+/// (probes). The caller's peer comes from an [`audit::Peer`](Peer) extension (the proxy sets
+/// it) or from tonic's unix socket info (`serve`).
 #[tonic::async_trait]
 impl Secrets for Provider {
     async fn get_secret(
         &self,
         request: Request<GetSecretRequest>,
     ) -> Result<Response<GetSecretResponse>, Status> {
-        let peer = request
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
-            .map(|c| Peer {
-                pid: c.pid(),
-                uid: c.uid(),
-                gid: c.gid(),
-            });
+        let peer = request.extensions().get::<Peer>().copied().or_else(|| {
+            request
+                .extensions()
+                .get::<tonic::transport::server::UdsConnectInfo>()
+                .and_then(|info| info.peer_cred)
+                .map(|c| Peer {
+                    pid: c.pid(),
+                    uid: c.uid(),
+                    gid: c.gid(),
+                })
+        });
         let caller = Caller {
             session: None,
             peer,
+            probe: true,
         };
         let id = request.into_inner().id;
         let value = self.get(&id, &caller).await?;

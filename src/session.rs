@@ -43,6 +43,7 @@ impl SessionInfo {
         Caller {
             session: Some(self.id.clone()),
             peer: self.peer,
+            probe: false,
         }
     }
 }

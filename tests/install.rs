@@ -71,6 +71,7 @@ fn deps_python_names_what_it_could_not_install() {
         "moto[server]==5.2.1",
         "kubernetes-validate==1.37.0",
         "check-jsonschema==0.39.0",
+        "grpcio==1.85.1",
     ] {
         assert!(failed.contains(pin), "{failed}");
     }

@@ -1,6 +1,7 @@
 //! Fleet features through real builds on a private dockerd: per-listener policy from a config
 //! file, a refused peer, the audit trail for every outcome (with no value in it), the metrics
-//! endpoint, and readiness that follows the token and the daemon.
+//! endpoint, readiness that follows the token and the daemon, and `probe` on each listener
+//! answering as that listener's builds are answered, with the daemon up and down.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
-use common::{command, token, Helper, Projected, Radioactive, ARN};
+use common::{command, probe, probed, sha, token, Helper, Projected, Radioactive, ARN};
 
 fn build(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
     let out = docker_on(socket)
@@ -98,7 +99,7 @@ fn policy_audit_metrics_and_readiness() {
     r.watch(t.as_bytes());
     r.watch(ARN.as_bytes());
     let mut projected = Projected::new(&dir.join("sa"), &t);
-    let daemon = Dockerd::start(&dir.join("d"));
+    let mut daemon = Dockerd::start(&dir.join("d"));
     // A stand-in daemon for the readiness check of a fourth listener: a socket the test controls.
     let canary_path = dir.join("canary.sock");
     let canary = std::os::unix::net::UnixListener::bind(&canary_path).unwrap();
@@ -186,8 +187,8 @@ upstream_kind = "docker"
         "missing",
         "--mount=type=secret,id=nobody-has-this true",
     );
-    let (ok, out) = build(&dir.join("trusted.sock"), &token_step, &r);
-    assert!(ok, "the trusted listener serves the token:\n{out}");
+    let (ok, token_build) = build(&dir.join("trusted.sock"), &token_step, &r);
+    assert!(ok, "the trusted listener serves the token:\n{token_build}");
     let (ok, out) = build(&dir.join("untrusted.sock"), &token_step, &r);
     assert!(
         !ok && out.contains("secret aws-web-identity-token not found"),
@@ -197,6 +198,56 @@ upstream_kind = "docker"
     assert!(ok, "the untrusted listener serves what it allows:\n{out}");
     let (ok, out) = build(&dir.join("trusted.sock"), &missing, &r);
     assert!(ok, "an optional secret nobody has is absent:\n{out}");
+
+    // A probe on each listener gets what that listener's builds get: the value the trusted
+    // build's step hashed, the untrusted listener's refusal word for word, the refused peer's
+    // reason; and it counts in the metrics as a request.
+    let requests = |listener: &str, id: &str| {
+        let labels = [
+            format!(r#"listener="{listener}""#),
+            format!(r#"id="{id}""#),
+            r#"outcome="served""#.to_string(),
+        ];
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let m = parse_metrics(&get(&addr, "/metrics").1);
+        metric(&m, "irsa_secrets_secret_requests_total", &labels).unwrap_or(0.0)
+    };
+    let before = requests("trusted", "aws-role-arn");
+    let (ok, out) = probe(
+        &dir.join("trusted.sock"),
+        &["aws-web-identity-token", "aws-role-arn"],
+        &r,
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&probed("aws-web-identity-token", t.as_bytes())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&probed("aws-role-arn", ARN.as_bytes())),
+        "{out}"
+    );
+    let hashed = format!("{}  /run/secrets/aws-web-identity-token", sha(t.as_bytes()));
+    assert!(token_build.contains(&hashed), "{token_build}");
+    assert_eq!(requests("trusted", "aws-role-arn"), before + 1.0);
+    let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-web-identity-token"], &r);
+    assert!(
+        !ok && out
+            .contains("aws-web-identity-token: NotFound: secret aws-web-identity-token not found"),
+        "the untrusted listener refuses the token to a probe as to a build:\n{out}"
+    );
+    let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-role-arn"], &r);
+    assert!(
+        ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
+        "{out}"
+    );
+    let (ok, out) = probe(&dir.join("locked.sock"), &["aws-role-arn"], &r);
+    assert!(
+        !ok && out.contains(
+            "aws-role-arn: PermissionDenied: irsa-secrets: uid 0 gid 0 may not use this socket"
+        ),
+        "a refused peer's probe is refused as its builds are:\n{out}"
+    );
 
     // Past max_sessions (1 on the untrusted listener) a second session is refused with the reason.
     let long = context(
@@ -212,6 +263,12 @@ upstream_kind = "docker"
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
+    // A probe is no session: a full listener still answers it.
+    let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-role-arn"], &r);
+    assert!(
+        ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
+        "{out}"
+    );
     let (ok, out) = build(&dir.join("untrusted.sock"), &arn_step, &r);
     assert!(!ok, "a session past the limit is refused:\n{out}");
     // The docker CLI reports the status code only ("unable to upgrade to h2c, received 429");
@@ -332,6 +389,7 @@ upstream_kind = "docker"
             r["event"] == event
                 && r["listener"] == listener
                 && outcome.is_none_or(|o| r["outcome"] == o)
+                && r.get("probe").is_none()
         })
     };
     let served = find("secret", Some("served"), "trusted").expect("a served record");
@@ -340,6 +398,30 @@ upstream_kind = "docker"
     assert_eq!(served["fingerprint"].as_str().unwrap().len(), 32);
     assert!(served["session"].as_str().is_some_and(|s| !s.is_empty()));
     assert_eq!(served["peer"]["uid"], 0);
+    // Probes are audited as builds are, marked `probe` and without a session; the probe's
+    // fingerprint is the build's, so it got the same value.
+    let probes: Vec<_> = records.iter().filter(|r| r["probe"] == true).collect();
+    let token_probe = probes
+        .iter()
+        .find(|r| r["listener"] == "trusted" && r["id"] == "aws-web-identity-token")
+        .expect("a probe record");
+    assert_eq!(token_probe["event"], "secret");
+    assert_eq!(token_probe["outcome"], "served");
+    assert_eq!(token_probe["source"], "irsa");
+    assert_eq!(token_probe["fingerprint"], served["fingerprint"]);
+    assert_eq!(token_probe["peer"]["uid"], 0);
+    assert!(token_probe.get("session").is_none(), "{token_probe}");
+    assert!(probes.iter().any(|r| r["listener"] == "untrusted"
+        && r["id"] == "aws-web-identity-token"
+        && r["outcome"] == "denied"
+        && r["source"] == "irsa"));
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["session"].is_string())
+            .all(|r| r.get("probe").is_none()),
+        "a build's records carry no probe mark"
+    );
     assert!(find("secret", Some("denied"), "untrusted").is_some());
     assert!(find("secret", Some("error"), "trusted")
         .is_some_and(|r| r["error"].as_str().unwrap().contains("expired")));
@@ -353,6 +435,17 @@ upstream_kind = "docker"
         helper.log_text().contains("which nobody serves"),
         "the silent required=false case is a warning"
     );
+
+    // With the daemon down a probe still answers (the identity does not need the daemon); a
+    // build on the same socket is told the daemon does not answer.
+    daemon.stop();
+    let (ok, out) = probe(&dir.join("trusted.sock"), &["aws-role-arn"], &r);
+    assert!(
+        ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
+        "{out}"
+    );
+    let (ok, out) = build(&dir.join("trusted.sock"), &arn_step, &r);
+    assert!(!ok && out.contains("did not answer"), "{out}");
     drop(helper);
     drop(daemon);
 }

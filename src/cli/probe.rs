@@ -1,4 +1,6 @@
-//! `irsa-secrets probe`: what would a build get? Asks a running helper over its socket.
+//! `irsa-secrets probe`: what would a build get? Asks a running helper (`proxy` or `serve`) over
+//! its socket; on a `proxy` listener the answer follows that listener's policy and is audited as
+//! a build's would be.
 
 use std::process::ExitCode;
 
@@ -9,7 +11,7 @@ use crate::client;
 /// Flags of `probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The helper's socket: unix:///PATH.
+    /// The helper's socket (a `proxy` listener or `serve`): unix:///PATH.
     #[arg(long, env = "IRSA_SECRETS_LISTEN", value_name = "unix:///PATH")]
     pub socket: String,
 
@@ -31,7 +33,16 @@ pub(super) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
             ),
             Err(status) => {
                 failed = true;
-                println!("{id}: {:?}: {}", status.code(), status.message());
+                match std::error::Error::source(&status) {
+                    // Made on this side (the peer sent no status): the transport says only
+                    // "transport error" or "operation was canceled"; say who broke off.
+                    Some(cause) => println!(
+                        "{id}: {} gave no gRPC answer: {}; is it the helper's socket?",
+                        path.display(),
+                        crate::h2::chain(cause)
+                    ),
+                    _ => println!("{id}: {:?}: {}", status.code(), status.message()),
+                }
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The BuildKit Control API, proxied over HTTP/2: every call passes as raw bytes, except
-//! `Control/Session`, whose tunnel goes through the splice. Used for dockerd's `/grpc` upgrade
-//! (the buildx docker driver's control connection).
+//! `Control/Session`, whose tunnel goes through the splice, and `Secrets/GetSecret`, which the
+//! helper answers itself (a probe: no daemon serves that service, builds reach it inside their
+//! session). Used for clients of a buildkitd upstream and for dockerd's `/grpc` upgrade (the
+//! buildx docker driver's control connection).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -10,9 +12,12 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tonic::body::BoxBody;
+use tonic::Status;
+use tower::Service;
 
 use super::{Context, Io};
 use crate::h2::{self, Peer};
+use crate::proto::secrets::secrets_server::SecretsServer;
 use crate::proto::GET_SECRET_PATH;
 use crate::session::{self, SessionInfo};
 use crate::tunnel::{self, Outgoing};
@@ -42,7 +47,7 @@ pub async fn serve(client: impl Io, upstream: impl Io, ctx: Context) {
             ctx.provider
                 .metrics()
                 .upstream_error(ctx.provider.listener());
-            return refuse(client, tonic::Status::unavailable(reason)).await;
+            return serve_without_daemon(client, Status::unavailable(reason), ctx).await;
         }
     };
     // Set once the daemon connection is gone, with the reason; calls in flight and new ones
@@ -80,9 +85,47 @@ pub async fn serve(client: impl Io, upstream: impl Io, ctx: Context) {
     }
 }
 
-/// Answers every call on `client` with `Unavailable` and `message`: the clear error an HTTP/2
-/// client gets when the daemon cannot be reached.
-pub async fn refuse(client: impl Io, status: tonic::Status) {
+/// Serves a client whose daemon cannot be reached: probes are answered (the identity does not
+/// depend on the daemon), every other call gets `status`.
+pub async fn serve_without_daemon(client: impl Io, status: Status, ctx: Context) {
+    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (ctx, status) = (ctx.clone(), status.clone());
+        async move {
+            Ok::<_, Infallible>(if is_probe(&req) {
+                probe(&ctx, req).await
+            } else {
+                status.into_http()
+            })
+        }
+    });
+    let _ = h2::server()
+        .serve_connection(TokioIo::new(client), service)
+        .await;
+}
+
+/// A GetSecret call on the helper's socket itself: `irsa-secrets probe` or another gRPC client
+/// asking what a build on this listener would get.
+fn is_probe(req: &Request<Incoming>) -> bool {
+    req.uri().path() == GET_SECRET_PATH
+}
+
+/// Answers a probe with the listener's provider, through the same service `serve` runs: the
+/// listener's id policy, audit records (marked `probe`) and metrics apply as for a build. The
+/// peer allowlists were checked when the connection was admitted; a probe is no session, so
+/// `max_sessions` does not count it.
+async fn probe(ctx: &Context, mut req: Request<Incoming>) -> Response<BoxBody> {
+    if let Some(peer) = ctx.peer {
+        req.extensions_mut().insert(peer);
+    }
+    SecretsServer::new(ctx.provider.clone())
+        .call(req)
+        .await
+        .unwrap_or_else(|never| match never {})
+}
+
+/// Answers every call on `client` with `status`: the clear error an HTTP/2 client gets when it
+/// may not use the socket.
+pub async fn refuse(client: impl Io, status: Status) {
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
         let res = status.clone().into_http();
         async move { Ok::<_, Infallible>(res) }
@@ -100,8 +143,11 @@ async fn route(
 ) -> Result<Response<BoxBody>, Infallible> {
     let failed = |reason: &str| {
         let message = format!("irsa-secrets: the daemon connection failed: {reason}; check the daemon and the helper's --upstream and TLS flags");
-        Ok(tonic::Status::unavailable(message).into_http())
+        Ok(Status::unavailable(message).into_http())
     };
+    if is_probe(&req) {
+        return Ok(probe(&ctx, req).await);
+    }
     if let Some(reason) = failure.borrow_and_update().as_deref() {
         return failed(reason);
     }
@@ -128,7 +174,7 @@ async fn join_session(daemon: Peer, ctx: Context, req: Request<Incoming>) -> Res
     let info = session_info(req.headers(), ctx.peer);
     let permit = match ctx.admit_session(&info) {
         Ok(permit) => permit,
-        Err(why) => return tonic::Status::resource_exhausted(why).into_http(),
+        Err(why) => return Status::resource_exhausted(why).into_http(),
     };
     let (parts, client_body) = req.into_parts();
     // Our call to the daemon: its request body carries what we write into the daemon's tunnel.
@@ -147,7 +193,7 @@ async fn join_session(daemon: Peer, ctx: Context, req: Request<Incoming>) -> Res
             });
         }
         Err(e) => {
-            return tonic::Status::unavailable(format!(
+            return Status::unavailable(format!(
                 "irsa-secrets: the daemon did not accept the session: {e}"
             ))
             .into_http()

@@ -319,7 +319,8 @@ pub async fn run(
     }
 }
 
-/// One client: HTTP/2 clients get the BuildKit API, HTTP/1.1 clients the Docker API.
+/// One client: HTTP/2 clients get the BuildKit API (and probes their answer, with the daemon up
+/// or down), HTTP/1.1 clients the Docker API.
 async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, ctx: Context) {
     let (protocol, stream) = match sniff::sniff(stream).await {
         Ok(pair) => pair,
@@ -331,6 +332,7 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, ctx: Context) {
         let caller = Caller {
             session: None,
             peer: ctx.peer,
+            probe: false,
         };
         ctx.provider
             .audit()
@@ -353,7 +355,8 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, ctx: Context) {
                 ctx.provider
                     .metrics()
                     .upstream_error(ctx.provider.listener());
-                grpc::refuse(stream, tonic::Status::unavailable(message)).await
+                let status = tonic::Status::unavailable(message);
+                grpc::serve_without_daemon(stream, status, ctx).await
             }
         },
         Protocol::Http1 => {

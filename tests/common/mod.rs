@@ -225,6 +225,29 @@ pub fn run(cmd: &mut Command, radioactive: &Radioactive) -> Output {
     out
 }
 
+/// Runs `irsa-secrets probe --socket unix://SOCKET IDS...`: (success, stdout then stderr).
+pub fn probe(socket: &Path, ids: &[&str], radioactive: &Radioactive) -> (bool, String) {
+    let out = run(
+        command()
+            .arg("probe")
+            .arg("--socket")
+            .arg(format!("unix://{}", socket.display()))
+            .args(ids),
+        radioactive,
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The line `probe` prints for a served value: its size and SHA-256.
+pub fn probed(id: &str, value: &[u8]) -> String {
+    format!("{id}: {} bytes, sha256 {}", value.len(), sha(value))
+}
+
 /// A JWT with the given lifetime window (seconds relative to now), audience sts.amazonaws.com.
 pub fn token(exp_in: i64, nbf_in: i64) -> String {
     token_with(exp_in, nbf_in, "sts.amazonaws.com")
