@@ -1107,25 +1107,32 @@ fn build_through_helper(s: &common::dockerd::Stack, tag: &str, dockerfile: &str)
         format!("FROM {}\n{dockerfile}\n", common::dockerd::BASE_IMAGE),
     )
     .unwrap();
-    let out = common::dockerd::docker_on(&s.helper.socket)
-        .args([
-            "build",
-            "--network=none",
-            "--progress=plain",
-            "--no-cache",
-            "-t",
-            tag,
-        ])
-        .arg(&ctx)
-        .output()
-        .unwrap();
+    build_log(
+        s,
+        common::dockerd::docker_on(&s.helper.socket)
+            .args([
+                "build",
+                "--network=none",
+                "--progress=plain",
+                "--no-cache",
+                "-t",
+                tag,
+            ])
+            .arg(&ctx),
+    )
+}
+
+/// Runs a `docker build` command; its output, which must hold no served value, and the build
+/// must succeed.
+fn build_log(s: &common::dockerd::Stack, build: &mut std::process::Command) -> String {
+    let out = build.output().unwrap();
     let log = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     s.r.assert_absent("build output", log.as_bytes());
-    assert!(out.status.success(), "{tag}:\n{log}");
+    assert!(out.status.success(), "{build:?}:\n{log}");
     log
 }
 
@@ -1170,29 +1177,23 @@ fn the_sccache_example_built_from_a_checkout_scans_clean(s: &common::dockerd::St
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(repo.join(file), to).unwrap();
     }
-    let out = common::dockerd::docker_on(&s.helper.socket)
-        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
-        .arg("-f")
-        .arg(repo.join("examples/sccache/Dockerfile"))
-        .args([
-            "--build-arg",
-            &format!("BASE={}", common::dockerd::BASE_IMAGE),
-        ])
-        .args([
-            "--build-arg",
-            "BUILD=test -f Cargo.toml && test -f src/lib.rs && echo the sources are mounted",
-        ])
-        .args(["-t", "sccache-example"])
-        .arg(&checkout)
-        .output()
-        .unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let log = build_log(
+        s,
+        common::dockerd::docker_on(&s.helper.socket)
+            .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+            .arg("-f")
+            .arg(repo.join("examples/sccache/Dockerfile"))
+            .args([
+                "--build-arg",
+                &format!("BASE={}", common::dockerd::BASE_IMAGE),
+            ])
+            .args([
+                "--build-arg",
+                "BUILD=test -f Cargo.toml && test -f src/lib.rs && echo the sources are mounted",
+            ])
+            .args(["-t", "sccache-example"])
+            .arg(&checkout),
     );
-    s.r.assert_absent("build output", log.as_bytes());
-    assert!(out.status.success(), "{log}");
     assert!(log.contains("the sources are mounted"), "{log}");
     assert!(log.contains("aws-web-identity-token is a JWT"), "{log}");
     let out = scan_built(s, "docker://sccache-example", &[]);
