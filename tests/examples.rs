@@ -3,8 +3,9 @@
 //! its schema (check-jsonschema). Both validators bundle their schemas and run offline;
 //! `scripts/deps-python` installs them. The Dockerfiles are built in tests/ship.rs.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The Kubernetes version the manifests are checked against (EKS supports it).
 const KUBERNETES: &str = "1.31.0";
@@ -15,23 +16,12 @@ fn examples() -> PathBuf {
 
 /// Runs `python3 -m MODULE ARGS...`; panics with its output unless it succeeds.
 fn validate(module: &str, args: &[&str], file: &Path) -> String {
-    let out = Command::new("python3")
-        .arg("-m")
-        .arg(module)
-        .args(args)
-        .arg(file)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("python3: {e}: run scripts/deps-python and put target/pyenv/bin first on PATH")
-        });
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        !text.contains("No module named"),
-        "{module} is missing: run scripts/deps-python and put target/pyenv/bin first on PATH\n{text}"
+    let (out, text) = common::python::run(
+        common::python::python3()
+            .arg("-m")
+            .arg(module)
+            .args(args)
+            .arg(file),
     );
     assert!(out.status.success(), "{}:\n{text}", file.display());
     text
@@ -62,7 +52,7 @@ fn the_validator_rejects_a_broken_manifest() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("bad.yaml");
     std::fs::write(&file, bad).unwrap();
-    let out = Command::new("python3")
+    let out = common::python::python3()
         .args(["-m", "kubernetes_validate", "--strict", "-k", KUBERNETES])
         .arg(&file)
         .output()

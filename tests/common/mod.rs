@@ -321,6 +321,7 @@ pub mod dockerd;
 pub mod fake_daemon;
 pub mod fake_sts;
 pub mod moto;
+pub mod python;
 pub mod session_client;
 pub mod sts_build;
 
