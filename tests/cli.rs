@@ -157,7 +157,8 @@ fn each_command_help_lists_only_the_flags_it_uses() {
         (
             &["scan"],
             cat(&[
-                &["--format", "--max-layer-size", "--max-ratio", "--role-arn"],
+                &["--format", "--max-layer-size", "--max-ratio", "--ignore"],
+                &["--role-arn"],
                 &["--mock", "--token-file", "--audience", "--secret"],
                 &["--token-id", "--role-arn-id"],
                 ALWAYS,
