@@ -74,6 +74,17 @@ async fn list_workers(helper: &Path) -> http::Response<hyper::body::Incoming> {
     peer.ready().await.unwrap().call(req).await.unwrap()
 }
 
+/// Runs `probe` (a blocking child process) off the runtime and checks that every id got the
+/// expected size and fingerprint.
+async fn probe_answers(helper: &Helper, ids: &[&'static str], want: &[String], r: &Radioactive) {
+    let socket = helper.socket.clone();
+    let (ids, r) = (ids.to_vec(), r.clone());
+    let (ok, out) = tokio::task::spawn_blocking(move || probe(&socket, &ids, &r))
+        .await
+        .unwrap();
+    assert!(ok && want.iter().all(|w| out.contains(w)), "{out}");
+}
+
 /// The audit trail's records.
 fn records(path: &Path, r: &Radioactive) -> Vec<serde_json::Value> {
     let trail = std::fs::read(path).unwrap();
@@ -99,12 +110,7 @@ async fn a_probe_through_proxy_is_answered_with_the_buildkit_daemon_up_or_down()
         probed("aws-role-arn", ARN.as_bytes()),
     ];
 
-    let socket = helper.socket.clone();
-    let r2 = r.clone();
-    let (ok, out) = tokio::task::spawn_blocking(move || probe(&socket, &ids, &r2))
-        .await
-        .unwrap();
-    assert!(ok && want.iter().all(|w| out.contains(w)), "{out}");
+    probe_answers(&helper, &ids, &want, &r).await;
     // Everything else still goes to the daemon.
     let res = list_workers(&helper.socket).await;
     assert_eq!(res.headers()["x-fake-daemon"], "yes");
@@ -112,12 +118,7 @@ async fn a_probe_through_proxy_is_answered_with_the_buildkit_daemon_up_or_down()
     // The daemon goes away: probes are still answered, other calls say the daemon is gone.
     drop(daemon);
     std::fs::remove_file(&daemon_sock).unwrap();
-    let socket = helper.socket.clone();
-    let r2 = r.clone();
-    let (ok, out) = tokio::task::spawn_blocking(move || probe(&socket, &ids, &r2))
-        .await
-        .unwrap();
-    assert!(ok && want.iter().all(|w| out.contains(w)), "{out}");
+    probe_answers(&helper, &ids, &want, &r).await;
     let res = list_workers(&helper.socket).await;
     let status = tonic::Status::from_header_map(res.headers()).expect("a trailers-only error");
     assert_eq!(status.code(), Code::Unavailable);
