@@ -1,7 +1,7 @@
 //! Binding the helper's unix socket safely: never over a live socket or a non-socket file, with
 //! its mode and group set before the socket becomes visible at its path.
 
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
@@ -34,20 +34,35 @@ pub struct BoundSocket {
 }
 
 /// The path of a socket this process bound; the file is removed when this is dropped, so a
-/// clean shutdown leaves no stale socket behind.
+/// clean shutdown leaves no stale socket behind. Only while the path still names the socket this
+/// process bound (same device and inode): in a rolling restart the next helper has already put
+/// its own socket there, and removing that would break every build that follows.
 #[derive(Debug)]
-pub struct SocketFile(PathBuf);
+pub struct SocketFile {
+    path: PathBuf,
+    /// Device and inode of the socket as bound.
+    id: (u64, u64),
+}
 
 impl SocketFile {
     /// The socket's path.
     pub fn path(&self) -> &Path {
-        &self.0
+        &self.path
     }
 }
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
+                let _ = std::fs::remove_file(&self.path);
+            }
+            Ok(_) => tracing::info!(
+                path = %self.path.display(),
+                "leaving the socket in place: another process has bound it since"
+            ),
+            Err(_) => {}
+        }
     }
 }
 
@@ -121,7 +136,9 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, String> {
             dir.display()
         )
     })?;
-    let finish = || -> Result<(), String> {
+    let finish = || -> Result<(u64, u64), String> {
+        let meta = std::fs::symlink_metadata(&tmp)
+            .map_err(|e| format!("cannot inspect the new socket {}: {e}", tmp.display()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))
             .map_err(|e| format!("cannot set mode {:o} on the socket: {e}", opts.mode))?;
         if let Some(group) = &opts.group {
@@ -130,15 +147,18 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, String> {
                 .map_err(|e| format!("cannot give the socket to group {group}: {e}"))?;
         }
         std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))
+            .map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
+        Ok((meta.dev(), meta.ino()))
     };
-    if let Err(e) = finish() {
+    let id = finish().inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
+    })?;
     Ok(BoundSocket {
         listener,
-        file: SocketFile(path.to_path_buf()),
+        file: SocketFile {
+            path: path.to_path_buf(),
+            id,
+        },
     })
 }
 
