@@ -40,6 +40,8 @@ LABEL org.opencontainers.image.title="irsa-secrets" \
       org.opencontainers.image.licenses="Apache-2.0" \
       org.opencontainers.image.version="${VERSION}"
 # The socket lives on a volume shared with the build client (an emptyDir in Kubernetes).
+# `proxy --config FILE` ignores it (the file's [[listener]] tables name their sockets); only a
+# --listen on the command line conflicts with --config.
 ENV IRSA_SECRETS_LISTEN=unix:///run/irsa/helper.sock
 # 65532 is distroless's "nonroot"; the image has no /etc/passwd, so the user is numeric.
 USER 65532:65532

@@ -9,13 +9,20 @@
 //! [[listener]]
 //! name = "trusted"
 //! listen = "unix:///run/irsa/trusted.sock"
+//! identity = "process"
 //! allow_uid = [1000]
 //!
 //! [[listener]]
 //! name = "untrusted"
 //! listen = "unix:///run/irsa/untrusted.sock"
-//! allow_id = ["aws-region"]
+//! secret = ["id=cache-url,src=/etc/irsa/cache-url"]
 //! ```
+//!
+//! A `[[listener]]` serves only an identity it names: `identity = "process"` for the helper's own
+//! (the one the environment gives: `AWS_WEB_IDENTITY_TOKEN_FILE` and `AWS_ROLE_ARN`, or
+//! `IRSA_SECRETS_MOCK`), its own `token_file` and `role_arn` (or `mock = true`), or none when it
+//! declares only `secret`s. The environment's identity never reaches a listener that did not ask
+//! for it, and a table that names none of these is refused.
 //!
 //! Errors speak of the file's keys and tables, never of flags or of clap's usage lines.
 
@@ -23,8 +30,23 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use clap::error::{ContextKind, ContextValue};
-use clap::{ArgAction, Command, FromArgMatches};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, Command, FromArgMatches};
 use toml::Value;
+
+/// The `[[listener]]` key that opts a listener into the process's identity; a key of the file
+/// only, with no flag behind it (on the command line the one listener is the process's).
+const IDENTITY_KEY: &str = "identity";
+/// The one value [`IDENTITY_KEY`] takes.
+const PROCESS: &str = "process";
+/// How `identity = "process"` travels among a table's flags, to be taken out before clap sees
+/// them.
+const PROCESS_IDENTITY_FLAG: &str = "--identity=process";
+/// The listener flags that make up an identity, and that clap would otherwise fill from the
+/// process's environment.
+const IDENTITY_FLAGS: [&str; 3] = ["mock", "token-file", "role-arn"];
+/// The listener flag that declares secrets: a table with only these serves no identity.
+const SECRET_FLAG: &str = "secret";
 
 /// The file, turned into argument lists.
 #[derive(Debug, Default)]
@@ -111,6 +133,23 @@ pub enum Problem {
     /// The value parsed but the setting refused it (the flag's own check).
     #[error("{0}")]
     Invalid(String),
+    /// A listener names no identity, so which one it serves would be a guess.
+    #[error(
+        "this listener names no identity, and a listener never takes the helper's own \
+         silently: write identity = \"process\" to serve the helper's (AWS_WEB_IDENTITY_TOKEN_FILE \
+         and AWS_ROLE_ARN, or IRSA_SECRETS_MOCK), token_file and role_arn (or mock = true) to \
+         serve one of its own, or only secret = [...] declarations to serve just those"
+    )]
+    NoIdentity,
+    /// A listener both opts into the process's identity and names one of its own.
+    #[error(
+        "identity = \"process\" and {keys} each name an identity: keep identity = \"process\" \
+         for the helper's own, or drop it to serve this listener's own"
+    )]
+    TwoIdentities {
+        /// The listener's own identity keys.
+        keys: String,
+    },
 }
 
 /// What a key takes, from its flag's action.
@@ -176,6 +215,10 @@ impl Schema {
                     };
                     let mut args = Vec::new();
                     for (k, v) in l {
+                        if k == IDENTITY_KEY {
+                            identity(v, &mut args).map_err(|p| (Some(place), p))?;
+                            continue;
+                        }
                         self.flags(place, k, v, &mut args)
                             .map_err(|p| (Some(place), p))?;
                     }
@@ -189,23 +232,53 @@ impl Schema {
         Ok(out)
     }
 
-    /// Parses one table's flags into `T`, wording clap's refusals in the file's terms.
+    /// Parses one table's flags into `T`, wording clap's refusals in the file's terms. A
+    /// listener's identity settings come from the environment only with `identity = "process"`;
+    /// a listener that names no identity is refused.
     pub fn matches<T: FromArgMatches>(
         &self,
         path: &Path,
         place: Place,
         flags: &[String],
     ) -> Result<T, ConfigError> {
-        self.command(place)
-            .clone()
-            .no_binary_name(true)
-            .try_get_matches_from(flags)
-            .and_then(|m| T::from_arg_matches(&m))
-            .map_err(|e| ConfigError {
-                path: path.to_path_buf(),
-                place: Some(place),
-                problem: Problem::Invalid(in_file_terms(&e)),
-            })
+        let fail = |problem| ConfigError {
+            path: path.to_path_buf(),
+            place: Some(place),
+            problem,
+        };
+        let mut command = self.command(place).clone().no_binary_name(true);
+        let process = flags.iter().any(|f| f == PROCESS_IDENTITY_FLAG);
+        let identity_ids = match place {
+            Place::Top => Vec::new(),
+            Place::Listener(_) => ids_of(&command, &IDENTITY_FLAGS),
+        };
+        if !process {
+            for (id, _) in &identity_ids {
+                command = command.mut_arg(id, |a| a.env(None));
+            }
+        }
+        let flags = flags.iter().filter(|f| *f != PROCESS_IDENTITY_FLAG);
+        let matches = command
+            .try_get_matches_from_mut(flags)
+            .map_err(|e| fail(Problem::Invalid(in_file_terms(&e))))?;
+        if !identity_ids.is_empty() {
+            let named: Vec<&str> = identity_ids
+                .iter()
+                .filter(|(id, _)| given(&matches, id))
+                .map(|(_, key)| key.as_str())
+                .collect();
+            let secrets = ids_of(&command, &[SECRET_FLAG])
+                .iter()
+                .any(|(id, _)| given(&matches, id));
+            if process && !named.is_empty() {
+                let keys = named.join(" and ");
+                return Err(fail(Problem::TwoIdentities { keys }));
+            }
+            if !process && named.is_empty() && !secrets {
+                return Err(fail(Problem::NoIdentity));
+            }
+        }
+        T::from_arg_matches(&matches).map_err(|e| fail(Problem::Invalid(in_file_terms(&e))))
     }
 
     fn kind(&self, place: Place, key: &str) -> Option<Kind> {
@@ -296,7 +369,9 @@ impl Schema {
                         "the top level takes {} and [[listener]] tables",
                         keys.join(", ")
                     ),
-                    Place::Listener(_) => format!("a [[listener]] takes {}", keys.join(", ")),
+                    Place::Listener(_) => {
+                        format!("a [[listener]] takes {IDENTITY_KEY}, {}", keys.join(", "))
+                    }
                 }
             }
         };
@@ -320,6 +395,36 @@ impl Schema {
             _ => None,
         }
     }
+}
+
+/// Turns `identity = "process"` into its marker among the table's flags.
+fn identity(value: &Value, out: &mut Vec<String>) -> Result<(), Problem> {
+    match value {
+        Value::String(s) if s == PROCESS => {
+            out.push(PROCESS_IDENTITY_FLAG.into());
+            Ok(())
+        }
+        _ => Err(Problem::Invalid(format!(
+            "`{IDENTITY_KEY}` takes \"{PROCESS}\" (serve the helper's own identity); for one of \
+             this listener's own, set token_file and role_arn (or mock = true) instead"
+        ))),
+    }
+}
+
+/// The ids and file keys of `command`'s arguments with these long names.
+fn ids_of(command: &Command, longs: &[&str]) -> Vec<(String, String)> {
+    command
+        .get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long().filter(|l| longs.contains(l))?;
+            Some((a.get_id().to_string(), key_of(long)))
+        })
+        .collect()
+}
+
+/// True when the table itself set `id` (not a default, not the environment).
+fn given(matches: &ArgMatches, id: &str) -> bool {
+    matches.value_source(id) == Some(ValueSource::CommandLine)
 }
 
 fn is_builtin(arg: &clap::Arg) -> bool {

@@ -117,11 +117,13 @@ metrics_listen = "127.0.0.1:0"
 name = "trusted"
 listen = "unix://{dir}/trusted.sock"
 upstream = "{up}"
+identity = "process"
 
 [[listener]]
 name = "untrusted"
 listen = "unix://{dir}/untrusted.sock"
 upstream = "{up}"
+identity = "process"
 allow_id = ["aws-role-arn"]
 max_sessions = 1
 
@@ -129,6 +131,7 @@ max_sessions = 1
 name = "locked"
 listen = "unix://{dir}/locked.sock"
 upstream = "{up}"
+identity = "process"
 allow_uid = [4242]
 
 [[listener]]
@@ -136,6 +139,7 @@ name = "canary"
 listen = "unix://{dir}/canary-front.sock"
 upstream = "unix://{canary}"
 upstream_kind = "docker"
+identity = "process"
 "#,
             audit = audit.display(),
             dir = dir.display(),

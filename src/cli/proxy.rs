@@ -139,7 +139,7 @@ struct Ready {
 pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     let (global, listeners) = match &args.config {
         Some(path) => {
-            if args.listener.listen.is_some() {
+            if listen_on_command_line() {
                 anyhow::bail!("give listeners either in --config or with --listen, not both");
             }
             let schema = Schema::new(GlobalFlags::command(), ListenerFlags::command());
@@ -240,6 +240,21 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// True when `--listen` came from the command line. A value from `IRSA_SECRETS_LISTEN` does not
+/// conflict with `--config`: the image sets that variable (for `health`) and has no shell to
+/// unset it. Asks clap again, since only its matches know where a value came from.
+fn listen_on_command_line() -> bool {
+    use clap::CommandFactory;
+    super::Cli::command()
+        .try_get_matches_from(std::env::args_os())
+        .ok()
+        .and_then(|m| {
+            m.subcommand_matches("proxy")
+                .map(|p| p.value_source("listen") == Some(clap::parser::ValueSource::CommandLine))
+        })
+        .unwrap_or(false)
 }
 
 fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<Ready> {
