@@ -1,7 +1,10 @@
-//! The daemon behind the helper: where it listens, what kind it is, and how to dial it.
+//! The daemon behind the helper: where it listens, what kind it is, and how to dial it. Every
+//! step of reaching it has a deadline, and a failure names the daemon that did not answer.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use tokio::net::{TcpStream, UnixStream};
 
@@ -60,18 +63,89 @@ impl Upstream {
         }
     }
 
-    /// Opens a new plain connection to the daemon.
+    /// Opens a new plain connection to the daemon, or fails with `TimedOut` after
+    /// [`DIAL_TIMEOUT`] (a blackholed TCP address would otherwise hold the caller for the
+    /// operating system's connect timeout, minutes).
     pub async fn connect(&self) -> std::io::Result<Box<dyn Io>> {
-        Ok(match self {
-            Upstream::Unix(path) => Box::new(UnixStream::connect(path).await?),
-            Upstream::Tcp(addr) => {
-                let stream = TcpStream::connect(addr).await?;
-                stream.set_nodelay(true)?;
-                Box::new(stream)
-            }
-        })
+        let connect = async {
+            Ok::<Box<dyn Io>, std::io::Error>(match self {
+                Upstream::Unix(path) => Box::new(UnixStream::connect(path).await?),
+                Upstream::Tcp(addr) => {
+                    let stream = TcpStream::connect(addr).await?;
+                    stream.set_nodelay(true)?;
+                    Box::new(stream)
+                }
+            })
+        };
+        tokio::time::timeout(DIAL_TIMEOUT, connect)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no connection within {}", seconds(DIAL_TIMEOUT)),
+                ))
+            })
     }
 }
+
+/// How long each step of reaching the daemon may take: the connection, the TLS handshake,
+/// and dockerd's `POST /grpc` upgrade.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long kind detection waits for the answer to `GET /_ping`.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The daemon could not be reached, or did not answer in time.
+#[derive(Debug, thiserror::Error)]
+#[error("the daemon at {upstream} {failure}")]
+pub struct DaemonError {
+    /// Which daemon.
+    pub upstream: Upstream,
+    /// What went wrong.
+    pub failure: Failure,
+}
+
+/// What went wrong in reaching a daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// No connection within [`DIAL_TIMEOUT`].
+    #[error("did not accept a connection within {}", seconds(*.0))]
+    ConnectTimeout(Duration),
+    /// The connection failed (nobody listens, refused, unreachable).
+    #[error("cannot be reached: {0}")]
+    Connect(std::io::Error),
+    /// The TLS handshake did not finish within [`DIAL_TIMEOUT`].
+    #[error("did not finish the TLS handshake within {}", seconds(*.0))]
+    TlsTimeout(Duration),
+    /// The TLS handshake failed.
+    #[error("failed the TLS handshake: {0}")]
+    Tls(std::io::Error),
+    /// dockerd did not answer an upgrade within [`DIAL_TIMEOUT`].
+    #[error("did not answer POST {path} within {}", seconds(*.timeout))]
+    UpgradeTimeout {
+        /// The upgrade's path.
+        path: &'static str,
+        /// The deadline.
+        timeout: Duration,
+    },
+    /// dockerd refused an upgrade.
+    #[error("refused POST {0}: {1}")]
+    Upgrade(&'static str, String),
+    /// Kind detection got no definite answer; asked again on the next connection.
+    #[error(
+        "gave no answer to GET /_ping that tells dockerd from buildkitd ({0}); asked again on \
+         the next connection"
+    )]
+    Undetected(String),
+}
+
+/// A duration as `10s`.
+fn seconds(d: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(d)
+}
+
+/// The path of dockerd's BuildKit gRPC upgrade.
+const GRPC_PATH: &str = "/grpc";
 
 /// What kind of daemon the upstream is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -84,7 +158,7 @@ pub enum UpstreamKind {
     Buildkit,
 }
 
-/// The daemon behind the helper, with its kind found out once.
+/// The daemon behind the helper, with its kind found out once it answers definitely.
 #[derive(Debug)]
 pub struct Daemon {
     /// Where it listens.
@@ -108,11 +182,21 @@ impl Daemon {
         }
     }
 
-    /// The daemon's kind; detection is retried until the daemon answers.
-    pub async fn kind(&self) -> std::io::Result<UpstreamKind> {
+    fn error(&self, failure: Failure) -> DaemonError {
+        DaemonError {
+            upstream: self.upstream.clone(),
+            failure,
+        }
+    }
+
+    /// The daemon's kind. Only a definite answer is kept: a daemon that is down, slow to start
+    /// or silent is asked again on the next connection, never taken for one kind or the other.
+    pub async fn kind(&self) -> Result<UpstreamKind, DaemonError> {
         self.kind
             .get_or_try_init(|| async {
-                let kind = self.detect().await?;
+                let kind = self.detect().await.inspect_err(|e| {
+                    tracing::warn!(upstream = %self.upstream, error = %e, "upstream kind unknown")
+                })?;
                 tracing::info!(upstream = %self.upstream, ?kind, "upstream detected");
                 Ok(kind)
             })
@@ -120,54 +204,96 @@ impl Daemon {
             .copied()
     }
 
-    /// Opens a connection, with TLS when configured, asking for `alpn`.
-    async fn dial(&self, alpn: Alpn) -> std::io::Result<(Box<dyn Io>, Option<Vec<u8>>)> {
-        let io = self.upstream.connect().await?;
-        match &self.tls {
-            Some(tls) => tls.connect(io, alpn).await,
-            None => Ok((io, None)),
+    /// Opens a connection, with TLS when configured, asking for `alpn`; each step within
+    /// [`DIAL_TIMEOUT`].
+    async fn dial(&self, alpn: Alpn) -> Result<(Box<dyn Io>, Option<Vec<u8>>), DaemonError> {
+        let io = self.upstream.connect().await.map_err(|e| {
+            self.error(match e.kind() {
+                std::io::ErrorKind::TimedOut => Failure::ConnectTimeout(DIAL_TIMEOUT),
+                _ => Failure::Connect(e),
+            })
+        })?;
+        let Some(tls) = &self.tls else {
+            return Ok((io, None));
+        };
+        match tokio::time::timeout(DIAL_TIMEOUT, tls.connect(io, alpn)).await {
+            Ok(Ok(pair)) => Ok(pair),
+            Ok(Err(e)) => Err(self.error(Failure::Tls(e))),
+            Err(_) => Err(self.error(Failure::TlsTimeout(DIAL_TIMEOUT))),
         }
     }
 
     /// A connection for the Docker Engine API (HTTP/1.1).
-    pub async fn connect_http1(&self) -> std::io::Result<Box<dyn Io>> {
+    pub async fn connect_http1(&self) -> Result<Box<dyn Io>, DaemonError> {
         Ok(self.dial(Alpn::Http1).await?.0)
     }
 
     /// A connection that speaks BuildKit's HTTP/2 API: the socket itself for buildkitd, a
-    /// `POST /grpc` upgrade for dockerd.
-    pub async fn connect_grpc(&self) -> Result<Box<dyn Io>, String> {
-        let kind = self.kind().await.map_err(|e| e.to_string())?;
-        if kind == UpstreamKind::Docker {
-            let io = self.connect_http1().await.map_err(|e| e.to_string())?;
-            return docker::upgrade(io, "/grpc").await;
+    /// `POST /grpc` upgrade for dockerd (answered within [`DIAL_TIMEOUT`]).
+    pub async fn connect_grpc(&self) -> Result<Box<dyn Io>, DaemonError> {
+        if self.kind().await? == UpstreamKind::Docker {
+            let io = self.connect_http1().await?;
+            return match tokio::time::timeout(DIAL_TIMEOUT, docker::upgrade(io, GRPC_PATH)).await {
+                Ok(Ok(io)) => Ok(io),
+                Ok(Err(why)) => Err(self.error(Failure::Upgrade(GRPC_PATH, why))),
+                Err(_) => Err(self.error(Failure::UpgradeTimeout {
+                    path: GRPC_PATH,
+                    timeout: DIAL_TIMEOUT,
+                })),
+            };
         }
-        Ok(self.dial(Alpn::Http2).await.map_err(|e| e.to_string())?.0)
+        Ok(self.dial(Alpn::Http2).await?.0)
     }
 
     /// Over TLS, a server that picks `h2` is buildkitd. Otherwise asks `GET /_ping` over
-    /// HTTP/1.1: an HTTP answer means dockerd; buildkitd's gRPC server closes the connection
-    /// or answers with an HTTP/2 frame.
-    async fn detect(&self) -> std::io::Result<UpstreamKind> {
+    /// HTTP/1.1: an HTTP answer means dockerd; buildkitd's gRPC server answers with an HTTP/2
+    /// frame or closes the connection without a word.
+    async fn detect(&self) -> Result<UpstreamKind, DaemonError> {
         let (io, alpn) = self.dial(Alpn::Either).await?;
         if alpn.as_deref() == Some(b"h2") {
             return Ok(UpstreamKind::Buildkit);
         }
-        ping(io).await
+        ping(io)
+            .await
+            .map_err(|why| self.error(Failure::Undetected(why)))
     }
 }
 
-async fn ping(mut io: Box<dyn Io>) -> std::io::Result<UpstreamKind> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// What an HTTP/1.x answer starts with.
+const HTTP1: &[u8] = b"HTTP/1.";
+
+/// Sends `GET /_ping` and reads until the answer tells the kind: the first bytes of an
+/// HTTP/1.x status line (dockerd), bytes that cannot begin one (buildkitd's HTTP/2 frames), or
+/// the end of the stream before any byte (buildkitd refusing the request). Anything else (a
+/// timeout, an error, a stream that ends in the middle of `HTTP/1.`) says nothing definite.
+async fn ping(mut io: Box<dyn Io>) -> Result<UpstreamKind, String> {
     io.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
-        .await?;
-    let mut head = [0u8; 8];
-    let n = tokio::time::timeout(Duration::from_secs(10), io.read(&mut head))
         .await
-        .unwrap_or(Ok(0))?;
-    Ok(if head[..n].starts_with(b"HTTP/1.") {
-        UpstreamKind::Docker
-    } else {
-        UpstreamKind::Buildkit
-    })
+        .map_err(|e| format!("cannot send it: {e}"))?;
+    let mut head = Vec::with_capacity(HTTP1.len());
+    let read = async {
+        let mut buf = [0u8; HTTP1.len()];
+        loop {
+            let n = io.read(&mut buf[..HTTP1.len() - head.len()]).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(head.is_empty().then_some(UpstreamKind::Buildkit));
+            }
+            head.extend_from_slice(&buf[..n]);
+            if !HTTP1.starts_with(&head) {
+                return Ok(Some(UpstreamKind::Buildkit));
+            }
+            if head.len() == HTTP1.len() {
+                return Ok(Some(UpstreamKind::Docker));
+            }
+        }
+    };
+    match tokio::time::timeout(PING_TIMEOUT, read).await {
+        Ok(Ok(Some(kind))) => Ok(kind),
+        Ok(Ok(None)) => Err(format!(
+            "the connection closed after {} bytes of a status line",
+            head.len()
+        )),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}", seconds(PING_TIMEOUT))),
+    }
 }
