@@ -2,18 +2,57 @@
 //! platform team can see afterwards which build got which secret. Values never appear; a keyed
 //! fingerprint (HMAC-SHA256) lets records be matched with each other and with scan findings
 //! under the same key, without revealing the value.
+//!
+//! Records are written by a thread of their own, fed by a bounded queue, so a slow disk or a
+//! pipe nobody reads never stalls the runtime that forwards every session's bytes. A secret
+//! request waits for its record to be written (within [`WRITE_TIMEOUT`]) and fails when it
+//! cannot be: no value leaves without a record.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
+use tokio::sync::{mpsc, oneshot};
+
 use crate::provider::Answer;
 use crate::secret::SecretValue;
+
+/// Records queued for the writer at most; when it is full, secret requests wait for room.
+const QUEUE: usize = 1024;
+
+/// How long a secret request waits for room in the queue and for its record to be written
+/// before it fails.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a record did not reach the trail.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// The writer took longer than [`WRITE_TIMEOUT`]: the queue stayed full or the write hung.
+    #[error(
+        "the audit trail did not take its record within {}: the audit log is not being written \
+         (a full or slow disk, a pipe nobody reads?)",
+        humantime::format_duration(*.0)
+    )]
+    Stuck(Duration),
+    /// Writing failed.
+    #[error("cannot write the audit log: {0}")]
+    Write(String),
+    /// The writer thread is gone.
+    #[error("the audit writer has stopped")]
+    Stopped,
+}
+
+/// One line for the writer, and where to say whether it was written.
+struct Job {
+    line: Vec<u8>,
+    written: Option<oneshot::Sender<Result<(), String>>>,
+}
 
 /// What became of a secret request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,8 +142,36 @@ struct Record<'a> {
 /// Where records go; cheap to clone, shared by every listener of a process.
 #[derive(Clone)]
 pub struct Audit {
-    sink: Option<Arc<Mutex<Box<dyn Write + Send>>>>,
+    sink: Option<Arc<Trail>>,
     key: Arc<zeroize::Zeroizing<Vec<u8>>>,
+}
+
+/// The queue to the writer thread. When the last [`Audit`] goes, the queue closes and the
+/// records still in it are written before the process exits (within [`WRITE_TIMEOUT`]).
+struct Trail {
+    queue: Option<mpsc::Sender<Job>>,
+    /// Disconnected when the writer thread ends.
+    finished: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Trail {
+    fn queue(&self) -> &mpsc::Sender<Job> {
+        self.queue
+            .as_ref()
+            .expect("the queue lives as long as the trail")
+    }
+}
+
+impl Drop for Trail {
+    fn drop(&mut self) {
+        drop(self.queue.take());
+        let finished = self.finished.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            finished.recv_timeout(WRITE_TIMEOUT)
+        {
+            tracing::error!("the audit writer did not finish its last records");
+        }
+    }
 }
 
 impl std::fmt::Debug for Audit {
@@ -126,20 +193,14 @@ impl Default for Audit {
 }
 
 impl Audit {
-    /// Opens the trail: `-` for stdout, else a file appended to. The fingerprint key comes
-    /// from `key_file` (share it with whoever must match fingerprints) or is random per process.
+    /// Opens the trail: `-` for stdout, else a file appended to (a FIFO needs its reader
+    /// already there), and starts its writer thread. The fingerprint key comes from `key_file`
+    /// (share it with whoever must match fingerprints) or is random per process.
     pub fn open(target: &str, key_file: Option<&Path>) -> Result<Self, String> {
         let sink: Box<dyn Write + Send> = if target == "-" {
             Box::new(std::io::stdout())
         } else {
-            let path = PathBuf::from(target);
-            Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| format!("cannot open the audit log {}: {e}", path.display()))?,
-            )
+            Box::new(open_log(Path::new(target))?)
         };
         let key = match key_file {
             Some(path) => std::fs::read(path)
@@ -149,8 +210,20 @@ impl Audit {
         if key.is_empty() {
             return Err("the audit key file is empty".into());
         }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (finishing, finished) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || {
+                write_all(sink, rx);
+                drop(finishing);
+            })
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
         Ok(Self {
-            sink: Some(Arc::new(Mutex::new(sink))),
+            sink: Some(Arc::new(Trail {
+                queue: Some(tx),
+                finished: std::sync::Mutex::new(finished),
+            })),
             key: Arc::new(zeroize::Zeroizing::new(key)),
         })
     }
@@ -163,38 +236,72 @@ impl Audit {
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
 
-    /// Records one secret request.
-    pub fn secret(&self, listener: &str, caller: &Caller, a: &Answer<'_>) {
-        if self.sink.is_none() {
-            return;
+    /// Records one secret request, waiting (within [`WRITE_TIMEOUT`]) until it is written: the
+    /// caller must not answer the request when this fails.
+    pub async fn secret(
+        &self,
+        listener: &str,
+        caller: &Caller,
+        a: &Answer<'_>,
+    ) -> Result<(), AuditError> {
+        let Some(sink) = &self.sink else {
+            return Ok(());
+        };
+        let line = self.line(listener, caller, self.secret_event(a));
+        let (done, written) = oneshot::channel();
+        let job = Job {
+            line,
+            written: Some(done),
+        };
+        let write = async {
+            sink.queue()
+                .send(job)
+                .await
+                .map_err(|_| AuditError::Stopped)?;
+            written
+                .await
+                .map_err(|_| AuditError::Stopped)?
+                .map_err(AuditError::Write)
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, write)
+            .await
+            .unwrap_or(Err(AuditError::Stuck(WRITE_TIMEOUT)))
+    }
+
+    /// Queues the record of one secret request without waiting for it, for answers already
+    /// given (the build client's own secrets); a record that cannot be queued is logged.
+    pub fn secret_queued(&self, listener: &str, caller: &Caller, a: &Answer<'_>) {
+        if self.sink.is_some() {
+            self.queue(listener, caller, self.secret_event(a));
         }
-        let event = Event::Secret {
+    }
+
+    fn secret_event<'a>(&self, a: &Answer<'a>) -> Event<'a> {
+        Event::Secret {
             id: a.id,
             source: a.source,
             outcome: a.outcome,
             fingerprint: a.value.map(|v| self.fingerprint(v)),
             error: a.error,
-        };
-        self.write(listener, caller, event);
+        }
     }
 
     /// Records a session's start.
     pub fn session_start(&self, listener: &str, caller: &Caller) {
-        self.write(listener, caller, Event::SessionStart);
+        self.queue(listener, caller, Event::SessionStart);
     }
 
     /// Records a session's end and how long it lasted.
     pub fn session_end(&self, listener: &str, caller: &Caller, seconds: f64, error: Option<&str>) {
-        self.write(listener, caller, Event::SessionEnd { seconds, error });
+        self.queue(listener, caller, Event::SessionEnd { seconds, error });
     }
 
     /// Records a refused connection.
     pub fn connection_denied(&self, listener: &str, caller: &Caller, reason: &str) {
-        self.write(listener, caller, Event::ConnectionDenied { reason });
+        self.queue(listener, caller, Event::ConnectionDenied { reason });
     }
 
-    fn write(&self, listener: &str, caller: &Caller, event: Event<'_>) {
-        let Some(sink) = &self.sink else { return };
+    fn line(&self, listener: &str, caller: &Caller, event: Event<'_>) -> Vec<u8> {
         let record = Record {
             time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             listener,
@@ -203,9 +310,88 @@ impl Audit {
         };
         let mut line = serde_json::to_vec(&record).expect("records serialize");
         line.push(b'\n');
-        let mut sink = sink.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = sink.write_all(&line).and_then(|()| sink.flush()) {
-            tracing::error!(error = %e, "cannot write the audit log");
+        line
+    }
+
+    /// Queues a record nobody waits for; when the queue is full (the writer is stuck), says so
+    /// in the log rather than stalling the caller.
+    fn queue(&self, listener: &str, caller: &Caller, event: Event<'_>) {
+        let Some(sink) = &self.sink else { return };
+        let kind = event.kind();
+        let job = Job {
+            line: self.line(listener, caller, event),
+            written: None,
+        };
+        if let Err(e) = sink.queue().try_send(job) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    "the audit queue is full: the audit log is not being written"
+                }
+                mpsc::error::TrySendError::Closed(_) => "the audit writer has stopped",
+            };
+            tracing::error!(listener, record = kind, "audit record lost: {why}");
+        }
+    }
+}
+
+impl Event<'_> {
+    /// The record's `event` name, for the log line of a lost record.
+    fn kind(&self) -> &'static str {
+        match self {
+            Event::Secret { .. } => "secret",
+            Event::SessionStart => "session_start",
+            Event::SessionEnd { .. } => "session_end",
+            Event::ConnectionDenied { .. } => "connection_denied",
+        }
+    }
+}
+
+/// Opens the audit log for appending. Opened non-blocking, so a FIFO without a reader fails
+/// at once instead of hanging start-up; then made blocking again for the writer thread.
+fn open_log(path: &Path) -> Result<std::fs::File, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let fail = |e: &dyn std::fmt::Display| {
+        format!(
+            "cannot open the audit log {}: {e}",
+            PathBuf::from(path).display()
+        )
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc_enxio) if libc_enxio == nix::errno::Errno::ENXIO as i32 => {
+                fail(&"it is a FIFO nobody reads yet; start its reader first")
+            }
+            _ => fail(&e),
+        })?;
+    let flags =
+        fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), FcntlArg::F_GETFL).map_err(|e| fail(&e))?;
+    let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        FcntlArg::F_SETFL(blocking),
+    )
+    .map_err(|e| fail(&e))?;
+    Ok(file)
+}
+
+/// The writer thread: writes and flushes each record, and tells whoever waits whether it
+/// made it. Ends when every [`Audit`] is gone.
+fn write_all(mut sink: Box<dyn Write + Send>, mut jobs: mpsc::Receiver<Job>) {
+    while let Some(job) = jobs.blocking_recv() {
+        let result = sink.write_all(&job.line).and_then(|()| sink.flush());
+        match job.written {
+            Some(done) => {
+                let _ = done.send(result.map_err(|e| e.to_string()));
+            }
+            None => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "cannot write the audit log");
+                }
+            }
         }
     }
 }

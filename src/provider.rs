@@ -137,15 +137,17 @@ impl Provider {
             started,
         };
         let Some(source) = self.routes.get(id) else {
-            self.record(caller, answer(None, Outcome::NotFound, None, None));
+            self.answer(caller, answer(None, Outcome::NotFound, None, None))
+                .await?;
             return Err(Status::not_found(format!("secret {id} not found")));
         };
         if !self.allows(id) {
             tracing::warn!(listener = %self.listener, id, "secret refused: this listener does not serve it");
-            self.record(
+            self.answer(
                 caller,
                 answer(Some(source.name()), Outcome::Denied, None, None),
-            );
+            )
+            .await?;
             return Err(Status::not_found(format!("secret {id} not found")));
         }
         let result = match source.fetch(id).await {
@@ -173,30 +175,44 @@ impl Provider {
                 Err(Status::new(code, format!("irsa-secrets: {e}")))
             }
         };
-        match &result {
-            Ok(value) => self.record(
-                caller,
-                answer(Some(source.name()), Outcome::Served, Some(value), None),
-            ),
-            Err(status) if status.code() == Code::NotFound => self.record(
-                caller,
-                answer(Some(source.name()), Outcome::NotFound, None, None),
-            ),
-            Err(status) => self.record(
-                caller,
-                answer(
-                    Some(source.name()),
-                    Outcome::Error,
-                    None,
-                    Some(status.message()),
-                ),
-            ),
-        }
+        let source = Some(source.name());
+        let a = match &result {
+            Ok(value) => answer(source, Outcome::Served, Some(value), None),
+            Err(status) if status.code() == Code::NotFound => {
+                answer(source, Outcome::NotFound, None, None)
+            }
+            Err(status) => answer(source, Outcome::Error, None, Some(status.message())),
+        };
+        self.answer(caller, a).await?;
         result
     }
 
-    /// Writes the audit record and the metrics of one answer, and the log line.
+    /// Writes the audit record of one answer and waits until it is written, then counts it
+    /// and logs it. When the record cannot be written the answer is not given: the request
+    /// fails with `Unavailable`, so no value leaves without its record.
+    async fn answer(&self, caller: &Caller, a: Answer<'_>) -> Result<(), Status> {
+        if let Err(e) = self.audit.secret(&self.listener, caller, &a).await {
+            let session = caller.session.as_deref().unwrap_or("-");
+            tracing::error!(listener = %self.listener, session, id = a.id, error = %e, "secret refused: its audit record cannot be written");
+            self.count(&a, Outcome::Error);
+            return Err(Status::unavailable(format!(
+                "irsa-secrets: secret {} is not served: {e}",
+                a.id
+            )));
+        }
+        self.observe(caller, &a);
+        Ok(())
+    }
+
+    /// Records an answer already given (the build client's own secrets): queues its audit
+    /// record without waiting, counts it and logs it.
     pub fn record(&self, caller: &Caller, a: Answer<'_>) {
+        self.audit.secret_queued(&self.listener, caller, &a);
+        self.observe(caller, &a);
+    }
+
+    /// The log line and the metrics of one answer.
+    fn observe(&self, caller: &Caller, a: &Answer<'_>) {
         let session = caller.session.as_deref().unwrap_or("-");
         match a.outcome {
             Outcome::Served => {
@@ -220,14 +236,17 @@ impl Provider {
                 tracing::warn!(listener = %self.listener, session, id = a.id, source = a.source, error = a.error, "secret refused")
             }
         }
-        self.audit.secret(&self.listener, caller, &a);
+        self.count(a, a.outcome);
+    }
+
+    fn count(&self, a: &Answer<'_>, outcome: Outcome) {
         let label = if self.routes.contains_key(a.id) || a.source == Some("client") {
             a.id
         } else {
             "other"
         };
         self.metrics
-            .request(&self.listener, label, a.outcome, a.started.elapsed());
+            .request(&self.listener, label, outcome, a.started.elapsed());
     }
 }
 

@@ -10,7 +10,8 @@ use super::{ErrorKind, IdentityIds, Part, Source, SourceError};
 use crate::jwt::{self, Expectations, TokenError};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
 
-/// How often a read that lost a race with kubelet's symlink swap is retried.
+/// How often a read that lost a race with kubelet's symlink swap is retried (at once: by the
+/// time the old directory is gone, `..data` already names the new one).
 const SWAP_RETRIES: usize = 5;
 
 /// Serves the token (re-read and checked on every request), the role ARN and, if set, the region.
@@ -42,13 +43,15 @@ impl Irsa {
         })
     }
 
-    /// Reads and validates the token as a request would.
-    pub fn checked_token(&self) -> Result<(SecretValue, jwt::Checked), SourceError> {
-        check_token_file(&self.token_file, &self.want)
+    /// Reads and validates the token as a request would, on the blocking pool: a file read
+    /// (on a slow or hung volume) must not stall the runtime thread that forwards every session.
+    pub async fn checked_token(&self) -> Result<(SecretValue, jwt::Checked), SourceError> {
+        let (file, want) = (self.token_file.clone(), self.want.clone());
+        super::off_runtime(move || check_token_file(&file, &want)).await
     }
 
-    fn token(&self) -> Result<SecretValue, SourceError> {
-        let (value, checked) = self.checked_token()?;
+    async fn token(&self) -> Result<SecretValue, SourceError> {
+        let (value, checked) = self.checked_token().await?;
         if checked.expiring_soon {
             tracing::warn!(
                 file = %self.token_file.display(),
@@ -74,7 +77,7 @@ impl Source for Irsa {
 
     fn expiry(&self) -> Option<Result<Duration, String>> {
         Some(
-            self.checked_token()
+            check_token_file(&self.token_file, &self.want)
                 .map(|(_, c)| c.remaining)
                 .map_err(|e| e.message),
         )
@@ -83,8 +86,7 @@ impl Source for Irsa {
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
         Box::pin(async move {
             Ok(match self.ids.part(id) {
-                // A small file read: cheap enough to do inline rather than on the blocking pool.
-                Some(Part::Token) => Some(self.token()?),
+                Some(Part::Token) => Some(self.token().await?),
                 Some(Part::RoleArn) => Some(SecretValue::from(self.role_arn.clone())),
                 Some(Part::Region) => self.region.clone().map(SecretValue::from),
                 None => None,
@@ -97,8 +99,9 @@ impl Source for Irsa {
 ///
 /// Kubelet writes a new timestamped directory, renames the `..data` symlink onto it and then
 /// deletes the old directory. An open that resolved `..data` just before the rename may find the
-/// old directory gone: that `NotFound` is retried, so a reader always gets the old or the new token
-/// whole (an open file keeps its contents even after the unlink).
+/// old directory gone: that `NotFound` is retried at once (the rename came before the delete, so
+/// `..data` already names the new directory), so a reader always gets the old or the new token
+/// whole (an open file keeps its contents even after the unlink). Never sleeps.
 pub fn read_token(path: &Path) -> Result<SecretValue, SourceError> {
     let mut attempt = 0;
     loop {
@@ -112,10 +115,7 @@ pub fn read_token(path: &Path) -> Result<SecretValue, SourceError> {
                 }
                 return Ok(value);
             }
-            Err(e) if e.kind == ErrorKind::Missing && attempt < SWAP_RETRIES => {
-                attempt += 1;
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            Err(e) if e.kind == ErrorKind::Missing && attempt < SWAP_RETRIES => attempt += 1,
             Err(e) => {
                 return Err(SourceError::new(
                     e.kind,

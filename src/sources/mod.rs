@@ -142,6 +142,19 @@ pub trait Source: Send + Sync + fmt::Debug {
     }
 }
 
+/// Runs a blocking read on tokio's blocking pool, off the runtime thread that forwards every
+/// session's bytes.
+pub(crate) async fn off_runtime<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, SourceError> + Send + 'static,
+) -> Result<T, SourceError> {
+    tokio::task::spawn_blocking(read).await.unwrap_or_else(|e| {
+        Err(SourceError::new(
+            ErrorKind::Io,
+            format!("the file read did not finish: {e}"),
+        ))
+    })
+}
+
 /// Reads a file of at most `limit` bytes in one go, so a huge file costs no more than the limit.
 pub(crate) fn read_bounded(path: &std::path::Path, limit: usize) -> Result<Vec<u8>, SourceError> {
     use std::io::Read;

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use futures_util::future::BoxFuture;
 
-use super::{read_bounded, ErrorKind, Source, SourceError};
+use super::{off_runtime, read_bounded, ErrorKind, Source, SourceError};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
 
 /// Where one static secret comes from.
@@ -171,7 +171,10 @@ impl Source for Static {
         Box::pin(async move {
             let value = match self.specs.get(id) {
                 None => return Ok(None),
-                Some(Origin::File(path)) => read_bounded(path, MAX_SECRET_SIZE)?,
+                Some(Origin::File(path)) => {
+                    let path = path.clone();
+                    off_runtime(move || read_bounded(&path, MAX_SECRET_SIZE)).await?
+                }
                 // buildx serves an unset variable as an empty value; the provider refuses empty
                 // values with a clear message, so say which variable it was here.
                 Some(Origin::Env(var)) => match std::env::var_os(var) {

@@ -204,7 +204,7 @@ impl Inner {
     }
 
     async fn exchange(&self) -> Result<Issued, SourceError> {
-        let (token, checked) = self.identity.checked_token()?;
+        let (token, checked) = self.identity.checked_token().await?;
         let now = SystemTime::now();
         let session_name = self
             .scope
