@@ -16,7 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::dockerd::{self, start_build_of_step, start_long_build, wait_with_timeout, Stack};
+use common::fake_daemon::{FakeBuildkitd, Script};
+use common::session_client::{client_session, connect};
 use common::{command, sha, tail, Helper, Radioactive, ARN};
+use irsa_secrets::h2::Peer;
+use irsa_secrets::proxy::grpc::SESSION_UUID;
 
 /// A stand-in Docker daemon: counts the connections open to it and answers every request on
 /// them with `200 OK`, keeping the connection.
@@ -409,4 +413,110 @@ fn a_build_gets_through_a_flood_of_stalled_peers_and_shutdown_drains_builds() {
         "{}",
         tail(&s.helper.log_text())
     );
+}
+
+/// A fake buildkitd whose sessions last as many seconds as their id (`hold-N`) says.
+fn holding_daemon(path: &Path) -> FakeBuildkitd {
+    let script: Script = Arc::new(|peer: Peer, headers: http::HeaderMap| {
+        let seconds: u64 = headers
+            .get(SESSION_UUID)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|id| id.strip_prefix("hold-"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_secs(seconds)).await;
+            drop(peer);
+        })
+    });
+    FakeBuildkitd::start(path, script)
+}
+
+/// Starts `proxy --mock` before the fake buildkitd at `daemon` with `args`, opens session `id`
+/// through it, waits until the helper has joined it, then sends SIGTERM: how long the helper
+/// took to exit, and the session's task.
+async fn sigterm_during_session(
+    dir: &Path,
+    daemon: &Path,
+    args: &[&str],
+    id: &str,
+) -> (Duration, tokio::task::JoinHandle<()>, String) {
+    let socket = dir.join(format!("{id}.sock"));
+    let mut cmd = command();
+    cmd.args(["proxy", "--mock", "--upstream-kind", "buildkit", "--listen"])
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--upstream")
+        .arg(format!("unix://{}", daemon.display()))
+        .args(args);
+    let r = Radioactive::default();
+    let mut h = Helper::spawn(cmd, socket, dir, &[], &r);
+    let control = connect(&h.socket).await;
+    let session = tokio::spawn(client_session(
+        control,
+        id.into(),
+        None,
+        Arc::new(AtomicUsize::new(0)),
+    ));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !h.log_text().contains("build session joined") {
+        assert!(Instant::now() < deadline, "no session:\n{}", h.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ((status, took), log) = tokio::task::spawn_blocking(move || {
+        let exit = h.terminate_within(Duration::from_secs(40));
+        (exit, h.log_text())
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status}");
+    (took, session, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_http2_session_in_flight_finish_then_cuts_it_at_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon_sock = tmp.path().join("buildkitd.sock");
+    let _daemon = holding_daemon(&daemon_sock);
+
+    let (took, session, log) = sigterm_during_session(
+        tmp.path(),
+        &daemon_sock,
+        &["--shutdown-timeout", "30s"],
+        "hold-4",
+    )
+    .await;
+    eprintln!("SIGTERM with a 4 s HTTP/2 session in flight: exit after {took:?}");
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(20),
+        "exit after {took:?}, the session had about 4 s left:\n{}",
+        tail(&log)
+    );
+    assert!(log.contains("build session ended"), "{}", tail(&log));
+    tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the client's session ended with the helper")
+        .unwrap();
+
+    let (took, session, log) = sigterm_during_session(
+        tmp.path(),
+        &daemon_sock,
+        &["--shutdown-timeout", "2s"],
+        "hold-600",
+    )
+    .await;
+    eprintln!("SIGTERM with a 600 s HTTP/2 session, --shutdown-timeout 2s: exit after {took:?}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(8),
+        "exit after {took:?}, the shutdown timeout is 2 s:\n{}",
+        tail(&log)
+    );
+    assert!(
+        log.contains("cutting connections still open after the shutdown timeout"),
+        "{}",
+        tail(&log)
+    );
+    tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the client's session ended with the helper")
+        .unwrap();
 }
