@@ -138,12 +138,6 @@ pub async fn run(
     let mut errors = limits::AcceptErrors::default();
     tokio::pin!(shutdown);
     'serve: loop {
-        // At the cap, stop accepting: new clients wait in the listen backlog.
-        let slot = tokio::select! {
-            slot = limits.slots.acquire() => slot,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-            () = &mut shutdown => break,
-        };
         let stream = loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -155,6 +149,13 @@ pub async fn run(
             }
         };
         errors.succeeded();
+        // At the cap, this client waits for a place (making one by shedding the connection that
+        // has waited longest for its first request, if any) and the next ones wait in the
+        // listen backlog.
+        let slot = tokio::select! {
+            slot = limits.slots.acquire() => slot,
+            () = &mut shutdown => break,
+        };
         let ctx = Context {
             provider: provider.clone(),
             gate: gate.clone(),
