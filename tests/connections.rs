@@ -373,6 +373,39 @@ fn a_build_gets_through_a_flood_of_stalled_peers_and_shutdown_drains_builds() {
         tail(&log)
     );
 
+    // A cap above the descriptor limit: accepting runs out of descriptors, backs off and says
+    // so in one line, and the helper recovers when the flood ends.
+    s.restart_helper("info", |c| {
+        limit_descriptors(c);
+        c.args(["--max-connections", "5000", "--header-timeout", "5s"]);
+    });
+    let baseline = s.helper_fds();
+    let lines_before = s.helper.log_text().lines().count();
+    let flood = Flood::start(&s.helper.socket, FLOOD);
+    std::thread::sleep(Duration::from_secs(8));
+    let held = s.helper_fds();
+    flood.stop();
+    s.assert_descriptors_back_to(baseline);
+    let log = s.helper.log_text();
+    let flood_lines: Vec<&str> = log.lines().skip(lines_before).collect();
+    eprintln!(
+        "flood past the descriptor limit (--max-connections 5000): descriptors {baseline} \
+         before, {held} during, back to {} after; {} log lines",
+        s.helper_fds(),
+        flood_lines.len()
+    );
+    assert!(
+        log.contains("out of descriptors"),
+        "no word of the exhausted descriptors (held {held}):\n{}",
+        tail(&log)
+    );
+    assert!(
+        flood_lines.len() <= 100,
+        "the flood wrote {} log lines:\n{}",
+        flood_lines.len(),
+        tail(&flood_lines.join("\n"))
+    );
+
     // SIGTERM with a build in flight: the helper waits for it, up to the shutdown timeout.
     s.restart_helper("debug", |c| {
         c.args(["--shutdown-timeout", "30s"]);
