@@ -195,6 +195,29 @@ fn an_idle_keep_alive_connection_closes_at_the_idle_timeout() {
 }
 
 #[test]
+fn at_the_cap_the_longest_idle_keep_alive_connection_makes_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon = StandIn::start(tmp.path());
+    let r = Radioactive::default();
+    let h = helper(tmp.path(), &daemon, &["--max-connections", "3"], &r);
+    let mut idle: Vec<UnixStream> = (0..3)
+        .map(|_| {
+            let mut conn = UnixStream::connect(&h.socket).unwrap();
+            exchange(&mut conn);
+            conn
+        })
+        .collect();
+    // The idle ones hold every place; the next client gets the oldest one's.
+    let mut next = UnixStream::connect(&h.socket).unwrap();
+    exchange(&mut next);
+    let took = wait_closed(&mut idle[0], Duration::from_secs(10), "the longest idle");
+    eprintln!("at the cap, the longest idle connection was closed {took:?} after");
+    for conn in &mut idle[1..] {
+        exchange(conn);
+    }
+}
+
+#[test]
 fn sigterm_closes_idle_keep_alive_connections_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let daemon = StandIn::start(tmp.path());

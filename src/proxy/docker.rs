@@ -2,6 +2,7 @@
 //! (the build session of `docker build` and the buildx docker driver) is joined through the
 //! splice instead of passed.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,14 +32,16 @@ type Upgraded = BoxFuture<'static, ()>;
 /// opened by the first complete request, not before.
 pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, ctx: Context) {
     let (upgrades, mut upgraded) = mpsc::unbounded_channel::<Upgraded>();
-    let (stop, idle) = (ctx.stop.clone(), ctx.idle_timeout);
+    let (stop, idle, activity) = (ctx.stop.clone(), ctx.idle_timeout, ctx.activity.clone());
     let state = Arc::new(Conn {
         send: Mutex::new(None),
         daemon,
         ctx,
         upgrades,
+        in_flight: AtomicUsize::new(0),
+        upgraded: AtomicBool::new(false),
     });
-    let service = hyper::service::service_fn(move |req| Arc::clone(&state).handle(req));
+    let service = hyper::service::service_fn(move |req| Arc::clone(&state).exchange(req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         // Runs from the end of one exchange until the next request's head is complete.
@@ -46,9 +49,15 @@ pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, ctx: Context
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades();
     tokio::pin!(conn);
+    let leave = async {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = activity.shed() => {}
+        }
+    };
     let served = tokio::select! {
         served = &mut conn => served,
-        () = stop.cancelled() => {
+        () = leave => {
             // Closes an idle connection now; a request in flight finishes first.
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -90,14 +99,51 @@ struct Conn {
     daemon: Arc<Daemon>,
     ctx: Context,
     upgrades: mpsc::UnboundedSender<Upgraded>,
+    /// Exchanges whose answer is not yet fully sent.
+    in_flight: AtomicUsize,
+    /// The connection was handed to an upgraded protocol: never idle again.
+    upgraded: AtomicBool,
+}
+
+/// Marks the connection idle when the last answer in flight is sent (its body dropped).
+struct Exchange(Arc<Conn>);
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && !self.0.upgraded.load(Ordering::Acquire)
+        {
+            self.0.ctx.activity.idle();
+        }
+    }
 }
 
 impl Conn {
+    /// One request and its answer, during which the connection is busy.
+    async fn exchange(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, hyper::Error> {
+        self.ctx.activity.busy();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let exchange = Exchange(Arc::clone(&self));
+        let res = self.handle(req).await?;
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            exchange.0.upgraded.store(true, Ordering::Release);
+        }
+        Ok(res.map(|body| {
+            body.map_frame(move |frame| {
+                let _sending = &exchange;
+                frame
+            })
+            .boxed_unsync()
+        }))
+    }
+
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, hyper::Error> {
-        self.ctx.arrival.arrived();
         if matches!(self.daemon.kind().await, Ok(UpstreamKind::Buildkit)) {
             let message = format!(
                 "irsa-secrets fronts buildkitd at {}: point buildctl --addr or the buildx remote \

@@ -332,7 +332,7 @@ pub async fn refuse(client: impl Io, status: Status) {
 }
 
 async fn route(link: Arc<Link>, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
-    link.ctx.arrival.arrived();
+    link.ctx.activity.busy();
     let failed = |reason: &str| {
         let message = format!("irsa-secrets: the daemon connection failed: {reason}; check the daemon and the helper's --upstream and TLS flags");
         Ok(Status::unavailable(message).into_http())

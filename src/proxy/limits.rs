@@ -75,9 +75,9 @@ pub fn default_max_connections(nofile: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX).clamp(1, 1 << 20)
 }
 
-/// Places for client connections. At the cap, the connection that has waited longest for its
-/// first request is shed to make room; when every connection is busy, new clients wait in the
-/// socket's listen backlog until one closes.
+/// Places for client connections. At the cap, the connection idle the longest (or waiting the
+/// longest for its first request) is shed to make room; when every connection is busy, new
+/// clients wait in the socket's listen backlog until one closes.
 #[derive(Debug, Clone)]
 pub struct Slots(Arc<SlotsInner>);
 
@@ -85,7 +85,7 @@ pub struct Slots(Arc<SlotsInner>);
 struct SlotsInner {
     max: usize,
     free: Arc<Semaphore>,
-    /// Connections without a first request yet, oldest first.
+    /// Connections that may be shed (idle, or without a first request yet), longest first.
     waiting: Mutex<BTreeMap<u64, CancellationToken>>,
     next: AtomicU64,
     shed: Tally,
@@ -121,10 +121,10 @@ impl Slots {
                         tracing::warn!(
                             max_connections = inner.max,
                             shed = n,
-                            "at the connection cap: closed connections that had not sent a \
-                             complete request, to make room (counted since the last such line); \
-                             if these are real clients, raise --max-connections or the \
-                             descriptor limit"
+                            "at the connection cap: closed idle connections and ones that had \
+                             not sent a complete request, to make room (counted since the last \
+                             such line); if these are real clients, raise --max-connections or \
+                             the descriptor limit"
                         );
                     }
                 }
@@ -134,22 +134,28 @@ impl Slots {
                     .expect("the semaphore is never closed")
             }
         };
-        let id = inner.next.fetch_add(1, Ordering::Relaxed);
-        let shed = CancellationToken::new();
-        inner
+        let activity = Activity(Some(Arc::new(ActivityInner {
+            slots: self.clone(),
+            shed: CancellationToken::new(),
+            entry: Mutex::new(None),
+            busy: watch::Sender::new(false),
+        })));
+        activity.idle();
+        Slot {
+            _permit: permit,
+            activity,
+        }
+    }
+
+    /// Lists a connection that may be shed under `shed`; returns its place in the list.
+    fn enter_waiting(&self, shed: &CancellationToken) -> u64 {
+        let id = self.0.next.fetch_add(1, Ordering::Relaxed);
+        self.0
             .waiting
             .lock()
             .expect("not poisoned")
             .insert(id, shed.clone());
-        Slot {
-            _permit: permit,
-            shed,
-            arrival: Arrival(Some(Arc::new(ArrivalInner {
-                slots: self.clone(),
-                id,
-                arrived: watch::Sender::new(false),
-            }))),
-        }
+        id
     }
 
     fn leave_waiting(&self, id: u64) {
@@ -161,14 +167,13 @@ impl Slots {
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    shed: CancellationToken,
-    arrival: Arrival,
+    activity: Activity,
 }
 
 impl Slot {
-    /// What the front door signals its first request with.
-    pub fn arrival(&self) -> Arrival {
-        self.arrival.clone()
+    /// What the front door tells whether the connection is busy or idle with.
+    pub fn activity(&self) -> Activity {
+        self.activity.clone()
     }
 
     /// Runs the connection `conn`, cut when its first request has not arrived within
@@ -176,14 +181,14 @@ impl Slot {
     pub async fn run(self, header_timeout: Duration, stop: &CancellationToken, conn: impl Future) {
         tokio::pin!(conn);
         let first = async {
-            let Some(inner) = &self.arrival.0 else {
+            let Some(inner) = &self.activity.0 else {
                 return Ok(());
             };
-            let mut arrived = inner.arrived.subscribe();
+            let mut busy = inner.busy.subscribe();
             tokio::select! {
-                _ = arrived.wait_for(|a| *a) => Ok(()),
+                _ = busy.wait_for(|b| *b) => Ok(()),
                 () = tokio::time::sleep(header_timeout) => Err("no complete request in time"),
-                () = self.shed.cancelled() => Err("shed at the connection cap"),
+                () = inner.shed.cancelled() => Err("shed at the connection cap"),
                 () = stop.cancelled() => Err("shutting down"),
             }
         };
@@ -199,32 +204,58 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(inner) = &self.arrival.0 {
-            inner.slots.leave_waiting(inner.id);
+        if let Some(inner) = &self.activity.0 {
+            if let Some(id) = inner.entry.lock().expect("not poisoned").take() {
+                inner.slots.leave_waiting(id);
+            }
         }
     }
 }
 
-/// Tells a connection's [`Slot`] that a complete request (or HTTP/2 stream) has arrived: from
-/// then on the connection is busy, not stalled.
+/// What a connection's [`Slot`] is told by the front door: busy from its first complete
+/// request (or HTTP/2 stream) on, idle again when an HTTP/1.1 exchange is over. Idle
+/// connections, and those that never sent a whole request, are the ones shed at the cap.
 #[derive(Debug, Clone, Default)]
-pub struct Arrival(Option<Arc<ArrivalInner>>);
+pub struct Activity(Option<Arc<ActivityInner>>);
 
 #[derive(Debug)]
-struct ArrivalInner {
+struct ActivityInner {
     slots: Slots,
-    id: u64,
-    arrived: watch::Sender<bool>,
+    shed: CancellationToken,
+    /// The connection's place in the list of those that may be shed, while it is idle.
+    entry: Mutex<Option<u64>>,
+    /// Whether a first request has arrived.
+    busy: watch::Sender<bool>,
 }
 
-impl Arrival {
-    /// Marks the connection busy; later calls do nothing.
-    pub fn arrived(&self) {
+impl Activity {
+    /// A request is being served: the connection may not be shed.
+    pub fn busy(&self) {
         if let Some(inner) = &self.0 {
-            if !*inner.arrived.borrow() {
-                inner.slots.leave_waiting(inner.id);
-                inner.arrived.send_replace(true);
+            if let Some(id) = inner.entry.lock().expect("not poisoned").take() {
+                inner.slots.leave_waiting(id);
             }
+            if !*inner.busy.borrow() {
+                inner.busy.send_replace(true);
+            }
+        }
+    }
+
+    /// Nothing is in flight: the connection may be shed to make room, after those idle longer.
+    pub fn idle(&self) {
+        if let Some(inner) = &self.0 {
+            let mut entry = inner.entry.lock().expect("not poisoned");
+            if entry.is_none() && !inner.shed.is_cancelled() {
+                *entry = Some(inner.slots.enter_waiting(&inner.shed));
+            }
+        }
+    }
+
+    /// Resolves when the connection is shed (never for a connection without a slot).
+    pub async fn shed(&self) {
+        match &self.0 {
+            Some(inner) => inner.shed.cancelled().await,
+            None => std::future::pending().await,
         }
     }
 }
@@ -319,7 +350,7 @@ mod tests {
     async fn at_the_cap_the_longest_waiting_connection_is_shed_and_busy_ones_stay() {
         let slots = Slots::new(2);
         let busy = slots.acquire().await;
-        busy.arrival().arrived();
+        busy.activity().busy();
         let stalled = slots.acquire().await;
         let stop = CancellationToken::new();
         let cut = tokio::spawn(async move {
@@ -341,7 +372,7 @@ mod tests {
         // Only `busy` (arrived) and `fourth` remain: with nothing waiting, the next one waits.
         assert!(
             tokio::time::timeout(Duration::from_millis(200), async {
-                fourth.arrival().arrived();
+                fourth.activity().busy();
                 slots.acquire().await
             })
             .await

@@ -88,8 +88,8 @@ pub struct Context {
     pub peer: Option<Peer>,
     /// Cancelled at shutdown: idle connections close, busy ones finish what they carry.
     pub stop: CancellationToken,
-    /// Told when the connection's first request arrives.
-    pub arrival: limits::Arrival,
+    /// Told when the connection is busy and when it is idle.
+    pub activity: limits::Activity,
     /// How long an HTTP/1.1 connection waits for its next request.
     pub idle_timeout: Duration,
 }
@@ -102,7 +102,7 @@ impl Context {
             gate: Gate::default(),
             peer: None,
             stop: CancellationToken::new(),
-            arrival: limits::Arrival::default(),
+            activity: limits::Activity::default(),
             idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
         }
     }
@@ -161,7 +161,7 @@ pub async fn run(
             gate: gate.clone(),
             peer: Peer::of(&stream),
             stop: stop.clone(),
-            arrival: slot.arrival(),
+            activity: slot.activity(),
             idle_timeout: limits.idle_timeout,
         };
         let client = serve_client(stream, Arc::clone(&daemon), ctx);
