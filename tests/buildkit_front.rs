@@ -11,56 +11,13 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_daemon::{daemon_script, fake_daemon, Observed};
-use common::session_client::client_session;
+use common::fake_daemon::{daemon_script, fake_daemon, FakeBuildkitd, Observed};
+use common::session_client::{client_session, connect};
 use common::{command, grpc_call, token, Helper, Radioactive, ARN};
-use irsa_secrets::h2::{self, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tonic::Code;
 use tower::{Service, ServiceExt};
-
-/// A fake buildkitd listening on a unix socket; dropping it kills every connection at once.
-struct FakeBuildkitd {
-    connections: JoinSet<()>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl FakeBuildkitd {
-    fn start(path: &Path, report: mpsc::UnboundedSender<Observed>) -> FakeBuildkitd {
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let accept = tokio::spawn(async move {
-            while let Ok((io, _)) = listener.accept().await {
-                if tx.send(io).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut connections = JoinSet::new();
-        let script = daemon_script(report);
-        // Connections are served on tasks owned by this value, so dropping it cuts them.
-        connections.spawn(async move {
-            let mut inner = JoinSet::new();
-            while let Some(io) = rx.recv().await {
-                inner.spawn(fake_daemon(io, script.clone()));
-            }
-        });
-        FakeBuildkitd {
-            connections,
-            accept,
-        }
-    }
-}
-
-impl Drop for FakeBuildkitd {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.connections.abort_all();
-    }
-}
 
 /// Opens a build session named `id` through the helper and waits for the daemon's report of
 /// it, which must show the role ARN the helper serves; returns the report and the session.
@@ -83,13 +40,6 @@ async fn session_through(
     assert_eq!(o.session, id);
     assert_eq!(o.role_arn.as_deref(), Ok(ARN.as_bytes()));
     (o, session)
-}
-
-async fn connect(helper: &Path) -> Peer {
-    let io = tokio::net::UnixStream::connect(helper).await.unwrap();
-    let (peer, conn) = h2::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    peer
 }
 
 fn start_helper(dir: &Path, daemon: &Path, r: &Radioactive, token_file: &Path) -> Helper {
@@ -121,7 +71,7 @@ async fn buildkit_clients_through_the_binary() {
     std::fs::write(&token_file, &t).unwrap();
     let daemon_sock: PathBuf = dir.path().join("buildkitd.sock");
     let (report, mut observed) = mpsc::unbounded_channel();
-    let daemon = FakeBuildkitd::start(&daemon_sock, report.clone());
+    let daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report.clone()));
     let helper = start_helper(dir.path(), &daemon_sock, &r, &token_file);
 
     // A session: the daemon's GetSecret calls get the helper's values.
@@ -173,7 +123,7 @@ async fn buildkit_clients_through_the_binary() {
         status.message()
     );
 
-    let _daemon = FakeBuildkitd::start(&daemon_sock, report);
+    let _daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report));
     let (_, again) = session_through(&helper.socket, "bk-2", &mut observed).await;
     again.abort();
 }

@@ -188,7 +188,13 @@ fn each_command_help_lists_only_the_flags_it_uses() {
 
     // Flags that only matter to the commands serving connections appear only there.
     let proxy = long_flags(&stdout(&["proxy", "--help"]));
-    for flag in RUNTIME.iter().chain(STS).chain(IDS) {
+    const LIMITS: &[&str] = &[
+        "--max-connections",
+        "--header-timeout",
+        "--idle-timeout",
+        "--shutdown-timeout",
+    ];
+    for flag in RUNTIME.iter().chain(STS).chain(IDS).chain(LIMITS) {
         assert!(proxy.contains(&flag.to_string()), "proxy lacks {flag}");
     }
     assert!(long_flags(&stdout(&["--help"]))

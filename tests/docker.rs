@@ -7,86 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use common::dockerd::{self, docker_on, Stack, BASE_IMAGE};
-use common::{command, sha, tail, Helper, ARN};
-
-/// Waits for `child` up to `limit`, killing it past that.
-fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    panic!(
-        "command still running after {limit:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-impl Stack {
-    fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
-        let ctx = self.dir.join(name);
-        std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            format!("FROM {BASE_IMAGE}\n{dockerfile}\n"),
-        )
-        .unwrap();
-        ctx
-    }
-
-    fn build_cmd(&self, ctx: &Path, extra: &[&str]) -> Command {
-        let mut cmd = docker_on(&self.helper.socket);
-        cmd.args(["build", "--network=none", "--progress=plain", "--no-cache"])
-            .args(extra)
-            .arg(ctx);
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        cmd
-    }
-
-    /// Builds through the helper; returns success and the combined output.
-    fn build(&self, ctx: &Path, extra: &[&str]) -> (bool, String) {
-        let out = wait_with_timeout(
-            self.build_cmd(ctx, extra).spawn().unwrap(),
-            Duration::from_secs(300),
-        );
-        self.r.assert_absent("build output", &out.stdout);
-        self.r.assert_absent("build output", &out.stderr);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    }
-
-    fn build_ok(&self, ctx: &Path, extra: &[&str]) -> String {
-        let (ok, text) = self.build(ctx, extra);
-        assert!(
-            ok,
-            "build failed:\n{text}\nhelper log:\n{}\ndockerd:\n{}",
-            tail(&self.helper.log_text()),
-            self.daemon.log_tail()
-        );
-        text
-    }
-
-    fn helper_fds(&self) -> usize {
-        let pid = self.helper.child.as_ref().unwrap().id();
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
-    }
-}
+use common::dockerd::{self, docker_on, start_long_build, wait_with_timeout, Stack, BASE_IMAGE};
+use common::{command, sha, Helper, ARN};
 
 #[test]
 fn docker_build_through_the_helper() {
@@ -120,7 +45,7 @@ fn docker_build_through_the_helper() {
     step("STS: a RUN step gets an aws-credentials file holding the keys moto issued");
     scan_reports_clean_images_and_finds_every_leak(&s);
     step("scan: a clean build reports nothing; file, ENV, label and build-arg leaks are found");
-    descriptors_return_to_baseline(&s, baseline);
+    s.assert_descriptors_back_to(baseline);
     step("descriptors back to baseline");
 }
 
@@ -270,40 +195,6 @@ fn eight_parallel_builds(s: &Stack) {
     }
 }
 
-/// Starts a build whose step runs long, and waits until the step is running.
-fn start_long_build(s: &Stack, name: &str) -> Child {
-    let ctx = s.context(
-        name,
-        &format!("RUN --mount=type=secret,id=aws-role-arn echo {name}-running && sleep 60"),
-    );
-    let mut child = s
-        .build_cmd(&ctx, &[])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Wait for the helper to have served the step's secret: the step has started.
-    let served = |log: &str| {
-        log.lines()
-            .filter(|l| l.contains("secret served") && l.contains("id=\"aws-role-arn\""))
-            .count()
-    };
-    let before = served(&s.helper.log_text());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while served(&s.helper.log_text()) == before {
-        assert!(
-            Instant::now() < deadline,
-            "the long build never reached its step"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the long build ended early"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child
-}
-
 fn killed_client_and_restarted_daemon(mut s: Stack) -> Stack {
     // A client killed mid-build: the helper drops the session and serves the next build.
     let mut victim = start_long_build(&s, "killed");
@@ -348,21 +239,6 @@ fn the_image_holds_neither_value(s: &Stack) {
         "the saved image holds the base layer"
     );
     s.r.assert_absent("the built image (docker save)", &out.stdout);
-}
-
-fn descriptors_return_to_baseline(s: &Stack, baseline: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let now = s.helper_fds();
-        if now <= baseline {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "helper holds {now} descriptors, {baseline} after the first builds"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// An HTTP/2 client on the helper socket gets BuildKit's API, bridged to dockerd's `/grpc`.

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, CommandFactory, Parser};
 use futures_util::future::BoxFuture;
@@ -19,7 +20,7 @@ use crate::config::{Place, Schema};
 use crate::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
 use crate::proxy::tls::TlsArgs;
-use crate::proxy::{Daemon, Gate, Upstream, UpstreamKind};
+use crate::proxy::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
 use crate::socket;
 
 /// Flags of `proxy`.
@@ -54,6 +55,56 @@ pub struct GlobalArgs {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address (off by default).
     #[arg(long, value_name = "ADDR:PORT", env = "IRSA_SECRETS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Most client connections open at once, over all listeners; more wait in the socket's
+    /// backlog, and at the cap connections still without a request are closed first.
+    /// [default: from the descriptor limit, (limit - 128) / 2]
+    #[arg(long, value_name = "N", env = "IRSA_SECRETS_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// A client must have sent its whole first request (HTTP/1.1 head, first HTTP/2 call)
+    /// within this long of connecting. [default: 30s]
+    #[arg(long, value_name = "DURATION", env = "IRSA_SECRETS_HEADER_TIMEOUT", value_parser = duration)]
+    pub header_timeout: Option<Duration>,
+
+    /// An HTTP/1.1 connection is closed when its next request is not complete within this long
+    /// of the last answer. [default: 90s]
+    #[arg(long, value_name = "DURATION", env = "IRSA_SECRETS_IDLE_TIMEOUT", value_parser = duration)]
+    pub idle_timeout: Option<Duration>,
+
+    /// On SIGTERM, idle connections close at once; builds in flight get this long to finish,
+    /// then are cut. [default: 10s]
+    #[arg(long, value_name = "DURATION", env = "IRSA_SECRETS_SHUTDOWN_TIMEOUT", value_parser = duration)]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// A positive duration such as `30s`, `2m` or `1m30s`.
+fn duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (write e.g. 30s, 2m or 1m30s)")),
+    }
+}
+
+impl GlobalArgs {
+    /// The timeouts and the connection cap these flags ask for, defaults filled in.
+    fn limits(&self) -> Limits {
+        let nofile = limits::descriptor_limit();
+        let max = self
+            .max_connections
+            .map_or_else(|| limits::default_max_connections(nofile), |n| n as usize);
+        tracing::info!(
+            max_connections = max,
+            descriptor_limit = nofile,
+            "serving at most {max} connections at once"
+        );
+        let mut l = Limits::new(max);
+        l.header_timeout = self.header_timeout.unwrap_or(l.header_timeout);
+        l.idle_timeout = self.idle_timeout.unwrap_or(l.idle_timeout);
+        l.shutdown_timeout = self.shutdown_timeout.unwrap_or(l.shutdown_timeout);
+        l
+    }
 }
 
 /// One listener: a socket, the daemon behind it, what it serves and to whom.
@@ -151,6 +202,10 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 audit_log: args.global.audit_log.or(from_file.audit_log),
                 audit_key_file: args.global.audit_key_file.or(from_file.audit_key_file),
                 metrics_listen: args.global.metrics_listen.or(from_file.metrics_listen),
+                max_connections: args.global.max_connections.or(from_file.max_connections),
+                header_timeout: args.global.header_timeout.or(from_file.header_timeout),
+                idle_timeout: args.global.idle_timeout.or(from_file.idle_timeout),
+                shutdown_timeout: args.global.shutdown_timeout.or(from_file.shutdown_timeout),
             };
             let mut listeners = Vec::new();
             for (i, flags) in file.listeners.iter().enumerate() {
@@ -182,6 +237,7 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
         ready.push(prepare(l, &audit, &metrics)?);
     }
+    let limits = global.limits();
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = global.metrics_listen {
@@ -222,13 +278,14 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             provider.listener().to_string(),
             daemon.upstream.clone(),
         ));
-        let stop = stop.clone();
+        let (stop, limits) = (stop.clone(), limits.clone());
         tasks.spawn(async move {
             crate::proxy::run(
                 bound.listener,
                 daemon,
                 provider,
                 gate,
+                limits,
                 stop.cancelled_owned(),
             )
             .await;

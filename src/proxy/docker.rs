@@ -2,6 +2,7 @@
 //! (the build session of `docker build` and the buildx docker driver) is joined through the
 //! splice instead of passed.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,12 +13,12 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{mpsc, Mutex};
 
 use super::grpc;
 use super::grpc::{advertise_secrets, session_info};
-use super::{Context, Daemon, Io};
+use super::{Context, Daemon, Io, UpstreamKind};
 use crate::session;
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -27,27 +28,41 @@ type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 type Upgraded = BoxFuture<'static, ()>;
 
 /// Serves one client connection: every request goes to a dedicated upstream connection, so
-/// keep-alive, ordering and hijacking behave as they would directly.
+/// keep-alive, ordering and hijacking behave as they would directly. The upstream connection is
+/// opened by the first complete request, not before.
 pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, ctx: Context) {
-    let send = match connect(&daemon).await {
-        Ok(send) => Some(send),
-        Err(e) => {
-            tracing::warn!(upstream = %daemon.upstream, error = %e, "daemon unreachable");
-            None
-        }
-    };
     let (upgrades, mut upgraded) = mpsc::unbounded_channel::<Upgraded>();
+    let (stop, idle, activity) = (ctx.stop.clone(), ctx.idle_timeout, ctx.activity.clone());
     let state = Arc::new(Conn {
-        send: Mutex::new(send),
+        send: Mutex::new(None),
         daemon,
         ctx,
         upgrades,
+        in_flight: AtomicUsize::new(0),
+        upgraded: AtomicBool::new(false),
     });
-    let service = hyper::service::service_fn(move |req| Arc::clone(&state).handle(req));
-    let served = hyper::server::conn::http1::Builder::new()
+    let service = hyper::service::service_fn(move |req| Arc::clone(&state).exchange(req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // Runs from the end of one exchange until the next request's head is complete.
+        .header_read_timeout(idle)
         .serve_connection(TokioIo::new(client), service)
-        .with_upgrades()
-        .await;
+        .with_upgrades();
+    tokio::pin!(conn);
+    let leave = async {
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = activity.shed() => {}
+        }
+    };
+    let served = tokio::select! {
+        served = &mut conn => served,
+        () = leave => {
+            // Closes an idle connection now; a request in flight finishes first.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
     if let Err(e) = served {
         tracing::debug!(error = %e, "client connection ended with an error");
     }
@@ -84,13 +99,59 @@ struct Conn {
     daemon: Arc<Daemon>,
     ctx: Context,
     upgrades: mpsc::UnboundedSender<Upgraded>,
+    /// Exchanges whose answer is not yet fully sent.
+    in_flight: AtomicUsize,
+    /// The connection was handed to an upgraded protocol: never idle again.
+    upgraded: AtomicBool,
+}
+
+/// Marks the connection idle when the last answer in flight is sent (its body dropped).
+struct Exchange(Arc<Conn>);
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1
+            && !self.0.upgraded.load(Ordering::Acquire)
+        {
+            self.0.ctx.activity.idle();
+        }
+    }
 }
 
 impl Conn {
+    /// One request and its answer, during which the connection is busy.
+    async fn exchange(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<Body>, hyper::Error> {
+        self.ctx.activity.busy();
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let exchange = Exchange(Arc::clone(&self));
+        let res = self.handle(req).await?;
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            exchange.0.upgraded.store(true, Ordering::Release);
+        }
+        Ok(res.map(|body| {
+            body.map_frame(move |frame| {
+                let _sending = &exchange;
+                frame
+            })
+            .boxed_unsync()
+        }))
+    }
+
     async fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, hyper::Error> {
+        if matches!(self.daemon.kind().await, Ok(UpstreamKind::Buildkit)) {
+            let message = format!(
+                "irsa-secrets fronts buildkitd at {}: point buildctl --addr or the buildx remote \
+                 driver at this socket; DOCKER_HOST needs a helper in front of dockerd",
+                self.daemon.upstream
+            );
+            return Ok(error_response(StatusCode::BAD_GATEWAY, &message));
+        }
         let kind = upgrade_kind(&req);
         let session = (kind == Some(UpgradeKind::Session))
             .then(|| session_info(req.headers(), self.ctx.peer));
@@ -169,7 +230,8 @@ pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, String>
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io))
         .await
         .map_err(|e| e.to_string())?;
-    let conn = tokio::spawn(conn.with_upgrades());
+    // Done once the upgrade is handed over; cut with the caller if it never is.
+    let conn = AbortOnDrop(tokio::spawn(conn.with_upgrades()).abort_handle());
     let req = Request::post(path)
         .header(http::header::HOST, "docker")
         .header(CONNECTION, "Upgrade")
@@ -182,7 +244,7 @@ pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, String>
         .map_err(|e| e.to_string())?;
     let res = send.send_request(req).await.map_err(|e| e.to_string())?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        conn.abort();
+        drop(conn);
         return Err(format!(
             "dockerd answered {} to POST {path} (it needs API 1.31+ with BuildKit)",
             res.status()

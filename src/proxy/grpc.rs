@@ -5,8 +5,16 @@
 //! buildx docker driver's control connection).
 
 use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
-use tokio::sync::watch;
+
+use futures_util::future::BoxFuture;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, Instant};
 
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
@@ -15,7 +23,7 @@ use tonic::body::BoxBody;
 use tonic::Status;
 use tower::Service;
 
-use super::{Context, Io};
+use super::{Context, Daemon, Io};
 use crate::h2::{self, Peer};
 use crate::proto::secrets::secrets_server::SecretsServer;
 use crate::proto::GET_SECRET_PATH;
@@ -33,74 +41,262 @@ pub const SESSION_UUID: &str = "x-docker-expose-session-uuid";
 /// One value per method the client's session serves.
 pub const SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
 
-/// Serves one client's HTTP/2 connection against one upstream HTTP/2 connection; returns when
-/// either ends.
+/// Serves one client's HTTP/2 connection against an upstream HTTP/2 connection already open
+/// (dockerd's `/grpc` upgrade); returns when either ends and the sessions it carried are done.
 pub async fn serve(client: impl Io, upstream: impl Io, ctx: Context) {
-    let (daemon, daemon_conn) = match h2::handshake(upstream).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            let reason = format!(
-                "irsa-secrets: HTTP/2 with the daemon failed: {}",
-                h2::chain(&e)
-            );
+    serve_link(client, Link::new(State::Given(Box::new(upstream)), ctx)).await
+}
+
+/// Serves one client's HTTP/2 connection, dialing `daemon` when the first call that needs it
+/// arrives (probes do not); a failed dial answers that call and the next one dials again.
+pub async fn serve_lazily(client: impl Io, daemon: Arc<Daemon>, ctx: Context) {
+    serve_link(client, Link::new(State::Dial(daemon), ctx)).await
+}
+
+/// Work of one client connection that outlives the call that started it, run on the
+/// connection's own task sets so that it ends with the connection.
+enum Task {
+    /// Drives the daemon connection; dropped when the client connection is done.
+    Daemon(BoxFuture<'static, ()>),
+    /// A session splice; waited for at the end (the drain timeout cuts it).
+    Session(BoxFuture<'static, ()>),
+}
+
+/// The daemon side of one client connection.
+struct Link {
+    state: tokio::sync::Mutex<State>,
+    /// Set once the daemon connection is gone, with the reason; calls in flight and new ones
+    /// then answer Unavailable instead of waiting on a dead connection.
+    failure: watch::Sender<Option<String>>,
+    tasks: mpsc::UnboundedSender<Task>,
+    ctx: Context,
+}
+
+enum State {
+    /// Opened by the caller, not yet used.
+    Given(Box<dyn Io>),
+    /// To be dialed.
+    Dial(Arc<Daemon>),
+    /// Up (or gone, which `failure` says).
+    Up(Peer),
+    /// The given connection failed its handshake: why.
+    Broken(String),
+}
+
+impl Link {
+    fn new(state: State, ctx: Context) -> (Self, mpsc::UnboundedReceiver<Task>) {
+        let (tasks, queued) = mpsc::unbounded_channel();
+        let link = Self {
+            state: tokio::sync::Mutex::new(state),
+            failure: watch::Sender::new(None),
+            tasks,
+            ctx,
+        };
+        (link, queued)
+    }
+
+    fn spawn(&self, task: Task) {
+        // The receiver lives as long as the connection's task, which outlives every call.
+        let _ = self.tasks.send(task);
+    }
+
+    /// The daemon connection, opened on first use.
+    async fn peer(&self) -> Result<Peer, Status> {
+        let mut state = self.state.lock().await;
+        let unavailable = |reason: String| {
             tracing::warn!(error = %reason, "daemon connection failed");
-            ctx.provider
+            self.ctx
+                .provider
                 .metrics()
-                .upstream_error(ctx.provider.listener());
-            return serve_without_daemon(client, Status::unavailable(reason), ctx).await;
-        }
-    };
-    // Set once the daemon connection is gone, with the reason; calls in flight and new ones
-    // then answer Unavailable instead of waiting on a dead connection.
-    let (failure, failed) = watch::channel(None::<String>);
-    let service = hyper::service::service_fn(move |req| {
-        route(daemon.clone(), ctx.clone(), failed.clone(), req)
-    });
-    let server = h2::server().serve_connection(h2::buffered(client), service);
-    tokio::pin!(server, daemon_conn);
-    tokio::select! {
-        r = &mut server => {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "client HTTP/2 connection ended");
+                .upstream_error(self.ctx.provider.listener());
+            Status::unavailable(reason)
+        };
+        let io = match std::mem::replace(&mut *state, State::Broken(String::new())) {
+            State::Up(peer) => {
+                *state = State::Up(peer.clone());
+                return Ok(peer);
             }
-            return;
-        }
-        r = &mut daemon_conn => {
-            let reason = match r {
+            State::Broken(reason) => {
+                *state = State::Broken(reason.clone());
+                return Err(Status::unavailable(reason));
+            }
+            State::Given(io) => io,
+            State::Dial(daemon) => {
+                *state = State::Dial(Arc::clone(&daemon));
+                daemon.connect_grpc().await.map_err(|e| {
+                    unavailable(format!(
+                        "irsa-secrets: the daemon at {} is unreachable: {e}; check that it is \
+                         running and that --upstream points at it",
+                        daemon.upstream
+                    ))
+                })?
+            }
+        };
+        let (heard, first_word) = oneshot::channel();
+        let io = Heard {
+            io,
+            heard: Some(heard),
+        };
+        let (peer, conn) = match h2::handshake(io).await {
+            Ok(pair) => pair,
+            Err(e) => {
+                let reason = format!(
+                    "irsa-secrets: HTTP/2 with the daemon failed: {}",
+                    h2::chain(&e)
+                );
+                if !matches!(*state, State::Dial(_)) {
+                    *state = State::Broken(reason.clone());
+                }
+                return Err(unavailable(reason));
+            }
+        };
+        let failure = self.failure.clone();
+        self.spawn(Task::Daemon(Box::pin(async move {
+            let reason = match conn.await {
                 Ok(()) => "the daemon closed the connection".to_string(),
                 Err(e) => h2::chain(&e),
             };
             tracing::warn!(error = %reason, "daemon HTTP/2 connection ended");
             failure.send_replace(Some(reason));
+        })));
+        // An HTTP/2 server speaks first (its SETTINGS); a daemon that refuses the connection
+        // says why in what it sends instead (a TLS 1.3 server refusing the client's
+        // certificate, in an alert). Writing a call before reading that would get a broken
+        // pipe in place of the reason.
+        let mut failed = self.failure.subscribe();
+        tokio::select! {
+            _ = first_word => {}
+            _ = failed.wait_for(Option::is_some) => {}
+            () = tokio::time::sleep(FIRST_WORD) => {}
         }
-    }
-    // The daemon is gone: for a grace period every call gets Unavailable with the reason, then
-    // the client is asked to go away (and reconnect).
-    if tokio::time::timeout(FAILED_GRACE, &mut server)
-        .await
-        .is_err()
-    {
-        server.as_mut().graceful_shutdown();
-        let _ = tokio::time::timeout(FAILED_GRACE, server).await;
+        *state = State::Up(peer.clone());
+        Ok(peer)
     }
 }
 
-/// Serves a client whose daemon cannot be reached: probes are answered (the identity does not
-/// depend on the daemon), every other call gets `status`.
-pub async fn serve_without_daemon(client: impl Io, status: Status, ctx: Context) {
-    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (ctx, status) = (ctx.clone(), status.clone());
-        async move {
-            Ok::<_, Infallible>(if is_probe(&req) {
-                probe(&ctx, req).await
-            } else {
-                status.into_http()
-            })
+/// How long a new daemon connection is given to speak before the first call is sent anyway.
+const FIRST_WORD: Duration = Duration::from_secs(1);
+
+/// A daemon connection that reports when the first bytes arrive from it.
+struct Heard<T> {
+    io: T,
+    heard: Option<oneshot::Sender<()>>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Heard<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if let Some(heard) = self.heard.take() {
+                let _ = heard.send(());
+            }
         }
-    });
-    let _ = h2::server()
-        .serve_connection(TokioIo::new(client), service)
-        .await;
+        read
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Heard<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+async fn serve_link(client: impl Io, (link, mut queued): (Link, mpsc::UnboundedReceiver<Task>)) {
+    let link = Arc::new(link);
+    let stop = link.ctx.stop.clone();
+    let mut failed = link.failure.subscribe();
+    let service = hyper::service::service_fn(move |req| route(Arc::clone(&link), req));
+    let mut server = Box::pin(h2::server().serve_connection(h2::buffered(client), service));
+    let mut tasks = Tasks::default();
+    // Once the daemon is gone: for a grace period every call gets Unavailable with the reason,
+    // then the client is asked to go away (and reconnect), then it is cut.
+    let mut grace: Option<(Instant, bool)> = None;
+    let mut stopping = false;
+    loop {
+        let deadline = grace.map(|(at, _)| at);
+        tokio::select! {
+            served = &mut server => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "client HTTP/2 connection ended");
+                }
+                break;
+            }
+            Some(task) = queued.recv() => tasks.spawn(task),
+            Some(_) = tasks.sessions.join_next(), if !tasks.sessions.is_empty() => {}
+            Ok(()) = failed.changed(), if grace.is_none() => {
+                grace = Some((Instant::now() + FAILED_GRACE, false));
+            }
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if grace.is_some_and(|(_, asked)| asked) {
+                    break;
+                }
+                server.as_mut().graceful_shutdown();
+                grace = Some((Instant::now() + FAILED_GRACE, true));
+            }
+            () = stop.cancelled(), if !stopping => {
+                // Shutdown: no new calls; the connection ends when its calls in flight are done.
+                stopping = true;
+                server.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(server);
+    while let Ok(task) = queued.try_recv() {
+        tasks.spawn(task);
+    }
+    // Sessions in flight finish; the daemon connection is dropped after them.
+    while tasks.sessions.join_next().await.is_some() {}
+}
+
+/// A client connection's tasks; dropping it aborts them.
+#[derive(Default)]
+struct Tasks {
+    daemon: JoinSet<()>,
+    sessions: JoinSet<()>,
+}
+
+impl Tasks {
+    fn spawn(&mut self, task: Task) {
+        match task {
+            Task::Daemon(f) => drop(self.daemon.spawn(f)),
+            Task::Session(f) => drop(self.sessions.spawn(f)),
+        }
+    }
 }
 
 /// A GetSecret call on the helper's socket itself: `irsa-secrets probe` or another gRPC client
@@ -135,29 +331,30 @@ pub async fn refuse(client: impl Io, status: Status) {
         .await;
 }
 
-async fn route(
-    mut daemon: Peer,
-    ctx: Context,
-    mut failure: watch::Receiver<Option<String>>,
-    req: Request<Incoming>,
-) -> Result<Response<BoxBody>, Infallible> {
+async fn route(link: Arc<Link>, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    link.ctx.activity.busy();
     let failed = |reason: &str| {
         let message = format!("irsa-secrets: the daemon connection failed: {reason}; check the daemon and the helper's --upstream and TLS flags");
         Ok(Status::unavailable(message).into_http())
     };
     if is_probe(&req) {
-        return Ok(probe(&ctx, req).await);
+        return Ok(probe(&link.ctx, req).await);
     }
+    let mut failure = link.failure.subscribe();
+    let mut daemon = match link.peer().await {
+        Ok(peer) => peer,
+        Err(status) => return Ok(status.into_http()),
+    };
     if let Some(reason) = failure.borrow_and_update().as_deref() {
         return failed(reason);
     }
     let call = async {
         if req.uri().path() != SESSION_PATH {
             return daemon
-                .forward(req, "the daemon", ctx.provider.metrics())
+                .forward(req, "the daemon", link.ctx.provider.metrics())
                 .await;
         }
-        join_session(daemon, ctx.clone(), req).await
+        join_session(daemon, &link, req).await
     };
     tokio::select! {
         res = call => Ok(res),
@@ -170,7 +367,8 @@ async fn route(
 
 /// Re-originates the client's session call upstream with the same metadata (plus GetSecret in
 /// the method list) and splices the two tunnels.
-async fn join_session(daemon: Peer, ctx: Context, req: Request<Incoming>) -> Response<BoxBody> {
+async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Response<BoxBody> {
+    let ctx = &link.ctx;
     let info = session_info(req.headers(), ctx.peer);
     let permit = match ctx.admit_session(&info) {
         Ok(permit) => permit,
@@ -203,10 +401,11 @@ async fn join_session(daemon: Peer, ctx: Context, req: Request<Incoming>) -> Res
     let daemon_tunnel = daemon_outbox.join(daemon_body_in, tunnel::Incoming::Response);
     let (client_outbox, client_body_out) = tunnel::outgoing(Outgoing::Response);
     let client_tunnel = client_outbox.join(client_body, tunnel::Incoming::Request);
-    tokio::spawn(async move {
-        session::join(client_tunnel, daemon_tunnel, info, ctx.provider).await;
+    let provider = ctx.provider.clone();
+    link.spawn(Task::Session(Box::pin(async move {
+        session::join(client_tunnel, daemon_tunnel, info, provider).await;
         drop(permit);
-    });
+    })));
     Response::from_parts(res_parts, client_body_out)
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::audit::{Caller, Peer};
 use crate::provider::Provider;
@@ -15,15 +16,14 @@ use crate::session::SessionInfo;
 use sniff::Protocol;
 
 pub use daemon::{Daemon, Upstream, UpstreamKind};
+pub use limits::Limits;
 
 pub mod daemon;
 pub mod docker;
 pub mod grpc;
+pub mod limits;
 pub mod sniff;
 pub mod tls;
-
-/// How long in-flight connections may run after a shutdown signal before they are cut.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A byte stream to or from a peer (unix or TCP).
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -86,15 +86,24 @@ pub struct Context {
     pub gate: Gate,
     /// The connecting process.
     pub peer: Option<Peer>,
+    /// Cancelled at shutdown: idle connections close, busy ones finish what they carry.
+    pub stop: CancellationToken,
+    /// Told when the connection is busy and when it is idle.
+    pub activity: limits::Activity,
+    /// How long an HTTP/1.1 connection waits for its next request.
+    pub idle_timeout: Duration,
 }
 
 impl Context {
-    /// A context with no admission rules and no known peer (in-process use, tests).
+    /// A context with no admission rules, no known peer and no shutdown (in-process use, tests).
     pub fn new(provider: Provider) -> Self {
         Self {
             provider,
             gate: Gate::default(),
             peer: None,
+            stop: CancellationToken::new(),
+            activity: limits::Activity::default(),
+            idle_timeout: limits::DEFAULT_IDLE_TIMEOUT,
         }
     }
 
@@ -112,46 +121,65 @@ impl Context {
     }
 }
 
-/// Accepts clients on `listener` until `shutdown` resolves; then waits up to ten seconds for
-/// open connections before cutting them.
+/// Accepts clients on `listener` while `limits` has room, until `shutdown` resolves; then
+/// closes idle connections at once and gives busy ones `limits.shutdown_timeout` to finish
+/// before cutting them.
 pub async fn run(
     listener: UnixListener,
     daemon: Daemon,
     provider: Provider,
     gate: Gate,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
     let daemon = Arc::new(daemon);
+    let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
+    let mut errors = limits::AcceptErrors::default();
     tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let peer = Peer::of(&stream);
-                    let ctx = Context { provider: provider.clone(), gate: gate.clone(), peer };
-                    connections.spawn(serve_client(stream, Arc::clone(&daemon), ctx));
-                }
-                Err(e) => {
-                    // EMFILE and the like: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    'serve: loop {
+        let stream = loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => break stream,
+                    Err(e) => errors.failed(&e).await,
+                },
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                () = &mut shutdown => break 'serve,
+            }
+        };
+        errors.succeeded();
+        // At the cap, this client waits for a place (making one by shedding the connection that
+        // has waited longest for its first request, if any) and the next ones wait in the
+        // listen backlog.
+        let slot = tokio::select! {
+            slot = limits.slots.acquire() => slot,
             () = &mut shutdown => break,
-        }
+        };
+        let ctx = Context {
+            provider: provider.clone(),
+            gate: gate.clone(),
+            peer: Peer::of(&stream),
+            stop: stop.clone(),
+            activity: slot.activity(),
+            idle_timeout: limits.idle_timeout,
+        };
+        let client = serve_client(stream, Arc::clone(&daemon), ctx);
+        let (timeout, stop) = (limits.header_timeout, stop.clone());
+        connections.spawn(async move { slot.run(timeout, &stop, client).await });
     }
     drop(listener);
+    stop.cancel();
     tracing::info!(open = connections.len(), "draining connections");
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+    let drained = tokio::time::timeout(limits.shutdown_timeout, async {
         while connections.join_next().await.is_some() {}
     })
     .await;
     if drained.is_err() {
         tracing::warn!(
             open = connections.len(),
-            "cutting connections still open after the drain timeout"
+            timeout = ?limits.shutdown_timeout,
+            "cutting connections still open after the shutdown timeout"
         );
         connections.shutdown().await;
     }
@@ -181,32 +209,7 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, ctx: Context) {
         };
     }
     match protocol {
-        Protocol::Http2 => match daemon.connect_grpc().await {
-            Ok(upstream) => grpc::serve(stream, upstream, ctx).await,
-            Err(e) => {
-                let message = format!(
-                    "irsa-secrets: the daemon at {} is unreachable: {e}; check that it is running \
-                     and that --upstream points at it",
-                    daemon.upstream
-                );
-                tracing::warn!(upstream = %daemon.upstream, error = %e, "daemon unreachable");
-                ctx.provider
-                    .metrics()
-                    .upstream_error(ctx.provider.listener());
-                let status = tonic::Status::unavailable(message);
-                grpc::serve_without_daemon(stream, status, ctx).await
-            }
-        },
-        Protocol::Http1 => {
-            if matches!(daemon.kind().await, Ok(UpstreamKind::Buildkit)) {
-                let message = format!(
-                    "irsa-secrets fronts buildkitd at {}: point buildctl --addr or the buildx remote \
-                     driver at this socket; DOCKER_HOST needs a helper in front of dockerd",
-                    daemon.upstream
-                );
-                return docker::refuse(stream, http::StatusCode::BAD_GATEWAY, message).await;
-            }
-            docker::serve_connection(stream, daemon, ctx).await
-        }
+        Protocol::Http2 => grpc::serve_lazily(stream, daemon, ctx).await,
+        Protocol::Http1 => docker::serve_connection(stream, daemon, ctx).await,
     }
 }

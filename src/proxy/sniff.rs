@@ -4,14 +4,11 @@
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// The HTTP/2 connection preface every HTTP/2 client sends first.
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// A client that sends nothing for this long is dropped.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,33 +19,20 @@ pub enum Protocol {
     Http1,
 }
 
-/// Reads just enough of `io` to decide, and returns it with those bytes put back.
+/// Reads just enough of `io` to decide, and returns it with those bytes put back. The caller
+/// bounds the wait: it is part of the connection's deadline for its first request.
 pub async fn sniff<T: AsyncRead + Unpin>(mut io: T) -> io::Result<(Protocol, Rewind<T>)> {
     let mut seen = Vec::with_capacity(PREFACE.len());
-    let decided = tokio::time::timeout(FIRST_BYTES_TIMEOUT, async {
-        let mut buf = [0u8; 24];
-        while seen.len() < PREFACE.len() && PREFACE.starts_with(&seen) {
-            let n = io.read(&mut buf[..PREFACE.len() - seen.len()]).await?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "client closed before sending a request",
-                ));
-            }
-            seen.extend_from_slice(&buf[..n]);
-        }
-        Ok(())
-    })
-    .await;
-    match decided {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
+    let mut buf = [0u8; 24];
+    while seen.len() < PREFACE.len() && PREFACE.starts_with(&seen) {
+        let n = io.read(&mut buf[..PREFACE.len() - seen.len()]).await?;
+        if n == 0 {
             return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "client sent nothing for 30 s",
-            ))
+                io::ErrorKind::UnexpectedEof,
+                "client closed before sending a request",
+            ));
         }
+        seen.extend_from_slice(&buf[..n]);
     }
     let protocol = if seen == PREFACE {
         Protocol::Http2

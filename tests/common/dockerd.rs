@@ -2,7 +2,7 @@
 //! dir, no bridge, no iptables, no forwarding; stopped (and its mounts released) on drop.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{Helper, Projected, Radioactive, ARN};
@@ -216,6 +216,90 @@ impl Drop for Dockerd {
     }
 }
 
+/// Waits for `child` up to `limit`, killing it past that.
+pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    panic!(
+        "command still running after {limit:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Starts a build whose step runs long, and waits until the step is running.
+pub fn start_long_build(s: &Stack, name: &str) -> Child {
+    start_build_of_step(s, name, 60)
+}
+
+/// Starts a build whose step takes `seconds` and waits until the step is running.
+pub fn start_build_of_step(s: &Stack, name: &str, seconds: u32) -> Child {
+    let ctx = s.context(
+        name,
+        &format!("RUN --mount=type=secret,id=aws-role-arn echo {name}-running && sleep {seconds}"),
+    );
+    let mut child = s
+        .build_cmd(&ctx, &[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the helper to have served the step's secret: the step has started.
+    let served = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("secret served") && l.contains("id=\"aws-role-arn\""))
+            .count()
+    };
+    let before = served(&s.helper.log_text());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while served(&s.helper.log_text()) == before {
+        assert!(
+            Instant::now() < deadline,
+            "the long build never reached its step"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the long build ended early"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+/// Starts `irsa-secrets proxy` before `daemon`, serving the projected token.
+fn spawn_helper(
+    dir: &Path,
+    daemon: &Dockerd,
+    projected: &Projected,
+    r: &Radioactive,
+    rust_log: &str,
+    configure: impl FnOnce(&mut Command),
+) -> Helper {
+    let socket = dir.join("helper.sock");
+    let mut proxy = super::command();
+    proxy
+        .arg("proxy")
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--upstream")
+        .arg(format!("unix://{}", daemon.socket.display()));
+    configure(&mut proxy);
+    let token_file = projected.token_path().display().to_string();
+    let env = [
+        ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
+        ("AWS_ROLE_ARN", ARN),
+        ("RUST_LOG", rust_log),
+    ];
+    Helper::spawn(proxy, socket, dir, &env, r)
+}
+
 /// A docker CLI command on `socket` (the daemon's or the helper's), with BuildKit on.
 pub fn docker_on(socket: &Path) -> Command {
     let mut cmd = Command::new(DOCKER);
@@ -248,6 +332,12 @@ pub struct Stack {
 impl Stack {
     /// Starts the daemon and `irsa-secrets proxy` in a new temp dir named `prefix...`.
     pub fn start(prefix: &str) -> Stack {
+        Self::start_with(prefix, "debug", |_| {})
+    }
+
+    /// Like [`Stack::start`], with the helper's log at `rust_log` and its command changed by
+    /// `configure` (more flags, limits).
+    pub fn start_with(prefix: &str, rust_log: &str, configure: impl FnOnce(&mut Command)) -> Stack {
         let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let r = Radioactive::default();
@@ -256,21 +346,7 @@ impl Stack {
         r.watch(ARN.as_bytes());
         let projected = Projected::new(&dir.join("sa"), &token);
         let daemon = Dockerd::start(&dir.join("d"));
-        let socket = dir.join("helper.sock");
-        let mut proxy = super::command();
-        proxy
-            .arg("proxy")
-            .arg("--listen")
-            .arg(format!("unix://{}", socket.display()))
-            .arg("--upstream")
-            .arg(format!("unix://{}", daemon.socket.display()));
-        let token_file = projected.token_path().display().to_string();
-        let env = [
-            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_file.as_str()),
-            ("AWS_ROLE_ARN", ARN),
-            ("RUST_LOG", "debug"),
-        ];
-        let helper = Helper::spawn(proxy, socket, &dir, &env, &r);
+        let helper = spawn_helper(&dir, &daemon, &projected, &r, rust_log, configure);
         Stack {
             helper,
             daemon,
@@ -279,6 +355,103 @@ impl Stack {
             dir,
             _projected: projected,
             _tmp: tmp,
+        }
+    }
+
+    /// Stops the helper (if it still runs) and starts a new one on the same socket.
+    pub fn restart_helper(&mut self, rust_log: &str, configure: impl FnOnce(&mut Command)) {
+        if let Some(mut child) = self.helper.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.helper = spawn_helper(
+            &self.dir,
+            &self.daemon,
+            &self._projected,
+            &self.r,
+            rust_log,
+            configure,
+        );
+    }
+
+    /// A build context DIR/`name` whose Dockerfile is `dockerfile` on the base image.
+    pub fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
+        let ctx = self.dir.join(name);
+        std::fs::create_dir_all(&ctx).unwrap();
+        std::fs::write(
+            ctx.join("Dockerfile"),
+            format!("FROM {BASE_IMAGE}\n{dockerfile}\n"),
+        )
+        .unwrap();
+        ctx
+    }
+
+    /// `docker build` of `ctx` through the helper, output piped.
+    pub fn build_cmd(&self, ctx: &Path, extra: &[&str]) -> Command {
+        let mut cmd = docker_on(&self.helper.socket);
+        cmd.args(["build", "--network=none", "--progress=plain", "--no-cache"])
+            .args(extra)
+            .arg(ctx);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Builds through the helper; returns success and the combined output.
+    pub fn build(&self, ctx: &Path, extra: &[&str]) -> (bool, String) {
+        self.build_within(ctx, extra, Duration::from_secs(300))
+    }
+
+    /// Like [`Stack::build`], failing the test when the build takes longer than `limit`.
+    pub fn build_within(&self, ctx: &Path, extra: &[&str], limit: Duration) -> (bool, String) {
+        let out = wait_with_timeout(self.build_cmd(ctx, extra).spawn().unwrap(), limit);
+        self.r.assert_absent("build output", &out.stdout);
+        self.r.assert_absent("build output", &out.stderr);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    }
+
+    /// Builds through the helper and fails the test with both logs when the build fails.
+    pub fn build_ok(&self, ctx: &Path, extra: &[&str]) -> String {
+        let (ok, text) = self.build(ctx, extra);
+        self.assert_built(ok, &text);
+        text
+    }
+
+    /// Fails the test with both logs unless `ok`.
+    pub fn assert_built(&self, ok: bool, text: &str) {
+        assert!(
+            ok,
+            "build failed:\n{text}\nhelper log:\n{}\ndockerd:\n{}",
+            super::tail(&self.helper.log_text()),
+            self.daemon.log_tail()
+        );
+    }
+
+    /// How many descriptors the helper holds.
+    pub fn helper_fds(&self) -> usize {
+        let pid = self.helper.child.as_ref().unwrap().id();
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    }
+
+    /// Waits up to 20 s for the helper to hold no more than `baseline` descriptors.
+    pub fn assert_descriptors_back_to(&self, baseline: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.helper_fds();
+            if now <= baseline {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "helper holds {now} descriptors, {baseline} at the baseline"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 

@@ -123,3 +123,44 @@ pub fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
         })
     })
 }
+
+/// A fake buildkitd listening on a unix socket; dropping it kills every connection at once.
+pub struct FakeBuildkitd {
+    connections: tokio::task::JoinSet<()>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FakeBuildkitd {
+    /// Listens on `path`; every session runs `script`.
+    pub fn start(path: &std::path::Path, script: Script) -> FakeBuildkitd {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let accept = tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                if tx.send(io).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut connections = tokio::task::JoinSet::new();
+        // Connections are served on tasks owned by this value, so dropping it cuts them.
+        connections.spawn(async move {
+            let mut inner = tokio::task::JoinSet::new();
+            while let Some(io) = rx.recv().await {
+                inner.spawn(fake_daemon(io, script.clone()));
+            }
+        });
+        FakeBuildkitd {
+            connections,
+            accept,
+        }
+    }
+}
+
+impl Drop for FakeBuildkitd {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.connections.abort_all();
+    }
+}

@@ -177,20 +177,28 @@ impl Helper {
 
     /// Sends SIGTERM and waits for exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.terminate_within(Duration::from_secs(10)).0
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the exit: the status, and how long it took.
+    pub fn terminate_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
         let mut child = self.child.take().expect("running");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let started = Instant::now();
         loop {
             if let Some(status) = child.try_wait().unwrap() {
-                return status;
+                return (status, started.elapsed());
             }
-            if Instant::now() > deadline {
+            if started.elapsed() > limit {
                 let _ = child.kill();
-                panic!("helper ignored SIGTERM for 10 s");
+                panic!(
+                    "helper ignored SIGTERM for {limit:?}:\n{}",
+                    tail(&self.log_text())
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

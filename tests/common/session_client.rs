@@ -107,3 +107,11 @@ pub async fn client_session(
         .serve_connection(TokioIo::new(tunnel), svc)
         .await;
 }
+
+/// An HTTP/2 client connection to the helper's socket, driven on its own task.
+pub async fn connect(helper: &std::path::Path) -> Peer {
+    let io = tokio::net::UnixStream::connect(helper).await.unwrap();
+    let (peer, conn) = h2::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    peer
+}
