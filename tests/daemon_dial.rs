@@ -1,6 +1,6 @@
 //! Reaching the daemon: a daemon that does not answer is never taken for buildkitd (its kind is
 //! asked again until it answers), and each step of dialing it (the connection, the TLS
-//! handshake, dockerd's `/grpc` upgrade) has a deadline whose error names the daemon.
+//! handshake, dockerd's `/grpc` and `/session` upgrades) has a deadline whose error names the daemon.
 
 mod common;
 
@@ -212,5 +212,39 @@ async fn each_step_of_dialing_the_daemon_has_a_deadline() {
         "{}",
         status.message()
     );
+
+    // dockerd's /session upgrade, through the Docker API front door, by the same hung dockerd.
+    let (status, body) = tokio::time::timeout(BOUND, session_upgrade(&helper.socket))
+        .await
+        .expect("the /session upgrade has a deadline");
+    assert_eq!(status, http::StatusCode::BAD_GATEWAY, "{body}");
+    assert!(
+        body.contains(&format!(
+            "the daemon at {upstream} did not answer POST /session within 10s"
+        )),
+        "{body}"
+    );
     silent.abort();
+}
+
+/// `POST /session` as the docker CLI sends it, through the helper at `socket`: the status and
+/// body of the answer.
+async fn session_upgrade(socket: &Path) -> (http::StatusCode, String) {
+    use http_body_util::BodyExt;
+    let io = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/v1.41/session")
+        .header("host", "docker")
+        .header("connection", "Upgrade")
+        .header("upgrade", "h2c")
+        .header("x-docker-expose-session-uuid", "hung-session")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    let status = res.status();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -449,7 +449,7 @@ identity = "process"
         "{out}"
     );
     let (ok, out) = build(&dir.join("trusted.sock"), &arn_step, &r);
-    assert!(!ok && out.contains("did not answer"), "{out}");
+    assert!(!ok && out.contains("cannot be reached"), "{out}");
     drop(helper);
     drop(daemon);
 }

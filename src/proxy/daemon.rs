@@ -131,6 +131,9 @@ pub enum Failure {
     /// dockerd refused an upgrade.
     #[error("refused POST {0}: {1}")]
     Upgrade(&'static str, String),
+    /// The connection broke before an answer came back.
+    #[error("did not answer: {0}")]
+    Exchange(hyper::Error),
     /// Kind detection got no definite answer; asked again on the next connection.
     #[error(
         "gave no answer to GET /_ping that tells dockerd from buildkitd ({0}); asked again on \
@@ -182,7 +185,8 @@ impl Daemon {
         }
     }
 
-    fn error(&self, failure: Failure) -> DaemonError {
+    /// `failure`, naming this daemon.
+    pub fn error(&self, failure: Failure) -> DaemonError {
         DaemonError {
             upstream: self.upstream.clone(),
             failure,

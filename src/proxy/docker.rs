@@ -16,6 +16,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{mpsc, Mutex};
 
+use super::daemon::{DaemonError, Failure, DIAL_TIMEOUT};
 use super::grpc;
 use super::grpc::{advertise_secrets, session_info};
 use super::{Context, Daemon, Io, UpstreamKind};
@@ -81,11 +82,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn connect(daemon: &Daemon) -> Result<(SendRequest<Body>, AbortOnDrop), String> {
-    let io = daemon.connect_http1().await.map_err(|e| e.to_string())?;
+async fn connect(daemon: &Daemon) -> Result<(SendRequest<Body>, AbortOnDrop), DaemonError> {
+    let io = daemon.connect_http1().await?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| daemon.error(Failure::Exchange(e)))?;
     let task = tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "daemon connection ended with an error");
@@ -169,7 +170,7 @@ impl Conn {
             .then(|| hyper::upgrade::on(&mut req));
         let method = req.method().clone();
         let path = req.uri().path().to_string();
-        let mut res = match self.forward(req).await {
+        let mut res = match self.forward(req, kind).await {
             Ok(res) => res,
             Err(e) => {
                 tracing::warn!(%method, %path, upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
@@ -180,9 +181,8 @@ impl Conn {
                 return Ok(error_response(
                     StatusCode::BAD_GATEWAY,
                     &format!(
-                        "irsa-secrets: the Docker daemon at {} did not answer: {e}. Check that it \
-                         is running and that --upstream points at its socket",
-                        self.daemon.upstream
+                        "irsa-secrets: {e}. Check that the Docker daemon is running and that \
+                         --upstream points at its socket"
                     ),
                 ));
             }
@@ -212,16 +212,35 @@ impl Conn {
         Ok(res.map(BodyExt::boxed_unsync))
     }
 
-    async fn forward(&self, req: Request<Incoming>) -> Result<Response<Incoming>, String> {
+    /// Sends `req` on the daemon connection, dialing it first if needed. dockerd answers the
+    /// `/session` and `/grpc` upgrades at once, so those answers have [`DIAL_TIMEOUT`]; other
+    /// answers (`wait`, `attach`, ...) take as long as they take.
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        kind: Option<UpgradeKind>,
+    ) -> Result<Response<Incoming>, DaemonError> {
         let mut slot = self.send.lock().await;
         if slot.as_ref().is_none_or(|(send, _)| send.is_closed()) {
             *slot = Some(connect(&self.daemon).await?);
         }
         let (send, _) = slot.as_mut().expect("connected above");
-        send.ready().await.map_err(|e| e.to_string())?;
-        send.send_request(req.map(BodyExt::boxed_unsync))
-            .await
-            .map_err(|e| e.to_string())
+        let exchange = async {
+            send.ready().await?;
+            send.send_request(req.map(BodyExt::boxed_unsync)).await
+        };
+        let answer = match kind {
+            Some(kind) => tokio::time::timeout(DIAL_TIMEOUT, exchange)
+                .await
+                .map_err(|_| {
+                    self.daemon.error(Failure::UpgradeTimeout {
+                        path: kind.path(),
+                        timeout: DIAL_TIMEOUT,
+                    })
+                })?,
+            None => exchange.await,
+        };
+        answer.map_err(|e| self.daemon.error(Failure::Exchange(e)))
     }
 }
 
@@ -280,6 +299,15 @@ enum UpgradeKind {
     Session,
     /// `POST /grpc`: the BuildKit Control API (buildx docker driver, bake).
     Grpc,
+}
+
+impl UpgradeKind {
+    fn path(self) -> &'static str {
+        match self {
+            UpgradeKind::Session => "/session",
+            UpgradeKind::Grpc => "/grpc",
+        }
+    }
 }
 
 /// Which joined upgrade a request asks for, with or without a `/vX.Y` prefix.

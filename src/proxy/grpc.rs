@@ -125,9 +125,8 @@ impl Link {
                 *state = State::Dial(Arc::clone(&daemon));
                 daemon.connect_grpc().await.map_err(|e| {
                     unavailable(format!(
-                        "irsa-secrets: the daemon at {} is unreachable: {e}; check that it is \
-                         running and that --upstream points at it",
-                        daemon.upstream
+                        "irsa-secrets: {e}; check that it is running and that --upstream points \
+                         at it"
                     ))
                 })?
             }
