@@ -221,7 +221,7 @@ impl Provider {
             }
         }
         self.audit.secret(&self.listener, caller, &a);
-        let label = if self.routes.contains_key(a.id) || a.source == Some("client") {
+        let label = if self.routes.contains_key(a.id) {
             a.id
         } else {
             "other"
