@@ -23,7 +23,7 @@ mod layer;
 mod matcher;
 pub mod report;
 mod store;
-mod tarx;
+pub mod tarx;
 
 /// A scan failure: the image could not be read, or it is malformed or hostile. Never holds a
 /// secret value, nor any byte of the image: an error says what is wrong and where (a member's
