@@ -13,6 +13,11 @@ use serde::{Deserialize, Serialize};
 /// Clock skew tolerated for `nbf` and `iat`, as most JWT validators allow.
 pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 
+/// The last second RFC 3339 can write, 9999-12-31T23:59:59Z. A time claim past it is no time
+/// any clock reaches, and adding to it or formatting it would overflow: such a token is refused
+/// as malformed, so every later step can trust its times.
+pub const MAX_TIME: u64 = 253_402_300_799;
+
 /// The claims the helper looks at; the rest of the payload is kept for display.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Claims {
@@ -165,9 +170,22 @@ pub fn decode(token: &[u8]) -> Result<Claims, TokenError> {
         .ok_or_else(|| TokenError::Malformed("its header is not a JSON object".into()))?;
     decode_part("signature", parts[2])?;
     let payload = decode_part("payload", parts[1])?;
-    serde_json::from_slice(&payload).map_err(|_| {
+    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| {
         TokenError::Malformed("its claims are not a JSON object with a numeric exp".into())
-    })
+    })?;
+    for (name, time) in [
+        ("exp", Some(claims.exp)),
+        ("nbf", claims.nbf),
+        ("iat", claims.iat),
+    ] {
+        if time.is_some_and(|t| t > MAX_TIME) {
+            return Err(TokenError::Malformed(format!(
+                "its {name} claim is after {}, a time no clock reaches",
+                rfc3339(MAX_TIME)
+            )));
+        }
+    }
+    Ok(claims)
 }
 
 /// Decodes and checks a token against `want` at time `now`.
@@ -215,8 +233,12 @@ pub fn encode_unverifiable(claims: &Claims, kid: &str, signature: &str) -> Strin
     )
 }
 
-/// Formats seconds since the epoch as RFC 3339 (UTC).
+/// Formats seconds since the epoch as RFC 3339 (UTC); a time past [`MAX_TIME`], which RFC 3339
+/// cannot write, reads as such rather than panicking.
 pub fn rfc3339(secs: u64) -> String {
+    if secs > MAX_TIME {
+        return format!("after {}", rfc3339(MAX_TIME));
+    }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
@@ -348,6 +370,42 @@ mod tests {
         }
         let err = decode(b"eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2VjcmV0LXNpZw").unwrap_err();
         assert!(!err.to_string().contains("c2VjcmV0LXNpZw"));
+    }
+
+    #[test]
+    fn times_past_what_rfc3339_can_write_are_malformed_and_never_panic() {
+        let sts = || Audience::One("sts.amazonaws.com".into());
+        let far = [MAX_TIME + 1, u64::MAX - 1, u64::MAX];
+        for t in far {
+            let mut c = claims(t, None, sts());
+            let err = check(encode(&c).as_bytes(), &want(), at(NOW)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "is not a JWT: its exp claim is after 9999-12-31T23:59:59Z, a time no clock reaches"
+            );
+            c.exp = NOW + 3600;
+            c.nbf = Some(t);
+            let err = check(encode(&c).as_bytes(), &want(), at(NOW)).unwrap_err();
+            assert!(err.to_string().contains("its nbf claim is after"), "{err}");
+            c.nbf = None;
+            c.iat = Some(t);
+            let err = check(encode(&c).as_bytes(), &want(), at(NOW)).unwrap_err();
+            assert!(err.to_string().contains("its iat claim is after"), "{err}");
+            assert_eq!(rfc3339(t), "after 9999-12-31T23:59:59Z");
+        }
+        let last = encode(&claims(MAX_TIME, Some(MAX_TIME), sts()));
+        let err = check(last.as_bytes(), &want(), at(NOW)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "is not valid before 9999-12-31T23:59:59Z (in {})",
+                human(Duration::from_secs(MAX_TIME - NOW))
+            )
+        );
+    }
+
+    fn encode(c: &Claims) -> String {
+        encode_unverifiable(c, "k", "s")
     }
 
     #[test]

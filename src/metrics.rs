@@ -1,10 +1,11 @@
 //! Prometheus metrics and the Kubernetes probes (`/metrics`, `/healthz`, `/readyz`) on an
 //! optional loopback HTTP listener, so the helper is monitored like any other sidecar.
 
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -39,6 +40,15 @@ struct ExpiryLabels {
     source: String,
 }
 
+/// Distinct secret ids one listener's request counter labels by name. Ids come from builds
+/// (a Dockerfile names any id it likes), so past this many the rest count under [`OTHER`]:
+/// a hostile build cannot grow the exposition, or the helper's memory, without limit.
+pub const MAX_ID_LABELS: usize = 128;
+
+/// The id label of requests for ids the helper does not serve, and of any id past
+/// [`MAX_ID_LABELS`].
+pub const OTHER: &str = "other";
+
 /// The helper's metrics; cheap to clone, shared by every listener.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -55,6 +65,8 @@ struct Inner {
     forwarded: Counter,
     upstream_errors: Family<ListenerLabel, Counter>,
     expiry: Family<ExpiryLabels, Gauge<f64, AtomicU64>>,
+    /// The ids labelled by name so far, per listener.
+    ids: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl Default for Metrics {
@@ -68,6 +80,7 @@ impl Default for Metrics {
             forwarded: Counter::default(),
             upstream_errors: Family::default(),
             expiry: Family::default(),
+            ids: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -121,9 +134,11 @@ impl Metrics {
         }
     }
 
-    /// Counts a GetSecret answer and its latency. `id` should be bounded (owned ids, or
-    /// `other`) so probes cannot grow the label set without limit.
+    /// Counts a GetSecret answer and its latency. Callers pass the ids they serve and
+    /// [`OTHER`] for the rest; even so, at most [`MAX_ID_LABELS`] ids per listener are
+    /// labelled by name, so the label set stays bounded whatever the caller passes.
     pub fn request(&self, listener: &str, id: &str, outcome: Outcome, latency: Duration) {
+        let id = self.id_label(listener, id);
         let outcome = match outcome {
             Outcome::Served => "served",
             Outcome::NotFound => "not_found",
@@ -139,6 +154,27 @@ impl Metrics {
             })
             .inc();
         self.inner.latency.observe(latency.as_secs_f64());
+    }
+
+    /// `id`, or [`OTHER`] once the listener has [`MAX_ID_LABELS`] other ids labelled.
+    fn id_label<'a>(&self, listener: &str, id: &'a str) -> &'a str {
+        let mut ids = self
+            .inner
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let seen = match ids.get_mut(listener) {
+            Some(seen) => seen,
+            None => ids.entry(listener.to_string()).or_default(),
+        };
+        if id == OTHER || seen.contains(id) {
+            id
+        } else if seen.len() < MAX_ID_LABELS {
+            seen.insert(id.to_string());
+            id
+        } else {
+            OTHER
+        }
     }
 
     /// Counts bytes forwarded through a session.
@@ -262,4 +298,39 @@ async fn answer(
         http::HeaderValue::from_static(content_type),
     );
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The distinct `id` label values of the request counter in `text`.
+    fn id_labels(text: &str) -> HashSet<String> {
+        text.lines()
+            .filter(|l| l.starts_with("irsa_secrets_secret_requests_total{"))
+            .filter_map(|l| l.split("id=\"").nth(1)?.split('"').next())
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn request_labels_stay_bounded_whatever_ids_callers_pass() {
+        let m = Metrics::default();
+        let latency = Duration::from_millis(1);
+        for i in 0..5000 {
+            m.request("ci", &format!("junk-{i}"), Outcome::NotFound, latency);
+        }
+        m.request("ci", "junk-0", Outcome::Served, latency);
+        m.request("other-listener", "aws-role-arn", Outcome::Served, latency);
+        let text = m.encode();
+        let ids = id_labels(&text);
+        assert_eq!(ids.len(), MAX_ID_LABELS + 2, "{ids:?}");
+        assert!(ids.contains("junk-0") && ids.contains(OTHER) && ids.contains("aws-role-arn"));
+        let other = text
+            .lines()
+            .find(|l| l.contains(r#"id="other""#) && l.contains(r#"listener="ci""#))
+            .unwrap();
+        let past_the_bound = 5000 - MAX_ID_LABELS;
+        assert!(other.ends_with(&format!(" {past_the_bound}")), "{other}");
+    }
 }

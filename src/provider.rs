@@ -240,7 +240,7 @@ impl Provider {
     }
 
     fn count(&self, a: &Answer<'_>, outcome: Outcome) {
-        let label = if self.routes.contains_key(a.id) || a.source == Some("client") {
+        let label = if self.routes.contains_key(a.id) {
             a.id
         } else {
             "other"

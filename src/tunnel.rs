@@ -7,6 +7,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,6 +26,10 @@ use crate::proto::control::BytesMessage;
 
 /// Largest message written into the tunnel: well under every BuildKit version's 4 MiB limit.
 const MAX_MESSAGE: usize = 1024 * 1024;
+/// Largest message read from the tunnel: what BuildKit v0.13 and later accept themselves
+/// (containerd's `defaults.DefaultMaxRecvMsgSize`, 16 MiB, in its session code). The length
+/// is checked when the 5-byte frame header arrives, so a peer announcing more costs nothing.
+pub const MAX_INCOMING: usize = 16 << 20;
 /// Messages buffered per direction before a writer waits (backpressure, bounded memory).
 const QUEUE: usize = 16;
 
@@ -55,25 +60,62 @@ pub enum Outgoing {
 
 /// The writing half of a tunnel, created first: a call's outgoing body must exist before its
 /// incoming one does (we send our request before the daemon answers).
-pub struct Outbox(PollSender<Bytes>);
+pub struct Outbox {
+    writer: PollSender<Bytes>,
+    /// Why the incoming half failed, if it did: an answered call ends with it in its trailers
+    /// (e.g. a message over [`MAX_INCOMING`]) rather than with `grpc-status: 0`.
+    failure: Arc<OnceLock<Status>>,
+}
 
 /// Creates the outgoing half and the body that carries what is written to it.
 // tonic's body type fixes the error type to `Status`, large or not.
 #[allow(clippy::result_large_err)]
 pub fn outgoing(ending: Outgoing) -> (Outbox, BoxBody) {
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
+    let failure = Arc::new(OnceLock::new());
     let data =
         tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, Status>(Frame::data(b)));
     let body: BoxBody = match ending {
         Outgoing::Response => {
-            let mut trailers = http::HeaderMap::new();
-            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-            let end = stream::once(async move { Ok(Frame::trailers(trailers)) });
+            // Read when the data ends, which is after the incoming half has failed, if it has.
+            let failed = Arc::clone(&failure);
+            let end = stream::once(async move { Ok(Frame::trailers(trailers(failed.get()))) });
             http_body_util::BodyExt::boxed_unsync(StreamBody::new(data.chain(end)))
         }
         Outgoing::Request => http_body_util::BodyExt::boxed_unsync(StreamBody::new(data)),
     };
-    (Outbox(PollSender::new(tx)), body)
+    let outbox = Outbox {
+        writer: PollSender::new(tx),
+        failure,
+    };
+    (outbox, body)
+}
+
+/// The trailers that end an answered call: its failure, or `grpc-status: 0`.
+fn trailers(failure: Option<&Status>) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    let code = match failure {
+        None => "0",
+        Some(status) if status.add_header(&mut trailers).is_ok() => return trailers,
+        // A message that makes no header value: still a failure (13, internal).
+        Some(_) => "13",
+    };
+    trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+    trailers
+}
+
+/// What a failed incoming stream tells its peer: a message over the limit is
+/// `ResourceExhausted`, as gRPC's own servers answer it; tonic's message gives the announced
+/// size and the limit (never any byte of the message).
+fn incoming_failure(status: &Status) -> Status {
+    let code = match status.code() {
+        tonic::Code::OutOfRange => tonic::Code::ResourceExhausted,
+        code => code,
+    };
+    Status::new(
+        code,
+        format!("irsa-secrets: session tunnel: {}", status.message()),
+    )
 }
 
 impl Outbox {
@@ -84,29 +126,27 @@ impl Outbox {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let decoder = ProstCodec::<BytesMessage, BytesMessage>::default().decoder();
+        let limit = Some(MAX_INCOMING);
         let messages = match direction {
-            Incoming::Request => Streaming::new_request(decoder, incoming, None, Some(usize::MAX)),
-            Incoming::Response => Streaming::new_response(
-                decoder,
-                incoming,
-                http::StatusCode::OK,
-                None,
-                Some(usize::MAX),
-            ),
+            Incoming::Request => Streaming::new_request(decoder, incoming, None, limit),
+            Incoming::Response => {
+                Streaming::new_response(decoder, incoming, http::StatusCode::OK, None, limit)
+            }
         };
+        let failure = self.failure;
         let bytes = messages
-            .map(|m| {
+            .map(move |m| {
                 m.map(|m| Bytes::from(m.data)).map_err(|status| {
-                    io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        status.message().to_string(),
-                    )
+                    let status = incoming_failure(&status);
+                    let message = status.message().to_string();
+                    let _ = failure.set(status);
+                    io::Error::new(io::ErrorKind::ConnectionAborted, message)
                 })
             })
             .boxed();
         Tunnel {
             reader: StreamReader::new(bytes),
-            writer: self.0,
+            writer: self.writer,
         }
     }
 }
@@ -168,6 +208,50 @@ impl AsyncWrite for Tunnel {
 mod tests {
     use super::*;
     use prost::Message;
+
+    #[tokio::test]
+    async fn a_message_over_the_limit_fails_the_read_and_ends_the_answer_with_the_reason() {
+        use http_body_util::BodyExt;
+        use tokio::io::AsyncReadExt;
+        // A frame header announcing a 4 GiB message, and a first chunk of it.
+        let mut hostile = vec![0u8, 0xff, 0xff, 0xff, 0xff];
+        hostile.extend_from_slice(&[0x0a; 4096]);
+        let incoming = http_body_util::Full::new(Bytes::from(hostile));
+        let (outbox, mut answer) = outgoing(Outgoing::Response);
+        let mut tunnel = outbox.join(incoming, Incoming::Request);
+        let err = tunnel.read(&mut [0u8; 64]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+        let want = "found 4294967295 bytes, the limit is: 16777216 bytes";
+        assert!(err.to_string().contains(want), "{err}");
+        drop(tunnel);
+        let trailers = loop {
+            let frame = answer.frame().await.unwrap().unwrap();
+            if let Ok(trailers) = frame.into_trailers() {
+                break trailers;
+            }
+        };
+        let status = Status::from_header_map(&trailers).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status
+            .message()
+            .starts_with("irsa-secrets: session tunnel: "));
+        assert!(status.message().contains(want), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_clean_end_answers_ok() {
+        use http_body_util::BodyExt;
+        let (outbox, mut answer) = outgoing(Outgoing::Response);
+        drop(outbox.join(http_body_util::Empty::<Bytes>::new(), Incoming::Request));
+        let trailers = answer
+            .frame()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_trailers()
+            .unwrap();
+        assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    }
 
     #[test]
     fn frames_decode_as_bytes_messages() {

@@ -14,6 +14,7 @@ use std::time::Duration;
 use common::fake_daemon::{daemon_script, fake_daemon, FakeBuildkitd, Observed};
 use common::session_client::{client_session, connect};
 use common::{command, grpc_call, token, Helper, Radioactive, ARN};
+use irsa_secrets::proxy::grpc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -127,6 +128,99 @@ async fn buildkit_clients_through_the_binary() {
     let _daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report));
     let (_, again) = session_through(&helper.socket, "bk-2", &mut observed).await;
     again.abort();
+}
+
+/// The helper's resident memory, from /proc.
+fn rss_bytes(helper: &Helper) -> u64 {
+    let pid = helper.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_message_over_16_mib_is_refused_without_buffering_it() {
+    use http_body_util::BodyExt;
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let t = token(3600, -10);
+    r.watch(t.as_bytes());
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, &t).unwrap();
+    let daemon_sock = dir.path().join("buildkitd.sock");
+    let (report, mut observed) = mpsc::unbounded_channel();
+    let _daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report));
+    let helper = start_helper(dir.path(), &daemon_sock, &r, &token_file);
+    // Sessions before and after the hostile one are served.
+    let (_, before) = session_through(&helper.socket, "before", &mut observed).await;
+    let baseline = rss_bytes(&helper);
+
+    // A peer opens a session and announces a 4 GiB message, then streams 256 MiB of it.
+    const SENT: usize = 256 << 20;
+    let (tx, rx) = mpsc::channel::<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>(4);
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let req = http::Request::post(format!("http://localhost{}", grpc::SESSION_PATH))
+        .header("content-type", "application/grpc")
+        .header(grpc::SESSION_UUID, "hostile")
+        .body(body.boxed_unsync())
+        .unwrap();
+    let mut control = connect(&helper.socket).await;
+    let res = control.ready().await.unwrap().call(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let feeder = tokio::spawn(async move {
+        let header = bytes::Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff]);
+        let chunk = bytes::Bytes::from(vec![0x0a; 1 << 20]);
+        let mut sent = 0;
+        let frames = std::iter::once(header).chain(std::iter::repeat_n(chunk, SENT >> 20));
+        for frame in frames {
+            sent += frame.len();
+            if tx.send(Ok(http_body::Frame::data(frame))).await.is_err() {
+                break;
+            }
+        }
+        sent
+    });
+    let trailers = tokio::time::timeout(Duration::from_secs(60), async {
+        let mut body = res.into_body();
+        while let Some(frame) = body.frame().await {
+            if let Ok(trailers) = frame
+                .expect("the answer ends with trailers")
+                .into_trailers()
+            {
+                return trailers;
+            }
+        }
+        panic!("the answer ended without trailers");
+    })
+    .await
+    .expect("the helper answers the hostile session");
+    let status = tonic::Status::from_header_map(&trailers).unwrap();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("found 4294967295 bytes, the limit is: 16777216 bytes"),
+        "{status:?}"
+    );
+    let sent = feeder.await.unwrap();
+    assert!(sent < SENT, "the helper stops reading the message");
+    let grown = rss_bytes(&helper).saturating_sub(baseline);
+    assert!(
+        grown < 64 << 20,
+        "the helper grew by {} MiB after the peer sent {} MiB",
+        grown >> 20,
+        sent >> 20
+    );
+    let log = helper.log_text();
+    assert!(log.contains("build session ended abnormally"), "{log}");
+
+    let (_, after) = session_through(&helper.socket, "after", &mut observed).await;
+    before.abort();
+    after.abort();
 }
 
 /// Test PKI: a CA, a server certificate for `buildkitd.test` and a client certificate.

@@ -460,9 +460,9 @@ fn a_secret_spanning_a_read_boundary_is_found_once_at_its_offset() {
     let dir = tempfile::tempdir().unwrap();
     // The scanner reads about 1 MiB at a time: copies of the secret every 64 bytes from just
     // before 1 MiB to well after it make some copy straddle each boundary, whatever its
-    // exact place.
+    // exact place (960 copies: under the 1000 findings a report lists).
     let mut content = noise(3 << 20);
-    let offsets: Vec<usize> = (0..1280).map(|k| (1 << 20) - (16 << 10) + 64 * k).collect();
+    let offsets: Vec<usize> = (0..960).map(|k| (1 << 20) - (16 << 10) + 64 * k).collect();
     for &at in &offsets {
         content[at..at + SECRET.len()].copy_from_slice(SECRET.as_bytes());
     }
@@ -735,6 +735,84 @@ fn a_huge_extension_header_is_refused() {
         &scan(&oci, &[]),
         "extension header of 2097152 bytes exceeds the limit",
     );
+}
+
+/// A PAX record, `LEN key=value\n`, whose length counts its own digits.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut record = format!("{len} {key}=").into_bytes();
+    record.extend_from_slice(value);
+    record.push(b'\n');
+    record
+}
+
+#[test]
+fn pax_headers_chained_past_the_limit_are_refused_without_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    // Each header is well under the 1 MiB limit; forty of them before one file are 20 MiB.
+    // Random letters: no newline (PAX records are lines), and too random for a bomb.
+    let mut value = HOSTILE_KEY.as_bytes().to_vec();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    value.extend((0..512 << 10).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        b'a' + (x % 26) as u8
+    }));
+    let record = pax_record("comment", &value);
+    let mut entries: Vec<E<'_>> = (0..40)
+        .map(|_| {
+            let h = raw_header(b"pax", tar::EntryType::XHeader, record.len() as u64);
+            E::Raw(h, record.clone())
+        })
+        .collect();
+    entries.push(E::File("x", b"x".to_vec()));
+    oci_image(&oci, &[gz_layer_from(layer(entries))], &[], json!({}), &[]);
+    // The second header already takes the total past 1 MiB.
+    let message = format!(
+        "tar extension headers of {} bytes in all before member 0 (the header at byte 0) \
+         exceed the limit of 1048576 bytes",
+        2 * record.len()
+    );
+    fails_without_echo(&oci, &message, &value);
+}
+
+#[test]
+fn a_report_lists_the_first_thousand_findings_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let keys: String = (0..1500).map(|i| format!("AKIA{i:016}\n")).collect();
+    oci_image(
+        &oci,
+        &[gz_layer(vec![E::File("keys", keys.into_bytes())])],
+        &[],
+        json!({}),
+        &[],
+    );
+    let out = scan_generic(&oci, &["--format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = json_report(&out);
+    assert_eq!(report["findings"].as_array().unwrap().len(), 1000);
+    assert_eq!(report["omitted"], 500, "{report}");
+    let out = scan_generic(&oci, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("... and 500 more, not listed (a report lists the first 1000)\n"),
+        "{text}"
+    );
+    assert!(text.contains(": 1500 findings ("), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.contains("[fingerprint ")).count(),
+        1000
+    );
+    let sarif = json_report(&scan_generic(&oci, &["--format", "sarif"]));
+    assert_eq!(sarif["runs"][0]["properties"]["omitted"], 500);
 }
 
 fn gz_layer_from(tar: Vec<u8>) -> (Vec<u8>, Vec<u8>, &'static str) {

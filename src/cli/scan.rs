@@ -12,7 +12,7 @@ use clap::Args;
 use super::SearchArgs;
 use crate::scan::ignore::Ignore;
 use crate::scan::report::{self, Format};
-use crate::scan::{docker, Limits, Needles, Progress, Report};
+use crate::scan::{docker, Limits, Needles, Options, Progress, Report};
 use crate::sources::Source;
 
 /// Flags of `scan`.
@@ -50,7 +50,9 @@ pub struct ScanArgs {
 
 pub(super) async fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
     match scan(args).await {
-        Ok(report) => Ok(ExitCode::from(u8::from(!report.findings.is_empty()))),
+        Ok(report) => Ok(ExitCode::from(u8::from(
+            !report.findings.is_empty() || report.omitted > 0,
+        ))),
         Err(err) => {
             eprintln!("error: {err:#}");
             Ok(ExitCode::from(2))
@@ -80,14 +82,16 @@ async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
         .is_terminal()
         .then(|| show_progress(progress.clone(), stop.clone()));
     let image = args.image.clone();
-    let result = tokio::task::spawn_blocking(move || match spooled {
-        Some(file) => crate::scan::scan_file(file, &image, &needles, &limits, Some(&progress)),
-        None => crate::scan::scan_path_with(
-            std::path::Path::new(&image),
-            &needles,
-            &limits,
-            Some(&progress),
-        ),
+    let result = tokio::task::spawn_blocking(move || {
+        let options = Options {
+            limits,
+            progress: Some(&progress),
+            ignore: ignore.as_ref(),
+        };
+        match spooled {
+            Some(file) => crate::scan::scan_file(file, &image, &needles, &options),
+            None => crate::scan::scan_path_with(std::path::Path::new(&image), &needles, &options),
+        }
     })
     .await?;
     stop.store(true, Ordering::Relaxed);
@@ -96,9 +100,6 @@ async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
     }
     let mut report = result?;
     report.notes.splice(0..0, notes);
-    if let Some(ignore) = &ignore {
-        ignore.apply(&mut report);
-    }
     let mut out = std::io::stdout().lock();
     out.write_all(report::render(&report, args.format).as_bytes())?;
     out.flush()?;

@@ -5,8 +5,6 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::Report;
-
 /// Why an ignore file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IgnoreError {
@@ -73,26 +71,21 @@ impl Ignore {
         })
     }
 
-    /// Drops the findings this file accepts from `report`, counting them, and notes the
-    /// fingerprints that matched nothing (stale lines to remove).
-    pub fn apply(&self, report: &mut Report) {
-        let before = report.findings.len();
-        let mut used = HashSet::new();
-        report.findings.retain(|f| {
-            let accepted = self.fingerprints.contains(&f.fingerprint);
-            if accepted {
-                used.insert(f.fingerprint.clone());
-            }
-            !accepted
-        });
-        report.ignored += before - report.findings.len();
+    /// True when this file accepts the finding with `fingerprint`.
+    pub fn accepts(&self, fingerprint: &str) -> bool {
+        self.fingerprints.contains(fingerprint)
+    }
+
+    /// The note about fingerprints that matched no finding (stale lines to remove), given the
+    /// fingerprints that did.
+    pub fn stale_note(&self, used: &HashSet<String>) -> Option<String> {
         let stale = self.fingerprints.len() - used.len();
-        if stale > 0 {
-            report.notes.push(format!(
+        (stale > 0).then(|| {
+            format!(
                 "{stale} fingerprint(s) in {} matched no finding: remove them if the findings are gone",
                 self.source
-            ));
-        }
+            )
+        })
     }
 }
 

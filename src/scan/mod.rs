@@ -23,7 +23,7 @@ mod layer;
 mod matcher;
 pub mod report;
 mod store;
-mod tarx;
+pub mod tarx;
 
 /// A scan failure: the image could not be read, or it is malformed or hostile. Never holds a
 /// secret value, nor any byte of the image: an error says what is wrong and where (a member's
@@ -95,6 +95,22 @@ pub enum ScanError {
         what: String,
         /// What its first bytes are not.
         problem: &'static str,
+    },
+    /// The extension headers before one entry add up to more than allowed (each within the
+    /// limit, but a hostile archive may chain any number of them).
+    #[error(
+        "{what}: tar extension headers of {size} bytes in all before {place} exceed the limit of \
+         {limit} bytes; refusing a hostile archive"
+    )]
+    HugeHeaders {
+        /// The archive or layer.
+        what: String,
+        /// The entry they describe.
+        place: tarx::Place,
+        /// Their total size so far.
+        size: u64,
+        /// The limit.
+        limit: u64,
     },
     /// A tar extension header (long name, PAX) is larger than allowed.
     #[error("{what}: a tar extension header of {size} bytes exceeds the limit of {limit} bytes; refusing a hostile archive")]
@@ -173,6 +189,8 @@ pub struct Limits {
     pub max_header_bytes: u64,
     /// Largest JSON document (index, manifest, config) read whole.
     pub max_json_bytes: u64,
+    /// Most findings a report lists; the rest are counted (`omitted`), not kept.
+    pub max_findings: usize,
 }
 
 impl Default for Limits {
@@ -182,6 +200,7 @@ impl Default for Limits {
             max_ratio: 200,
             max_header_bytes: 1 << 20,
             max_json_bytes: 16 << 20,
+            max_findings: 1000,
         }
     }
 }
@@ -262,6 +281,8 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Findings an ignore file accepted.
     pub ignored: usize,
+    /// Findings past [`Limits::max_findings`]: counted, not listed.
+    pub omitted: u64,
     /// Things the user should know (skipped platforms, unsearched needles).
     pub notes: Vec<String>,
     /// Documents and blobs searched.
@@ -270,27 +291,31 @@ pub struct Report {
     pub bytes: u64,
 }
 
+/// How a scan runs: its bounds, where it reports progress, which findings it accepts.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Bounds on what a hostile image may cost.
+    pub limits: Limits,
+    /// Where to count bytes read, for a progress display.
+    pub progress: Option<&'a Progress>,
+    /// Known false positives: counted as ignored, not listed.
+    pub ignore: Option<&'a ignore::Ignore>,
+}
+
 /// Scans an image archive or layout at `path` with default limits; the entry point for tests
 /// and other programs.
 pub fn scan_path(path: &Path, needles: &Needles) -> Result<Report, ScanError> {
-    scan_path_with(path, needles, &Limits::default(), None)
+    scan_path_with(path, needles, &Options::default())
 }
 
 /// Scans an image archive or layout at `path`.
 pub fn scan_path_with(
     path: &Path,
     needles: &Needles,
-    limits: &Limits,
-    progress: Option<&Progress>,
+    options: &Options<'_>,
 ) -> Result<Report, ScanError> {
-    let store = store::Store::open(path, limits)?;
-    scan_store(
-        &store,
-        path.display().to_string(),
-        needles,
-        limits,
-        progress,
-    )
+    let store = store::Store::open(path, &options.limits)?;
+    scan_store(&store, path.display().to_string(), needles, options)
 }
 
 /// Scans an image tar already open as `file` (e.g. spooled from the Docker Engine).
@@ -298,20 +323,50 @@ pub fn scan_file(
     file: File,
     name: &str,
     needles: &Needles,
-    limits: &Limits,
-    progress: Option<&Progress>,
+    options: &Options<'_>,
 ) -> Result<Report, ScanError> {
-    let store = store::Store::index(file, name, limits)?;
-    scan_store(&store, name.to_string(), needles, limits, progress)
+    let store = store::Store::index(file, name, &options.limits)?;
+    scan_store(&store, name.to_string(), needles, options)
+}
+
+/// Where findings go as they are found: those the ignore file accepts are counted, the first
+/// [`Limits::max_findings`] others kept, the rest counted. A hostile image full of matches
+/// costs a counter, not memory.
+struct Findings<'a> {
+    report: Report,
+    ignore: Option<&'a ignore::Ignore>,
+    /// Fingerprints the ignore file accepted (at most its own size).
+    used: std::collections::HashSet<String>,
+    max: usize,
+}
+
+impl Findings<'_> {
+    fn add(&mut self, finding: Finding) {
+        if self.ignore.is_some_and(|i| i.accepts(&finding.fingerprint)) {
+            self.report.ignored += 1;
+            self.used.insert(finding.fingerprint);
+        } else if self.report.findings.len() < self.max {
+            self.report.findings.push(finding);
+        } else {
+            self.report.omitted += 1;
+        }
+    }
+
+    fn finish(mut self) -> Report {
+        if let Some(note) = self.ignore.and_then(|i| i.stale_note(&self.used)) {
+            self.report.notes.push(note);
+        }
+        self.report
+    }
 }
 
 fn scan_store(
     store: &store::Store,
     name: String,
     needles: &Needles,
-    limits: &Limits,
-    progress: Option<&Progress>,
+    options: &Options<'_>,
 ) -> Result<Report, ScanError> {
+    let (limits, progress) = (&options.limits, options.progress);
     let (matcher, mut notes) = matcher::Matcher::new(needles);
     let plan = image::plan(store, &name, limits)?;
     notes.extend(plan.notes);
@@ -319,21 +374,20 @@ fn scan_store(
     if let Some(p) = progress {
         p.total.store(total, Ordering::Relaxed);
     }
-    let mut report = Report {
-        image: name,
-        notes,
-        blobs: plan.docs.len() + plan.blobs.len(),
-        bytes: total,
-        ..Report::default()
+    let mut findings = Findings {
+        report: Report {
+            image: name,
+            notes,
+            blobs: plan.docs.len() + plan.blobs.len(),
+            bytes: total,
+            ..Report::default()
+        },
+        ignore: options.ignore,
+        used: Default::default(),
+        max: limits.max_findings,
     };
     for doc in &plan.docs {
-        search_document(
-            &doc.bytes,
-            &doc.name,
-            doc.kind,
-            &matcher,
-            &mut report.findings,
-        );
+        search_document(&doc.bytes, &doc.name, doc.kind, &matcher, &mut findings);
     }
     for blob in &plan.blobs {
         // Small JSON blobs (attestations) are searched field by field, after their digest check.
@@ -355,14 +409,12 @@ fn scan_store(
             if let Some(p) = progress {
                 p.done.fetch_add(blob.size, Ordering::Relaxed);
             }
-            search_document(&bytes, &blob.digest, "blob", &matcher, &mut report.findings);
+            search_document(&bytes, &blob.digest, "blob", &matcher, &mut findings);
         } else {
-            layer::scan(blob, &matcher, limits, progress, &mut |f| {
-                report.findings.push(f)
-            })?;
+            layer::scan(blob, &matcher, limits, progress, &mut |f| findings.add(f))?;
         }
     }
-    Ok(report)
+    Ok(findings.finish())
 }
 
 /// Searches a JSON document field by field; a document that does not parse as JSON is searched
@@ -372,10 +424,10 @@ fn search_document(
     name: &str,
     kind: &str,
     matcher: &matcher::Matcher,
-    findings: &mut Vec<Finding>,
+    findings: &mut Findings<'_>,
 ) {
     let mut push =
-        |path: &str, hit: matcher::Hit| findings.push(Finding::new(name, kind, path, "field", hit));
+        |path: &str, hit: matcher::Hit| findings.add(Finding::new(name, kind, path, "field", hit));
     match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(doc) => json::search(&doc, matcher, &mut push),
         Err(_) => matcher.scan_bytes(bytes, &mut |h| push("", h)),

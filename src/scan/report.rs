@@ -39,10 +39,17 @@ fn text(report: &Report) -> String {
             f.blob_kind, f.blob, f.place, f.offset, f.detector, f.snippet, f.fingerprint
         ));
     }
+    if report.omitted > 0 {
+        out.push_str(&format!(
+            "... and {} more, not listed (a report lists the first {})\n",
+            report.omitted,
+            report.findings.len()
+        ));
+    }
     for note in &report.notes {
         out.push_str(&format!("note: {note}\n"));
     }
-    let mut verdict = match report.findings.len() {
+    let mut verdict = match report.findings.len() as u64 + report.omitted {
         0 => "no secrets found".to_string(),
         1 => "1 finding".to_string(),
         n => format!("{n} findings"),
@@ -104,7 +111,11 @@ fn sarif(report: &Report) -> serde_json::Value {
             }},
             "artifacts": [{ "location": { "uri": report.image } }],
             "results": results,
-            "properties": { "notes": report.notes, "ignored": report.ignored },
+            "properties": {
+                "notes": report.notes,
+                "ignored": report.ignored,
+                "omitted": report.omitted,
+            },
         }]
     })
 }
@@ -135,6 +146,7 @@ mod tests {
                 fingerprint: "0123456789abcdef".into(),
             }],
             ignored: 2,
+            omitted: 0,
             notes: vec![],
             blobs: 3,
             bytes: 100,

@@ -74,8 +74,9 @@ fn tar_problem(e: &std::io::Error) -> &'static str {
 }
 
 /// Calls `f` with every real entry of `entries` (which must be in raw mode) and its place,
-/// applying extension headers of at most `max_header` bytes each. `what` names the archive in
-/// errors.
+/// applying extension headers of at most `max_header` bytes in all per entry (an archive may
+/// chain any number of them, and PAX values are kept until their entry). `what` names the
+/// archive in errors.
 pub fn for_each<R: Read>(
     entries: tar::Entries<'_, R>,
     what: &str,
@@ -88,6 +89,8 @@ pub fn for_each<R: Read>(
         offset: 0,
     };
     let mut pending = Pending::default();
+    // Bytes of the extension headers read for the entry being assembled.
+    let mut pending_bytes = 0u64;
     let tar_error = |place: Place, e: &std::io::Error| ScanError::Tar {
         what: what.to_string(),
         place,
@@ -116,6 +119,15 @@ pub fn for_each<R: Read>(
                 return Err(ScanError::HugeHeader {
                     what: what.to_string(),
                     size,
+                    limit: max_header,
+                });
+            }
+            pending_bytes = pending_bytes.saturating_add(size);
+            if pending_bytes > max_header {
+                return Err(ScanError::HugeHeaders {
+                    what: what.to_string(),
+                    place,
+                    size: pending_bytes,
                     limit: max_header,
                 });
             }
@@ -169,6 +181,7 @@ pub fn for_each<R: Read>(
             pax_values: std::mem::take(&mut pending.pax_values),
         };
         f(&meta, place, &mut entry)?;
+        pending_bytes = 0;
         place = Place {
             member: place.member + 1,
             offset: next,
