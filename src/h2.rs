@@ -4,13 +4,14 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::{Buf, BytesMut};
 use futures_util::future::BoxFuture;
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Connection, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncWrite, BufStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
 use tonic::Status;
 
@@ -25,20 +26,144 @@ const MAX_FRAME: u32 = 1024 * 1024;
 /// Bytes queued per stream before a writer waits.
 const SEND_BUFFER: usize = 4 * 1024 * 1024;
 
-/// Read and write buffers of each HTTP/2 connection. h2 reads at most a few KiB at a time;
-/// one large read instead cuts the read syscalls on the data path about fivefold, and the write
-/// buffer turns each frame's header-plus-payload writev into one send (measured with strace
-/// and `scripts/bench` on a 400 MB build context: helper CPU per MB down by about a tenth).
+/// Read and write buffers of each HTTP/2 connection, while bytes pass. h2 reads at most a few
+/// KiB at a time; one large read instead cuts the read syscalls on the data path about fivefold,
+/// and the write buffer turns each frame's header-plus-payload writev into one send (measured
+/// with strace and `scripts/bench` on a 400 MB build context: helper CPU per MB down by about a
+/// tenth).
 const IO_BUFFER: usize = 256 * 1024;
 
 /// A stream with the helper's read and write buffers, ready for hyper.
-pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> TokioIo<Coalesce<BufStream<T>>> {
+pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> TokioIo<Coalesce<Buffers<T>>> {
     TokioIo::new(Coalesce {
-        inner: BufStream::with_capacity(IO_BUFFER, IO_BUFFER, io),
+        inner: Buffers {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            sent: 0,
+        },
         pending: 0,
         fresh: false,
         deferred: 0,
     })
+}
+
+/// Read-ahead and write-behind buffers of `IO_BUFFER` bytes that exist only while bytes pass.
+///
+/// The read buffer is taken for a read and given back when the socket has nothing more (the
+/// read that would wait); the write buffer is taken for a write and given back once its bytes
+/// are sent. So an idle connection holds neither: thousands of idle peers cost the kernel's
+/// socket buffers and h2's own state, not 512 KiB each (tokio's `BufStream` allocates and zeroes
+/// both buffers up front and keeps them for the connection's life).
+pub struct Buffers<T> {
+    io: T,
+    /// Bytes read ahead and not yet handed to the reader.
+    read: BytesMut,
+    /// Bytes written and not yet sent; `..sent` of them already are.
+    write: Vec<u8>,
+    sent: usize,
+}
+
+impl<T: AsyncWrite + Unpin> Buffers<T> {
+    /// Sends the buffered bytes; once all are out the buffer is freed.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.sent < self.write.len() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.sent..])) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.sent += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.write = Vec::new();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for `n` more bytes: sends what is buffered if they would not fit. Returns
+    /// whether they go into the buffer (false: they are too large, write them directly).
+    fn poll_room(&mut self, cx: &mut Context<'_>, n: usize) -> Poll<std::io::Result<bool>> {
+        if self.write.len() + n > IO_BUFFER {
+            ready!(self.poll_send(cx))?;
+        }
+        if n == 0 || n >= IO_BUFFER {
+            return Poll::Ready(Ok(false));
+        }
+        if self.write.capacity() == 0 {
+            self.write.reserve_exact(IO_BUFFER);
+        }
+        Poll::Ready(Ok(true))
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Buffers<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.read.is_empty() {
+            if buf.remaining() >= IO_BUFFER {
+                return Pin::new(&mut this.io).poll_read(cx, buf);
+            }
+            this.read.reserve(IO_BUFFER);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read) {
+                Poll::Ready(Ok(n)) if n > 0 => {}
+                other => {
+                    // Nothing to read yet, the end, or an error: hold no buffer meanwhile.
+                    this.read = BytesMut::new();
+                    return other.map_ok(|_| ());
+                }
+            }
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Buffers<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if !ready!(self.poll_room(cx, buf.len()))? {
+            return Pin::new(&mut self.io).poll_write(cx, buf);
+        }
+        self.write.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let n = bufs.iter().map(|b| b.len()).sum();
+        if !ready!(self.poll_room(cx, n))? {
+            return Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            self.write.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_send(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// Below this many buffered bytes a flush may be deferred.
@@ -140,7 +265,7 @@ pub async fn handshake<T>(
 ) -> Result<
     (
         Peer,
-        Connection<TokioIo<Coalesce<BufStream<T>>>, BoxBody, TokioExecutor>,
+        Connection<TokioIo<Coalesce<Buffers<T>>>, BoxBody, TokioExecutor>,
     ),
     hyper::Error,
 >
@@ -308,6 +433,35 @@ mod tests {
             Pin::new(&mut *c).poll_flush(cx),
             Poll::Ready(Ok(()))
         ));
+    }
+
+    #[test]
+    fn buffers_exist_only_while_bytes_pass() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut b = buffered(near).into_inner().inner;
+        assert!(b.write.capacity() == 0 && b.read.capacity() == 0);
+
+        assert!(Pin::new(&mut b).poll_write(&mut cx, b"frame").is_ready());
+        assert!(b.write.capacity() >= IO_BUFFER, "a write takes the buffer");
+        assert!(Pin::new(&mut b).poll_flush(&mut cx).is_ready());
+        assert_eq!(b.write.capacity(), 0, "sent: the buffer is given back");
+
+        let mut got = [0u8; 8];
+        let mut buf = tokio::io::ReadBuf::new(&mut got);
+        assert!(Pin::new(&mut b).poll_read(&mut cx, &mut buf).is_pending());
+        assert_eq!(b.read.capacity(), 0, "nothing to read: no buffer held");
+        assert!(Pin::new(&mut far)
+            .poll_write(&mut cx, b"0123456789")
+            .is_ready());
+        assert!(Pin::new(&mut b).poll_read(&mut cx, &mut buf).is_ready());
+        assert_eq!(buf.filled(), b"01234567");
+        assert_eq!(&b.read[..], b"89", "the rest waits in the buffer");
+        let mut buf = tokio::io::ReadBuf::new(&mut got);
+        assert!(Pin::new(&mut b).poll_read(&mut cx, &mut buf).is_ready());
+        assert_eq!(buf.filled(), b"89");
+        assert!(Pin::new(&mut b).poll_read(&mut cx, &mut buf).is_pending());
+        assert_eq!(b.read.capacity(), 0, "drained and waiting: given back");
     }
 
     #[test]

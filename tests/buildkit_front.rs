@@ -11,56 +11,14 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::fake_daemon::{daemon_script, fake_daemon, Observed};
+use common::fake_daemon::{daemon_script, fake_daemon, FakeBuildkitd, Observed};
 use common::session_client::client_session;
 use common::{command, grpc_call, token, Helper, Radioactive, ARN};
 use irsa_secrets::h2::{self, Peer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tonic::Code;
 use tower::{Service, ServiceExt};
-
-/// A fake buildkitd listening on a unix socket; dropping it kills every connection at once.
-struct FakeBuildkitd {
-    connections: JoinSet<()>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl FakeBuildkitd {
-    fn start(path: &Path, report: mpsc::UnboundedSender<Observed>) -> FakeBuildkitd {
-        let _ = std::fs::remove_file(path);
-        let listener = tokio::net::UnixListener::bind(path).unwrap();
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let accept = tokio::spawn(async move {
-            while let Ok((io, _)) = listener.accept().await {
-                if tx.send(io).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut connections = JoinSet::new();
-        let script = daemon_script(report);
-        // Connections are served on tasks owned by this value, so dropping it cuts them.
-        connections.spawn(async move {
-            let mut inner = JoinSet::new();
-            while let Some(io) = rx.recv().await {
-                inner.spawn(fake_daemon(io, script.clone()));
-            }
-        });
-        FakeBuildkitd {
-            connections,
-            accept,
-        }
-    }
-}
-
-impl Drop for FakeBuildkitd {
-    fn drop(&mut self) {
-        self.accept.abort();
-        self.connections.abort_all();
-    }
-}
 
 /// Opens a build session named `id` through the helper and waits for the daemon's report of
 /// it, which must show the role ARN the helper serves; returns the report and the session.

@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)] // tonic fixes body errors to `Status`.
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -18,6 +19,7 @@ use irsa_secrets::proxy::grpc::{SESSION_PATH, SESSION_UUID};
 use irsa_secrets::tunnel::{self, Outgoing};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tonic::{Code, Status};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -122,4 +124,47 @@ pub fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
                 .unwrap();
         })
     })
+}
+
+/// A fake buildkitd listening on a unix socket; dropping it kills every connection at once.
+pub struct FakeBuildkitd {
+    connections: JoinSet<()>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl FakeBuildkitd {
+    /// Listens on `path` and serves each connection with [`fake_daemon`] and the build script,
+    /// whose observations go to `report`.
+    pub fn start(path: &Path, report: mpsc::UnboundedSender<Observed>) -> FakeBuildkitd {
+        let _ = std::fs::remove_file(path);
+        let listener = tokio::net::UnixListener::bind(path).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let accept = tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                if tx.send(io).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut connections = JoinSet::new();
+        let script = daemon_script(report);
+        // Connections are served on tasks owned by this value, so dropping it cuts them.
+        connections.spawn(async move {
+            let mut inner = JoinSet::new();
+            while let Some(io) = rx.recv().await {
+                inner.spawn(fake_daemon(io, script.clone()));
+            }
+        });
+        FakeBuildkitd {
+            connections,
+            accept,
+        }
+    }
+}
+
+impl Drop for FakeBuildkitd {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.connections.abort_all();
+    }
 }
