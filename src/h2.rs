@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures_util::future::BoxFuture;
@@ -10,7 +11,7 @@ use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::{Connection, SendRequest};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
 use tonic::Status;
@@ -249,17 +250,52 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Coalesce<T> {
     }
 }
 
-/// An HTTP/2 server builder with the helper's window sizes.
+/// HTTP/2 keepalive of the helper's servers: a peer that has sent nothing for `interval` gets
+/// a PING, and one that leaves it unanswered for `timeout` is disconnected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Silence before a PING.
+    pub interval: Duration,
+    /// How long the PING may go unanswered.
+    pub timeout: Duration,
+}
+
+impl KeepAlive {
+    /// The helper's servers face BuildKit clients (buildctl, buildx, the docker CLI) and, inside
+    /// a session, the daemon: grpc-go clients, which answer any PING and enforce no rate on a
+    /// server's (only grpc-go servers send `too_many_pings`). A silent peer is cut after about
+    /// 70 s, no sooner than BuildKit's most patient session health check gives up on a silent
+    /// client (v0.10.4 to v0.29: a 30 s check, one failure tolerated, 5 s apart: about 70 s;
+    /// v0.30 and later: about 35 s; v0.8: 10 s), so no session BuildKit still keeps is cut.
+    pub const DEFAULT: KeepAlive = KeepAlive {
+        interval: Duration::from_secs(40),
+        timeout: Duration::from_secs(30),
+    };
+}
+
+/// An HTTP/2 server builder with the helper's window sizes and keepalive.
 pub fn server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    server_with(KeepAlive::DEFAULT)
+}
+
+/// Like [`server`], with another keepalive (tests use short ones).
+pub fn server_with(keep_alive: KeepAlive) -> hyper::server::conn::http2::Builder<TokioExecutor> {
     let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     b.initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(SEND_BUFFER);
+        .max_send_buf_size(SEND_BUFFER)
+        .timer(TokioTimer::new())
+        .keep_alive_interval(keep_alive.interval)
+        .keep_alive_timeout(keep_alive.timeout);
     b
 }
 
 /// Opens an HTTP/2 client connection over `io`; the connection future must be polled.
+///
+/// Without keepalive PINGs: the peers are grpc-go servers (buildkitd, dockerd's `/grpc`) whose
+/// default enforcement allows one PING per 5 minutes and none without an open stream; more
+/// earns a GOAWAY `too_many_pings`. A daemon that goes away closes its socket.
 pub async fn handshake<T>(
     io: T,
 ) -> Result<
