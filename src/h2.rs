@@ -1,6 +1,7 @@
 //! HTTP/2 plumbing shared by the splice and the gRPC front door: connection builders with
 //! windows sized for build contexts, and raw forwarding of a call to a peer.
 
+use std::cell::RefCell;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -55,7 +56,9 @@ pub fn buffered<T: AsyncRead + AsyncWrite>(io: T) -> TokioIo<Coalesce<Buffers<T>
 /// read that would wait); the write buffer is taken for a write and given back once its bytes
 /// are sent. So an idle connection holds neither: thousands of idle peers cost the kernel's
 /// socket buffers and h2's own state, not 512 KiB each (tokio's `BufStream` allocates and zeroes
-/// both buffers up front and keeps them for the connection's life).
+/// both buffers up front and keeps them for the connection's life). Buffers given back wait in
+/// a small per-thread stock for the next taker, so the data path reuses warm memory instead of
+/// asking the allocator (and the kernel, for fresh pages) on every turn.
 pub struct Buffers<T> {
     io: T,
     /// Bytes read ahead and not yet handed to the reader.
@@ -63,6 +66,50 @@ pub struct Buffers<T> {
     /// Bytes written and not yet sent; `..sent` of them already are.
     write: Vec<u8>,
     sent: usize,
+}
+
+/// Buffers of each kind kept per thread between takers: at most 2 MiB per runtime thread.
+const SPARES: usize = 4;
+
+thread_local! {
+    static SPARE_READ: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    static SPARE_WRITE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Puts `buf` in `stock` for the next taker, or frees it if the stock is full.
+fn give_back<B>(stock: &'static std::thread::LocalKey<RefCell<Vec<B>>>, buf: B) {
+    stock.with_borrow_mut(|spares| {
+        if spares.len() < SPARES {
+            spares.push(buf);
+        }
+    });
+}
+
+/// An empty read buffer of at least `IO_BUFFER` bytes.
+fn take_read() -> BytesMut {
+    SPARE_READ
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| BytesMut::with_capacity(IO_BUFFER))
+}
+
+/// Gives an empty read buffer back (drained reads keep their whole allocation as room).
+fn give_read(buf: BytesMut) {
+    if buf.capacity() >= IO_BUFFER {
+        give_back(&SPARE_READ, buf);
+    }
+}
+
+/// An empty write buffer of at least `IO_BUFFER` bytes.
+fn take_write() -> Vec<u8> {
+    SPARE_WRITE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(IO_BUFFER))
+}
+
+/// Gives a sent write buffer back.
+fn give_write(mut buf: Vec<u8>) {
+    buf.clear();
+    give_back(&SPARE_WRITE, buf);
 }
 
 impl<T: AsyncWrite + Unpin> Buffers<T> {
@@ -75,7 +122,9 @@ impl<T: AsyncWrite + Unpin> Buffers<T> {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        self.write = Vec::new();
+        if self.write.capacity() > 0 {
+            give_write(std::mem::take(&mut self.write));
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -90,7 +139,7 @@ impl<T: AsyncWrite + Unpin> Buffers<T> {
             return Poll::Ready(Ok(false));
         }
         if self.write.capacity() == 0 {
-            self.write.reserve_exact(IO_BUFFER);
+            self.write = take_write();
         }
         Poll::Ready(Ok(true))
     }
@@ -107,12 +156,14 @@ impl<T: AsyncRead + Unpin> AsyncRead for Buffers<T> {
             if buf.remaining() >= IO_BUFFER {
                 return Pin::new(&mut this.io).poll_read(cx, buf);
             }
-            this.read.reserve(IO_BUFFER);
+            if this.read.capacity() == 0 {
+                this.read = take_read();
+            }
             match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.read) {
                 Poll::Ready(Ok(n)) if n > 0 => {}
                 other => {
                     // Nothing to read yet, the end, or an error: hold no buffer meanwhile.
-                    this.read = BytesMut::new();
+                    give_read(std::mem::take(&mut this.read));
                     return other.map_ok(|_| ());
                 }
             }
@@ -120,6 +171,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Buffers<T> {
         let n = this.read.len().min(buf.remaining());
         buf.put_slice(&this.read[..n]);
         this.read.advance(n);
+        if this.read.is_empty() {
+            // Drained: its whole allocation is room for the next read (no allocation).
+            this.read.reserve(IO_BUFFER);
+        }
         Poll::Ready(Ok(()))
     }
 }
