@@ -328,6 +328,7 @@ impl Projected {
 pub mod dockerd;
 pub mod fake_daemon;
 pub mod fake_sts;
+pub mod h2_peer;
 pub mod moto;
 pub mod python;
 pub mod session_client;
