@@ -54,6 +54,12 @@ async fn daemon_call(helper: &Helper) -> tonic::Status {
     }
 }
 
+/// `status` is `Unavailable` and its message says `says`.
+fn assert_unavailable(status: &tonic::Status, says: &str) {
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(status.message().contains(says), "{}", status.message());
+}
+
 /// A unix socket that accepts connections and never answers (nor reads): a daemon that hangs.
 fn silent_unix(path: &Path) -> JoinHandle<()> {
     let listener = tokio::net::UnixListener::bind(path).unwrap();
@@ -157,13 +163,9 @@ async fn each_step_of_dialing_the_daemon_has_a_deadline() {
     let upstream = format!("tcp://{}", blackhole.local_addr().unwrap());
     let helper = proxy(dir, "tcp", &upstream, &["--upstream-kind", "buildkit"], &r);
     let status = daemon_call(&helper).await;
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains(&format!(
-            "the daemon at {upstream} did not accept a connection within 10s"
-        )),
-        "{}",
-        status.message()
+    assert_unavailable(
+        &status,
+        &format!("the daemon at {upstream} did not accept a connection within 10s"),
     );
 
     // The TLS handshake: a tcp daemon that accepts and never reads.
@@ -182,13 +184,9 @@ async fn each_step_of_dialing_the_daemon_has_a_deadline() {
     let flags = ["--upstream-kind", "buildkit", "--tlscacert", &ca_path];
     let helper = proxy(dir, "tls", &upstream, &flags, &r);
     let status = daemon_call(&helper).await;
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains(&format!(
-            "the daemon at {upstream} did not finish the TLS handshake within 10s"
-        )),
-        "{}",
-        status.message()
+    assert_unavailable(
+        &status,
+        &format!("the daemon at {upstream} did not finish the TLS handshake within 10s"),
     );
     held.abort();
 
@@ -204,13 +202,9 @@ async fn each_step_of_dialing_the_daemon_has_a_deadline() {
         &r,
     );
     let status = daemon_call(&helper).await;
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(
-        status.message().contains(&format!(
-            "the daemon at {upstream} did not answer POST /grpc within 10s"
-        )),
-        "{}",
-        status.message()
+    assert_unavailable(
+        &status,
+        &format!("the daemon at {upstream} did not answer POST /grpc within 10s"),
     );
 
     // dockerd's /session upgrade, through the Docker API front door, by the same hung dockerd.
