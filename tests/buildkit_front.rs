@@ -130,16 +130,9 @@ async fn buildkit_clients_through_the_binary() {
     again.abort();
 }
 
-/// The helper's resident memory, from /proc.
+/// The helper's resident memory.
 fn rss_bytes(helper: &Helper) -> u64 {
-    let pid = helper.child.as_ref().unwrap().id();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap();
-    kib * 1024
+    common::rss(helper.child.as_ref().unwrap().id())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::fake_daemon::{daemon_script, FakeBuildkitd};
 use common::h2_peer::{read_frame, HELLO, SETTINGS};
-use common::{command, Helper, Radioactive};
+use common::{command, open_fds, rss, Helper, Radioactive};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
@@ -21,23 +21,6 @@ const RETURNED_WITHIN: u64 = 16 * 1024 * 1024;
 const BURSTS: usize = 4;
 /// Peers per burst, if the descriptor limit allows.
 const PEERS: usize = 2000;
-
-/// A process's resident set, in bytes.
-fn rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kib * 1024
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
-}
 
 /// This process's soft descriptor limit (the helper inherits it).
 fn fd_limit() -> usize {

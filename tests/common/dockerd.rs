@@ -433,10 +433,7 @@ impl Stack {
 
     /// How many descriptors the helper holds.
     pub fn helper_fds(&self) -> usize {
-        let pid = self.helper.child.as_ref().unwrap().id();
-        std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .unwrap()
-            .count()
+        super::open_fds(self.helper.child.as_ref().unwrap().id())
     }
 
     /// Waits up to 20 s for the helper to hold no more than `baseline` descriptors.
