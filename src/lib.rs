@@ -2,28 +2,30 @@
 //! answering BuildKit's session `GetSecret` calls, so no workflow plumbs `--secret` flags or
 //! static keys.
 //!
-//! Data flows one way: [`sources`] produce values, the [`provider`] decides what to answer,
-//! [`serve`] exposes it on a socket.
+//! One folder per layer; each uses only the layers below it (`tests/layers.rs` checks):
+//!
+//! - [`cli`]: flags, the config file and logging set-up; wires the layers below together.
+//! - [`front`]: accepts build clients on the helper's socket (socket, gate, accept loop), the
+//!   Docker and BuildKit front doors, and dialing the daemon.
+//! - [`session`]: joins one build session: where GetSecret is answered and every other call
+//!   is forwarded.
+//! - [`provider`]: ids to sources, the listener's policy, value rules and gRPC statuses, and the
+//!   recording of every answer.
+//! - [`source`]: where values come from (the IRSA token, STS, `--secret`, the mock identity).
+//! - [`observe`]: the audit trail, metrics and probes, and the event types they share.
+//! - [`wire`]: HTTP/2 and raw stream forwarding, the session tunnel, protos, sniffing, TLS.
+//! - [`secret`]: the value type every layer passes along, zeroed on drop.
+//! - [`scan`]: apart from the rest: finds served values in images.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
-pub mod arn;
-pub mod audit;
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod h2;
-pub mod jwt;
-pub mod logging;
-pub mod metrics;
-pub mod proto;
+pub mod front;
+pub mod observe;
 pub mod provider;
-pub mod proxy;
 pub mod scan;
 pub mod secret;
-pub mod serve;
 pub mod session;
-pub mod socket;
-pub mod sources;
-pub mod tunnel;
+pub mod source;
+pub mod wire;

@@ -22,7 +22,7 @@ static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muz
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = cli.runtime();
-    irsa_secrets::logging::init(settings.log_format);
+    irsa_secrets::cli::logging::init(settings.log_format);
     let runtime = match usize::from(settings.worker_threads) {
         // One thread: no cross-thread wake-ups on the data path (measured: about 15% less CPU
         // per forwarded byte than two workers).

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::fake_daemon::{daemon_script, fake_daemon, FakeBuildkitd, Observed};
 use common::session_client::{client_session, connect};
 use common::{command, grpc_call, token, Helper, Radioactive, ARN};
-use irsa_secrets::proxy::grpc;
+use irsa_secrets::front::grpc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -158,7 +158,7 @@ async fn a_session_message_over_16_mib_is_refused_without_buffering_it() {
     let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
     let req = http::Request::post(format!("http://localhost{}", grpc::SESSION_PATH))
         .header("content-type", "application/grpc")
-        .header(grpc::SESSION_UUID, "hostile")
+        .header(irsa_secrets::session::SESSION_UUID, "hostile")
         .body(body.boxed_unsync())
         .unwrap();
     let mut control = connect(&helper.socket).await;

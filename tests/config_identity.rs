@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{command, probe, probed, token, Helper, Projected, Radioactive, ARN};
-use irsa_secrets::sources::mock::MOCK_ROLE_ARN;
+use irsa_secrets::source::mock::MOCK_ROLE_ARN;
 
 /// The runner's IRSA identity in the environment, as the EKS webhook sets it.
 struct Env {

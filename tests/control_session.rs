@@ -12,9 +12,9 @@ use common::fake_daemon::{daemon_script, fake_daemon, Observed};
 use common::session_client::{big_payload, client_session, ClientSecrets};
 use common::{grpc_call, mock_provider};
 
-use irsa_secrets::h2::{self, Peer};
-use irsa_secrets::proxy::grpc::{self};
-use irsa_secrets::sources::mock::MOCK_ROLE_ARN;
+use irsa_secrets::front::grpc::{self};
+use irsa_secrets::source::mock::MOCK_ROLE_ARN;
+use irsa_secrets::wire::h2::{self, Peer};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -34,7 +34,7 @@ async fn setup() -> (
     let helper = tokio::spawn(grpc::serve(
         helper_client_side,
         helper_daemon_side,
-        irsa_secrets::proxy::Context::new(mock_provider()),
+        irsa_secrets::front::Context::new(mock_provider()),
     ));
     let (control, conn) = h2::handshake(client_io).await.unwrap();
     tokio::spawn(conn);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::dockerd::{self, docker_on, Dockerd};
 use common::{command, grpc_call, Helper, Radioactive};
-use irsa_secrets::h2;
+use irsa_secrets::wire::h2;
 use tokio::task::JoinHandle;
 use tonic::Code;
 use tower::ServiceExt;

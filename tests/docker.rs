@@ -244,7 +244,7 @@ fn the_image_holds_neither_value(s: &Stack) {
 /// An HTTP/2 client on the helper socket gets BuildKit's API, bridged to dockerd's `/grpc`.
 fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Stack) {
     use http_body_util::BodyExt;
-    use irsa_secrets::h2;
+    use irsa_secrets::wire::h2;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tower::{Service, ServiceExt};

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{command, run, Helper, Radioactive, ARN};
-use irsa_secrets::jwt::{encode_unverifiable, Audience, Claims};
+use irsa_secrets::source::jwt::{encode_unverifiable, Audience, Claims};
 use tonic::Code;
 
 fn now() -> u64 {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::h2_peer::{frame, read_frame, Frame, ACK, HELLO, PING, SETTINGS};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use irsa_secrets::h2::{self, KeepAlive};
+use irsa_secrets::wire::h2::{self, KeepAlive};
 use tokio::io::{AsyncWriteExt, ReadHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;

@@ -6,9 +6,10 @@ mod common;
 
 use std::time::Instant;
 
-use irsa_secrets::audit::{Audit, Caller, Outcome};
-use irsa_secrets::metrics::Metrics;
-use irsa_secrets::provider::Answer;
+use irsa_secrets::observe::audit::Audit;
+use irsa_secrets::observe::metrics::Metrics;
+use irsa_secrets::observe::Answer;
+use irsa_secrets::observe::{Caller, Outcome};
 
 fn answer<'a>(id: &'a str, source: Option<&'a str>) -> Answer<'a> {
     Answer {

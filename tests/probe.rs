@@ -68,7 +68,7 @@ fn identity(dir: &Path, r: &Radioactive) -> (String, PathBuf) {
 /// A `Control/ListWorkers` call on a new HTTP/2 connection to the helper.
 async fn list_workers(helper: &Path) -> http::Response<hyper::body::Incoming> {
     let io = tokio::net::UnixStream::connect(helper).await.unwrap();
-    let (mut peer, conn) = irsa_secrets::h2::handshake(io).await.unwrap();
+    let (mut peer, conn) = irsa_secrets::wire::h2::handshake(io).await.unwrap();
     tokio::spawn(conn);
     let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
     peer.ready().await.unwrap().call(req).await.unwrap()

@@ -96,7 +96,7 @@ async fn ids_are_configurable_and_static_secrets_follow_buildx() {
     assert!(h.get(&mut c, "sa-token").await.unwrap().len() > 100);
     assert_eq!(
         h.get(&mut c, "role").await.unwrap().expose(),
-        irsa_secrets::sources::mock::MOCK_ROLE_ARN.as_bytes()
+        irsa_secrets::source::mock::MOCK_ROLE_ARN.as_bytes()
     );
     assert_eq!(
         h.get(&mut c, "aws-web-identity-token")
@@ -177,7 +177,9 @@ async fn rotation_by_symlink_swap_is_seen_between_and_never_torn_during_calls() 
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..150 {
-                got.push(irsa_secrets::client::get_secret(&mut c, "aws-web-identity-token").await);
+                got.push(
+                    irsa_secrets::wire::client::get_secret(&mut c, "aws-web-identity-token").await,
+                );
             }
             got
         }));
@@ -326,7 +328,7 @@ async fn a_thousand_concurrent_calls_all_succeed() {
         } else {
             "aws-role-arn"
         };
-        set.spawn(async move { (id, irsa_secrets::client::get_secret(&mut c, id).await) });
+        set.spawn(async move { (id, irsa_secrets::wire::client::get_secret(&mut c, id).await) });
     }
     let mut ok = 0;
     while let Some(joined) = set.join_next().await {

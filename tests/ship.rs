@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
 use common::{bin, command, Helper, Radioactive};
-use irsa_secrets::sources::mock::MOCK_ROLE_ARN;
+use irsa_secrets::source::mock::MOCK_ROLE_ARN;
 
 /// The image the test builds from the Dockerfile's `local` target.
 const IMAGE: &str = "irsa-secrets:ship-test";

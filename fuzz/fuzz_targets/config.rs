@@ -6,7 +6,7 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use clap::CommandFactory;
-use irsa_secrets::config::Schema;
+use irsa_secrets::cli::config::Schema;
 use libfuzzer_sys::fuzz_target;
 
 fn schema() -> &'static Schema {

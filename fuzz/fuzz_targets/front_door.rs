@@ -6,15 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use irsa_secrets::proxy::daemon::{Daemon, Upstream, UpstreamKind};
-use irsa_secrets::proxy::sniff::{sniff, Protocol};
-use irsa_secrets::proxy::{docker, grpc, Context};
+use irsa_secrets::front::daemon::{Daemon, Upstream, UpstreamKind};
+use irsa_secrets::front::{docker, grpc, Context};
+use irsa_secrets::wire::sniff::{sniff, Protocol};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn provider() -> irsa_secrets::provider::Provider {
-    irsa_secrets::provider::Provider::new(vec![Arc::new(irsa_secrets::sources::mock::Mock::new(
-        irsa_secrets::sources::IdentityIds::default(),
+    irsa_secrets::provider::Provider::new(vec![Arc::new(irsa_secrets::source::mock::Mock::new(
+        irsa_secrets::source::IdentityIds::default(),
         "sts.amazonaws.com".into(),
         Duration::from_secs(300),
         None,

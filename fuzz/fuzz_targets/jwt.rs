@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use irsa_secrets::jwt::{self, Expectations};
+use irsa_secrets::source::jwt::{self, Expectations};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! The `--secret` parser (buildx's CSV syntax): any text parses or is refused with a message.
 #![no_main]
 
-use irsa_secrets::sources::static_secret::{SecretSpec, Static};
+use irsa_secrets::source::static_secret::{SecretSpec, Static};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -21,7 +21,8 @@ pub struct HealthArgs {
 /// Healthy means the helper's socket accepts a connection: the process is up and listening.
 /// It says nothing about the daemon behind it, so a daemon restart does not restart the helper.
 pub(super) async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
-    let path = crate::socket::parse_unix_address(&args.socket).map_err(anyhow::Error::msg)?;
+    let path =
+        crate::front::socket::parse_unix_address(&args.socket).map_err(anyhow::Error::msg)?;
     match tokio::time::timeout(args.timeout, tokio::net::UnixStream::connect(&path)).await {
         Ok(Ok(_)) => {
             println!("ok: {} accepts connections", path.display());

@@ -7,10 +7,10 @@ use clap::Args;
 
 use super::sts::StsArgs;
 use super::{IdentityArgs, RegionArgs, SecretArgs, WebTokenArgs, NO_IDENTITY_HINT};
-use crate::jwt::{self, Checked};
-use crate::sources::irsa::{check_role_arn, check_token_file, read_token, token_hint};
-use crate::sources::static_secret::Origin;
-use crate::sources::IdentityIds;
+use crate::source::irsa::{check_role_arn, check_token_file, read_token, token_hint};
+use crate::source::jwt::{self, Checked};
+use crate::source::static_secret::Origin;
+use crate::source::IdentityIds;
 
 /// Flags of `token`.
 #[derive(Debug, Args)]

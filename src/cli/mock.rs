@@ -48,8 +48,8 @@ pub(super) fn run(cmd: MockCommand) -> anyhow::Result<ExitCode> {
                     names.join(" and ")
                 );
             }
-            let (token, env) = crate::sources::mock::write_files(&dir, &audience, &region)
-                .map_err(|e| {
+            let (token, env) =
+                crate::source::mock::write_files(&dir, &audience, &region).map_err(|e| {
                     anyhow::anyhow!("cannot write the mock identity to {}: {e}", dir.display())
                 })?;
             let verb = |path: &PathBuf| {

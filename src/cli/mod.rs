@@ -7,16 +7,18 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::jwt::Expectations;
-use crate::logging::LogFormat;
-use crate::sources::irsa::Irsa;
-use crate::sources::mock::Mock;
-use crate::sources::static_secret::{SecretSpec, Static};
-use crate::sources::{IdentityIds, Source};
+use crate::cli::logging::LogFormat;
+use crate::source::irsa::Irsa;
+use crate::source::jwt::Expectations;
+use crate::source::mock::Mock;
+use crate::source::static_secret::{SecretSpec, Static};
+use crate::source::{IdentityIds, Source};
 
+pub mod config;
 mod docs;
 mod health;
 mod inspect;
+pub mod logging;
 mod mock;
 mod probe;
 mod proxy;
@@ -226,15 +228,15 @@ pub struct RegionArgs {
 #[derive(Debug, Clone, Args)]
 pub struct IdsArgs {
     /// Secret id under which the token is served.
-    #[arg(long, default_value = crate::sources::TOKEN_ID, value_name = "ID")]
+    #[arg(long, default_value = crate::source::TOKEN_ID, value_name = "ID")]
     pub token_id: String,
 
     /// Secret id under which the role ARN is served.
-    #[arg(long, default_value = crate::sources::ROLE_ARN_ID, value_name = "ID")]
+    #[arg(long, default_value = crate::source::ROLE_ARN_ID, value_name = "ID")]
     pub role_arn_id: String,
 
     /// Secret id under which the region is served.
-    #[arg(long, default_value = crate::sources::REGION_ID, value_name = "ID")]
+    #[arg(long, default_value = crate::source::REGION_ID, value_name = "ID")]
     pub region_id: String,
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::client;
+use crate::wire::client;
 
 /// Flags of `probe`.
 #[derive(Debug, Args)]
@@ -21,7 +21,8 @@ pub struct ProbeArgs {
 }
 
 pub(super) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
-    let path = crate::socket::parse_unix_address(&args.socket).map_err(anyhow::Error::msg)?;
+    let path =
+        crate::front::socket::parse_unix_address(&args.socket).map_err(anyhow::Error::msg)?;
     let mut secrets = client::secrets(&path).await?;
     let mut failed = false;
     for id in &args.ids {
@@ -39,7 +40,7 @@ pub(super) async fn run(args: ProbeArgs) -> anyhow::Result<ExitCode> {
                     Some(cause) => println!(
                         "{id}: {} gave no gRPC answer: {}; is it the helper's socket?",
                         path.display(),
-                        crate::h2::chain(cause)
+                        crate::wire::h2::chain(cause)
                     ),
                     _ => println!("{id}: {:?}: {}", status.code(), status.message()),
                 }

@@ -15,13 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
 use super::{RuntimeArgs, ServedArgs};
-use crate::audit::Audit;
-use crate::config::{Place, Schema};
-use crate::metrics::{Metrics, Readiness};
+use crate::cli::config::{Place, Schema};
+use crate::front::socket;
+use crate::front::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
+use crate::observe::audit::Audit;
+use crate::observe::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
-use crate::proxy::tls::TlsArgs;
-use crate::proxy::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
-use crate::socket;
+use crate::wire::tls::TlsArgs;
 
 /// Flags of `proxy`.
 #[derive(Debug, Args)]
@@ -253,7 +253,8 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
         tasks.spawn(async move {
             if let Err(e) =
-                crate::metrics::serve(listener, metrics, probes, stop.cancelled_owned()).await
+                crate::observe::metrics::serve(listener, metrics, probes, stop.cancelled_owned())
+                    .await
             {
                 tracing::error!(error = %e, "the metrics endpoint failed");
             }
@@ -280,7 +281,7 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         ));
         let (stop, limits) = (stop.clone(), limits.clone());
         tasks.spawn(async move {
-            crate::proxy::run(
+            crate::front::run(
                 bound.listener,
                 daemon,
                 provider,
@@ -292,7 +293,7 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             drop(bound.file);
         });
     }
-    crate::serve::shutdown_signal().await;
+    crate::front::secrets::shutdown_signal().await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");

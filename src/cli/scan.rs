@@ -13,7 +13,7 @@ use super::SearchArgs;
 use crate::scan::ignore::Ignore;
 use crate::scan::report::{self, Format};
 use crate::scan::{docker, Limits, Needles, Options, Progress, Report};
-use crate::sources::Source;
+use crate::source::Source;
 
 /// Flags of `scan`.
 #[derive(Debug, Args)]

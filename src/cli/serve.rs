@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{RuntimeArgs, ServedArgs};
+use crate::front::socket::{self, SocketOptions};
 use crate::provider::Provider;
-use crate::socket::{self, SocketOptions};
 
 /// Flags of `serve`.
 #[derive(Debug, Args)]
@@ -58,6 +58,6 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let provider = Provider::new(args.served.sources()?);
     let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
     let bound = socket::bind(&path, &args.socket.options()).map_err(anyhow::Error::msg)?;
-    crate::serve::run(provider, bound, crate::serve::shutdown_signal()).await?;
+    crate::front::secrets::run(provider, bound, crate::front::secrets::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::IdentityArgs;
-use crate::sources::sts::exchange::Exchange;
-use crate::sources::sts::scope::{self, Scope, SessionName};
-use crate::sources::sts::Sts;
-use crate::sources::IdentityIds;
+use crate::source::sts::exchange::Exchange;
+use crate::source::sts::scope::{self, Scope, SessionName};
+use crate::source::sts::Sts;
+use crate::source::IdentityIds;
 
 /// How the token is exchanged with STS: `serve`, `proxy` and `doctor`.
 #[derive(Debug, Clone, Args)]

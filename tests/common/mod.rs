@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use irsa_secrets::proto::secrets::secrets_client::SecretsClient;
 use irsa_secrets::secret::SecretValue;
+use irsa_secrets::wire::proto::secrets::secrets_client::SecretsClient;
 use tonic::transport::Channel;
 
 /// The role ARN the tests' IRSA identity names.
@@ -172,7 +172,9 @@ impl Helper {
 
     /// A Secrets client on the helper's socket.
     pub async fn client(&self) -> SecretsClient<Channel> {
-        irsa_secrets::client::secrets(&self.socket).await.unwrap()
+        irsa_secrets::wire::client::secrets(&self.socket)
+            .await
+            .unwrap()
     }
 
     /// Fetches `id`, recording the value as radioactive.
@@ -181,7 +183,7 @@ impl Helper {
         client: &mut SecretsClient<Channel>,
         id: &str,
     ) -> Result<SecretValue, tonic::Status> {
-        let r = irsa_secrets::client::get_secret(client, id).await;
+        let r = irsa_secrets::wire::client::get_secret(client, id).await;
         if let Ok(v) = &r {
             self.radioactive.watch(v.expose());
         }
@@ -368,8 +370,8 @@ pub fn grpc_call(path: &str, body: &'static [u8]) -> http::Request<tonic::body::
 
 /// A provider serving the mock identity under the default ids.
 pub fn mock_provider() -> irsa_secrets::provider::Provider {
-    irsa_secrets::provider::Provider::new(vec![Arc::new(irsa_secrets::sources::mock::Mock::new(
-        irsa_secrets::sources::IdentityIds::default(),
+    irsa_secrets::provider::Provider::new(vec![Arc::new(irsa_secrets::source::mock::Mock::new(
+        irsa_secrets::source::IdentityIds::default(),
         "sts.amazonaws.com".into(),
         Duration::from_secs(300),
         None,

@@ -12,11 +12,12 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use irsa_secrets::h2::{self, Peer};
-use irsa_secrets::proto::secrets::secrets_server::{Secrets, SecretsServer};
-use irsa_secrets::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use irsa_secrets::proxy::grpc::{SESSION_METHOD, SESSION_PATH, SESSION_UUID};
-use irsa_secrets::tunnel::{self, Outgoing};
+use irsa_secrets::front::grpc::SESSION_PATH;
+use irsa_secrets::session::{SESSION_METHOD, SESSION_UUID};
+use irsa_secrets::wire::h2::{self, Peer};
+use irsa_secrets::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
+use irsa_secrets::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use irsa_secrets::wire::tunnel::{self, Outgoing};
 use tonic::body::BoxBody;
 use tonic::Status;
 use tower::{Service, ServiceExt};
@@ -69,7 +70,7 @@ pub async fn client_session(
     if own.is_some() {
         req.headers_mut().append(
             SESSION_METHOD,
-            irsa_secrets::proto::GET_SECRET_PATH.parse().unwrap(),
+            irsa_secrets::wire::proto::GET_SECRET_PATH.parse().unwrap(),
         );
     }
     let res = control.ready().await.unwrap().call(req).await.unwrap();
@@ -95,7 +96,7 @@ pub async fn client_session(
                     checks.fetch_add(1, Ordering::Relaxed);
                     health.call(req).await.unwrap()
                 }
-                p if p == irsa_secrets::proto::GET_SECRET_PATH && secrets.is_some() => {
+                p if p == irsa_secrets::wire::proto::GET_SECRET_PATH && secrets.is_some() => {
                     secrets.unwrap().call(req).await.unwrap()
                 }
                 _ => Status::unimplemented("not here").into_http(),

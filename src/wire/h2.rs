@@ -17,8 +17,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
 use tonic::Status;
 
-use crate::metrics::Metrics;
-
 /// HTTP/2 flow-control windows. Build contexts stream through the helper; the protocol's
 /// 64 KiB default would cap them at one window per round trip.
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
@@ -380,17 +378,17 @@ pub struct Peer(SendRequest<BoxBody>);
 impl Peer {
     /// Forwards a call as is: headers, streaming body and trailers both ways. A peer that is
     /// gone becomes `Unavailable` with `what` named, so the caller sees who failed.
-    /// Bytes of both bodies are counted in `metrics`.
+    /// Every data frame of both bodies is reported to `count` (its length in bytes).
     pub async fn forward(
         &mut self,
         req: Request<Incoming>,
         what: &str,
-        metrics: &Metrics,
+        count: impl Fn(u64) + Clone + Send + Sync + 'static,
     ) -> Response<BoxBody> {
         let path = req.uri().path().to_string();
-        let req = req.map(|body| counted(body, metrics));
+        let req = req.map(|body| counted(body, count.clone()));
         match tower::ServiceExt::oneshot(self.clone(), req).await {
-            Ok(res) => res.map(|body| counted(body, metrics)),
+            Ok(res) => res.map(|body| counted(body, count)),
             Err(e) => {
                 let e = chain(&e);
                 tracing::debug!(%path, error = %e, "{what} did not answer");
@@ -431,12 +429,11 @@ impl tower::Service<Request<BoxBody>> for Peer {
     }
 }
 
-/// A forwarded body, its data counted as it passes (one atomic add per frame).
-fn counted(body: Incoming, metrics: &Metrics) -> BoxBody {
-    let metrics = metrics.clone();
+/// A forwarded body, its data counted as it passes (one call per frame).
+fn counted(body: Incoming, count: impl Fn(u64) + Send + Sync + 'static) -> BoxBody {
     body.map_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
-            metrics.forwarded(data.len() as u64);
+            count(data.len() as u64);
         }
         frame
     })

@@ -10,9 +10,9 @@ use sha2::{Digest, Sha256};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::proto::secrets::secrets_client::SecretsClient;
-use crate::proto::secrets::GetSecretRequest;
 use crate::secret::SecretValue;
+use crate::wire::proto::secrets::secrets_client::SecretsClient;
+use crate::wire::proto::secrets::GetSecretRequest;
 
 /// Why the helper's socket could not be used, with the path and what to do about it (the
 /// transport's own text is only "transport error").

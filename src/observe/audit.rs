@@ -20,7 +20,7 @@ use sha2::Sha256;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::provider::Answer;
+use super::event::{Answer, Caller, Outcome};
 use crate::secret::SecretValue;
 
 /// Records queued for the writer at most; when it is full, secret requests wait for room.
@@ -52,57 +52,6 @@ pub enum AuditError {
 struct Job {
     line: Vec<u8>,
     written: Option<oneshot::Sender<Result<(), String>>>,
-}
-
-/// What became of a secret request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// A value was sent.
-    Served,
-    /// Nobody serves the id (BuildKit treats the secret as absent).
-    NotFound,
-    /// The id exists but this listener does not serve it, or the peer was refused.
-    Denied,
-    /// The source failed.
-    Error,
-}
-
-/// Who asked: the session and the connecting process, as far as they are known.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Caller {
-    /// The BuildKit session id.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session: Option<String>,
-    /// The client process on the other end of the helper's socket.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub peer: Option<Peer>,
-    /// Asked on the socket itself (`irsa-secrets probe`, any gRPC client), not by a build from
-    /// inside its session; written as `"probe": true`, absent otherwise.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub probe: bool,
-}
-
-/// A unix socket peer's credentials (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Peer {
-    /// Process id, when the kernel reports it.
-    pub pid: Option<i32>,
-    /// User id.
-    pub uid: u32,
-    /// Group id.
-    pub gid: u32,
-}
-
-impl Peer {
-    /// The credentials of the process connected to `stream`.
-    pub fn of(stream: &tokio::net::UnixStream) -> Option<Peer> {
-        stream.peer_cred().ok().map(|c| Peer {
-            pid: c.pid(),
-            uid: c.uid(),
-            gid: c.gid(),
-        })
-    }
 }
 
 #[derive(Serialize)]

@@ -7,14 +7,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Status};
 
-use crate::audit::{Audit, Caller, Outcome, Peer};
-use crate::metrics::Metrics;
-use crate::proto::secrets::secrets_server::Secrets;
-use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use crate::observe::audit::Audit;
+use crate::observe::metrics::Metrics;
+use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
-use crate::sources::{ErrorKind, Source};
+use crate::source::{ErrorKind, Source};
 
 /// Answers `GetSecret` from a fixed table of ids built at start-up.
 #[derive(Debug, Clone)]
@@ -24,22 +23,6 @@ pub struct Provider {
     allowed: Option<Arc<BTreeSet<String>>>,
     audit: Audit,
     metrics: Metrics,
-}
-
-/// One answer, as the audit trail and the metrics see it.
-pub struct Answer<'a> {
-    /// The id asked for.
-    pub id: &'a str,
-    /// Which source answered (`client` for the build client's own secrets).
-    pub source: Option<&'a str>,
-    /// What became of the request.
-    pub outcome: Outcome,
-    /// The value sent, for its fingerprint.
-    pub value: Option<&'a SecretValue>,
-    /// The error, when the outcome is one.
-    pub error: Option<&'a str>,
-    /// When the request arrived.
-    pub started: Instant,
 }
 
 impl Provider {
@@ -261,36 +244,4 @@ fn is_buildkit_probe(id: &str) -> bool {
     ]
     .iter()
     .any(|p| id.starts_with(p))
-}
-
-/// The Secrets service asked directly on a socket: `serve`'s whole service, and what the
-/// proxy's BuildKit front door answers GetSecret calls made on the helper's socket with
-/// (probes). The caller's peer comes from an [`audit::Peer`](Peer) extension (the proxy sets
-/// it) or from tonic's unix socket info (`serve`).
-#[tonic::async_trait]
-impl Secrets for Provider {
-    async fn get_secret(
-        &self,
-        request: Request<GetSecretRequest>,
-    ) -> Result<Response<GetSecretResponse>, Status> {
-        let peer = request.extensions().get::<Peer>().copied().or_else(|| {
-            request
-                .extensions()
-                .get::<tonic::transport::server::UdsConnectInfo>()
-                .and_then(|info| info.peer_cred)
-                .map(|c| Peer {
-                    pid: c.pid(),
-                    uid: c.uid(),
-                    gid: c.gid(),
-                })
-        });
-        let caller = Caller {
-            session: None,
-            peer,
-            probe: true,
-        };
-        let id = request.into_inner().id;
-        let value = self.get(&id, &caller).await?;
-        Ok(Response::new(GetSecretResponse::carrying(&value)))
-    }
 }

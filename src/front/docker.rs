@@ -18,9 +18,9 @@ use tokio::sync::{mpsc, Mutex};
 
 use super::daemon::{DaemonError, Failure, DIAL_TIMEOUT};
 use super::grpc;
-use super::grpc::{advertise_secrets, session_info};
 use super::{Context, Daemon, Io, UpstreamKind};
 use crate::session;
+use crate::session::{advertise_secrets, session_info};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 

@@ -5,15 +5,15 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::{Caller, Peer};
+use crate::observe::{Caller, Peer};
 use crate::provider::Provider;
 use crate::session::SessionInfo;
-use sniff::Protocol;
+use crate::wire::sniff::{self, Protocol};
+pub use crate::wire::Io;
 
 pub use daemon::{Daemon, Upstream, UpstreamKind};
 pub use limits::Limits;
@@ -22,12 +22,8 @@ pub mod daemon;
 pub mod docker;
 pub mod grpc;
 pub mod limits;
-pub mod sniff;
-pub mod tls;
-
-/// A byte stream to or from a peer (unix or TCP).
-pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+pub mod secrets;
+pub mod socket;
 
 /// Who may use a listener, and how much: peer credential allowlists (`SO_PEERCRED`) and a
 /// ceiling on concurrent sessions.

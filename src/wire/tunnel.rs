@@ -22,7 +22,7 @@ use tonic::body::BoxBody;
 use tonic::codec::{Codec, ProstCodec, Streaming};
 use tonic::Status;
 
-use crate::proto::control::BytesMessage;
+use crate::wire::proto::control::BytesMessage;
 
 /// Largest message written into the tunnel: well under every BuildKit version's 4 MiB limit.
 const MAX_MESSAGE: usize = 1024 * 1024;

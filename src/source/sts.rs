@@ -14,8 +14,8 @@ use futures_util::future::BoxFuture;
 
 use super::irsa::Irsa;
 use super::{ErrorKind, Source, SourceError};
-use crate::jwt;
 use crate::secret::SecretValue;
+use crate::source::jwt;
 
 pub mod exchange;
 pub mod scope;

@@ -7,7 +7,9 @@ use futures_util::future::BoxFuture;
 
 use crate::secret::SecretValue;
 
+pub mod arn;
 pub mod irsa;
+pub mod jwt;
 pub mod mock;
 pub mod static_secret;
 pub mod sts;

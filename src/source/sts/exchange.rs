@@ -11,9 +11,9 @@ use aws_sdk_sts::types::PolicyDescriptorType;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 use super::scope::Scope;
-use crate::jwt::{self, Claims};
 use crate::secret::SecretValue;
-use crate::sources::{ErrorKind, SourceError};
+use crate::source::jwt::{self, Claims};
+use crate::source::{ErrorKind, SourceError};
 
 /// Attempts per exchange; the SDK's own retries are off so this count is exact.
 pub const ATTEMPTS: u32 = 3;

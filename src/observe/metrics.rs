@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::audit::Outcome;
+use super::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
@@ -177,9 +177,12 @@ impl Metrics {
         }
     }
 
-    /// Counts bytes forwarded through a session.
-    pub fn forwarded(&self, bytes: u64) {
-        self.inner.forwarded.inc_by(bytes);
+    /// Counts bytes forwarded through a session: what the byte layer reports each frame to.
+    pub fn forwarded(&self) -> impl Fn(u64) + Clone + Send + Sync + 'static {
+        let counter = self.inner.forwarded.clone();
+        move |bytes| {
+            counter.inc_by(bytes);
+        }
     }
 
     /// Counts a failure to reach the daemon.

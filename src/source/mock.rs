@@ -9,8 +9,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 
 use super::{IdentityIds, Part, Source, SourceError};
-use crate::jwt::{self, Audience, Claims};
 use crate::secret::SecretValue;
+use crate::source::jwt::{self, Audience, Claims};
 
 /// The role ARN the mock serves: account 111122223333 is reserved for AWS documentation.
 pub const MOCK_ROLE_ARN: &str = "arn:aws:iam::111122223333:role/irsa-secrets-mock";
@@ -156,7 +156,7 @@ pub fn write_files(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::Expectations;
+    use crate::source::jwt::Expectations;
 
     #[test]
     fn minted_tokens_validate_like_real_ones() {
@@ -173,7 +173,7 @@ mod tests {
             Some("system:serviceaccount:ci:builder")
         );
         assert!(checked.claims.other.contains_key("kubernetes.io"));
-        assert!(crate::sources::irsa::check_role_arn(MOCK_ROLE_ARN).is_ok());
+        assert!(crate::source::irsa::check_role_arn(MOCK_ROLE_ARN).is_ok());
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::jwt::Claims;
+use crate::source::jwt::Claims;
 
 /// STS's bounds on `DurationSeconds`.
 pub const DURATION_RANGE: std::ops::RangeInclusive<u64> = 900..=43_200;
@@ -78,14 +78,14 @@ pub fn parse_policy_arn(arn: &str) -> Result<String, String> {
              policy/<name>, e.g. arn:aws:iam::aws:policy/ReadOnlyAccess"
         )
     };
-    let (account, resource) = crate::arn::split_iam(arn).map_err(fail)?;
-    if account != "aws" && !crate::arn::is_account_id(account) {
+    let (account, resource) = crate::source::arn::split_iam(arn).map_err(fail)?;
+    if account != "aws" && !crate::source::arn::is_account_id(account) {
         return Err(fail("does not have a 12-digit account id or \"aws\""));
     }
     if arn.len() > 2048 {
         return Err(fail("has an invalid policy name"));
     }
-    crate::arn::check_resource(resource, "policy", 2048).map_err(|why| fail(&why))?;
+    crate::source::arn::check_resource(resource, "policy", 2048).map_err(|why| fail(&why))?;
     Ok(arn.to_string())
 }
 
@@ -225,7 +225,7 @@ impl SessionName {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jwt::Audience;
+    use crate::source::jwt::Audience;
 
     fn claims(other: serde_json::Value) -> Claims {
         Claims {

@@ -17,45 +17,17 @@ use tonic::body::BoxBody;
 use tonic::{Code, Request as GrpcRequest, Response as GrpcResponse, Status};
 use tower::Service;
 
-use crate::audit::{Caller, Outcome};
-use crate::h2::{self, Peer};
-use crate::metrics::Metrics;
-use crate::proto::secrets::secrets_client::SecretsClient;
-use crate::proto::secrets::secrets_server::{Secrets, SecretsServer};
-use crate::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use crate::proto::GET_SECRET_PATH;
-use crate::provider::{Answer, Provider};
+use crate::observe::metrics::Metrics;
+use crate::observe::{Answer, Caller, Outcome};
+use crate::provider::Provider;
+use crate::wire::h2::{self, Peer};
+use crate::wire::proto::secrets::secrets_client::SecretsClient;
+use crate::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
+use crate::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use crate::wire::proto::GET_SECRET_PATH;
 
-/// What the splice knows of a session, from its `X-Docker-Expose-Session-*` headers.
-#[derive(Debug, Clone, Default)]
-pub struct SessionInfo {
-    /// The session id (`X-Docker-Expose-Session-Uuid`); kept as is upstream.
-    pub id: String,
-    /// The methods the client serves (`X-Docker-Expose-Session-Grpc-Method`).
-    pub client_methods: Vec<String>,
-    /// The process on the other end of the helper's socket.
-    pub peer: Option<crate::audit::Peer>,
-}
-
-impl SessionInfo {
-    /// The session as the audit trail names it.
-    pub fn caller(&self) -> Caller {
-        Caller {
-            session: Some(self.id.clone()),
-            peer: self.peer,
-            probe: false,
-        }
-    }
-}
-
-impl SessionInfo {
-    /// True when the client serves secrets itself (it was given `--secret`).
-    pub fn client_serves_secrets(&self) -> bool {
-        self.client_methods
-            .iter()
-            .any(|m| m.eq_ignore_ascii_case(GET_SECRET_PATH))
-    }
-}
+mod headers;
+pub use headers::{advertise_secrets, session_info, SessionInfo, SESSION_METHOD, SESSION_UUID};
 
 /// Runs the splice until either side ends; then both tunnels are closed and every stream task
 /// of the session fails and ends with them.
@@ -167,7 +139,7 @@ impl Router {
         tracing::trace!(path = req.uri().path(), "forwarding to the client");
         Ok(self
             .to_client
-            .forward(req, "the build client", &self.metrics)
+            .forward(req, "the build client", self.metrics.forwarded())
             .await)
     }
 }

@@ -9,8 +9,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 
 use super::docker;
-use super::tls::{Alpn, Tls};
 use super::Io;
+use crate::wire::tls::{Alpn, Tls};
 
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 use futures_util::future::BoxFuture;
 
 use super::{ErrorKind, IdentityIds, Part, Source, SourceError};
-use crate::jwt::{self, Expectations, TokenError};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
+use crate::source::jwt::{self, Expectations, TokenError};
 
 /// How often a read that lost a race with kubelet's symlink swap is retried (at once: by the
 /// time the old directory is gone, `..data` already names the new one).
@@ -180,11 +180,11 @@ pub fn check_role_arn(arn: &str) -> Result<(), String> {
              e.g. arn:aws:iam::111122223333:role/ci-builder"
         )
     };
-    let (account, resource) = crate::arn::split_iam(arn).map_err(fail)?;
-    if !crate::arn::is_account_id(account) {
+    let (account, resource) = crate::source::arn::split_iam(arn).map_err(fail)?;
+    if !crate::source::arn::is_account_id(account) {
         return Err(fail("does not have a 12-digit account id"));
     }
-    crate::arn::check_resource(resource, "role", 64).map_err(|why| fail(&why))
+    crate::source::arn::check_resource(resource, "role", 64).map_err(|why| fail(&why))
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tonic::body::BoxBody;
@@ -24,11 +24,11 @@ use tonic::Status;
 use tower::Service;
 
 use super::{Context, Daemon, Io};
-use crate::h2::{self, Peer};
-use crate::proto::secrets::secrets_server::SecretsServer;
-use crate::proto::GET_SECRET_PATH;
-use crate::session::{self, SessionInfo};
-use crate::tunnel::{self, Outgoing};
+use crate::session::{self, advertise_secrets, session_info};
+use crate::wire::h2::{self, Peer};
+use crate::wire::proto::secrets::secrets_server::SecretsServer;
+use crate::wire::proto::GET_SECRET_PATH;
+use crate::wire::tunnel::{self, Outgoing};
 
 /// How long a client whose daemon connection failed keeps getting that error before the
 /// connection is closed.
@@ -36,10 +36,6 @@ const FAILED_GRACE: Duration = Duration::from_secs(5);
 
 /// The tunnelled session call.
 pub const SESSION_PATH: &str = "/moby.buildkit.v1.Control/Session";
-/// Session headers as gRPC metadata (lower-cased by BuildKit's client).
-pub const SESSION_UUID: &str = "x-docker-expose-session-uuid";
-/// One value per method the client's session serves.
-pub const SESSION_METHOD: &str = "x-docker-expose-session-grpc-method";
 
 /// Serves one client's HTTP/2 connection against an upstream HTTP/2 connection already open
 /// (dockerd's `/grpc` upgrade); returns when either ends and the sessions it carried are done.
@@ -350,7 +346,7 @@ async fn route(link: Arc<Link>, req: Request<Incoming>) -> Result<Response<BoxBo
     let call = async {
         if req.uri().path() != SESSION_PATH {
             return daemon
-                .forward(req, "the daemon", link.ctx.provider.metrics())
+                .forward(req, "the daemon", link.ctx.provider.metrics().forwarded())
                 .await;
         }
         join_session(daemon, &link, req).await
@@ -411,30 +407,4 @@ async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Resp
 /// A gRPC error answered in the headers alone (no body, no trailers).
 fn is_trailers_only(headers: &http::HeaderMap) -> bool {
     headers.get("grpc-status").is_some_and(|s| s != "0")
-}
-
-/// Adds GetSecret to the method list the daemon sees when the client does not serve it: both
-/// front doors re-originate sessions with it.
-pub fn advertise_secrets(headers: &mut http::HeaderMap, info: &SessionInfo) {
-    if !info.client_serves_secrets() {
-        headers.append(SESSION_METHOD, HeaderValue::from_static(GET_SECRET_PATH));
-    }
-}
-
-/// The session's id and method list, from the call's metadata.
-pub fn session_info(headers: &http::HeaderMap, peer: Option<crate::audit::Peer>) -> SessionInfo {
-    SessionInfo {
-        peer,
-        id: headers
-            .get(SESSION_UUID)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
-        client_methods: headers
-            .get_all(SESSION_METHOD)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect(),
-    }
 }
