@@ -8,32 +8,35 @@ use std::time::Instant;
 
 use irsa_secrets::observe::audit::Audit;
 use irsa_secrets::observe::metrics::Metrics;
-use irsa_secrets::observe::Answer;
-use irsa_secrets::observe::{Caller, Outcome};
+use irsa_secrets::observe::Caller;
+use irsa_secrets::provider::ClientAnswer;
+use irsa_secrets::secret::SecretValue;
 
-fn answer<'a>(id: &'a str, source: Option<&'a str>) -> Answer<'a> {
-    Answer {
-        id,
-        source,
-        outcome: Outcome::Served,
-        value: None,
-        error: None,
-        started: Instant::now(),
-    }
+fn from_client() -> Option<ClientAnswer> {
+    Some(ClientAnswer::Value(SecretValue::new(
+        b"client-value".to_vec(),
+    )))
 }
 
-#[test]
-fn only_served_ids_are_labelled_by_name() {
+#[tokio::test]
+async fn only_served_ids_are_labelled_by_name() {
     let metrics = Metrics::default();
     let provider = common::mock_provider().with_observers(Audit::default(), metrics.clone());
     let caller = Caller::default();
+    let ask = |id: String, client| {
+        let (provider, caller) = (provider.clone(), caller.clone());
+        async move {
+            let _ = provider
+                .get_in_session(&id, &caller, client, Instant::now())
+                .await;
+        }
+    };
     for i in 0..1000 {
-        let id = format!("client-chosen-{i}");
-        provider.record(&caller, answer(&id, Some("client")));
-        provider.record(&caller, answer(&id, None));
+        ask(format!("client-chosen-{i}"), from_client()).await;
+        ask(format!("nobody-serves-{i}"), None).await;
     }
-    provider.record(&caller, answer("aws-role-arn", Some("mock")));
-    provider.record(&caller, answer("aws-role-arn", Some("client")));
+    ask("aws-role-arn".into(), None).await;
+    ask("aws-role-arn".into(), from_client()).await;
     let text = metrics.encode();
     let labelled: std::collections::BTreeSet<&str> = text
         .lines()

@@ -15,6 +15,9 @@ use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
 use crate::source::{ErrorKind, Source};
 
+mod precedence;
+pub use precedence::ClientAnswer;
+
 /// Answers `GetSecret` from a fixed table of ids built at start-up.
 #[derive(Debug, Clone)]
 pub struct Provider {
@@ -189,7 +192,7 @@ impl Provider {
 
     /// Records an answer already given (the build client's own secrets): queues its audit
     /// record without waiting, counts it and logs it.
-    pub fn record(&self, caller: &Caller, a: Answer<'_>) {
+    fn record(&self, caller: &Caller, a: Answer<'_>) {
         self.audit.secret_queued(&self.listener, caller, &a);
         self.observe(caller, &a);
     }

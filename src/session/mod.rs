@@ -14,12 +14,12 @@ use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::body::BoxBody;
-use tonic::{Code, Request as GrpcRequest, Response as GrpcResponse, Status};
+use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use tower::Service;
 
 use crate::observe::metrics::Metrics;
-use crate::observe::{Answer, Caller, Outcome};
-use crate::provider::Provider;
+use crate::observe::Caller;
+use crate::provider::{ClientAnswer, Provider};
 use crate::wire::h2::{self, Peer};
 use crate::wire::proto::secrets::secrets_client::SecretsClient;
 use crate::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
@@ -175,49 +175,15 @@ impl Secrets for SessionSecrets {
         request: GrpcRequest<GetSecretRequest>,
     ) -> Result<GrpcResponse<GetSecretResponse>, Status> {
         let request = request.into_inner();
-        let id = request.id.as_str();
         let started = Instant::now();
-        let session = self.caller.session.as_deref().unwrap_or_default();
-        let client = Some("client");
-        match self.ask_client(&request).await {
-            Some(Ok(answer)) => {
-                if self.provider.owns(id) {
-                    tracing::info!(
-                        session,
-                        id,
-                        "the client's own --secret wins over the helper's value"
-                    );
-                }
-                let value = answer.into_value();
-                let a = Answer {
-                    id,
-                    source: client,
-                    outcome: Outcome::Served,
-                    value: Some(&value),
-                    error: None,
-                    started,
-                };
-                self.provider.record(&self.caller, a);
-                return Ok(GrpcResponse::new(GetSecretResponse::carrying(&value)));
-            }
-            Some(Err(status)) if !matches!(status.code(), Code::NotFound | Code::Unimplemented) => {
-                if !self.provider.owns(id) {
-                    let a = Answer {
-                        id,
-                        source: client,
-                        outcome: Outcome::Error,
-                        value: None,
-                        error: Some(status.message()),
-                        started,
-                    };
-                    self.provider.record(&self.caller, a);
-                    return Err(status);
-                }
-                tracing::warn!(session, id, code = ?status.code(), "the client's own secret failed; serving the helper's");
-            }
-            _ => {}
-        }
-        let value = self.provider.get(id, &self.caller).await?;
+        let client = self
+            .ask_client(&request)
+            .await
+            .map(|r| ClientAnswer::from_result(r.map(GetSecretResponse::into_value)));
+        let value = self
+            .provider
+            .get_in_session(&request.id, &self.caller, client, started)
+            .await?;
         Ok(GrpcResponse::new(GetSecretResponse::carrying(&value)))
     }
 }
