@@ -67,3 +67,62 @@ pub fn session_info(headers: &http::HeaderMap, peer: Option<Peer>) -> SessionInf
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    use super::*;
+
+    fn headers(methods: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(SESSION_UUID, HeaderValue::from_static("abc123"));
+        for m in methods {
+            h.append(SESSION_METHOD, HeaderValue::from_str(m).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn a_session_is_read_from_its_headers() {
+        let peer = Peer {
+            pid: Some(7),
+            uid: 1000,
+            gid: 1000,
+        };
+        let info = session_info(&headers(&["/a.B/C", GET_SECRET_PATH]), Some(peer));
+        assert_eq!(info.id, "abc123");
+        assert_eq!(info.client_methods, ["/a.B/C", GET_SECRET_PATH]);
+        assert!(info.client_serves_secrets());
+        let caller = info.caller();
+        assert_eq!(caller.session.as_deref(), Some("abc123"));
+        assert_eq!(caller.peer, Some(peer));
+        assert!(!caller.probe);
+    }
+
+    #[test]
+    fn get_secret_is_advertised_once_and_only_when_the_client_lacks_it() {
+        let mut h = headers(&["/moby.filesync.v1.FileSync/DiffCopy"]);
+        let info = session_info(&h, None);
+        assert!(!info.client_serves_secrets());
+        advertise_secrets(&mut h, &info);
+        let after = session_info(&h, None);
+        assert_eq!(
+            after.client_methods,
+            ["/moby.filesync.v1.FileSync/DiffCopy", GET_SECRET_PATH]
+        );
+
+        let mut own = headers(&[&GET_SECRET_PATH.to_ascii_lowercase()]);
+        let info = session_info(&own, None);
+        assert!(info.client_serves_secrets(), "method names compare without case");
+        advertise_secrets(&mut own, &info);
+        assert_eq!(own.get_all(SESSION_METHOD).iter().count(), 1);
+    }
+
+    #[test]
+    fn a_session_without_headers_has_an_empty_id() {
+        let info = session_info(&HeaderMap::new(), None);
+        assert_eq!(info.id, "");
+        assert!(info.client_methods.is_empty());
+    }
+}
