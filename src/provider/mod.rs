@@ -248,3 +248,6 @@ fn is_buildkit_probe(id: &str) -> bool {
     .iter()
     .any(|p| id.starts_with(p))
 }
+
+#[cfg(test)]
+mod tests;

@@ -114,7 +114,10 @@ mod tests {
 
         let mut own = headers(&[&GET_SECRET_PATH.to_ascii_lowercase()]);
         let info = session_info(&own, None);
-        assert!(info.client_serves_secrets(), "method names compare without case");
+        assert!(
+            info.client_serves_secrets(),
+            "method names compare without case"
+        );
         advertise_secrets(&mut own, &info);
         assert_eq!(own.get_all(SESSION_METHOD).iter().count(), 1);
     }
