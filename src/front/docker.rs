@@ -13,14 +13,14 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit};
 
 use super::daemon::{DaemonError, Failure, DIAL_TIMEOUT};
 use super::grpc;
 use super::{Context, Daemon, Io, UpstreamKind};
-use crate::session;
-use crate::session::{advertise_secrets, session_info};
+use crate::session::{self, advertise_secrets, session_info, SessionInfo};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
@@ -145,71 +145,111 @@ impl Conn {
         self: Arc<Self>,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, hyper::Error> {
-        if matches!(self.daemon.kind().await, Ok(UpstreamKind::Buildkit)) {
-            let message = format!(
-                "irsa-secrets fronts buildkitd at {}: point buildctl --addr or the buildx remote \
-                 driver at this socket; DOCKER_HOST needs a helper in front of dockerd",
-                self.daemon.upstream
-            );
-            return Ok(error_response(StatusCode::BAD_GATEWAY, &message));
+        if let Some(refusal) = self.buildkit_refusal().await {
+            return Ok(refusal);
         }
         let kind = upgrade_kind(&req);
-        let session = (kind == Some(UpgradeKind::Session))
-            .then(|| session_info(req.headers(), self.ctx.peer));
-        let mut permit = None;
-        if let Some(info) = &session {
-            match self.ctx.admit_session(info) {
-                Ok(p) => permit = p,
-                Err(why) => return Ok(plain_response(StatusCode::TOO_MANY_REQUESTS, why)),
-            }
-            advertise_secrets(req.headers_mut(), info);
-        }
+        let admitted = match self.admit(&mut req, kind) {
+            Ok(admitted) => admitted,
+            Err(why) => return Ok(plain_response(StatusCode::TOO_MANY_REQUESTS, why)),
+        };
         let client_upgrade = req
             .headers()
             .contains_key(UPGRADE)
             .then(|| hyper::upgrade::on(&mut req));
-        let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let mut res = match self.forward(req, kind).await {
+        let mut res = match self.forward_or_502(req, kind).await {
             Ok(res) => res,
-            Err(e) => {
-                tracing::warn!(%method, %path, upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
-                self.ctx
-                    .provider
-                    .metrics()
-                    .upstream_error(self.ctx.provider.listener());
-                return Ok(error_response(
-                    StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "irsa-secrets: {e}. Check that the Docker daemon is running and that \
-                         --upstream points at its socket"
-                    ),
-                ));
-            }
+            Err(refusal) => return Ok(refusal),
         };
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client_upgrade) = client_upgrade {
-                let daemon_upgrade = hyper::upgrade::on(&mut res);
-                let ctx = self.ctx.clone();
-                let job: Upgraded = Box::pin(async move {
-                    let (client, daemon) = match tokio::try_join!(client_upgrade, daemon_upgrade) {
-                        Ok(pair) => pair,
-                        Err(e) => return tracing::warn!(error = %e, "upgrade failed"),
-                    };
-                    let (client, daemon) = (TokioIo::new(client), TokioIo::new(daemon));
-                    match (kind, session) {
-                        (Some(UpgradeKind::Session), Some(info)) => {
-                            session::join(client, daemon, info, ctx.provider).await;
-                            drop(permit);
-                        }
-                        (Some(UpgradeKind::Grpc), _) => grpc::serve(client, daemon, ctx).await,
-                        _ => pipe(client, daemon).await,
-                    }
-                });
-                let _ = self.upgrades.send(job);
+                self.splice(client_upgrade, &mut res, kind, admitted);
             }
         }
         Ok(res.map(BodyExt::boxed_unsync))
+    }
+
+    /// The answer to a Docker client when the upstream turned out to be buildkitd.
+    async fn buildkit_refusal(&self) -> Option<Response<Body>> {
+        if !matches!(self.daemon.kind().await, Ok(UpstreamKind::Buildkit)) {
+            return None;
+        }
+        let message = format!(
+            "irsa-secrets fronts buildkitd at {}: point buildctl --addr or the buildx remote \
+             driver at this socket; DOCKER_HOST needs a helper in front of dockerd",
+            self.daemon.upstream
+        );
+        Some(error_response(StatusCode::BAD_GATEWAY, &message))
+    }
+
+    /// For a `/session` upgrade: the session, admitted under the listener's limits (with its
+    /// permit), and the secrets it may ask for advertised in `req`; else `None`, or why the
+    /// limits refuse it.
+    fn admit(
+        &self,
+        req: &mut Request<Incoming>,
+        kind: Option<UpgradeKind>,
+    ) -> Result<Option<(SessionInfo, Option<OwnedSemaphorePermit>)>, String> {
+        if kind != Some(UpgradeKind::Session) {
+            return Ok(None);
+        }
+        let info = session_info(req.headers(), self.ctx.peer);
+        let permit = self.ctx.admit_session(&info)?;
+        advertise_secrets(req.headers_mut(), &info);
+        Ok(Some((info, permit)))
+    }
+
+    /// [`Self::forward`], or, when the daemon did not answer, the 502 that says so.
+    async fn forward_or_502(
+        &self,
+        req: Request<Incoming>,
+        kind: Option<UpgradeKind>,
+    ) -> Result<Response<Incoming>, Response<Body>> {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        self.forward(req, kind).await.map_err(|e| {
+            tracing::warn!(%method, %path, upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
+            self.ctx
+                .provider
+                .metrics()
+                .upstream_error(self.ctx.provider.listener());
+            error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "irsa-secrets: {e}. Check that the Docker daemon is running and that \
+                     --upstream points at its socket"
+                ),
+            )
+        })
+    }
+
+    /// Queues the work of an upgraded exchange on the connection's task: the session joined to
+    /// the provider (its permit held until it ends), `/grpc` served, anything else piped.
+    fn splice(
+        &self,
+        client_upgrade: OnUpgrade,
+        res: &mut Response<Incoming>,
+        kind: Option<UpgradeKind>,
+        admitted: Option<(SessionInfo, Option<OwnedSemaphorePermit>)>,
+    ) {
+        let daemon_upgrade = hyper::upgrade::on(res);
+        let ctx = self.ctx.clone();
+        let job: Upgraded = Box::pin(async move {
+            let (client, daemon) = match tokio::try_join!(client_upgrade, daemon_upgrade) {
+                Ok(pair) => pair,
+                Err(e) => return tracing::warn!(error = %e, "upgrade failed"),
+            };
+            let (client, daemon) = (TokioIo::new(client), TokioIo::new(daemon));
+            match (kind, admitted) {
+                (Some(UpgradeKind::Session), Some((info, permit))) => {
+                    session::join(client, daemon, info, ctx.provider).await;
+                    drop(permit);
+                }
+                (Some(UpgradeKind::Grpc), _) => grpc::serve(client, daemon, ctx).await,
+                _ => pipe(client, daemon).await,
+            }
+        });
+        let _ = self.upgrades.send(job);
     }
 
     /// Sends `req` on the daemon connection, dialing it first if needed. dockerd answers the

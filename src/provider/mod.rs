@@ -13,7 +13,7 @@ use crate::observe::audit::Audit;
 use crate::observe::metrics::Metrics;
 use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
-use crate::source::{ErrorKind, Source};
+use crate::source::{ErrorKind, Source, SourceError};
 
 mod precedence;
 pub use precedence::ClientAnswer;
@@ -114,63 +114,41 @@ impl Provider {
     /// check.
     pub async fn get(&self, id: &str, caller: &Caller) -> Result<SecretValue, Status> {
         let started = Instant::now();
-        let answer = |source, outcome, value, error| Answer {
+        let source = self.route(id, caller, started).await?;
+        let result = checked(id, source.name(), source.fetch(id).await);
+        self.answer(caller, answer_of(id, source.name(), &result, started))
+            .await?;
+        result
+    }
+
+    /// The source of `id` when this listener serves it; otherwise the refusal, recorded, as
+    /// `NotFound`.
+    async fn route(
+        &self,
+        id: &str,
+        caller: &Caller,
+        started: Instant,
+    ) -> Result<&Arc<dyn Source>, Status> {
+        let refused = |source, outcome| Answer {
             id,
             source,
             outcome,
-            value,
-            error,
+            value: None,
+            error: None,
             started,
         };
         let Some(source) = self.routes.get(id) else {
-            self.answer(caller, answer(None, Outcome::NotFound, None, None))
+            self.answer(caller, refused(None, Outcome::NotFound))
                 .await?;
             return Err(Status::not_found(format!("secret {id} not found")));
         };
         if !self.allows(id) {
             tracing::warn!(listener = %self.listener, id, "secret refused: this listener does not serve it");
-            self.answer(
-                caller,
-                answer(Some(source.name()), Outcome::Denied, None, None),
-            )
-            .await?;
+            self.answer(caller, refused(Some(source.name()), Outcome::Denied))
+                .await?;
             return Err(Status::not_found(format!("secret {id} not found")));
         }
-        let result = match source.fetch(id).await {
-            Ok(Some(value)) if value.is_empty() => Err(Status::failed_precondition(format!(
-                "secret {id} from the {} source is empty; an empty secret is refused rather than \
-                 mounted as an empty file",
-                source.name()
-            ))),
-            Ok(Some(value)) if value.len() > MAX_SECRET_SIZE => {
-                Err(Status::failed_precondition(format!(
-                    "secret {id} from the {} source is {} bytes, over BuildKit's limit of {} KiB",
-                    source.name(),
-                    value.len(),
-                    MAX_SECRET_SIZE / 1024
-                )))
-            }
-            Ok(Some(value)) => Ok(value),
-            Ok(None) => Err(Status::not_found(format!("secret {id} not found"))),
-            Err(e) => {
-                let code = match e.kind {
-                    ErrorKind::Missing | ErrorKind::Invalid => Code::FailedPrecondition,
-                    ErrorKind::Denied => Code::PermissionDenied,
-                    ErrorKind::Io => Code::Unavailable,
-                };
-                Err(Status::new(code, format!("irsa-secrets: {e}")))
-            }
-        };
-        let source = Some(source.name());
-        let a = match &result {
-            Ok(value) => answer(source, Outcome::Served, Some(value), None),
-            Err(status) if status.code() == Code::NotFound => {
-                answer(source, Outcome::NotFound, None, None)
-            }
-            Err(status) => answer(source, Outcome::Error, None, Some(status.message())),
-        };
-        self.answer(caller, a).await?;
-        result
+        Ok(source)
     }
 
     /// Writes the audit record of one answer and waits until it is written, then counts it
@@ -233,6 +211,62 @@ impl Provider {
         };
         self.metrics
             .request(&self.listener, label, outcome, a.started.elapsed());
+    }
+}
+
+/// What source `name` fetched for `id`, held to BuildKit's value rules (not empty, within its
+/// size limit), or its failure as a gRPC status.
+// The status is what `get` answers, large or not.
+#[allow(clippy::result_large_err)]
+fn checked(
+    id: &str,
+    name: &str,
+    fetched: Result<Option<SecretValue>, SourceError>,
+) -> Result<SecretValue, Status> {
+    match fetched {
+        Ok(Some(value)) if value.is_empty() => Err(Status::failed_precondition(format!(
+            "secret {id} from the {name} source is empty; an empty secret is refused rather than \
+             mounted as an empty file"
+        ))),
+        Ok(Some(value)) if value.len() > MAX_SECRET_SIZE => {
+            Err(Status::failed_precondition(format!(
+                "secret {id} from the {name} source is {} bytes, over BuildKit's limit of {} KiB",
+                value.len(),
+                MAX_SECRET_SIZE / 1024
+            )))
+        }
+        Ok(Some(value)) => Ok(value),
+        Ok(None) => Err(Status::not_found(format!("secret {id} not found"))),
+        Err(e) => {
+            let code = match e.kind {
+                ErrorKind::Missing | ErrorKind::Invalid => Code::FailedPrecondition,
+                ErrorKind::Denied => Code::PermissionDenied,
+                ErrorKind::Io => Code::Unavailable,
+            };
+            Err(Status::new(code, format!("irsa-secrets: {e}")))
+        }
+    }
+}
+
+/// The record of a fetch's `result`: served, not found, or an error.
+fn answer_of<'a>(
+    id: &'a str,
+    source: &'a str,
+    result: &'a Result<SecretValue, Status>,
+    started: Instant,
+) -> Answer<'a> {
+    let (outcome, value, error) = match result {
+        Ok(value) => (Outcome::Served, Some(value), None),
+        Err(status) if status.code() == Code::NotFound => (Outcome::NotFound, None, None),
+        Err(status) => (Outcome::Error, None, Some(status.message())),
+    };
+    Answer {
+        id,
+        source: Some(source),
+        outcome,
+        value,
+        error,
+        started,
     }
 }
 

@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use http_body_util::{BodyExt, Empty};
@@ -52,7 +51,8 @@ pub async fn fetch(socket: &std::path::Path, name: &str) -> Result<File, ScanErr
         .await
         .map_err(|e| err("the Docker Engine did not answer", &e))?;
     let status = response.status();
-    let mut file = temp_file().map_err(|e| err("cannot create a temporary file", &e))?;
+    // Private (0600) and unlinked at once, so it vanishes with the process.
+    let mut file = tempfile::tempfile().map_err(|e| err("cannot create a temporary file", &e))?;
     let mut body_error = Vec::new();
     while let Some(frame) = response.frame().await {
         let frame =
@@ -78,26 +78,6 @@ pub async fn fetch(socket: &std::path::Path, name: &str) -> Result<File, ScanErr
     }
     file.rewind()
         .map_err(|e| err("cannot rewind the temporary file", &e))?;
-    Ok(file)
-}
-
-/// A private file in the temporary directory, unlinked at once so it vanishes with the process.
-fn temp_file() -> std::io::Result<File> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let path = std::env::temp_dir().join(format!(
-        "irsa-secrets-scan-{}-{nanos}.tar",
-        std::process::id()
-    ));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    std::fs::remove_file(&path)?;
     Ok(file)
 }
 

@@ -20,6 +20,7 @@ use std::io::{self, Read};
 use aho_corasick::{AhoCorasick, Input, MatchKind};
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
+use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest as _, Sha256};
 
 use super::Needles;
@@ -516,16 +517,15 @@ fn encodings(value: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
 /// Percent-encodes everything but RFC 3986's unreserved characters: how a value looks in a URL
 /// (a leak to find, or an image name in a query).
 pub(super) fn url_encode(value: &[u8]) -> String {
-    let mut out = String::with_capacity(value.len());
-    for &b in value {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encode(value, NOT_UNRESERVED).to_string()
 }
+
+/// The bytes [`url_encode`] encodes: all but ASCII letters, digits and `-._~`.
+const NOT_UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// Confirms a candidate: the span of the secret value within `hay` and the detector name.
 fn confirm(
@@ -914,5 +914,16 @@ mod tests {
         let (m, notes) = Matcher::new(&needles);
         assert!(notes[0].contains("tiny"), "{notes:?}");
         assert!(hits_bytes(&m, b"abc abc").is_empty());
+    }
+
+    #[test]
+    fn url_encode_keeps_only_the_unreserved_characters() {
+        assert_eq!(
+            url_encode(b"a b+c/d?e=f&g%h"),
+            "a%20b%2Bc%2Fd%3Fe%3Df%26g%25h"
+        );
+        assert_eq!(url_encode(b"-._~!*'()AZaz09"), "-._~%21%2A%27%28%29AZaz09");
+        assert_eq!(url_encode("\u{e9}".as_bytes()), "%C3%A9");
+        assert_eq!(url_encode(b"\0\n\x7f\xff"), "%00%0A%7F%FF");
     }
 }

@@ -25,6 +25,108 @@ const BACKOFF: Duration = Duration::from_millis(250);
 /// Longest STS message quoted in an error.
 const MAX_QUOTE: usize = 300;
 
+/// STS error codes worth another attempt (as are HTTP 429 and 5xx whatever the code).
+const TRANSIENT_CODES: &[&str] = &[
+    "IDPCommunicationError",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceUnavailable",
+    "InternalFailure",
+];
+
+/// The final STS error codes: the kind each maps to and what to fix, where `{name}` stands for a
+/// value of the request (see `classify`). The empty code is an answer that is not STS's.
+const HINTS: &[(&str, ErrorKind, &str)] = &[
+    (
+        "ExpiredTokenException",
+        ErrorKind::Invalid,
+        "STS considers the web identity token expired: check that kubelet rotates the projected \
+         token and this machine's clock",
+    ),
+    (
+        "InvalidIdentityToken",
+        ErrorKind::Invalid,
+        "STS could not validate the token: check that {iss} is registered as an IAM OIDC \
+         identity provider in the role's account, with {aud} in its audiences, and that its \
+         discovery document and keys are reachable",
+    ),
+    (
+        "IDPRejectedClaim",
+        ErrorKind::Denied,
+        "the identity provider rejected the token's claims: {trust}",
+    ),
+    (
+        "AccessDenied",
+        ErrorKind::Denied,
+        "not allowed to assume {role}: {trust}",
+    ),
+    (
+        "MalformedPolicyDocument",
+        ErrorKind::Invalid,
+        "STS rejected the session policy: check --session-policy's grammar (Version, Statement, \
+         Effect, Action, Resource)",
+    ),
+    (
+        "PackedPolicyTooLarge",
+        ErrorKind::Invalid,
+        "the session policies are too large once packed: shorten --session-policy or pass fewer \
+         --policy-arn",
+    ),
+    (
+        "RegionDisabledException",
+        ErrorKind::Denied,
+        "STS is not activated in {region} for the role's account: activate it in the IAM \
+         console's account settings or pass another --region",
+    ),
+    (
+        "ValidationError",
+        ErrorKind::Invalid,
+        "STS refused the request: --duration ({duration}) must not exceed the role's maximum \
+         session duration (1h unless raised), and the role ARN must exist",
+    ),
+    (
+        "",
+        ErrorKind::Invalid,
+        "the answer is not an STS response: check that --sts-endpoint ({endpoint}) is STS",
+    ),
+];
+
+/// Any other final code.
+const OTHER_CODE: (ErrorKind, &str) = (ErrorKind::Invalid, "check the role {role} and the request");
+
+/// The `{trust}` of [`HINTS`], from the token's claims.
+const TRUST: &str = "check the role's trust policy: Principal Federated = the OIDC provider for \
+                     {iss}, Action sts:AssumeRoleWithWebIdentity, Condition {host}:sub = {sub} \
+                     and {host}:aud = {aud}";
+
+/// `template` with each `{name}` found in `values` replaced by its value, in one pass: a value is
+/// copied as is, never read as a template.
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        rest = &rest[open..];
+        let value = rest
+            .find('}')
+            .and_then(|close| values.iter().find(|(name, _)| *name == &rest[1..close]));
+        match value {
+            Some((name, value)) => {
+                out.push_str(value);
+                rest = &rest[name.len() + 2..];
+            }
+            None => {
+                out.push('{');
+                rest = &rest[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Credentials STS issued. The three values live in [`SecretValue`]s only.
 #[derive(Debug)]
 pub struct Issued {
@@ -233,92 +335,33 @@ impl Exchange {
         let code = service.err().code().unwrap_or_default().to_string();
         let quoted = scrub(service.err().message().unwrap_or_default(), token);
         let said = format!("STS answered {code} (HTTP {status}: {quoted:?})");
-        if matches!(
-            code.as_str(),
-            "IDPCommunicationError"
-                | "Throttling"
-                | "ThrottlingException"
-                | "RequestLimitExceeded"
-                | "TooManyRequestsException"
-                | "ServiceUnavailable"
-                | "InternalFailure"
-        ) || status == 429
-            || status >= 500
-        {
+        if TRANSIENT_CODES.contains(&code.as_str()) || status == 429 || status >= 500 {
             return Failure::Transient(said);
         }
         let iss = claims.iss.as_deref().unwrap_or("(no iss claim)");
-        let sub = claims.sub.as_deref().unwrap_or("(no sub claim)");
         let aud = claims.aud.to_vec().join(",");
-        let trust = format!(
-            "check the role's trust policy: Principal Federated = the OIDC provider for {iss}, \
-             Action sts:AssumeRoleWithWebIdentity, Condition {host}:sub = {sub} and {host}:aud = \
-             {aud}",
-            host = iss.trim_start_matches("https://")
-        );
-        let (kind, hint) = match code.as_str() {
-            "ExpiredTokenException" => (
-                ErrorKind::Invalid,
-                "STS considers the web identity token expired: check that kubelet rotates the \
-                 projected token and this machine's clock"
-                    .to_string(),
-            ),
-            "InvalidIdentityToken" => (
-                ErrorKind::Invalid,
-                format!(
-                    "STS could not validate the token: check that {iss} is registered as an IAM \
-                     OIDC identity provider in the role's account, with {aud} in its audiences, \
-                     and that its discovery document and keys are reachable"
-                ),
-            ),
-            "IDPRejectedClaim" => (
-                ErrorKind::Denied,
-                format!("the identity provider rejected the token's claims: {trust}"),
-            ),
-            "AccessDenied" => (
-                ErrorKind::Denied,
-                format!("not allowed to assume {}: {trust}", scope.role_arn),
-            ),
-            "MalformedPolicyDocument" => (
-                ErrorKind::Invalid,
-                "STS rejected the session policy: check --session-policy's grammar (Version, \
-                 Statement, Effect, Action, Resource)"
-                    .to_string(),
-            ),
-            "PackedPolicyTooLarge" => (
-                ErrorKind::Invalid,
-                "the session policies are too large once packed: shorten --session-policy or \
-                 pass fewer --policy-arn"
-                    .to_string(),
-            ),
-            "RegionDisabledException" => (
-                ErrorKind::Denied,
-                format!(
-                    "STS is not activated in {} for the role's account: activate it in the IAM \
-                     console's account settings or pass another --region",
-                    self.region
-                ),
-            ),
-            "ValidationError" => (
-                ErrorKind::Invalid,
-                format!(
-                    "STS refused the request: --duration ({}) must not exceed the role's maximum \
-                     session duration (1h unless raised), and the role ARN must exist",
-                    jwt::human(scope.duration)
-                ),
-            ),
-            _ if code.is_empty() => (
-                ErrorKind::Invalid,
-                format!(
-                    "the answer is not an STS response: check that --sts-endpoint ({}) is STS",
-                    self.endpoint
-                ),
-            ),
-            _ => (
-                ErrorKind::Invalid,
-                format!("check the role {} and the request", scope.role_arn),
-            ),
-        };
+        let claim_values = [
+            ("iss", iss),
+            ("host", iss.trim_start_matches("https://")),
+            ("sub", claims.sub.as_deref().unwrap_or("(no sub claim)")),
+            ("aud", &aud),
+        ];
+        let trust = fill(TRUST, &claim_values);
+        let duration = jwt::human(scope.duration);
+        let values = [
+            ("iss", iss),
+            ("aud", &aud),
+            ("trust", &trust),
+            ("role", &scope.role_arn),
+            ("region", &self.region),
+            ("endpoint", &self.endpoint),
+            ("duration", &duration),
+        ];
+        let (kind, hint) = HINTS
+            .iter()
+            .find(|(known, _, _)| *known == code)
+            .map_or(OTHER_CODE, |&(_, kind, hint)| (kind, hint));
+        let hint = fill(hint, &values);
         fatal(kind, format!("{said}: {hint}"))
     }
 }
@@ -354,5 +397,15 @@ mod tests {
         );
         let long = "x".repeat(1000);
         assert_eq!(scrub(&long, "eyJhbGciOi").chars().count(), MAX_QUOTE + 1);
+    }
+
+    #[test]
+    fn fill_copies_values_as_they_are() {
+        let values = [("role", "{sub}"), ("sub", "s")];
+        assert_eq!(fill("a {role} {sub} {x} {", &values), "a {sub} s {x} {");
+        assert_eq!(
+            fill(OTHER_CODE.1, &values),
+            "check the role {sub} and the request"
+        );
     }
 }
