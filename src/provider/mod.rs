@@ -13,7 +13,7 @@ use crate::observe::audit::Audit;
 use crate::observe::metrics::Metrics;
 use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
-use crate::source::{ErrorKind, Source};
+use crate::source::{ErrorKind, Source, SourceError};
 
 /// Answers `GetSecret` from a fixed table of ids built at start-up.
 #[derive(Debug, Clone)]
@@ -96,7 +96,7 @@ impl Provider {
     }
 
     /// Time left on each source's identity (token, credentials), for probes and metrics.
-    pub fn expiries(&self) -> Vec<(&'static str, Result<Duration, String>)> {
+    pub fn expiries(&self) -> Vec<(&'static str, Result<Duration, SourceError>)> {
         let mut seen = BTreeSet::new();
         self.routes
             .values()
