@@ -326,8 +326,8 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         .with_policy(&l.name, allowed)
         .with_observers(audit.clone(), metrics.clone());
     let tls = l.tls.load(l.upstream.host()).map_err(context)?;
-    let path = socket::parse_unix_address(listen).map_err(context)?;
-    let bound = socket::bind(&path, &l.socket.options()).map_err(context)?;
+    let path = socket::parse_unix_address(listen).map_err(|e| context(e.to_string()))?;
+    let bound = socket::bind(&path, &l.socket.options()).map_err(|e| context(e.to_string()))?;
     Ok(Ready {
         bound,
         daemon: Daemon::new(l.upstream, tls, l.upstream_kind),
