@@ -191,7 +191,7 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             Some(arn) => match check_role_arn(arn) {
                 Ok(()) => r.ok("AWS_ROLE_ARN is set and is an IAM role ARN"),
                 Err(e) => r.fail(
-                    &e,
+                    &e.to_string(),
                     "set AWS_ROLE_ARN (or --role-arn) to the role the service account may \
                      assume: `kubectl get sa NAME -o yaml` shows its eks.amazonaws.com/role-arn",
                 ),

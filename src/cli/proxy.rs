@@ -19,7 +19,7 @@ use crate::cli::config::{Place, Schema};
 use crate::front::socket;
 use crate::front::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
 use crate::observe::audit::Audit;
-use crate::observe::metrics::{Metrics, Readiness};
+use crate::observe::metrics::{Metrics, NotReady, Readiness};
 use crate::provider::Provider;
 use crate::wire::tls::TlsArgs;
 
@@ -326,8 +326,8 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         .with_policy(&l.name, allowed)
         .with_observers(audit.clone(), metrics.clone());
     let tls = l.tls.load(l.upstream.host()).map_err(context)?;
-    let path = socket::parse_unix_address(listen).map_err(context)?;
-    let bound = socket::bind(&path, &l.socket.options()).map_err(context)?;
+    let path = socket::parse_unix_address(listen).map_err(|e| context(e.to_string()))?;
+    let bound = socket::bind(&path, &l.socket.options()).map_err(|e| context(e.to_string()))?;
     Ok(Ready {
         bound,
         daemon: Daemon::new(l.upstream, tls, l.upstream_kind),
@@ -372,7 +372,7 @@ const UPSTREAM_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 struct Probes(Vec<(Provider, Upstream)>);
 
 impl Readiness for Probes {
-    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+    fn check(&self) -> BoxFuture<'_, Result<(), NotReady>> {
         Box::pin(async move {
             let mut problems = Vec::new();
             for (provider, upstream) in &self.0 {
@@ -397,7 +397,7 @@ impl Readiness for Probes {
             if problems.is_empty() {
                 Ok(())
             } else {
-                Err(problems.join("\n"))
+                Err(NotReady(problems))
             }
         })
     }

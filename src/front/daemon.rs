@@ -12,6 +12,11 @@ use super::docker;
 use super::Io;
 use crate::wire::tls::{Alpn, Tls};
 
+/// An `--upstream` that is no daemon address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream {0:?} is not unix:///PATH or tcp://HOST:PORT, e.g. unix:///var/run/docker.sock")]
+pub struct BadUpstream(pub String);
+
 /// Where the daemon listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Upstream {
@@ -22,9 +27,9 @@ pub enum Upstream {
 }
 
 impl std::str::FromStr for Upstream {
-    type Err = String;
+    type Err = BadUpstream;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, BadUpstream> {
         if let Some(path) = s.strip_prefix("unix://") {
             if path.starts_with('/') {
                 return Ok(Upstream::Unix(path.into()));
@@ -37,9 +42,7 @@ impl std::str::FromStr for Upstream {
                 return Ok(Upstream::Tcp(addr.trim_end_matches('/').to_string()));
             }
         }
-        Err(format!(
-            "upstream {s:?} is not unix:///PATH or tcp://HOST:PORT, e.g. unix:///var/run/docker.sock"
-        ))
+        Err(BadUpstream(s.to_string()))
     }
 }
 
@@ -130,7 +133,7 @@ pub enum Failure {
     },
     /// dockerd refused an upgrade.
     #[error("refused POST {0}: {1}")]
-    Upgrade(&'static str, String),
+    Upgrade(&'static str, docker::UpgradeError),
     /// The connection broke before an answer came back.
     #[error("did not answer: {0}")]
     Exchange(hyper::Error),
@@ -139,7 +142,24 @@ pub enum Failure {
         "gave no answer to GET /_ping that tells dockerd from buildkitd ({0}); asked again on \
          the next connection"
     )]
-    Undetected(String),
+    Undetected(Undetected),
+}
+
+/// Why `GET /_ping` told nothing definite about the daemon's kind.
+#[derive(Debug, thiserror::Error)]
+pub enum Undetected {
+    /// The request could not be written.
+    #[error("cannot send it: {0}")]
+    Send(std::io::Error),
+    /// The stream ended in the middle of `HTTP/1.` (how many bytes came).
+    #[error("the connection closed after {0} bytes of a status line")]
+    Truncated(usize),
+    /// Reading the answer failed.
+    #[error("{0}")]
+    Read(std::io::Error),
+    /// No answer within [`PING_TIMEOUT`].
+    #[error("no answer within {}", seconds(*.0))]
+    Timeout(Duration),
 }
 
 /// A duration as `10s`.
@@ -270,10 +290,10 @@ const HTTP1: &[u8] = b"HTTP/1.";
 /// HTTP/1.x status line (dockerd), bytes that cannot begin one (buildkitd's HTTP/2 frames), or
 /// the end of the stream before any byte (buildkitd refusing the request). Anything else (a
 /// timeout, an error, a stream that ends in the middle of `HTTP/1.`) says nothing definite.
-async fn ping(mut io: Box<dyn Io>) -> Result<UpstreamKind, String> {
+async fn ping(mut io: Box<dyn Io>) -> Result<UpstreamKind, Undetected> {
     io.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
         .await
-        .map_err(|e| format!("cannot send it: {e}"))?;
+        .map_err(Undetected::Send)?;
     let mut head = Vec::with_capacity(HTTP1.len());
     let read = async {
         let mut buf = [0u8; HTTP1.len()];
@@ -293,11 +313,8 @@ async fn ping(mut io: Box<dyn Io>) -> Result<UpstreamKind, String> {
     };
     match tokio::time::timeout(PING_TIMEOUT, read).await {
         Ok(Ok(Some(kind))) => Ok(kind),
-        Ok(Ok(None)) => Err(format!(
-            "the connection closed after {} bytes of a status line",
-            head.len()
-        )),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {}", seconds(PING_TIMEOUT))),
+        Ok(Ok(None)) => Err(Undetected::Truncated(head.len())),
+        Ok(Err(e)) => Err(Undetected::Read(e)),
+        Err(_) => Err(Undetected::Timeout(PING_TIMEOUT)),
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit};
 
 use super::daemon::{DaemonError, Failure, DIAL_TIMEOUT};
 use super::grpc;
-use super::{Context, Daemon, Io, UpstreamKind};
+use super::{Context, Daemon, GateError, Io, UpstreamKind};
 use crate::session::{self, advertise_secrets, session_info, SessionInfo};
 
 type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -189,7 +189,7 @@ impl Conn {
         &self,
         req: &mut Request<Incoming>,
         kind: Option<UpgradeKind>,
-    ) -> Result<Option<(SessionInfo, Option<OwnedSemaphorePermit>)>, String> {
+    ) -> Result<Option<(SessionInfo, Option<OwnedSemaphorePermit>)>, GateError> {
         if kind != Some(UpgradeKind::Session) {
             return Ok(None);
         }
@@ -284,11 +284,30 @@ impl Conn {
     }
 }
 
+/// Why dockerd did not hand over an upgraded connection.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// HTTP/1.1 with dockerd failed (the handshake, the request or the upgrade itself).
+    #[error("{0}")]
+    Http(hyper::Error),
+    /// The request could not be built (a path that is no URI path).
+    #[error("{0}")]
+    Request(http::Error),
+    /// dockerd answered, but not `101 Switching Protocols`: it is too old or has no BuildKit.
+    #[error("dockerd answered {status} to POST {path} (it needs API 1.31+ with BuildKit)")]
+    Refused {
+        /// dockerd's answer.
+        status: StatusCode,
+        /// The upgrade's path.
+        path: String,
+    },
+}
+
 /// Opens an upgraded connection on `path` (dockerd's `/grpc` or `/session`) over `io`.
-pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, String> {
+pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, UpgradeError> {
     let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(UpgradeError::Http)?;
     // Done once the upgrade is handed over; cut with the caller if it never is.
     let conn = AbortOnDrop(tokio::spawn(conn.with_upgrades()).abort_handle());
     let req = Request::post(path)
@@ -300,16 +319,16 @@ pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, String>
                 .map_err(|never| match never {})
                 .boxed_unsync(),
         )
-        .map_err(|e| e.to_string())?;
-    let res = send.send_request(req).await.map_err(|e| e.to_string())?;
+        .map_err(UpgradeError::Request)?;
+    let res = send.send_request(req).await.map_err(UpgradeError::Http)?;
     if res.status() != StatusCode::SWITCHING_PROTOCOLS {
         drop(conn);
-        return Err(format!(
-            "dockerd answered {} to POST {path} (it needs API 1.31+ with BuildKit)",
-            res.status()
-        ));
+        return Err(UpgradeError::Refused {
+            status: res.status(),
+            path: path.to_string(),
+        });
     }
-    let upgraded = hyper::upgrade::on(res).await.map_err(|e| e.to_string())?;
+    let upgraded = hyper::upgrade::on(res).await.map_err(UpgradeError::Http)?;
     Ok(Box::new(TokioIo::new(upgraded)))
 }
 
@@ -375,8 +394,8 @@ fn strip_version(path: &str) -> &str {
 }
 
 /// A plain-text refusal, for clients that print the raw body (a refused session upgrade).
-fn plain_response(status: StatusCode, message: String) -> Response<Body> {
-    response(status, "text/plain", message)
+fn plain_response(status: StatusCode, message: impl std::fmt::Display) -> Response<Body> {
+    response(status, "text/plain", message.to_string())
 }
 
 /// An error as the Engine API words them (`{"message": ...}`), closing the connection.

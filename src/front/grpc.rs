@@ -367,7 +367,7 @@ async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Resp
     let info = session_info(req.headers(), ctx.peer);
     let permit = match ctx.admit_session(&info) {
         Ok(permit) => permit,
-        Err(why) => return Status::resource_exhausted(why).into_http(),
+        Err(why) => return Status::resource_exhausted(why.to_string()).into_http(),
     };
     let (parts, client_body) = req.into_parts();
     // Our call to the daemon: its request body carries what we write into the daemon's tunnel.

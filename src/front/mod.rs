@@ -25,6 +25,30 @@ pub mod limits;
 pub mod secrets;
 pub mod socket;
 
+/// Why a listener refused a connection or a build session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GateError {
+    /// The peer is on neither allowlist: the same caller is refused again.
+    #[error(
+        "irsa-secrets: uid {uid} gid {gid} may not use this socket; ask for your uid or gid in the \
+         listener's --allow-uid/--allow-gid (allow_uid/allow_gid in the config file)"
+    )]
+    NotAllowed {
+        /// The peer's uid.
+        uid: u32,
+        /// The peer's gid.
+        gid: u32,
+    },
+    /// The socket has an allowlist and the peer's credentials could not be read.
+    #[error("irsa-secrets: the peer's credentials are unknown and this socket has an allowlist")]
+    UnknownPeer,
+    /// Every session place is taken (the ceiling): worth retrying when a session ends. The
+    /// docker CLI shows only the first 24 bytes of a refused session upgrade's body ("bogus
+    /// greeting"), so the reason comes first.
+    #[error("max_sessions {0} full: irsa-secrets refused this build session; retry when one ends")]
+    Full(usize),
+}
+
 /// Who may use a listener, and how much: peer credential allowlists (`SO_PEERCRED`) and a
 /// ceiling on concurrent sessions.
 #[derive(Debug, Clone, Default)]
@@ -46,30 +70,31 @@ impl Gate {
     }
 
     /// Checks a connecting peer against the allowlists.
-    pub fn admits(&self, peer: Option<Peer>) -> Result<(), String> {
+    pub fn admits(&self, peer: Option<Peer>) -> Result<(), GateError> {
         if self.allow_uids.is_empty() && self.allow_gids.is_empty() {
             return Ok(());
         }
         match peer {
-            Some(p) if self.allow_uids.contains(&p.uid) || self.allow_gids.contains(&p.gid) => Ok(()),
-            Some(p) => Err(format!(
-                "irsa-secrets: uid {} gid {} may not use this socket; ask for your uid or gid in the listener's --allow-uid/--allow-gid (allow_uid/allow_gid in the config file)",
-                p.uid, p.gid
-            )),
-            None => Err("irsa-secrets: the peer's credentials are unknown and this socket has an allowlist".into()),
+            Some(p) if self.allow_uids.contains(&p.uid) || self.allow_gids.contains(&p.gid) => {
+                Ok(())
+            }
+            Some(p) => Err(GateError::NotAllowed {
+                uid: p.uid,
+                gid: p.gid,
+            }),
+            None => Err(GateError::UnknownPeer),
         }
     }
 
     /// A place for one more session, held until the returned permit is dropped.
-    pub fn session(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+    pub fn session(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, GateError> {
         let Some((max, sem)) = &self.sessions else {
             return Ok(None);
         };
-        Arc::clone(sem).try_acquire_owned().map(Some).map_err(|_| {
-            // The docker CLI shows only the first 24 bytes of a refused session upgrade's body
-            // ("bogus greeting"), so the reason comes first.
-            format!("max_sessions {max} full: irsa-secrets refused this build session; retry when one ends")
-        })
+        Arc::clone(sem)
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| GateError::Full(*max))
     }
 }
 
@@ -107,12 +132,14 @@ impl Context {
     pub fn admit_session(
         &self,
         info: &SessionInfo,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, GateError> {
         self.gate.session().inspect_err(|why| {
             tracing::warn!(listener = self.provider.listener(), session = %info.id, "{why}");
-            self.provider
-                .audit()
-                .connection_denied(self.provider.listener(), &info.caller(), why);
+            self.provider.audit().connection_denied(
+                self.provider.listener(),
+                &info.caller(),
+                &why.to_string(),
+            );
         })
     }
 }
@@ -196,6 +223,7 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, ctx: Context) {
             peer: ctx.peer,
             probe: false,
         };
+        let why = why.to_string();
         ctx.provider
             .audit()
             .connection_denied(listener, &caller, &why);

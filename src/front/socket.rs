@@ -6,6 +6,112 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::UnixListener;
 
+/// Why the helper's socket cannot be bound where asked. All are fatal at start-up: the text
+/// names the path and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    /// The listen address is not a unix socket path.
+    #[error(
+        "listen address {0:?} is not unix:///ABSOLUTE/PATH, e.g. unix:///run/irsa-secrets.sock"
+    )]
+    Address(String),
+    /// Another process answers on the path.
+    #[error(
+        "{} is in use by a running process; stop it or choose another --listen path",
+        .0.display()
+    )]
+    InUse(PathBuf),
+    /// The path is some other kind of file.
+    #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
+    NotSocket(PathBuf),
+    /// The path (or its directory) cannot be looked at.
+    #[error("cannot inspect {}: {err}", path.display())]
+    Inspect {
+        /// The path or directory.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The path ends in `..` or is `/`.
+    #[error("{} has no file name", .0.display())]
+    NoFileName(PathBuf),
+    /// The parent is a file, not a directory.
+    #[error("cannot listen on {}: {} is not a directory", path.display(), dir.display())]
+    NotDir {
+        /// The socket path.
+        path: PathBuf,
+        /// Its parent.
+        dir: PathBuf,
+    },
+    /// The parent directory does not exist.
+    #[error(
+        "cannot listen on {}: the directory {} does not exist; create it (mkdir -p {}) or mount \
+         the volume that should hold it",
+        path.display(),
+        dir.display(),
+        dir.display()
+    )]
+    NoDir {
+        /// The socket path.
+        path: PathBuf,
+        /// Its parent.
+        dir: PathBuf,
+    },
+    /// The socket cannot be created in the directory.
+    #[error("cannot create the socket {} in {}: {err}", path.display(), dir.display())]
+    Create {
+        /// The socket path.
+        path: PathBuf,
+        /// Its parent.
+        dir: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The socket just created under a temporary name cannot be looked at.
+    #[error("cannot inspect the new socket {}: {err}", tmp.display())]
+    InspectNew {
+        /// The temporary name.
+        tmp: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// `--socket-mode` cannot be applied.
+    #[error("cannot set mode {mode:o} on the socket: {err}")]
+    Mode {
+        /// The mode.
+        mode: u32,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// `--socket-group` cannot be applied.
+    #[error("cannot give the socket to group {group}: {err}")]
+    Chown {
+        /// The group as given.
+        group: String,
+        /// Why.
+        err: nix::Error,
+    },
+    /// The socket cannot be renamed into place.
+    #[error("cannot move the socket to {}: {err}", path.display())]
+    Rename {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// `--socket-group` names no group.
+    #[error("group {0:?} does not exist")]
+    NoGroup(String),
+    /// The group database cannot be read.
+    #[error("cannot look up group {group:?}: {err}")]
+    GroupLookup {
+        /// The group as given.
+        group: String,
+        /// Why.
+        err: nix::Error,
+    },
+}
+
 /// How a listening socket's file is exposed.
 #[derive(Debug, Clone)]
 pub struct SocketOptions {
@@ -67,61 +173,57 @@ impl Drop for SocketFile {
 }
 
 /// Parses `unix:///PATH` (or a bare absolute path) into the socket path.
-pub fn parse_unix_address(address: &str) -> Result<PathBuf, String> {
+pub fn parse_unix_address(address: &str) -> Result<PathBuf, SocketError> {
     let path = address.strip_prefix("unix://").unwrap_or(address);
     if path.is_empty() || !path.starts_with('/') {
-        return Err(format!(
-            "listen address {address:?} is not unix:///ABSOLUTE/PATH, e.g. unix:///run/irsa-secrets.sock"
-        ));
+        return Err(SocketError::Address(address.to_string()));
     }
     Ok(PathBuf::from(path))
 }
 
 /// Binds `path`: replaces a stale socket file (nobody answers on it), refuses a live one or any
 /// other kind of file, and applies `opts` on a temporary name before renaming it into place.
-pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, String> {
+pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, SocketError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(format!(
-                    "{} is in use by a running process; stop it or choose another --listen path",
-                    path.display()
-                ));
+                return Err(SocketError::InUse(path.to_path_buf()));
             }
             tracing::info!(path = %path.display(), "replacing stale socket");
         }
-        Ok(_) => {
-            return Err(format!(
-                "{} exists and is not a socket; refusing to replace it",
-                path.display()
-            ))
-        }
+        Ok(_) => return Err(SocketError::NotSocket(path.to_path_buf())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("cannot inspect {}: {e}", path.display())),
+        Err(err) => {
+            return Err(SocketError::Inspect {
+                path: path.to_path_buf(),
+                err,
+            })
+        }
     }
     let file_name = path
         .file_name()
-        .ok_or_else(|| format!("{} has no file name", path.display()))?;
+        .ok_or_else(|| SocketError::NoFileName(path.to_path_buf()))?;
     let dir = path.parent().unwrap_or(Path::new("/"));
     match std::fs::metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => {
-            return Err(format!(
-                "cannot listen on {}: {} is not a directory",
-                path.display(),
-                dir.display()
-            ))
+            return Err(SocketError::NotDir {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(format!(
-                "cannot listen on {}: the directory {} does not exist; create it (mkdir -p {}) \
-                 or mount the volume that should hold it",
-                path.display(),
-                dir.display(),
-                dir.display()
-            ))
+            return Err(SocketError::NoDir {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+            })
         }
-        Err(e) => return Err(format!("cannot inspect {}: {e}", dir.display())),
+        Err(err) => {
+            return Err(SocketError::Inspect {
+                path: dir.to_path_buf(),
+                err,
+            })
+        }
     }
     let tmp = path.with_file_name(format!(
         ".{}.{}.tmp",
@@ -129,25 +231,33 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, String> {
         std::process::id()
     ));
     let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp).map_err(|e| {
-        format!(
-            "cannot create the socket {} in {}: {e}",
-            path.display(),
-            dir.display()
-        )
+    let listener = UnixListener::bind(&tmp).map_err(|err| SocketError::Create {
+        path: path.to_path_buf(),
+        dir: dir.to_path_buf(),
+        err,
     })?;
-    let finish = || -> Result<(u64, u64), String> {
-        let meta = std::fs::symlink_metadata(&tmp)
-            .map_err(|e| format!("cannot inspect the new socket {}: {e}", tmp.display()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode))
-            .map_err(|e| format!("cannot set mode {:o} on the socket: {e}", opts.mode))?;
+    let finish = || -> Result<(u64, u64), SocketError> {
+        let meta = std::fs::symlink_metadata(&tmp).map_err(|err| SocketError::InspectNew {
+            tmp: tmp.clone(),
+            err,
+        })?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(opts.mode)).map_err(
+            |err| SocketError::Mode {
+                mode: opts.mode,
+                err,
+            },
+        )?;
         if let Some(group) = &opts.group {
             let gid = resolve_group(group)?;
-            nix::unistd::chown(&tmp, None, Some(gid))
-                .map_err(|e| format!("cannot give the socket to group {group}: {e}"))?;
+            nix::unistd::chown(&tmp, None, Some(gid)).map_err(|err| SocketError::Chown {
+                group: group.clone(),
+                err,
+            })?;
         }
-        std::fs::rename(&tmp, path)
-            .map_err(|e| format!("cannot move the socket to {}: {e}", path.display()))?;
+        std::fs::rename(&tmp, path).map_err(|err| SocketError::Rename {
+            path: path.to_path_buf(),
+            err,
+        })?;
         Ok((meta.dev(), meta.ino()))
     };
     let id = finish().inspect_err(|_| {
@@ -162,14 +272,17 @@ pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, String> {
     })
 }
 
-fn resolve_group(group: &str) -> Result<nix::unistd::Gid, String> {
+fn resolve_group(group: &str) -> Result<nix::unistd::Gid, SocketError> {
     if let Ok(n) = group.parse::<u32>() {
         return Ok(nix::unistd::Gid::from_raw(n));
     }
     match nix::unistd::Group::from_name(group) {
         Ok(Some(g)) => Ok(g.gid),
-        Ok(None) => Err(format!("group {group:?} does not exist")),
-        Err(e) => Err(format!("cannot look up group {group:?}: {e}")),
+        Ok(None) => Err(SocketError::NoGroup(group.to_string())),
+        Err(err) => Err(SocketError::GroupLookup {
+            group: group.to_string(),
+            err,
+        }),
     }
 }
 
@@ -184,7 +297,9 @@ mod tests {
         let first = bind(&path, &SocketOptions::default()).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let err = bind(&path, &SocketOptions::default()).unwrap_err();
+        let err = bind(&path, &SocketOptions::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("in use"), "{err}");
         // A stale socket: the file stays but nobody listens.
         let std_listener =
@@ -210,6 +325,7 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         assert!(bind(&file, &SocketOptions::default())
             .unwrap_err()
+            .to_string()
             .contains("not a socket"));
         drop(first);
     }

@@ -42,16 +42,57 @@ pub enum AuditError {
     Stuck(Duration),
     /// Writing failed.
     #[error("cannot write the audit log: {0}")]
-    Write(String),
+    Write(std::io::Error),
     /// The writer thread is gone.
     #[error("the audit writer has stopped")]
     Stopped,
 }
 
+/// Why the audit trail cannot be opened; found at start-up, so fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The log cannot be opened for appending.
+    #[error("cannot open the audit log {}: {err}", path.display())]
+    Log {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The log is a FIFO with no reader yet.
+    #[error(
+        "cannot open the audit log {}: it is a FIFO nobody reads yet; start its reader first",
+        .0.display()
+    )]
+    NoReader(PathBuf),
+    /// The log's flags cannot be read or set.
+    #[error("cannot open the audit log {}: {err}", path.display())]
+    Flags {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        err: nix::Error,
+    },
+    /// The fingerprint key cannot be read.
+    #[error("cannot read the audit key {}: {err}", path.display())]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The fingerprint key file is empty.
+    #[error("the audit key file is empty")]
+    EmptyKey,
+    /// The writer thread cannot start.
+    #[error("cannot start the audit writer: {0}")]
+    Thread(std::io::Error),
+}
+
 /// One line for the writer, and where to say whether it was written.
 struct Job {
     line: Vec<u8>,
-    written: Option<oneshot::Sender<Result<(), String>>>,
+    written: Option<oneshot::Sender<std::io::Result<()>>>,
 }
 
 #[derive(Serialize)]
@@ -145,19 +186,21 @@ impl Audit {
     /// Opens the trail: `-` for stdout, else a file appended to (a FIFO needs its reader
     /// already there), and starts its writer thread. The fingerprint key comes from `key_file`
     /// (share it with whoever must match fingerprints) or is random per process.
-    pub fn open(target: &str, key_file: Option<&Path>) -> Result<Self, String> {
+    pub fn open(target: &str, key_file: Option<&Path>) -> Result<Self, OpenError> {
         let sink: Box<dyn Write + Send> = if target == "-" {
             Box::new(std::io::stdout())
         } else {
             Box::new(open_log(Path::new(target))?)
         };
         let key = match key_file {
-            Some(path) => std::fs::read(path)
-                .map_err(|e| format!("cannot read the audit key {}: {e}", path.display()))?,
+            Some(path) => std::fs::read(path).map_err(|err| OpenError::Key {
+                path: path.to_path_buf(),
+                err,
+            })?,
             None => rand::random::<[u8; 32]>().to_vec(),
         };
         if key.is_empty() {
-            return Err("the audit key file is empty".into());
+            return Err(OpenError::EmptyKey);
         }
         let (tx, rx) = mpsc::channel(QUEUE);
         let (finishing, finished) = std::sync::mpsc::channel::<()>();
@@ -167,7 +210,7 @@ impl Audit {
                 write_all(sink, rx);
                 drop(finishing);
             })
-            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+            .map_err(OpenError::Thread)?;
         Ok(Self {
             sink: Some(Arc::new(Trail {
                 queue: Some(tx),
@@ -297,33 +340,33 @@ impl Event<'_> {
 
 /// Opens the audit log for appending. Opened non-blocking, so a FIFO without a reader fails
 /// at once instead of hanging start-up; then made blocking again for the writer thread.
-fn open_log(path: &Path) -> Result<std::fs::File, String> {
+fn open_log(path: &Path) -> Result<std::fs::File, OpenError> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let fail = |e: &dyn std::fmt::Display| {
-        format!(
-            "cannot open the audit log {}: {e}",
-            PathBuf::from(path).display()
-        )
+    let fail = |err| OpenError::Flags {
+        path: path.to_path_buf(),
+        err,
     };
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .custom_flags(OFlag::O_NONBLOCK.bits())
         .open(path)
-        .map_err(|e| match e.raw_os_error() {
+        .map_err(|err| match err.raw_os_error() {
             Some(libc_enxio) if libc_enxio == nix::errno::Errno::ENXIO as i32 => {
-                fail(&"it is a FIFO nobody reads yet; start its reader first")
+                OpenError::NoReader(path.to_path_buf())
             }
-            _ => fail(&e),
+            _ => OpenError::Log {
+                path: path.to_path_buf(),
+                err,
+            },
         })?;
-    let flags =
-        fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), FcntlArg::F_GETFL).map_err(|e| fail(&e))?;
+    let flags = fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), FcntlArg::F_GETFL).map_err(fail)?;
     let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
     fcntl(
         std::os::fd::AsRawFd::as_raw_fd(&file),
         FcntlArg::F_SETFL(blocking),
     )
-    .map_err(|e| fail(&e))?;
+    .map_err(fail)?;
     Ok(file)
 }
 
@@ -334,7 +377,7 @@ fn write_all(mut sink: Box<dyn Write + Send>, mut jobs: mpsc::Receiver<Job>) {
         let result = sink.write_all(&job.line).and_then(|()| sink.flush());
         match job.written {
             Some(done) => {
-                let _ = done.send(result.map_err(|e| e.to_string()));
+                let _ = done.send(result);
             }
             None => {
                 if let Err(e) = result {

@@ -231,11 +231,16 @@ impl Drop for SessionGuard {
     }
 }
 
+/// Why `/readyz` says not ready: one reason per listener and problem, shown one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct NotReady(pub Vec<String>);
+
 /// What `/readyz` asks before saying ready, and what refreshes the expiry gauges.
 pub trait Readiness: Send + Sync + 'static {
     /// `Ok` when every listener can serve: its identity is valid and its daemon reachable;
-    /// otherwise the reasons, one per line.
-    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    /// otherwise the reasons.
+    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotReady>> + Send + '_>>;
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.

@@ -99,7 +99,7 @@ impl Provider {
     }
 
     /// Time left on each source's identity (token, credentials), for probes and metrics.
-    pub fn expiries(&self) -> Vec<(&'static str, Result<Duration, String>)> {
+    pub fn expiries(&self) -> Vec<(&'static str, Result<Duration, SourceError>)> {
         let mut seen = BTreeSet::new();
         self.routes
             .values()

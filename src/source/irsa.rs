@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 
 use super::{ErrorKind, IdentityIds, Part, Source, SourceError};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
+use crate::source::arn::{ArnError, ArnProblem};
 use crate::source::jwt::{self, Expectations, TokenError};
 
 /// How often a read that lost a race with kubelet's symlink swap is retried (at once: by the
@@ -32,7 +33,7 @@ impl Irsa {
         role_arn: String,
         region: Option<String>,
         want: Expectations,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, ArnError> {
         check_role_arn(&role_arn)?;
         Ok(Self {
             ids,
@@ -75,12 +76,8 @@ impl Source for Irsa {
         self.ids.served(self.region.is_some())
     }
 
-    fn expiry(&self) -> Option<Result<Duration, String>> {
-        Some(
-            check_token_file(&self.token_file, &self.want)
-                .map(|(_, c)| c.remaining)
-                .map_err(|e| e.message),
-        )
+    fn expiry(&self) -> Option<Result<Duration, SourceError>> {
+        Some(check_token_file(&self.token_file, &self.want).map(|(_, c)| c.remaining))
     }
 
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
@@ -173,18 +170,16 @@ fn token_error(file: &Path, err: &TokenError) -> SourceError {
 }
 
 /// Checks `arn:<partition>:iam::<12 digits>:role/<path/><name>`.
-pub fn check_role_arn(arn: &str) -> Result<(), String> {
-    let fail = |why: &str| {
-        format!(
-            "role ARN {arn:?} {why}; expected arn:<partition>:iam::<12-digit account>:role/<name>, \
-             e.g. arn:aws:iam::111122223333:role/ci-builder"
-        )
+pub fn check_role_arn(arn: &str) -> Result<(), ArnError> {
+    let fail = |problem| ArnError::Role {
+        arn: arn.to_string(),
+        problem,
     };
     let (account, resource) = crate::source::arn::split_iam(arn).map_err(fail)?;
     if !crate::source::arn::is_account_id(account) {
-        return Err(fail("does not have a 12-digit account id"));
+        return Err(fail(ArnProblem::Account));
     }
-    crate::source::arn::check_resource(resource, "role", 64).map_err(|why| fail(&why))
+    crate::source::arn::check_resource(resource, "role", 64).map_err(fail)
 }
 
 #[cfg(test)]
@@ -219,7 +214,7 @@ mod tests {
                 "not an IAM ARN",
             ),
         ] {
-            let err = check_role_arn(bad).unwrap_err();
+            let err = check_role_arn(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
     }

@@ -72,7 +72,7 @@ impl Source for Mock {
         self.ids.served(self.region.is_some())
     }
 
-    fn expiry(&self) -> Option<Result<Duration, String>> {
+    fn expiry(&self) -> Option<Result<Duration, SourceError>> {
         self.token();
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let exp = current.as_ref().map(|(exp, _)| *exp).unwrap_or_default();

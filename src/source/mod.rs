@@ -139,7 +139,7 @@ pub trait Source: Send + Sync + fmt::Debug {
 
     /// Time left before the identity this source serves expires, if it expires at all; an
     /// error when it cannot be served now. Feeds `/readyz` and the expiry metric.
-    fn expiry(&self) -> Option<Result<std::time::Duration, String>> {
+    fn expiry(&self) -> Option<Result<std::time::Duration, SourceError>> {
         None
     }
 }

@@ -10,6 +10,81 @@ use futures_util::future::BoxFuture;
 use super::{off_runtime, read_bounded, ErrorKind, Source, SourceError};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
 
+/// A `--secret` declaration buildx would refuse. The declaration is configuration, never a
+/// value, so the messages quote it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A field without `=`.
+    #[error("invalid field {0:?} in --secret: must be a key=value pair")]
+    NotKeyValue(String),
+    /// A `type` other than `file` or `env`.
+    #[error("unsupported secret type {0:?}: use file or env")]
+    Type(String),
+    /// A key buildx does not know.
+    #[error("unexpected key {key:?} in --secret {field:?}: use id, src, env or type")]
+    Key {
+        /// The key.
+        key: String,
+        /// The whole field.
+        field: String,
+    },
+    /// No `id`, or an empty one.
+    #[error("--secret {0:?} has no id: add id=NAME")]
+    NoId(String),
+    /// The value is not one record of Go's strict CSV.
+    #[error("--secret {spec:?} {problem}")]
+    Csv {
+        /// The whole declaration.
+        spec: String,
+        /// What is wrong with its quoting or lines.
+        problem: CsvProblem,
+    },
+}
+
+/// What is wrong with a `--secret` value as CSV.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CsvProblem {
+    /// A quoted field runs to the end.
+    #[error("has a quoted field with no closing quote")]
+    Unclosed,
+    /// A quoted field goes on after its closing quote.
+    #[error("has text after a closing quote: quote whole fields")]
+    AfterQuote,
+    /// A quote in an unquoted field.
+    #[error("has a quote inside a field: quote the whole field, as \"src=a\"\"b\"")]
+    InnerQuote,
+    /// A line break.
+    #[error("spans several lines: give one per flag")]
+    Lines,
+}
+
+/// A declared file that cannot be served; found at start-up, so fatal.
+#[derive(Debug, thiserror::Error)]
+pub enum StaticError {
+    /// The file cannot be looked at (missing, denied).
+    #[error("--secret id={id}: cannot stat {}: {err}", path.display())]
+    Stat {
+        /// The secret's id.
+        id: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The file is over BuildKit's limit for one secret.
+    #[error(
+        "--secret id={id}: {} is larger than {} KiB, BuildKit's limit",
+        path.display(),
+        MAX_SECRET_SIZE / 1024
+    )]
+    TooLarge {
+        /// The secret's id.
+        id: String,
+        /// The file.
+        path: PathBuf,
+    },
+}
+
 /// Where one static secret comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -29,38 +104,35 @@ pub struct SecretSpec {
 }
 
 impl FromStr for SecretSpec {
-    type Err = String;
+    type Err = SpecError;
 
     /// Parses buildx's syntax: one CSV record of `key=value` fields with keys `type` (`file` or
     /// `env`), `id`, `src`/`source` and `env`; a field holding a comma is quoted whole
     /// (`"src=/a,b"`). With neither `src` nor `env`, the id names an environment variable if
     /// one is set, else a file; `type=env` makes `src` a variable name.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, SpecError> {
         let (mut typ, mut id, mut src, mut env) = (None, None, None, None);
         for field in &csv_fields(s)? {
-            let (key, value) = field.split_once('=').ok_or_else(|| {
-                format!("invalid field {field:?} in --secret: must be a key=value pair")
-            })?;
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| SpecError::NotKeyValue(field.clone()))?;
             match key.to_ascii_lowercase().as_str() {
                 "type" if value == "file" || value == "env" => typ = Some(value.to_string()),
-                "type" => {
-                    return Err(format!(
-                        "unsupported secret type {value:?}: use file or env"
-                    ))
-                }
+                "type" => return Err(SpecError::Type(value.to_string())),
                 "id" => id = Some(value.to_string()),
                 "src" | "source" => src = Some(value.to_string()),
                 "env" => env = Some(value.to_string()),
                 _ => {
-                    return Err(format!(
-                        "unexpected key {key:?} in --secret {field:?}: use id, src, env or type"
-                    ))
+                    return Err(SpecError::Key {
+                        key: key.to_string(),
+                        field: field.clone(),
+                    })
                 }
             }
         }
         let id = id
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| format!("--secret {s:?} has no id: add id=NAME"))?;
+            .ok_or_else(|| SpecError::NoId(s.to_string()))?;
         if typ.as_deref() == Some("env") && env.is_none() {
             env = src.take();
         }
@@ -78,8 +150,13 @@ impl FromStr for SecretSpec {
 /// field that starts with `"` is quoted (`""` inside stands for `"`; commas are literal); a
 /// quote anywhere else is an error. Written out rather than taken from the csv crate, which
 /// accepts stray quotes that buildx refuses and would read them differently.
-fn csv_fields(s: &str) -> Result<Vec<String>, String> {
-    let refuse = |what: &str| Err(format!("--secret {s:?} {what}"));
+fn csv_fields(s: &str) -> Result<Vec<String>, SpecError> {
+    let refuse = |problem| {
+        Err(SpecError::Csv {
+            spec: s.to_string(),
+            problem,
+        })
+    };
     if s.is_empty() {
         return Ok(Vec::new());
     }
@@ -90,27 +167,21 @@ fn csv_fields(s: &str) -> Result<Vec<String>, String> {
         if chars.next_if_eq(&'"').is_some() {
             loop {
                 match (chars.next(), chars.peek()) {
-                    (None, _) => return refuse("has a quoted field with no closing quote"),
+                    (None, _) => return refuse(CsvProblem::Unclosed),
                     (Some('"'), Some('"')) => {
                         chars.next();
                         field.push('"');
                     }
                     (Some('"'), Some(',') | None) => break,
-                    (Some('"'), Some(_)) => {
-                        return refuse("has text after a closing quote: quote whole fields")
-                    }
+                    (Some('"'), Some(_)) => return refuse(CsvProblem::AfterQuote),
                     (Some(c), _) => field.push(c),
                 }
             }
         } else {
             while let Some(c) = chars.next_if(|&c| c != ',') {
                 match c {
-                    '"' => {
-                        return refuse(
-                            "has a quote inside a field: quote the whole field, as \"src=a\"\"b\"",
-                        )
-                    }
-                    '\n' | '\r' => return refuse("spans several lines: give one per flag"),
+                    '"' => return refuse(CsvProblem::InnerQuote),
+                    '\n' | '\r' => return refuse(CsvProblem::Lines),
                     c => field.push(c),
                 }
             }
@@ -132,23 +203,19 @@ pub struct Static {
 impl Static {
     /// Checks, as buildx does at session start, that each file exists and is within the size
     /// limit, so a typo fails at start-up. Later ids win over earlier ones with the same name.
-    pub fn new(specs: Vec<SecretSpec>) -> Result<Self, String> {
+    pub fn new(specs: Vec<SecretSpec>) -> Result<Self, StaticError> {
         for spec in &specs {
             if let Origin::File(path) = &spec.origin {
-                let meta = std::fs::metadata(path).map_err(|e| {
-                    format!(
-                        "--secret id={}: cannot stat {}: {e}",
-                        spec.id,
-                        path.display()
-                    )
+                let meta = std::fs::metadata(path).map_err(|err| StaticError::Stat {
+                    id: spec.id.clone(),
+                    path: path.clone(),
+                    err,
                 })?;
                 if meta.len() > MAX_SECRET_SIZE as u64 {
-                    return Err(format!(
-                        "--secret id={}: {} is larger than {} KiB, BuildKit's limit",
-                        spec.id,
-                        path.display(),
-                        MAX_SECRET_SIZE / 1024
-                    ));
+                    return Err(StaticError::TooLarge {
+                        id: spec.id.clone(),
+                        path: path.clone(),
+                    });
                 }
             }
         }
@@ -196,7 +263,7 @@ impl Source for Static {
 mod tests {
     use super::*;
 
-    fn parse(s: &str) -> Result<SecretSpec, String> {
+    fn parse(s: &str) -> Result<SecretSpec, SpecError> {
         s.parse()
     }
 
@@ -259,7 +326,7 @@ mod tests {
             (r#""id=a"x,src=f"#, "text after a closing quote"),
             ("id=a,", "must be a key=value pair"),
         ] {
-            let err = parse(bad).unwrap_err();
+            let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains(msg), "{bad}: {err}");
         }
     }
@@ -285,7 +352,8 @@ mod tests {
             id: "x".into(),
             origin: Origin::File(path),
         }])
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("cannot stat"), "{err}");
     }
 }

@@ -210,7 +210,7 @@ impl Inner {
             .scope
             .session_name
             .render(&checked.claims, now)
-            .map_err(|e| SourceError::new(ErrorKind::Invalid, e))?;
+            .map_err(|e| SourceError::new(ErrorKind::Invalid, e.to_string()))?;
         let issued = self
             .exchange
             .assume(&self.scope, &token, &checked.claims, &session_name)

@@ -6,6 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::source::arn::{ArnError, ArnProblem};
 use crate::source::jwt::Claims;
 
 /// STS's bounds on `DurationSeconds`.
@@ -16,6 +17,90 @@ pub const MAX_POLICY_ARNS: usize = 10;
 pub const MAX_POLICY_CHARS: usize = 2048;
 /// The session name used when none is given: always valid, distinct per exchange in CloudTrail.
 pub const DEFAULT_SESSION_NAME: &str = "irsa-secrets-{unix_time}";
+
+/// A scope parameter STS would refuse, or a session name a token cannot fill. All are fatal for
+/// the flags as given: the text says which flag to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ScopeError {
+    /// `--duration` is neither seconds nor a humantime duration.
+    #[error("{text:?}: {err}")]
+    DurationSyntax {
+        /// The flag's value.
+        text: String,
+        /// Why humantime refused it.
+        err: humantime::DurationError,
+    },
+    /// `--duration` is outside STS's bounds.
+    #[error(
+        "{0:?} is outside STS's range of 900 to 43200 seconds (15m to 12h); it must also not \
+         exceed the role's maximum session duration"
+    )]
+    DurationRange(String),
+    /// The session policy is empty or longer than STS accepts (its length in characters).
+    #[error(
+        "is {0} characters; STS accepts 1 to {MAX_POLICY_CHARS} (remove whitespace, or move \
+         statements into a managed policy passed with --policy-arn)"
+    )]
+    PolicySize(usize),
+    /// The session policy has a character STS refuses, at a position (in characters).
+    #[error(
+        "has character {c:?} at position {at}; STS accepts only tab, newline, carriage return \
+         and U+0020 to U+00FF"
+    )]
+    PolicyChar {
+        /// The character.
+        c: char,
+        /// Its position.
+        at: usize,
+    },
+    /// The session policy is not JSON.
+    #[error("is not valid JSON: {0}")]
+    PolicyJson(serde_json::Error),
+    /// More `--policy-arn` flags than STS accepts (how many were given).
+    #[error("{0} --policy-arn flags given; STS accepts at most {MAX_POLICY_ARNS}")]
+    PolicyArns(usize),
+    /// The session name template has a character STS refuses.
+    #[error("session name {template:?} has {c:?}; STS accepts letters, digits and _+=,.@-")]
+    NameChar {
+        /// The template as given.
+        template: String,
+        /// The character.
+        c: char,
+    },
+    /// The session name template opens a placeholder and never closes it.
+    #[error("session name {0:?} has an unclosed {{")]
+    NameUnclosed(String),
+    /// The session name template names a placeholder there is no value for.
+    #[error(
+        "session name {template:?} has unknown placeholder {{{placeholder}}}; use {{pod}}, \
+         {{namespace}}, {{service_account}} or {{unix_time}}"
+    )]
+    NamePlaceholder {
+        /// The template as given.
+        template: String,
+        /// The placeholder's name.
+        placeholder: String,
+    },
+    /// The token lacks a claim a placeholder needs (`pod.name`, `namespace`, ...).
+    #[error("the token has no kubernetes.io.{claim} claim for the session name {template}")]
+    NameClaim {
+        /// The claim's path under `kubernetes.io`.
+        claim: String,
+        /// The template.
+        template: SessionName,
+    },
+    /// The rendered session name is outside STS's 2..64 characters of `[\w+=,.@-]`.
+    #[error(
+        "the session name {name:?} (from {template}) must be 2 to 64 letters, digits or \
+         _+=,.@- characters; shorten --role-session-name"
+    )]
+    NameInvalid {
+        /// The name as rendered.
+        name: String,
+        /// The template.
+        template: SessionName,
+    },
+}
 
 /// The parameters of one kind of exchange; the credentials cache belongs to one scope.
 #[derive(Debug, Clone)]
@@ -34,68 +119,57 @@ pub struct Scope {
 
 /// Parses `--duration`: plain seconds (`900`) or a humantime duration (`30m`), within STS's
 /// 900..43200 s.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ScopeError> {
     let d = match s.parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?,
+        Err(_) => humantime::parse_duration(s).map_err(|err| ScopeError::DurationSyntax {
+            text: s.to_string(),
+            err,
+        })?,
     };
     if d.subsec_nanos() != 0 || !DURATION_RANGE.contains(&d.as_secs()) {
-        return Err(format!(
-            "{s:?} is outside STS's range of 900 to 43200 seconds (15m to 12h); it must also \
-             not exceed the role's maximum session duration"
-        ));
+        return Err(ScopeError::DurationRange(s.to_string()));
     }
     Ok(d)
 }
 
 /// Checks an inline session policy as STS would: 1..2048 characters from `\t \n \r` and
 /// U+0020..U+00FF, and (our addition) valid JSON, so a typo is caught before any build.
-pub fn check_policy(text: &str) -> Result<(), String> {
+pub fn check_policy(text: &str) -> Result<(), ScopeError> {
     let chars = text.chars().count();
     if chars == 0 || chars > MAX_POLICY_CHARS {
-        return Err(format!(
-            "is {chars} characters; STS accepts 1 to {MAX_POLICY_CHARS} (remove whitespace, or \
-             move statements into a managed policy passed with --policy-arn)"
-        ));
+        return Err(ScopeError::PolicySize(chars));
     }
     let allowed = |c: char| matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{ff}');
-    if let Some((i, c)) = text.chars().enumerate().find(|(_, c)| !allowed(*c)) {
-        return Err(format!(
-            "has character {c:?} at position {i}; STS accepts only tab, newline, carriage return \
-             and U+0020 to U+00FF"
-        ));
+    if let Some((at, c)) = text.chars().enumerate().find(|(_, c)| !allowed(*c)) {
+        return Err(ScopeError::PolicyChar { c, at });
     }
     serde_json::from_str::<serde_json::Value>(text)
         .map(drop)
-        .map_err(|e| format!("is not valid JSON: {e}"))
+        .map_err(ScopeError::PolicyJson)
 }
 
 /// Checks `arn:<partition>:iam::<12 digits or aws>:policy/<path/><name>`, for `--policy-arn`.
-pub fn parse_policy_arn(arn: &str) -> Result<String, String> {
-    let fail = |why: &str| {
-        format!(
-            "policy ARN {arn:?} {why}; expected arn:<partition>:iam::<12-digit account or aws>:\
-             policy/<name>, e.g. arn:aws:iam::aws:policy/ReadOnlyAccess"
-        )
+pub fn parse_policy_arn(arn: &str) -> Result<String, ArnError> {
+    let fail = |problem| ArnError::Policy {
+        arn: arn.to_string(),
+        problem,
     };
     let (account, resource) = crate::source::arn::split_iam(arn).map_err(fail)?;
     if account != "aws" && !crate::source::arn::is_account_id(account) {
-        return Err(fail("does not have a 12-digit account id or \"aws\""));
+        return Err(fail(ArnProblem::AccountOrAws));
     }
     if arn.len() > 2048 {
-        return Err(fail("has an invalid policy name"));
+        return Err(fail(ArnProblem::Name("policy")));
     }
-    crate::source::arn::check_resource(resource, "policy", 2048).map_err(|why| fail(&why))?;
+    crate::source::arn::check_resource(resource, "policy", 2048).map_err(fail)?;
     Ok(arn.to_string())
 }
 
 /// Checks the number of `--policy-arn` flags.
-pub fn check_policy_arns(arns: &[String]) -> Result<(), String> {
+pub fn check_policy_arns(arns: &[String]) -> Result<(), ScopeError> {
     if arns.len() > MAX_POLICY_ARNS {
-        return Err(format!(
-            "{} --policy-arn flags given; STS accepts at most {MAX_POLICY_ARNS}",
-            arns.len()
-        ));
+        return Err(ScopeError::PolicyArns(arns.len()));
     }
     Ok(())
 }
@@ -126,17 +200,18 @@ fn session_char(c: char) -> bool {
 }
 
 impl FromStr for SessionName {
-    type Err = String;
+    type Err = ScopeError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ScopeError> {
         let mut pieces = Vec::new();
         let mut rest = s;
         while !rest.is_empty() {
             let (text, tail) = rest.split_at(rest.find('{').unwrap_or(rest.len()));
             if let Some(c) = text.chars().find(|c| !session_char(*c)) {
-                return Err(format!(
-                    "session name {s:?} has {c:?}; STS accepts letters, digits and _+=,.@-"
-                ));
+                return Err(ScopeError::NameChar {
+                    template: s.to_string(),
+                    c,
+                });
             }
             if !text.is_empty() {
                 pieces.push(Piece::Text(text.to_string()));
@@ -146,17 +221,17 @@ impl FromStr for SessionName {
             }
             let close = tail
                 .find('}')
-                .ok_or_else(|| format!("session name {s:?} has an unclosed {{"))?;
+                .ok_or_else(|| ScopeError::NameUnclosed(s.to_string()))?;
             pieces.push(match &tail[1..close] {
                 "pod" => Piece::Pod,
                 "namespace" => Piece::Namespace,
                 "service_account" => Piece::ServiceAccount,
                 "unix_time" => Piece::UnixTime,
                 other => {
-                    return Err(format!(
-                        "session name {s:?} has unknown placeholder {{{other}}}; use {{pod}}, \
-                         {{namespace}}, {{service_account}} or {{unix_time}}"
-                    ))
+                    return Err(ScopeError::NamePlaceholder {
+                        template: s.to_string(),
+                        placeholder: other.to_string(),
+                    })
                 }
             });
             rest = &tail[close + 1..];
@@ -183,19 +258,17 @@ impl fmt::Display for SessionName {
 impl SessionName {
     /// The name for an exchange at `now` with a token carrying `claims`, checked against STS's
     /// 2..64 characters of `[\w+=,.@-]`.
-    pub fn render(&self, claims: &Claims, now: SystemTime) -> Result<String, String> {
-        let k8s = |path: &[&str]| -> Result<String, String> {
+    pub fn render(&self, claims: &Claims, now: SystemTime) -> Result<String, ScopeError> {
+        let k8s = |path: &[&str]| -> Result<String, ScopeError> {
             let mut v = claims.other.get("kubernetes.io");
             for key in path {
                 v = v.and_then(|v| v.get(key));
             }
             v.and_then(|v| v.as_str())
                 .map(str::to_string)
-                .ok_or_else(|| {
-                    format!(
-                        "the token has no kubernetes.io.{} claim for the session name {self}",
-                        path.join(".")
-                    )
+                .ok_or_else(|| ScopeError::NameClaim {
+                    claim: path.join("."),
+                    template: self.clone(),
                 })
         };
         let mut name = String::new();
@@ -213,10 +286,10 @@ impl SessionName {
         }
         let len = name.chars().count();
         if !(2..=64).contains(&len) || !name.chars().all(session_char) {
-            return Err(format!(
-                "the session name {name:?} (from {self}) must be 2 to 64 letters, digits or \
-                 _+=,.@- characters; shorten --role-session-name"
-            ));
+            return Err(ScopeError::NameInvalid {
+                name,
+                template: self.clone(),
+            });
         }
         Ok(name)
     }
@@ -241,13 +314,17 @@ mod tests {
 
     #[test]
     fn durations_accept_seconds_and_humantime_within_sts_bounds() {
-        assert_eq!(parse_duration("900"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("900").ok(), Some(Duration::from_secs(900)));
+        assert_eq!(parse_duration("30m").ok(), Some(Duration::from_secs(1800)));
+        assert_eq!(
+            parse_duration("12h").ok(),
+            Some(Duration::from_secs(43_200))
+        );
         for bad in ["899", "14m", "12h 1s", "0", "forever", "900500ms"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
-        assert!(parse_duration("1d").unwrap_err().contains("900 to 43200"));
+        let err = parse_duration("1d").unwrap_err().to_string();
+        assert!(err.contains("900 to 43200"), "{err}");
     }
 
     #[test]
@@ -258,11 +335,24 @@ mod tests {
         assert!(check_policy(&body(2048)).is_ok());
         assert!(check_policy(&body(2049))
             .unwrap_err()
+            .to_string()
             .contains("2049 characters"));
-        assert!(check_policy("").unwrap_err().contains("0 characters"));
-        assert!(check_policy("\"a\u{0}\"").unwrap_err().contains("'\\0'"));
-        assert!(check_policy("\"€\"").unwrap_err().contains("U+0020"));
-        assert!(check_policy("{\"Version\":").unwrap_err().contains("JSON"));
+        assert!(check_policy("")
+            .unwrap_err()
+            .to_string()
+            .contains("0 characters"));
+        assert!(check_policy("\"a\u{0}\"")
+            .unwrap_err()
+            .to_string()
+            .contains("'\\0'"));
+        assert!(check_policy("\"€\"")
+            .unwrap_err()
+            .to_string()
+            .contains("U+0020"));
+        assert!(check_policy("{\"Version\":")
+            .unwrap_err()
+            .to_string()
+            .contains("JSON"));
         assert!(check_policy("{\n\t\"a\": 1\r\n}").is_ok());
     }
 
@@ -283,7 +373,7 @@ mod tests {
             ("arn:aws:iam::aws:policy/", "invalid policy name"),
             ("arn:aws:iam::aws:policy/a b", "invalid policy name"),
         ] {
-            let err = parse_policy_arn(bad).unwrap_err();
+            let err = parse_policy_arn(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
         let ten = vec!["arn:aws:iam::aws:policy/A".to_string(); 10];
@@ -291,6 +381,7 @@ mod tests {
         let eleven = vec!["arn:aws:iam::aws:policy/A".to_string(); 11];
         assert!(check_policy_arns(&eleven)
             .unwrap_err()
+            .to_string()
             .contains("at most 10"));
     }
 
@@ -320,10 +411,15 @@ mod tests {
             .parse::<SessionName>()
             .unwrap()
             .render(&claims(serde_json::json!({})), now)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("kubernetes.io.pod.name"), "{err}");
         let long: SessionName = format!("{}-{{pod}}", "a".repeat(60)).parse().unwrap();
-        assert!(long.render(&c, now).unwrap_err().contains("2 to 64"));
+        assert!(long
+            .render(&c, now)
+            .unwrap_err()
+            .to_string()
+            .contains("2 to 64"));
         let short: SessionName = "a".parse().unwrap();
         assert!(short.render(&c, now).is_err());
         for (bad, why) in [
@@ -332,7 +428,7 @@ mod tests {
             ("x-{pod", "unclosed"),
             ("a/b", "'/'"),
         ] {
-            let err = bad.parse::<SessionName>().unwrap_err();
+            let err = bad.parse::<SessionName>().unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");
         }
     }
