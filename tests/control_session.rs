@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 mod common;
 use common::fake_daemon::{daemon_script, fake_daemon, Observed};
+use common::mock_provider;
 use common::session_client::{big_payload, client_session, ClientSecrets};
-use common::{grpc_call, mock_provider};
+use common::tunnel_io::{self, Peer};
 
 use irsa_secrets::front::grpc::{self};
 use irsa_secrets::source::mock::MOCK_ROLE_ARN;
-use irsa_secrets::wire::h2::{self, Peer};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -36,8 +36,7 @@ async fn setup() -> (
         helper_daemon_side,
         irsa_secrets::front::Context::new(mock_provider()),
     ));
-    let (control, conn) = h2::handshake(client_io).await.unwrap();
-    tokio::spawn(conn);
+    let control = tunnel_io::handshake(client_io).await;
     (control, observed, helper)
 }
 
@@ -46,7 +45,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
     let (mut control, mut observed, _helper) = setup().await;
 
     // A plain Control call passes untouched, response headers included.
-    let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
+    let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
     let res = control.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.headers().get("x-fake-daemon").unwrap(), "yes");
     assert_eq!(res.headers().get("grpc-status").unwrap(), "0");

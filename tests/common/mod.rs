@@ -353,6 +353,7 @@ pub mod moto;
 pub mod python;
 pub mod session_client;
 pub mod sts_build;
+pub mod tunnel_io;
 
 /// A gRPC call to `path` on `localhost` whose body is `body` as given (already framed).
 pub fn grpc_call(path: &str, body: &'static [u8]) -> http::Request<tonic::body::BoxBody> {
