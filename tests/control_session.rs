@@ -40,6 +40,14 @@ async fn setup() -> (
     (control, observed, helper)
 }
 
+/// The daemon's next report; a tunnel the fakes cannot read ends the session without one.
+async fn report(observed: &mut mpsc::UnboundedReceiver<Observed>) -> Observed {
+    tokio::time::timeout(std::time::Duration::from_secs(30), observed.recv())
+        .await
+        .expect("the daemon reports the session within 30 s")
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_through_control_session_gets_secrets_and_everything_else_passes() {
     let (mut control, mut observed, _helper) = setup().await;
@@ -57,7 +65,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
         None,
         Arc::new(AtomicUsize::new(0)),
     ));
-    let o = observed.recv().await.unwrap();
+    let o = report(&mut observed).await;
     assert_eq!(o.session, "session-plain");
     assert_eq!(o.role_arn.unwrap(), MOCK_ROLE_ARN.as_bytes());
     assert_eq!(o.client_only.unwrap_err(), Code::NotFound);
@@ -81,7 +89,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
         Some(own),
         Arc::new(AtomicUsize::new(0)),
     ));
-    let o = observed.recv().await.unwrap();
+    let o = report(&mut observed).await;
     assert_eq!(o.session, "session-own");
     assert_eq!(o.client_only.unwrap(), b"from-the-client");
     assert_eq!(o.role_arn.unwrap(), b"arn:aws:iam::999988887777:role/own");
@@ -105,7 +113,7 @@ async fn fifty_sessions_at_once() {
     let want = hex::encode(Sha256::digest(big_payload()));
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..50 {
-        let o = observed.recv().await.unwrap();
+        let o = report(&mut observed).await;
         assert_eq!(
             o.role_arn.as_deref().unwrap(),
             MOCK_ROLE_ARN.as_bytes(),
