@@ -253,6 +253,8 @@ identity = "process"
         "long",
         "--mount=type=secret,id=aws-role-arn,required sleep 4",
     );
+    let joined = || helper.log_text().matches("build session joined").count();
+    let before = joined();
     let first = docker_on(&dir.join("untrusted.sock"))
         .args(["build", "--network=none", "--progress=plain", "--no-cache"])
         .arg(&long)
