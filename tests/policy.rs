@@ -265,12 +265,7 @@ identity = "process"
     common::eventually(
         Duration::from_secs(60),
         "the first build's session joins",
-        || {
-            helper
-                .log_text()
-                .contains("build session joined")
-                .then_some(())
-        },
+        || (joined() > before).then_some(()),
     );
     // A probe is no session: a full listener still answers it.
     let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-role-arn"], &r);
