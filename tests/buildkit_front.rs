@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use common::fake_daemon::{daemon_script, fake_daemon, FakeBuildkitd, Observed};
 use common::session_client::{client_session, connect};
-use common::{command, grpc_call, token, Helper, Radioactive, ARN};
+use common::tunnel_io;
+use common::{command, token, Helper, Radioactive, ARN};
 use irsa_secrets::front::grpc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -114,7 +115,7 @@ async fn buildkit_clients_through_the_binary() {
         .expect("the client's session ends with its daemon")
         .ok();
     let mut fresh = connect(&helper.socket).await;
-    let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
+    let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
     let res = fresh.ready().await.unwrap().call(req).await.unwrap();
     let status = tonic::Status::from_header_map(res.headers()).expect("a trailers-only gRPC error");
     assert_eq!(status.code(), Code::Unavailable);
@@ -159,7 +160,7 @@ async fn a_session_message_over_16_mib_is_refused_without_buffering_it() {
     let req = http::Request::post(format!("http://localhost{}", grpc::SESSION_PATH))
         .header("content-type", "application/grpc")
         .header(irsa_secrets::session::SESSION_UUID, "hostile")
-        .body(body.boxed_unsync())
+        .body(common::tunnel_io::boxed(body))
         .unwrap();
     let mut control = connect(&helper.socket).await;
     let res = control.ready().await.unwrap().call(req).await.unwrap();
@@ -370,7 +371,7 @@ async fn a_tls_upstream_with_client_certificates() {
     ] {
         let helper = start(name, &flags);
         let mut control = connect(&helper.socket).await;
-        let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
+        let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
         let res = match control.ready().await.unwrap().call(req).await {
             Ok(res) => res,
             Err(e) => panic!("{name}: {e:?}\n{}", helper.log_text()),

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use common::dockerd::{self, start_build_of_step, start_long_build, wait_with_timeout, Stack};
 use common::fake_daemon::{FakeBuildkitd, Script};
 use common::session_client::{client_session, connect};
+use common::tunnel_io::Peer;
 use common::{command, sha, tail, Helper, Radioactive, ARN};
 use irsa_secrets::session::SESSION_UUID;
-use irsa_secrets::wire::h2::Peer;
 
 /// A stand-in Docker daemon: counts the connections open to it and answers every request on
 /// them with `200 OK`, keeping the connection.

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 mod common;
 use common::fake_daemon::{daemon_script, fake_daemon, Observed};
+use common::mock_provider;
 use common::session_client::{big_payload, client_session, ClientSecrets};
-use common::{grpc_call, mock_provider};
+use common::tunnel_io::{self, Peer};
 
 use irsa_secrets::front::grpc::{self};
 use irsa_secrets::source::mock::MOCK_ROLE_ARN;
-use irsa_secrets::wire::h2::{self, Peer};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -36,9 +36,16 @@ async fn setup() -> (
         helper_daemon_side,
         irsa_secrets::front::Context::new(mock_provider()),
     ));
-    let (control, conn) = h2::handshake(client_io).await.unwrap();
-    tokio::spawn(conn);
+    let control = tunnel_io::handshake(client_io).await;
     (control, observed, helper)
+}
+
+/// The daemon's next report; a tunnel the fakes cannot read ends the session without one.
+async fn report(observed: &mut mpsc::UnboundedReceiver<Observed>) -> Observed {
+    tokio::time::timeout(std::time::Duration::from_secs(30), observed.recv())
+        .await
+        .expect("the daemon reports the session within 30 s")
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +53,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
     let (mut control, mut observed, _helper) = setup().await;
 
     // A plain Control call passes untouched, response headers included.
-    let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
+    let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
     let res = control.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.headers().get("x-fake-daemon").unwrap(), "yes");
     assert_eq!(res.headers().get("grpc-status").unwrap(), "0");
@@ -58,7 +65,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
         None,
         Arc::new(AtomicUsize::new(0)),
     ));
-    let o = observed.recv().await.unwrap();
+    let o = report(&mut observed).await;
     assert_eq!(o.session, "session-plain");
     assert_eq!(o.role_arn.unwrap(), MOCK_ROLE_ARN.as_bytes());
     assert_eq!(o.client_only.unwrap_err(), Code::NotFound);
@@ -82,7 +89,7 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
         Some(own),
         Arc::new(AtomicUsize::new(0)),
     ));
-    let o = observed.recv().await.unwrap();
+    let o = report(&mut observed).await;
     assert_eq!(o.session, "session-own");
     assert_eq!(o.client_only.unwrap(), b"from-the-client");
     assert_eq!(o.role_arn.unwrap(), b"arn:aws:iam::999988887777:role/own");
@@ -106,7 +113,7 @@ async fn fifty_sessions_at_once() {
     let want = hex::encode(Sha256::digest(big_payload()));
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..50 {
-        let o = observed.recv().await.unwrap();
+        let o = report(&mut observed).await;
         assert_eq!(
             o.role_arn.as_deref().unwrap(),
             MOCK_ROLE_ARN.as_bytes(),

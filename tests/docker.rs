@@ -244,7 +244,6 @@ fn the_image_holds_neither_value(s: &Stack) {
 /// An HTTP/2 client on the helper socket gets BuildKit's API, bridged to dockerd's `/grpc`.
 fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Stack) {
     use http_body_util::BodyExt;
-    use irsa_secrets::wire::h2;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     use tower::{Service, ServiceExt};
@@ -254,13 +253,12 @@ fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Stack) {
         let io = tokio::net::UnixStream::connect(&s.helper.socket)
             .await
             .unwrap();
-        let (mut control, conn) = h2::handshake(io).await.unwrap();
-        tokio::spawn(conn);
+        let mut control = common::tunnel_io::handshake(io).await;
         let res = control
             .ready()
             .await
             .unwrap()
-            .call(common::grpc_call(
+            .call(common::tunnel_io::call(
                 "/moby.buildkit.v1.Control/ListWorkers",
                 &[0, 0, 0, 0, 0],
             ))
@@ -284,7 +282,7 @@ fn buildkit_api_clients_reach_dockerd_through_the_helper(s: &Stack) {
             .ready()
             .await
             .unwrap()
-            .call(common::grpc_call(
+            .call(common::tunnel_io::call(
                 "/not.a.real.Service/Method",
                 &[0, 0, 0, 0, 0],
             ))

@@ -8,7 +8,7 @@ mod common;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
 use common::{command, probe, probed, sha, token, Helper, Projected, Radioactive, ARN};
@@ -157,27 +157,21 @@ identity = "process"
         &[("AWS_WEB_IDENTITY_TOKEN_FILE", &tf), ("AWS_ROLE_ARN", ARN)],
         &r,
     );
-    let addr = {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+    let addr = common::eventually(
+        Duration::from_secs(10),
+        "a metrics address in the log",
+        || {
             let log = helper.log_text();
-            if let Some(line) = log.lines().find(|l| l.contains("metrics and probes")) {
-                break line
-                    .split("addr=")
-                    .nth(1)
-                    .unwrap()
+            let line = log.lines().find(|l| l.contains("metrics and probes"))?;
+            Some(
+                line.split("addr=")
+                    .nth(1)?
                     .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .to_string();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no metrics address in the log:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
+                    .next()?
+                    .to_string(),
+            )
+        },
+    );
 
     // Per-listener policy through real builds.
     let token_step = context(dir, "token", "--mount=type=secret,id=aws-web-identity-token,required sha256sum /run/secrets/aws-web-identity-token");
@@ -259,6 +253,8 @@ identity = "process"
         "long",
         "--mount=type=secret,id=aws-role-arn,required sleep 4",
     );
+    let joined = || helper.log_text().matches("build session joined").count();
+    let before = joined();
     let first = docker_on(&dir.join("untrusted.sock"))
         .args(["build", "--network=none", "--progress=plain", "--no-cache"])
         .arg(&long)
@@ -266,7 +262,11 @@ identity = "process"
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    common::eventually(
+        Duration::from_secs(60),
+        "the first build's session joins",
+        || (joined() > before).then_some(()),
+    );
     // A probe is no session: a full listener still answers it.
     let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-role-arn"], &r);
     assert!(

@@ -1,7 +1,6 @@
 //! A fake BuildKit daemon: answers `Control/Session` by running a script as the HTTP/2 client
 //! inside the tunnel (what BuildKit does during a build), every other call with an empty OK.
-
-#![allow(clippy::result_large_err)] // tonic fixes body errors to `Status`.
+//! It speaks through the tests' own stack ([`super::tunnel_io`]), not the crate's.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,26 +9,16 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use irsa_secrets::front::grpc::SESSION_PATH;
 use irsa_secrets::session::SESSION_UUID;
-use irsa_secrets::wire::h2::{self, Peer};
-use irsa_secrets::wire::proto::secrets::secrets_client::SecretsClient;
-use irsa_secrets::wire::proto::secrets::GetSecretRequest;
-use irsa_secrets::wire::tunnel::{self, Outgoing};
+use irsa_secrets::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use irsa_secrets::wire::proto::GET_SECRET_PATH;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tonic::{Code, Status};
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
-use tower::ServiceExt;
+use tonic::Code;
 
-use super::grpc_call;
 use super::session_client::BIG;
-
-fn uri() -> http::Uri {
-    http::Uri::from_static("http://localhost")
-}
+use super::tunnel_io::{self, Body, Ends, HealthCheckRequest, HealthCheckResponse, Peer};
 
 /// What the fake daemon observed in one session.
 #[derive(Debug)]
@@ -54,26 +43,26 @@ pub async fn fake_daemon(
         let script = script.clone();
         async move {
             if req.uri().path() != SESSION_PATH {
-                let mut res = Status::new(Code::Ok, "").into_http();
+                let mut res = tunnel_io::refuse(Code::Ok, "");
                 res.headers_mut()
                     .insert("x-fake-daemon", "yes".parse().unwrap());
                 return Ok::<_, Infallible>(res);
             }
             let headers = req.headers().clone();
-            let (outbox, body) = tunnel::outgoing(Outgoing::Response);
-            let tunnel = outbox.join(req.into_body(), tunnel::Incoming::Request);
+            let (writer, body) = tunnel_io::writer(Ends::Answer);
+            let tunnel = writer.join(req.into_body());
             tokio::spawn(async move {
-                let (peer, conn) = h2::handshake(tunnel).await.unwrap();
-                tokio::spawn(conn);
+                let peer = tunnel_io::handshake(tunnel).await;
                 script(peer, headers).await;
             });
-            let mut res = Response::new(body);
-            res.headers_mut()
-                .insert("content-type", "application/grpc".parse().unwrap());
+            let res: Response<Body> = Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap();
             Ok(res)
         }
     });
-    let _ = h2::server().serve_connection(TokioIo::new(io), svc).await;
+    tunnel_io::serve(io, svc).await;
 }
 
 /// The daemon's script: what BuildKit does in a build, reported to the test.
@@ -81,30 +70,30 @@ pub fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
     Arc::new(move |peer: Peer, headers: HeaderMap| {
         let report = report.clone();
         Box::pin(async move {
-            let secrets = SecretsClient::with_origin(peer.clone(), uri());
             let get = |id: &'static str| {
-                let mut c = secrets.clone();
+                let peer = peer.clone();
                 async move {
-                    c.get_secret(GetSecretRequest {
+                    let request = GetSecretRequest {
                         id: id.into(),
                         annotations: Default::default(),
-                    })
-                    .await
-                    .map(|r| r.into_inner().into_value().expose().to_vec())
-                    .map_err(|s| s.code())
+                    };
+                    tunnel_io::unary::<GetSecretResponse>(&peer, GET_SECRET_PATH, &request)
+                        .await
+                        .map(|r| r.data.clone())
                 }
             };
             let role_arn = get("aws-role-arn").await;
             let client_only = get("client-only").await;
             let probe = get("GIT_AUTH_TOKEN.github.com").await.unwrap_err();
-            let health = HealthClient::with_origin(peer.clone(), uri())
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok();
-            let req = grpc_call(BIG, b"");
-            let res = peer.clone().oneshot(req).await.unwrap();
+            let health = tunnel_io::unary::<HealthCheckResponse>(
+                &peer,
+                tunnel_io::HEALTH_CHECK,
+                &HealthCheckRequest::default(),
+            )
+            .await
+            .is_ok_and(|r| r.status == 1);
+            let req = tunnel_io::call(BIG, b"");
+            let res = peer.send(req).await.unwrap();
             let body = res.into_body().collect().await.unwrap().to_bytes();
             report
                 .send(Observed {
@@ -124,7 +113,6 @@ pub fn daemon_script(report: mpsc::UnboundedSender<Observed>) -> Script {
         })
     })
 }
-
 /// A fake buildkitd listening on a unix socket; dropping it kills every connection at once.
 pub struct FakeBuildkitd {
     connections: tokio::task::JoinSet<()>,

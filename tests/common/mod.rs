@@ -353,6 +353,7 @@ pub mod moto;
 pub mod python;
 pub mod session_client;
 pub mod sts_build;
+pub mod tunnel_io;
 
 /// A gRPC call to `path` on `localhost` whose body is `body` as given (already framed).
 pub fn grpc_call(path: &str, body: &'static [u8]) -> http::Request<tonic::body::BoxBody> {
@@ -376,4 +377,33 @@ pub fn mock_provider() -> irsa_secrets::provider::Provider {
         Duration::from_secs(300),
         None,
     ))])
+}
+
+/// Polls `condition` every 20 ms until it gives a value or `timeout` has passed; then panics
+/// saying `what` never happened. The one wait for things the tests cannot be told about.
+pub fn eventually<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = condition() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`eventually`] for conditions that must await.
+pub async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
+    timeout: Duration,
+    what: &str,
+    mut condition: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = condition().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -1,7 +1,6 @@
 //! A fake build client's session: opens `Control/Session` on an HTTP/2 connection and serves,
-//! inside the tunnel, what a client serves (health, its own secrets, a large stream).
-
-#![allow(clippy::result_large_err)] // tonic fixes body errors to `Status`.
+//! inside the tunnel, what a client serves (health, its own secrets, a large stream). It
+//! speaks through the tests' own stack ([`super::tunnel_io`]), not the crate's.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,16 +10,14 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use irsa_secrets::front::grpc::SESSION_PATH;
 use irsa_secrets::session::{SESSION_METHOD, SESSION_UUID};
-use irsa_secrets::wire::h2::{self, Peer};
-use irsa_secrets::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use irsa_secrets::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use irsa_secrets::wire::tunnel::{self, Outgoing};
-use tonic::body::BoxBody;
-use tonic::Status;
+use irsa_secrets::wire::proto::GET_SECRET_PATH;
+use tonic::Code;
 use tower::{Service, ServiceExt};
+
+use super::tunnel_io::{self, Body, BoxError, Ends, HealthCheckRequest, HealthCheckResponse, Peer};
 
 /// A raw streaming method the fake client serves: a large body, to prove streaming.
 pub const BIG: &str = "/test.Stream/Big";
@@ -31,18 +28,13 @@ pub const BIG_SIZE: usize = 8 * 1024 * 1024;
 #[derive(Clone)]
 pub struct ClientSecrets(pub Vec<(&'static str, &'static str)>);
 
-#[tonic::async_trait]
-impl Secrets for ClientSecrets {
-    async fn get_secret(
-        &self,
-        r: tonic::Request<GetSecretRequest>,
-    ) -> Result<tonic::Response<GetSecretResponse>, Status> {
-        let id = r.into_inner().id;
+impl ClientSecrets {
+    fn answer(&self, id: &str) -> Response<Body> {
         match self.0.iter().find(|(k, _)| *k == id) {
-            Some((_, v)) => Ok(tonic::Response::new(GetSecretResponse {
+            Some((_, v)) => tunnel_io::answer(&GetSecretResponse {
                 data: v.as_bytes().to_vec(),
-            })),
-            None => Err(Status::not_found(format!("secret {id} not found"))),
+            }),
+            None => tunnel_io::refuse(Code::NotFound, &format!("secret {id} not found")),
         }
     }
 }
@@ -59,32 +51,28 @@ pub async fn client_session(
     own: Option<ClientSecrets>,
     health_checks: Arc<AtomicUsize>,
 ) {
-    let (outbox, body) = tunnel::outgoing(Outgoing::Request);
+    let (writer, body) = tunnel_io::writer(Ends::Call);
     let mut req = Request::post(format!("http://localhost{SESSION_PATH}"))
         .header("content-type", "application/grpc")
+        .header("te", "trailers")
         .header(SESSION_UUID, id.as_str())
-        .header(SESSION_METHOD, "/grpc.health.v1.Health/Check")
+        .header(SESSION_METHOD, tunnel_io::HEALTH_CHECK)
         .header(SESSION_METHOD, BIG)
         .body(body)
         .unwrap();
     if own.is_some() {
-        req.headers_mut().append(
-            SESSION_METHOD,
-            irsa_secrets::wire::proto::GET_SECRET_PATH.parse().unwrap(),
-        );
+        req.headers_mut()
+            .append(SESSION_METHOD, GET_SECRET_PATH.parse().unwrap());
     }
     let res = control.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.status(), 200, "{res:?}");
-    let tunnel = outbox.join(res.into_body(), tunnel::Incoming::Response);
-    let (_reporter, health) = tonic_health::server::health_reporter();
-    let secrets = own.map(SecretsServer::new);
+    let tunnel = writer.join(res.into_body());
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (mut health, secrets, checks) =
-            (health.clone(), secrets.clone(), health_checks.clone());
+        let (own, checks) = (own.clone(), health_checks.clone());
         async move {
-            let res: Response<BoxBody> = match req.uri().path() {
-                BIG => {
-                    let chunks: Vec<Result<_, Status>> = big_payload()
+            let res: Response<Body> = match (req.uri().path(), &own) {
+                (BIG, _) => {
+                    let chunks: Vec<Result<_, BoxError>> = big_payload()
                         .chunks(100_000)
                         .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
                         .collect();
@@ -92,27 +80,25 @@ pub async fn client_session(
                         StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync(),
                     )
                 }
-                p if p.starts_with("/grpc.health.v1.Health/") => {
+                (tunnel_io::HEALTH_CHECK, _) => {
                     checks.fetch_add(1, Ordering::Relaxed);
-                    health.call(req).await.unwrap()
+                    let _: HealthCheckRequest = tunnel_io::request_message(req).await;
+                    tunnel_io::answer(&HealthCheckResponse { status: 1 })
                 }
-                p if p == irsa_secrets::wire::proto::GET_SECRET_PATH && secrets.is_some() => {
-                    secrets.unwrap().call(req).await.unwrap()
+                (GET_SECRET_PATH, Some(own)) => {
+                    let r: GetSecretRequest = tunnel_io::request_message(req).await;
+                    own.answer(&r.id)
                 }
-                _ => Status::unimplemented("not here").into_http(),
+                _ => tunnel_io::refuse(Code::Unimplemented, "not here"),
             };
             Ok::<_, Infallible>(res)
         }
     });
-    let _ = h2::server()
-        .serve_connection(TokioIo::new(tunnel), svc)
-        .await;
+    tunnel_io::serve(tunnel, svc).await;
 }
 
 /// An HTTP/2 client connection to the helper's socket, driven on its own task.
 pub async fn connect(helper: &std::path::Path) -> Peer {
     let io = tokio::net::UnixStream::connect(helper).await.unwrap();
-    let (peer, conn) = h2::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    peer
+    tunnel_io::handshake(io).await
 }
