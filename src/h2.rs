@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{Connection, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::body::BoxBody;
+use tonic::body::Body;
 use tonic::Status;
 
 use crate::metrics::Metrics;
@@ -356,7 +356,7 @@ pub async fn handshake<T>(
 ) -> Result<
     (
         Peer,
-        Connection<TokioIo<Coalesce<Buffers<T>>>, BoxBody, TokioExecutor>,
+        Connection<TokioIo<Coalesce<Buffers<T>>>, Body, TokioExecutor>,
     ),
     hyper::Error,
 >
@@ -375,9 +375,14 @@ where
 
 /// The far end of an HTTP/2 client connection, as a tower service (what tonic clients need).
 #[derive(Clone)]
-pub struct Peer(SendRequest<BoxBody>);
+pub struct Peer(SendRequest<Body>);
 
 impl Peer {
+    /// Whether the connection has closed: no call can go through it any more.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
     /// Forwards a call as is: headers, streaming body and trailers both ways. A peer that is
     /// gone becomes `Unavailable` with `what` named, so the caller sees who failed.
     /// Bytes of both bodies are counted in `metrics`.
@@ -386,7 +391,7 @@ impl Peer {
         req: Request<Incoming>,
         what: &str,
         metrics: &Metrics,
-    ) -> Response<BoxBody> {
+    ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let req = req.map(|body| counted(body, metrics));
         match tower::ServiceExt::oneshot(self.clone(), req).await {
@@ -401,7 +406,7 @@ impl Peer {
     }
 }
 
-impl tower::Service<Request<BoxBody>> for Peer {
+impl tower::Service<Request<Body>> for Peer {
     type Response = Response<Incoming>;
     type Error = hyper::Error;
     type Future = BoxFuture<'static, Result<Response<Incoming>, hyper::Error>>;
@@ -410,7 +415,7 @@ impl tower::Service<Request<BoxBody>> for Peer {
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // HTTP/2 needs :scheme and :authority; calls inside a session carry `localhost`.
         if req.uri().scheme().is_none() {
             let path = req
@@ -432,16 +437,18 @@ impl tower::Service<Request<BoxBody>> for Peer {
 }
 
 /// A forwarded body, its data counted as it passes (one atomic add per frame).
-fn counted(body: Incoming, metrics: &Metrics) -> BoxBody {
+fn counted(body: Incoming, metrics: &Metrics) -> Body {
     let metrics = metrics.clone();
-    body.map_frame(move |frame| {
-        if let Some(data) = frame.data_ref() {
-            metrics.forwarded(data.len() as u64);
-        }
-        frame
-    })
-    .map_err(to_status)
-    .boxed_unsync()
+    Body::new(
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                metrics.forwarded(data.len() as u64);
+            }
+            frame
+        })
+        .map_err(to_status)
+        .boxed_unsync(),
+    )
 }
 
 /// A body error as a gRPC status, so forwarded bodies share tonic's body type.

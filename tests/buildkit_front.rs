@@ -159,7 +159,7 @@ async fn a_session_message_over_16_mib_is_refused_without_buffering_it() {
     let req = http::Request::post(format!("http://localhost{}", grpc::SESSION_PATH))
         .header("content-type", "application/grpc")
         .header(grpc::SESSION_UUID, "hostile")
-        .body(body.boxed_unsync())
+        .body(tonic::body::Body::new(body))
         .unwrap();
     let mut control = connect(&helper.socket).await;
     let res = control.ready().await.unwrap().call(req).await.unwrap();
@@ -226,7 +226,7 @@ struct Pki {
 
 fn pki() -> Pki {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -234,11 +234,12 @@ fn pki() -> Pki {
     ca.distinguished_name
         .push(DnType::CommonName, "irsa-secrets test CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
     let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
         p.extended_key_usages = vec![usage];
-        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     };
     Pki {

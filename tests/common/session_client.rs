@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use irsa_secrets::h2::{self, Peer};
@@ -17,7 +17,7 @@ use irsa_secrets::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use irsa_secrets::proto::secrets::{GetSecretRequest, GetSecretResponse};
 use irsa_secrets::proxy::grpc::{SESSION_METHOD, SESSION_PATH, SESSION_UUID};
 use irsa_secrets::tunnel::{self, Outgoing};
-use tonic::body::BoxBody;
+use tonic::body::Body;
 use tonic::Status;
 use tower::{Service, ServiceExt};
 
@@ -81,15 +81,15 @@ pub async fn client_session(
         let (mut health, secrets, checks) =
             (health.clone(), secrets.clone(), health_checks.clone());
         async move {
-            let res: Response<BoxBody> = match req.uri().path() {
+            let res: Response<Body> = match req.uri().path() {
                 BIG => {
                     let chunks: Vec<Result<_, Status>> = big_payload()
                         .chunks(100_000)
                         .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
                         .collect();
-                    Response::new(
-                        StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync(),
-                    )
+                    Response::new(Body::new(StreamBody::new(futures_util::stream::iter(
+                        chunks,
+                    ))))
                 }
                 p if p.starts_with("/grpc.health.v1.Health/") => {
                     checks.fetch_add(1, Ordering::Relaxed);
