@@ -1,10 +1,12 @@
-//! Generates the gRPC types from `proto/` with tonic's builder (needs `protoc`; `scripts/deps`
+//! Generates the gRPC types from `proto/` with tonic-prost-build (needs `protoc`; `scripts/deps`
 //! installs it).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tonic_build::configure()
+    tonic_prost_build::configure()
+        // Clients dial with hyper (src/h2.rs), not tonic's Channel.
+        .build_transport(false)
         // Holds a secret value: its Debug is written by hand, redacted (src/proto.rs).
-        .skip_debug("moby.buildkit.secrets.v1.GetSecretResponse")
+        .skip_debug(["moby.buildkit.secrets.v1.GetSecretResponse"])
         .compile_protos(&["proto/secrets.proto", "proto/control.proto"], &["proto"])?;
     Ok(())
 }

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
 use common::{command, Helper, Radioactive};
-use rand::RngCore;
 
 /// The output of `child`, or a panic (with what it and `log` printed) when it runs past `limit`.
 fn finish_within(
@@ -98,7 +97,7 @@ fn a_stuck_audit_log_fails_its_secret_request_and_stalls_no_session() {
     let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let mut big = vec![0u8; 32 << 20];
-    rand::thread_rng().fill_bytes(&mut big);
+    rand::fill(&mut big[..]);
     std::fs::write(ctx.join("big"), &big).unwrap();
     std::fs::write(
         ctx.join("Dockerfile"),

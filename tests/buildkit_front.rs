@@ -227,7 +227,7 @@ struct Pki {
 
 fn pki() -> Pki {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     };
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -235,11 +235,12 @@ fn pki() -> Pki {
     ca.distinguished_name
         .push(DnType::CommonName, "irsa-secrets test CA");
     let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::from_params(&ca, &ca_key);
     let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
         p.extended_key_usages = vec![usage];
-        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let cert = p.signed_by(&key, &issuer).unwrap();
         (cert.pem(), key.serialize_pem())
     };
     Pki {

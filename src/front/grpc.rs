@@ -19,7 +19,7 @@ use tokio::time::{sleep_until, Instant};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tonic::body::BoxBody;
+use tonic::body::Body;
 use tonic::Status;
 use tower::Service;
 
@@ -304,7 +304,7 @@ fn is_probe(req: &Request<Incoming>) -> bool {
 /// listener's id policy, audit records (marked `probe`) and metrics apply as for a build. The
 /// peer allowlists were checked when the connection was admitted; a probe is no session, so
 /// `max_sessions` does not count it.
-async fn probe(ctx: &Context, mut req: Request<Incoming>) -> Response<BoxBody> {
+async fn probe(ctx: &Context, mut req: Request<Incoming>) -> Response<Body> {
     if let Some(peer) = ctx.peer {
         req.extensions_mut().insert(peer);
     }
@@ -318,7 +318,7 @@ async fn probe(ctx: &Context, mut req: Request<Incoming>) -> Response<BoxBody> {
 /// may not use the socket.
 pub async fn refuse(client: impl Io, status: Status) {
     let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-        let res = status.clone().into_http();
+        let res = status.clone().into_http::<Body>();
         async move { Ok::<_, Infallible>(res) }
     });
     let _ = h2::server()
@@ -326,7 +326,7 @@ pub async fn refuse(client: impl Io, status: Status) {
         .await;
 }
 
-async fn route(link: Arc<Link>, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+async fn route(link: Arc<Link>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     link.ctx.activity.busy();
     let failed = |reason: &str| {
         let message = format!("irsa-secrets: the daemon connection failed: {reason}; check the daemon and the helper's --upstream and TLS flags");
@@ -362,7 +362,7 @@ async fn route(link: Arc<Link>, req: Request<Incoming>) -> Result<Response<BoxBo
 
 /// Re-originates the client's session call upstream with the same metadata (plus GetSecret in
 /// the method list) and splices the two tunnels.
-async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Response<BoxBody> {
+async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Response<Body> {
     let ctx = &link.ctx;
     let info = session_info(req.headers(), ctx.peer);
     let permit = match ctx.admit_session(&info) {
@@ -379,9 +379,8 @@ async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Resp
         Ok(res) => {
             tracing::warn!(session = %info.id, status = %res.status(), "the daemon refused the session");
             return res.map(|b| {
-                http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
-                    b,
-                    h2::to_status,
+                Body::new(http_body_util::BodyExt::boxed_unsync(
+                    http_body_util::BodyExt::map_err(b, h2::to_status),
                 ))
             });
         }

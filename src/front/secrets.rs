@@ -5,6 +5,7 @@
 use std::future::Future;
 
 use tokio_stream::wrappers::UnixListenerStream;
+use tower::Service;
 
 use tonic::{Request, Response, Status};
 
@@ -20,15 +21,26 @@ pub async fn run(
     socket: BoundSocket,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let (mut reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<SecretsServer<Provider>>().await;
     let BoundSocket { listener, file } = socket;
     tracing::info!(socket = %file.path().display(), ids = ?provider.ids(), "serving secrets");
     let incoming = UnixListenerStream::new(listener);
+    let secrets = SecretsServer::new(provider);
+    // Health calls to health, the rest to Secrets (tonic's router would bring axum).
+    let routes = tower::service_fn(move |req: http::Request<tonic::body::Body>| {
+        let (mut health, mut secrets) = (health.clone(), secrets.clone());
+        async move {
+            let service = req.uri().path().split('/').nth(1);
+            if service == Some(tonic_health::pb::health_server::SERVICE_NAME) {
+                health.call(req).await
+            } else {
+                secrets.call(req).await
+            }
+        }
+    });
     let result = tonic::transport::Server::builder()
-        .add_service(health)
-        .add_service(SecretsServer::new(provider))
-        .serve_with_incoming_shutdown(incoming, shutdown)
+        .serve_with_incoming_shutdown(routes, incoming, shutdown)
         .await;
     drop(file);
     tracing::info!("stopped");

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::Serialize;
 use sha2::Sha256;
 
@@ -222,8 +222,8 @@ impl Audit {
 
     /// The keyed fingerprint of a value (hex HMAC-SHA256, first 16 bytes).
     pub fn fingerprint(&self, value: &SecretValue) -> String {
-        let mut mac =
-            <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.key)
+            .expect("HMAC takes any key length");
         mac.update(value.expose());
         hex::encode(&mac.finalize().into_bytes()[..16])
     }
@@ -360,13 +360,9 @@ fn open_log(path: &Path) -> Result<std::fs::File, OpenError> {
                 err,
             },
         })?;
-    let flags = fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), FcntlArg::F_GETFL).map_err(fail)?;
+    let flags = fcntl(&file, FcntlArg::F_GETFL).map_err(fail)?;
     let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
-    fcntl(
-        std::os::fd::AsRawFd::as_raw_fd(&file),
-        FcntlArg::F_SETFL(blocking),
-    )
-    .map_err(fail)?;
+    fcntl(&file, FcntlArg::F_SETFL(blocking)).map_err(fail)?;
     Ok(file)
 }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::body::BoxBody;
+use tonic::body::Body;
 use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use tower::Service;
 
@@ -128,7 +128,7 @@ struct Router {
 }
 
 impl Router {
-    async fn route(mut self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+    async fn route(mut self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         if req.uri().path() == GET_SECRET_PATH {
             return Ok(self
                 .secrets

@@ -38,21 +38,11 @@ pub const EXPIRATION_ID: &str = "aws-credentials-expiration";
 /// next attempt, so a down STS is not hammered by every request.
 const RETRY_PAUSE: Duration = Duration::from_secs(15);
 
-/// A random number in [0, 1), for jitter; std's hasher keys are seeded randomly per process and
-/// differ per call, which is all jitter needs.
-pub(crate) fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    (bits >> 11) as f64 / (1u64 << 53) as f64
-}
-
 /// When to refresh credentials received at `received` and expiring at `expiration`: at 65 to 75%
 /// of their lifetime, and no later than `margin` before expiry.
 fn refresh_at(received: SystemTime, expiration: SystemTime, margin: Duration) -> SystemTime {
     let life = expiration.duration_since(received).unwrap_or_default();
-    let planned = received + life.mul_f64(0.65 + 0.10 * jitter());
+    let planned = received + life.mul_f64(rand::random_range(0.65..0.75));
     let latest = expiration.checked_sub(margin).unwrap_or(received);
     planned.min(latest).max(received)
 }

@@ -3,16 +3,20 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use hyper_util::rt::TokioIo;
+use futures_util::future::BoxFuture;
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use tokio::net::UnixStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::body::Body;
 
+use super::h2::{self, Peer};
+use super::proto::secrets::secrets_client::SecretsClient;
+use super::proto::secrets::GetSecretRequest;
 use crate::secret::SecretValue;
-use crate::wire::proto::secrets::secrets_client::SecretsClient;
-use crate::wire::proto::secrets::GetSecretRequest;
 
 /// Why the helper's socket could not be used, with the path and what to do about it (the
 /// transport's own text is only "transport error").
@@ -114,33 +118,71 @@ impl ConnectError {
 }
 
 /// Connects to the Secrets service on the unix socket at `path`.
-pub async fn secrets(path: &Path) -> Result<SecretsClient<Channel>, ConnectError> {
-    // The first connection is made here, so its error can be named; the channel uses it and
-    // dials again only to reconnect.
-    let first = UnixStream::connect(path)
-        .await
-        .map_err(|e| ConnectError::of(path, e))?;
-    let first = Arc::new(Mutex::new(Some(first)));
-    let dial = path.to_path_buf();
-    // The URI is a placeholder: the connector ignores it and dials the socket.
-    let channel = Endpoint::from_static("http://irsa-secrets.local").connect_with_connector_lazy(
-        tower::service_fn(move |_: Uri| {
-            let (first, dial) = (Arc::clone(&first), dial.clone());
-            async move {
-                let ready = first.lock().unwrap_or_else(|e| e.into_inner()).take();
-                match ready {
-                    Some(stream) => Ok(TokioIo::new(stream)),
-                    None => UnixStream::connect(dial).await.map(TokioIo::new),
+pub async fn secrets(path: &Path) -> Result<SecretsClient<Connection>, ConnectError> {
+    // The first connection is made here, so its error can be named; the client dials again
+    // only to reconnect.
+    let peer = dial(path).await.map_err(|e| ConnectError::of(path, e))?;
+    let connection = Connection {
+        path: Arc::new(path.to_path_buf()),
+        peer: Arc::new(tokio::sync::Mutex::new(peer)),
+    };
+    // The authority is a placeholder: the connection is the socket.
+    let origin = Uri::from_static("http://irsa-secrets.local");
+    Ok(SecretsClient::with_origin(connection, origin))
+}
+
+/// The helper's socket, as a tonic client needs it: one HTTP/2 connection, dialled again once
+/// it has closed (the helper closes idle connections, or restarts).
+#[derive(Clone)]
+pub struct Connection {
+    path: Arc<PathBuf>,
+    peer: Arc<tokio::sync::Mutex<Peer>>,
+}
+
+/// Opens an HTTP/2 connection to the socket at `path`, its connection task spawned.
+async fn dial(path: &Path) -> io::Result<Peer> {
+    let stream = UnixStream::connect(path).await?;
+    let (peer, connection) = h2::handshake(stream).await.map_err(io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "connection to the helper ended");
+        }
+    });
+    Ok(peer)
+}
+
+impl tower::Service<Request<Body>> for Connection {
+    type Response = Response<Incoming>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let peer = {
+                let mut peer = this.peer.lock().await;
+                if peer.is_closed() {
+                    *peer = dial(&this.path).await.map_err(|e| {
+                        tonic::Status::unavailable(format!(
+                            "cannot connect to {}: {e}",
+                            this.path.display()
+                        ))
+                    })?;
                 }
-            }
-        }),
-    );
-    Ok(SecretsClient::new(channel))
+                peer.clone()
+            };
+            Ok(tower::ServiceExt::oneshot(peer, req).await?)
+        })
+    }
 }
 
 /// Asks for one secret.
 pub async fn get_secret(
-    client: &mut SecretsClient<Channel>,
+    client: &mut SecretsClient<Connection>,
     id: &str,
 ) -> Result<SecretValue, tonic::Status> {
     let response = client

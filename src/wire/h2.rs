@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2::{Connection, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::body::BoxBody;
+use tonic::body::Body;
 use tonic::Status;
 
 /// HTTP/2 flow-control windows. Build contexts stream through the helper; the protocol's
@@ -354,7 +354,7 @@ pub async fn handshake<T>(
 ) -> Result<
     (
         Peer,
-        Connection<TokioIo<Coalesce<Buffers<T>>>, BoxBody, TokioExecutor>,
+        Connection<TokioIo<Coalesce<Buffers<T>>>, Body, TokioExecutor>,
     ),
     hyper::Error,
 >
@@ -373,9 +373,14 @@ where
 
 /// The far end of an HTTP/2 client connection, as a tower service (what tonic clients need).
 #[derive(Clone)]
-pub struct Peer(SendRequest<BoxBody>);
+pub struct Peer(SendRequest<Body>);
 
 impl Peer {
+    /// Whether the connection has closed: no call can go through it any more.
+    pub fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
     /// Forwards a call as is: headers, streaming body and trailers both ways. A peer that is
     /// gone becomes `Unavailable` with `what` named, so the caller sees who failed.
     /// Every data frame of both bodies is reported to `count` (its length in bytes).
@@ -384,7 +389,7 @@ impl Peer {
         req: Request<Incoming>,
         what: &str,
         count: impl Fn(u64) + Clone + Send + Sync + 'static,
-    ) -> Response<BoxBody> {
+    ) -> Response<Body> {
         let path = req.uri().path().to_string();
         let req = req.map(|body| counted(body, count.clone()));
         match tower::ServiceExt::oneshot(self.clone(), req).await {
@@ -399,7 +404,7 @@ impl Peer {
     }
 }
 
-impl tower::Service<Request<BoxBody>> for Peer {
+impl tower::Service<Request<Body>> for Peer {
     type Response = Response<Incoming>;
     type Error = hyper::Error;
     type Future = BoxFuture<'static, Result<Response<Incoming>, hyper::Error>>;
@@ -408,7 +413,7 @@ impl tower::Service<Request<BoxBody>> for Peer {
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<BoxBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         // HTTP/2 needs :scheme and :authority; calls inside a session carry `localhost`.
         if req.uri().scheme().is_none() {
             let path = req
@@ -430,15 +435,17 @@ impl tower::Service<Request<BoxBody>> for Peer {
 }
 
 /// A forwarded body, its data counted as it passes (one call per frame).
-fn counted(body: Incoming, count: impl Fn(u64) + Send + Sync + 'static) -> BoxBody {
-    body.map_frame(move |frame| {
-        if let Some(data) = frame.data_ref() {
-            count(data.len() as u64);
-        }
-        frame
-    })
-    .map_err(to_status)
-    .boxed_unsync()
+fn counted(body: Incoming, count: impl Fn(u64) + Send + Sync + 'static) -> Body {
+    Body::new(
+        body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                count(data.len() as u64);
+            }
+            frame
+        })
+        .map_err(to_status)
+        .boxed_unsync(),
+    )
 }
 
 /// A body error as a gRPC status, so forwarded bodies share tonic's body type.

@@ -18,9 +18,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 use tokio_util::sync::PollSender;
-use tonic::body::BoxBody;
-use tonic::codec::{Codec, ProstCodec, Streaming};
+use tonic::body::Body;
+use tonic::codec::{Codec, Streaming};
 use tonic::Status;
+use tonic_prost::ProstCodec;
 
 use crate::wire::proto::control::BytesMessage;
 
@@ -70,19 +71,23 @@ pub struct Outbox {
 /// Creates the outgoing half and the body that carries what is written to it.
 // tonic's body type fixes the error type to `Status`, large or not.
 #[allow(clippy::result_large_err)]
-pub fn outgoing(ending: Outgoing) -> (Outbox, BoxBody) {
+pub fn outgoing(ending: Outgoing) -> (Outbox, Body) {
     let (tx, rx) = mpsc::channel::<Bytes>(QUEUE);
     let failure = Arc::new(OnceLock::new());
     let data =
         tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok::<_, Status>(Frame::data(b)));
-    let body: BoxBody = match ending {
+    let body: Body = match ending {
         Outgoing::Response => {
             // Read when the data ends, which is after the incoming half has failed, if it has.
             let failed = Arc::clone(&failure);
             let end = stream::once(async move { Ok(Frame::trailers(trailers(failed.get()))) });
-            http_body_util::BodyExt::boxed_unsync(StreamBody::new(data.chain(end)))
+            Body::new(http_body_util::BodyExt::boxed_unsync(StreamBody::new(
+                data.chain(end),
+            )))
         }
-        Outgoing::Request => http_body_util::BodyExt::boxed_unsync(StreamBody::new(data)),
+        Outgoing::Request => {
+            Body::new(http_body_util::BodyExt::boxed_unsync(StreamBody::new(data)))
+        }
     };
     let outbox = Outbox {
         writer: PollSender::new(tx),

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use irsa_secrets::secret::SecretValue;
+use irsa_secrets::wire::client::Connection;
 use irsa_secrets::wire::proto::secrets::secrets_client::SecretsClient;
-use tonic::transport::Channel;
 
 /// The role ARN the tests' IRSA identity names.
 pub const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
@@ -171,7 +171,7 @@ impl Helper {
     }
 
     /// A Secrets client on the helper's socket.
-    pub async fn client(&self) -> SecretsClient<Channel> {
+    pub async fn client(&self) -> SecretsClient<Connection> {
         irsa_secrets::wire::client::secrets(&self.socket)
             .await
             .unwrap()
@@ -180,7 +180,7 @@ impl Helper {
     /// Fetches `id`, recording the value as radioactive.
     pub async fn get(
         &self,
-        client: &mut SecretsClient<Channel>,
+        client: &mut SecretsClient<Connection>,
         id: &str,
     ) -> Result<SecretValue, tonic::Status> {
         let r = irsa_secrets::wire::client::get_secret(client, id).await;
@@ -356,16 +356,13 @@ pub mod sts_build;
 pub mod tunnel_io;
 
 /// A gRPC call to `path` on `localhost` whose body is `body` as given (already framed).
-pub fn grpc_call(path: &str, body: &'static [u8]) -> http::Request<tonic::body::BoxBody> {
-    use http_body_util::BodyExt;
+pub fn grpc_call(path: &str, body: &'static [u8]) -> http::Request<tonic::body::Body> {
     http::Request::post(format!("http://localhost{path}"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(
-            http_body_util::Full::new(bytes::Bytes::from_static(body))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(body),
+        )))
         .unwrap()
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, StreamBody};
+use http_body_util::StreamBody;
 use hyper::body::Incoming;
 use irsa_secrets::front::grpc::SESSION_PATH;
 use irsa_secrets::session::{SESSION_METHOD, SESSION_UUID};
@@ -76,9 +76,9 @@ pub async fn client_session(
                         .chunks(100_000)
                         .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
                         .collect();
-                    Response::new(
-                        StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync(),
-                    )
+                    Response::new(Body::new(StreamBody::new(futures_util::stream::iter(
+                        chunks,
+                    ))))
                 }
                 (tunnel_io::HEALTH_CHECK, _) => {
                     checks.fetch_add(1, Ordering::Relaxed);

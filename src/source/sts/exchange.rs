@@ -221,7 +221,7 @@ impl Exchange {
                 Ok(issued) => return Ok(issued),
                 Err(Failure::Fatal(e)) => return Err(e),
                 Err(Failure::Transient(why)) if attempt < ATTEMPTS => {
-                    let pause = delay.mul_f64(0.5 + 0.5 * super::jitter());
+                    let pause = delay.mul_f64(rand::random_range(0.5..1.0));
                     tracing::warn!(attempt, error = %why, retry_in = ?pause, "STS call failed; retrying");
                     tokio::time::sleep(pause).await;
                     delay *= 2;
