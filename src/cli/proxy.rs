@@ -21,7 +21,7 @@ use crate::front::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
 use crate::observe::audit::Audit;
 use crate::observe::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
-use crate::wire::tls::TlsArgs;
+use crate::wire::tls::TlsFiles;
 
 /// Flags of `proxy`.
 #[derive(Debug, Args)]
@@ -161,6 +161,44 @@ pub struct ListenerArgs {
 
     #[command(flatten)]
     pub served: ServedArgs,
+}
+
+/// The flags of TLS to the daemon.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) that signed the daemon's certificate; turns TLS on.
+    #[arg(long, value_name = "FILE", env = "IRSA_SECRETS_TLSCACERT")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate (PEM) to present to the daemon.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "IRSA_SECRETS_TLSCERT",
+        requires = "tlskey"
+    )]
+    pub tlscert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "IRSA_SECRETS_TLSKEY",
+        requires = "tlscert"
+    )]
+    pub tlskey: Option<PathBuf>,
+    /// Name to verify in the daemon's certificate (default: the upstream's host).
+    #[arg(long, value_name = "NAME", env = "IRSA_SECRETS_TLSSERVERNAME")]
+    pub tlsservername: Option<String>,
+}
+
+impl From<TlsArgs> for TlsFiles {
+    fn from(a: TlsArgs) -> Self {
+        Self {
+            tlscacert: a.tlscacert,
+            tlscert: a.tlscert,
+            tlskey: a.tlskey,
+            tlsservername: a.tlsservername,
+        }
+    }
 }
 
 /// Parses one `[[listener]]` table's flags.
@@ -365,7 +403,9 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
     let provider = Provider::new(l.served.sources().map_err(|e| context(format!("{e:#}")))?)
         .with_policy(&l.name, allowed)
         .with_observers(audit.clone(), metrics.clone());
-    let tls = l.tls.load(l.upstream.host()).map_err(context)?;
+    let tls = TlsFiles::from(l.tls)
+        .load(l.upstream.host())
+        .map_err(|e| context(e.to_string()))?;
     let path = socket::parse_unix_address(listen).map_err(context)?;
     let bound = socket::bind(&path, &l.socket.options()).map_err(context)?;
     Ok(Ready {
