@@ -17,7 +17,7 @@ use super::serve::SocketArgs;
 use super::{RuntimeArgs, ServedArgs};
 use crate::cli::config::{Place, Schema};
 use crate::front::socket;
-use crate::front::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
+use crate::front::{limits, Daemon, Gate, Limits, Upstream};
 use crate::observe::audit::Audit;
 use crate::observe::metrics::{Metrics, Readiness};
 use crate::provider::Provider;
@@ -197,6 +197,27 @@ impl From<TlsArgs> for TlsFiles {
             tlscert: a.tlscert,
             tlskey: a.tlskey,
             tlsservername: a.tlsservername,
+        }
+    }
+}
+
+/// What kind of daemon the upstream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamKind {
+    /// Find out by asking `GET /_ping` (dockerd answers it; buildkitd speaks only HTTP/2).
+    Auto,
+    /// The Docker Engine API (dockerd, Docker-in-Docker).
+    Docker,
+    /// BuildKit's gRPC API (buildkitd).
+    Buildkit,
+}
+
+impl From<UpstreamKind> for crate::front::UpstreamKind {
+    fn from(k: UpstreamKind) -> Self {
+        match k {
+            UpstreamKind::Auto => Self::Auto,
+            UpstreamKind::Docker => Self::Docker,
+            UpstreamKind::Buildkit => Self::Buildkit,
         }
     }
 }
@@ -410,7 +431,7 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
     let bound = socket::bind(&path, &l.socket.options()).map_err(context)?;
     Ok(Ready {
         bound,
-        daemon: Daemon::new(l.upstream, tls, l.upstream_kind),
+        daemon: Daemon::new(l.upstream, tls, l.upstream_kind.into()),
         provider,
         gate: Gate::new(l.allow_uids, l.allow_gids, l.max_sessions),
     })
