@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser};
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
@@ -17,11 +17,11 @@ use super::serve::SocketArgs;
 use super::{RuntimeArgs, ServedArgs};
 use crate::cli::config::{Place, Schema};
 use crate::front::socket;
-use crate::front::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
+use crate::front::{limits, Daemon, Gate, Limits, Upstream};
 use crate::observe::audit::Audit;
 use crate::observe::metrics::{Metrics, NotReady, Readiness};
 use crate::provider::Provider;
-use crate::wire::tls::TlsArgs;
+use crate::wire::tls::TlsFiles;
 
 /// Flags of `proxy`.
 #[derive(Debug, Args)]
@@ -163,6 +163,65 @@ pub struct ListenerArgs {
     pub served: ServedArgs,
 }
 
+/// The flags of TLS to the daemon.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// CA certificate (PEM) that signed the daemon's certificate; turns TLS on.
+    #[arg(long, value_name = "FILE", env = "IRSA_SECRETS_TLSCACERT")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate (PEM) to present to the daemon.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "IRSA_SECRETS_TLSCERT",
+        requires = "tlskey"
+    )]
+    pub tlscert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "IRSA_SECRETS_TLSKEY",
+        requires = "tlscert"
+    )]
+    pub tlskey: Option<PathBuf>,
+    /// Name to verify in the daemon's certificate (default: the upstream's host).
+    #[arg(long, value_name = "NAME", env = "IRSA_SECRETS_TLSSERVERNAME")]
+    pub tlsservername: Option<String>,
+}
+
+impl From<TlsArgs> for TlsFiles {
+    fn from(a: TlsArgs) -> Self {
+        Self {
+            tlscacert: a.tlscacert,
+            tlscert: a.tlscert,
+            tlskey: a.tlskey,
+            tlsservername: a.tlsservername,
+        }
+    }
+}
+
+/// What kind of daemon the upstream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamKind {
+    /// Find out by asking `GET /_ping` (dockerd answers it; buildkitd speaks only HTTP/2).
+    Auto,
+    /// The Docker Engine API (dockerd, Docker-in-Docker).
+    Docker,
+    /// BuildKit's gRPC API (buildkitd).
+    Buildkit,
+}
+
+impl From<UpstreamKind> for crate::front::UpstreamKind {
+    fn from(k: UpstreamKind) -> Self {
+        match k {
+            UpstreamKind::Auto => Self::Auto,
+            UpstreamKind::Docker => Self::Docker,
+            UpstreamKind::Buildkit => Self::Buildkit,
+        }
+    }
+}
+
 /// Parses one `[[listener]]` table's flags.
 #[derive(Debug, Parser)]
 #[command(name = "listener", no_binary_name = true)]
@@ -188,37 +247,66 @@ struct Ready {
 }
 
 pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let (global, listeners) = match &args.config {
-        Some(path) => {
-            if listen_on_command_line() {
-                anyhow::bail!("give listeners either in --config or with --listen, not both");
-            }
-            let schema = Schema::new(GlobalFlags::command(), ListenerFlags::command());
-            let file = schema.load(path)?;
-            let from_file = schema
-                .matches::<GlobalFlags>(path, Place::Top, &file.global)?
-                .global;
-            let global = GlobalArgs {
-                audit_log: args.global.audit_log.or(from_file.audit_log),
-                audit_key_file: args.global.audit_key_file.or(from_file.audit_key_file),
-                metrics_listen: args.global.metrics_listen.or(from_file.metrics_listen),
-                max_connections: args.global.max_connections.or(from_file.max_connections),
-                header_timeout: args.global.header_timeout.or(from_file.header_timeout),
-                idle_timeout: args.global.idle_timeout.or(from_file.idle_timeout),
-                shutdown_timeout: args.global.shutdown_timeout.or(from_file.shutdown_timeout),
-            };
-            let mut listeners = Vec::new();
-            for (i, flags) in file.listeners.iter().enumerate() {
-                let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), flags)?;
-                listeners.push(parsed.listener);
-            }
-            if listeners.is_empty() {
-                anyhow::bail!("{} has no [[listener]] table", path.display());
-            }
-            (global, listeners)
-        }
-        None => (args.global, vec![args.listener]),
+    let settings = load(args)?;
+    let prepared = prepare_all(settings)?;
+    spawn(prepared).await
+}
+
+/// What the command line and the config file settle on together.
+struct Settings {
+    global: GlobalArgs,
+    listeners: Vec<ListenerArgs>,
+}
+
+/// Reads the flags and the config file into one settled value. A global flag given on the
+/// command line (or in its variable) wins over the file's key; both go through the same clap
+/// definition, so a new global flag needs no edit here.
+fn load(args: ProxyArgs) -> anyhow::Result<Settings> {
+    let Some(path) = &args.config else {
+        return Ok(Settings {
+            global: args.global,
+            listeners: vec![args.listener],
+        });
     };
+    let matches = proxy_matches();
+    if matches
+        .as_ref()
+        .is_some_and(|m| m.value_source("listen") == Some(clap::parser::ValueSource::CommandLine))
+    {
+        anyhow::bail!("give listeners either in --config or with --listen, not both");
+    }
+    let schema = Schema::new(GlobalFlags::command(), ListenerFlags::command());
+    let file = schema.load(path)?;
+    let mut global = schema
+        .matches::<GlobalFlags>(path, Place::Top, &file.global)?
+        .global;
+    // Only values the command line or the environment gave are in `matches`: they replace the
+    // file's, the rest of the file's stay. (`Cli::parse` read the same arguments, so they parse.)
+    if let Some(m) = &matches {
+        global.update_from_arg_matches(m)?;
+    }
+    let mut listeners = Vec::new();
+    for (i, flags) in file.listeners.iter().enumerate() {
+        let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), flags)?;
+        listeners.push(parsed.listener);
+    }
+    if listeners.is_empty() {
+        anyhow::bail!("{} has no [[listener]] table", path.display());
+    }
+    Ok(Settings { global, listeners })
+}
+
+/// Everything bound and built, nothing running yet.
+struct Prepared {
+    global: GlobalArgs,
+    audit: Audit,
+    metrics: Metrics,
+    ready: Vec<Ready>,
+}
+
+/// Opens the audit trail, builds each listener's provider and daemon, binds the sockets.
+fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
+    let Settings { global, listeners } = settings;
     let audit = match &global.audit_log {
         Some(target) => {
             Audit::open(target, global.audit_key_file.as_deref()).map_err(anyhow::Error::msg)?
@@ -237,6 +325,22 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
         }
         ready.push(prepare(l, &audit, &metrics)?);
     }
+    Ok(Prepared {
+        global,
+        audit,
+        metrics,
+        ready,
+    })
+}
+
+/// Starts the metrics endpoint and the listeners, and stops them on SIGTERM or SIGINT.
+async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
+    let Prepared {
+        global,
+        audit: _audit,
+        metrics,
+        ready,
+    } = prepared;
     let limits = global.limits();
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -300,19 +404,14 @@ pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// True when `--listen` came from the command line. A value from `IRSA_SECRETS_LISTEN` does not
-/// conflict with `--config`: the image sets that variable (for `health`) and has no shell to
-/// unset it. Asks clap again, since only its matches know where a value came from.
-fn listen_on_command_line() -> bool {
-    use clap::CommandFactory;
+/// The `proxy` command's matches, parsed again from the process's arguments: only they know
+/// where a value came from. A value from `IRSA_SECRETS_LISTEN` does not conflict with
+/// `--config`: the image sets that variable (for `health`) and has no shell to unset it.
+fn proxy_matches() -> Option<clap::ArgMatches> {
     super::Cli::command()
         .try_get_matches_from(std::env::args_os())
         .ok()
-        .and_then(|m| {
-            m.subcommand_matches("proxy")
-                .map(|p| p.value_source("listen") == Some(clap::parser::ValueSource::CommandLine))
-        })
-        .unwrap_or(false)
+        .and_then(|m| m.subcommand_matches("proxy").cloned())
 }
 
 fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<Ready> {
@@ -325,12 +424,14 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
     let provider = Provider::new(l.served.sources().map_err(|e| context(format!("{e:#}")))?)
         .with_policy(&l.name, allowed)
         .with_observers(audit.clone(), metrics.clone());
-    let tls = l.tls.load(l.upstream.host()).map_err(context)?;
+    let tls = TlsFiles::from(l.tls)
+        .load(l.upstream.host())
+        .map_err(|e| context(e.to_string()))?;
     let path = socket::parse_unix_address(listen).map_err(|e| context(e.to_string()))?;
     let bound = socket::bind(&path, &l.socket.options()).map_err(|e| context(e.to_string()))?;
     Ok(Ready {
         bound,
-        daemon: Daemon::new(l.upstream, tls, l.upstream_kind),
+        daemon: Daemon::new(l.upstream, tls, l.upstream_kind.into()),
         provider,
         gate: Gate::new(l.allow_uids, l.allow_gids, l.max_sessions),
     })
@@ -400,5 +501,28 @@ impl Readiness for Probes {
                 Err(NotReady(problems))
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file's global values stay unless the command line gives the same flag.
+    #[test]
+    fn command_line_wins_over_file_per_flag() {
+        let file = GlobalFlags::try_parse_from(["--audit-log", "/file", "--idle-timeout", "5s"])
+            .unwrap()
+            .global;
+        let m = super::super::Cli::command()
+            .try_get_matches_from(["irsa-secrets", "proxy", "--audit-log", "/cli"])
+            .unwrap();
+        let mut global = file;
+        global
+            .update_from_arg_matches(m.subcommand_matches("proxy").unwrap())
+            .unwrap();
+        assert_eq!(global.audit_log.as_deref(), Some("/cli"));
+        assert_eq!(global.idle_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(global.metrics_listen, None);
     }
 }

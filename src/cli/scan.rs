@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::SearchArgs;
 use crate::scan::ignore::Ignore;
-use crate::scan::report::{self, Format};
+use crate::scan::report;
 use crate::scan::{docker, Limits, Needles, Options, Progress, Report};
 use crate::source::Source;
 
@@ -101,7 +101,7 @@ async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
     let mut report = result?;
     report.notes.splice(0..0, notes);
     let mut out = std::io::stdout().lock();
-    out.write_all(report::render(&report, args.format).as_bytes())?;
+    out.write_all(report::render(&report, args.format.into()).as_bytes())?;
     out.flush()?;
     Ok(report)
 }
@@ -190,5 +190,26 @@ mod tests {
         assert_eq!(parse_size("64G"), Ok(64 << 30));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("99999999999T").is_err());
+    }
+}
+
+/// Output formats of `scan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// One line per finding, then a summary.
+    Text,
+    /// The report as one JSON object.
+    Json,
+    /// SARIF 2.1.0, for code-scanning tools.
+    Sarif,
+}
+
+impl From<Format> for report::Format {
+    fn from(f: Format) -> Self {
+        match f {
+            Format::Text => Self::Text,
+            Format::Json => Self::Json,
+            Format::Sarif => Self::Sarif,
+        }
     }
 }

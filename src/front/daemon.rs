@@ -171,7 +171,7 @@ fn seconds(d: Duration) -> humantime::FormattedDuration {
 const GRPC_PATH: &str = "/grpc";
 
 /// What kind of daemon the upstream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamKind {
     /// Find out by asking `GET /_ping` (dockerd answers it; buildkitd speaks only HTTP/2).
     Auto,

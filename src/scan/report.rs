@@ -9,7 +9,7 @@ use serde_json::json;
 use super::Report;
 
 /// Output formats of `scan`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     /// One line per finding, then a summary.
     Text,

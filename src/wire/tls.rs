@@ -23,31 +23,64 @@ pub enum Alpn {
     Either,
 }
 
-/// The flags, as given.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct TlsArgs {
+/// What TLS to the daemon uses, as configured (buildctl's flag names).
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
     /// CA certificate (PEM) that signed the daemon's certificate; turns TLS on.
-    #[arg(long, value_name = "FILE", env = "IRSA_SECRETS_TLSCACERT")]
     pub tlscacert: Option<PathBuf>,
     /// Client certificate (PEM) to present to the daemon.
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "IRSA_SECRETS_TLSCERT",
-        requires = "tlskey"
-    )]
     pub tlscert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "IRSA_SECRETS_TLSKEY",
-        requires = "tlscert"
-    )]
     pub tlskey: Option<PathBuf>,
     /// Name to verify in the daemon's certificate (default: the upstream's host).
-    #[arg(long, value_name = "NAME", env = "IRSA_SECRETS_TLSSERVERNAME")]
     pub tlsservername: Option<String>,
+}
+
+/// Why the TLS settings cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A client certificate or server name without a CA.
+    #[error("TLS to the upstream needs --tlscacert (the CA that signed the daemon's certificate)")]
+    NoCa,
+    /// A unix-socket upstream has no host to verify.
+    #[error("TLS to a unix socket needs --tlsservername")]
+    NoServerName,
+    /// The server name is not a valid DNS name or IP address.
+    #[error("--tlsservername {name:?}: {message}")]
+    BadServerName {
+        /// The name given.
+        name: String,
+        /// Why it is refused.
+        message: String,
+    },
+    /// A certificate file cannot be read or holds a bad certificate.
+    #[error("{}: {message}", path.display())]
+    Certificate {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A certificate file holds no certificate.
+    #[error("{} holds no PEM certificate", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file cannot be read.
+    #[error("--tlskey {}: {message}", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The client certificate and key do not go together.
+    #[error("--tlscert/--tlskey: {0}")]
+    ClientAuth(rustls::Error),
+    /// rustls refused its own defaults.
+    #[error("{0}")]
+    Rustls(rustls::Error),
 }
 
 /// A ready TLS client for one daemon.
@@ -65,41 +98,44 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-impl TlsArgs {
+impl TlsFiles {
     /// Loads the files; `None` when no TLS flag was given. `host` is the upstream's host name,
     /// the default server name.
-    pub fn load(&self, host: Option<&str>) -> Result<Option<Tls>, String> {
+    pub fn load(&self, host: Option<&str>) -> Result<Option<Tls>, TlsError> {
         let Some(ca) = &self.tlscacert else {
             if self.tlscert.is_some() || self.tlsservername.is_some() {
-                return Err("TLS to the upstream needs --tlscacert (the CA that signed the daemon's certificate)".into());
+                return Err(TlsError::NoCa);
             }
             return Ok(None);
         };
         let mut roots = RootCertStore::empty();
         for cert in read_certs(ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots.add(cert).map_err(|e| certificate(ca, e))?;
         }
         let name = self
             .tlsservername
             .as_deref()
             .or(host)
-            .ok_or("TLS to a unix socket needs --tlsservername")?;
-        let server_name = ServerName::try_from(name.to_string())
-            .map_err(|e| format!("--tlsservername {name:?}: {e}"))?;
+            .ok_or(TlsError::NoServerName)?;
+        let server_name =
+            ServerName::try_from(name.to_string()).map_err(|e| TlsError::BadServerName {
+                name: name.to_string(),
+                message: e.to_string(),
+            })?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(TlsError::Rustls)?
             .with_root_certificates(roots);
         let base = match (&self.tlscert, &self.tlskey) {
             (Some(cert), Some(key)) => {
-                let key = PrivateKeyDer::from_pem_file(key)
-                    .map_err(|e| format!("--tlskey {}: {e}", key.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+                    path: key.clone(),
+                    message: e.to_string(),
+                })?;
                 builder
                     .with_client_auth_cert(read_certs(cert)?, key)
-                    .map_err(|e| format!("--tlscert/--tlskey: {e}"))?
+                    .map_err(TlsError::ClientAuth)?
             }
             _ => builder.with_no_client_auth(),
         };
@@ -119,15 +155,24 @@ impl TlsArgs {
     }
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{}: {e}", path.display()))?
+        .map_err(|e| certificate(path, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| certificate(path, e))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
     }
     Ok(certs)
+}
+
+fn certificate(path: &Path, e: impl std::fmt::Display) -> TlsError {
+    TlsError::Certificate {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
 }
 
 impl Tls {
