@@ -3,7 +3,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use irsa_secrets::cli::Cli;
 
 /// jemalloc, for memory that comes back: glibc's malloc keeps what thousands of closed
@@ -20,7 +19,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static MALLOC_CONF: &[u8; 60] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (cli, matches) = Cli::from_env();
     let settings = cli.runtime();
     irsa_secrets::cli::logging::init(settings.log_format);
     let runtime = match usize::from(settings.worker_threads) {
@@ -41,7 +40,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run()) {
+    match runtime.block_on(cli.run(&matches)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
 use crate::source::irsa::Irsa;
@@ -67,10 +67,25 @@ pub enum Command {
 }
 
 impl Cli {
-    /// Runs the chosen command; the exit code is the command's verdict.
-    pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
+    /// Parses the process's arguments (exiting with clap's message when they do not parse) and
+    /// keeps the matches they came from, which `run` needs.
+    pub fn from_env() -> (Self, clap::ArgMatches) {
+        let matches = Self::command().get_matches();
+        match Self::from_arg_matches(&matches) {
+            Ok(cli) => (cli, matches),
+            Err(e) => e.format(&mut Self::command()).exit(),
+        }
+    }
+
+    /// Runs the chosen command; the exit code is the command's verdict. `matches` are those
+    /// the command was parsed from ([`Cli::from_env`]).
+    pub async fn run(self, matches: &clap::ArgMatches) -> anyhow::Result<std::process::ExitCode> {
         match self.command {
-            Command::Proxy(args) => proxy::run(*args).await,
+            Command::Proxy(args) => {
+                let empty = clap::ArgMatches::default();
+                let own = matches.subcommand_matches("proxy").unwrap_or(&empty);
+                proxy::run(*args, own).await
+            }
             Command::Serve(args) => serve::run(args).await,
             Command::Probe(args) => probe::run(args).await,
             Command::Token(args) => inspect::token(args),

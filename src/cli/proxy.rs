@@ -3,14 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
-use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
@@ -19,7 +17,8 @@ use crate::cli::config::{Place, Schema};
 use crate::front::socket;
 use crate::front::{limits, Daemon, Gate, Limits, Upstream};
 use crate::observe::audit::Audit;
-use crate::observe::metrics::{Metrics, NotReady, Readiness};
+use crate::observe::metrics::Metrics;
+use crate::observe::ready::Checks;
 use crate::provider::Provider;
 use crate::wire::tls::TlsFiles;
 
@@ -246,8 +245,10 @@ struct Ready {
     gate: Gate,
 }
 
-pub(super) async fn run(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let settings = load(args)?;
+/// Runs `proxy`. `matches` are the command's own, which alone know where each value came from
+/// (command line, variable or default): the config file yields to the first two only.
+pub(super) async fn run(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    let settings = load(args, matches)?;
     let prepared = prepare_all(settings)?;
     spawn(prepared).await
 }
@@ -261,18 +262,16 @@ struct Settings {
 /// Reads the flags and the config file into one settled value. A global flag given on the
 /// command line (or in its variable) wins over the file's key; both go through the same clap
 /// definition, so a new global flag needs no edit here.
-fn load(args: ProxyArgs) -> anyhow::Result<Settings> {
+fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings> {
     let Some(path) = &args.config else {
         return Ok(Settings {
             global: args.global,
             listeners: vec![args.listener],
         });
     };
-    let matches = proxy_matches();
-    if matches
-        .as_ref()
-        .is_some_and(|m| m.value_source("listen") == Some(clap::parser::ValueSource::CommandLine))
-    {
+    // A value from `IRSA_SECRETS_LISTEN` does not conflict with `--config`: the image sets that
+    // variable (for `health`) and has no shell to unset it.
+    if matches.value_source("listen") == Some(clap::parser::ValueSource::CommandLine) {
         anyhow::bail!("give listeners either in --config or with --listen, not both");
     }
     let schema = Schema::new(GlobalFlags::command(), ListenerFlags::command());
@@ -281,10 +280,8 @@ fn load(args: ProxyArgs) -> anyhow::Result<Settings> {
         .matches::<GlobalFlags>(path, Place::Top, &file.global)?
         .global;
     // Only values the command line or the environment gave are in `matches`: they replace the
-    // file's, the rest of the file's stay. (`Cli::parse` read the same arguments, so they parse.)
-    if let Some(m) = &matches {
-        global.update_from_arg_matches(m)?;
-    }
+    // file's, the rest of the file's stay.
+    global.update_from_arg_matches(matches)?;
     let mut listeners = Vec::new();
     for (i, flags) in file.listeners.iter().enumerate() {
         let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), flags)?;
@@ -345,19 +342,14 @@ async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = global.metrics_listen {
-        let probes: Arc<dyn Readiness> = Arc::new(Probes(
-            ready
-                .iter()
-                .map(|r| (r.provider.clone(), r.daemon.upstream.clone()))
-                .collect(),
-        ));
+        let checks = Arc::new(readiness(&ready));
         let (metrics, stop) = (metrics.clone(), stop.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on --metrics-listen {addr}: {e}"))?;
         tasks.spawn(async move {
             if let Err(e) =
-                crate::observe::metrics::serve(listener, metrics, probes, stop.cancelled_owned())
+                crate::observe::metrics::serve(listener, metrics, checks, stop.cancelled_owned())
                     .await
             {
                 tracing::error!(error = %e, "the metrics endpoint failed");
@@ -379,10 +371,12 @@ async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
             "proxying: point DOCKER_HOST, buildctl --addr or the buildx remote driver at unix://{}",
             bound.file.path().display()
         );
-        tokio::spawn(check_upstream(
-            provider.listener().to_string(),
-            daemon.upstream.clone(),
-        ));
+        tokio::spawn(
+            daemon
+                .upstream
+                .clone()
+                .warn_if_silent(provider.listener().to_string()),
+        );
         let (stop, limits) = (stop.clone(), limits.clone());
         tasks.spawn(async move {
             crate::front::run(
@@ -404,14 +398,22 @@ async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `proxy` command's matches, parsed again from the process's arguments: only they know
-/// where a value came from. A value from `IRSA_SECRETS_LISTEN` does not conflict with
-/// `--config`: the image sets that variable (for `health`) and has no shell to unset it.
-fn proxy_matches() -> Option<clap::ArgMatches> {
-    super::Cli::command()
-        .try_get_matches_from(std::env::args_os())
-        .ok()
-        .and_then(|m| m.subcommand_matches("proxy").cloned())
+/// `/readyz`: every listener's identity is valid and its daemon reachable.
+fn readiness(ready: &[Ready]) -> Checks {
+    let mut checks = Checks::default();
+    for r in ready {
+        let name = format!("listener {}", r.provider.listener());
+        let provider = r.provider.clone();
+        checks.add(&name, move || {
+            std::future::ready(provider.identity_problems())
+        });
+        let upstream = r.daemon.upstream.clone();
+        checks.add(name, move || {
+            let upstream = upstream.clone();
+            async move { upstream.unreachable().await.into_iter().collect() }
+        });
+    }
+    checks
 }
 
 fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<Ready> {
@@ -435,73 +437,6 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         provider,
         gate: Gate::new(l.allow_uids, l.allow_gids, l.max_sessions),
     })
-}
-
-/// Says at start-up, in one line, when a listener's daemon does not answer: otherwise the
-/// first sign would be a failed build. Not fatal, since a sidecar and its daemon start together.
-async fn check_upstream(listener: String, upstream: Upstream) {
-    let why = match tokio::time::timeout(UPSTREAM_CHECK, upstream.connect()).await {
-        Ok(Ok(_)) => return,
-        Ok(Err(e)) => match &upstream {
-            Upstream::Unix(path) => match std::fs::metadata(path) {
-                Ok(meta) if !meta.file_type().is_socket() => {
-                    format!("{} is not a socket", path.display())
-                }
-                Ok(_) => format!("nobody listens on the socket: {e}"),
-                Err(_) => format!("nothing at {}", path.display()),
-            },
-            Upstream::Tcp(_) => e.to_string(),
-        },
-        Err(_) => format!(
-            "no connection within {}",
-            humantime::format_duration(UPSTREAM_CHECK)
-        ),
-    };
-    tracing::warn!(
-        listener,
-        upstream = %upstream,
-        "the daemon at {upstream} does not answer yet ({why}); builds through this listener fail \
-         until it does. Still serving: check --upstream and that dockerd or buildkitd runs and \
-         listens there"
-    );
-}
-
-/// How long the start-up check waits for the daemon.
-const UPSTREAM_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
-
-/// `/readyz`: every listener's identity is valid and its daemon reachable.
-struct Probes(Vec<(Provider, Upstream)>);
-
-impl Readiness for Probes {
-    fn check(&self) -> BoxFuture<'_, Result<(), NotReady>> {
-        Box::pin(async move {
-            let mut problems = Vec::new();
-            for (provider, upstream) in &self.0 {
-                let listener = provider.listener();
-                for (source, expiry) in provider.expiries() {
-                    match expiry {
-                        Ok(left) => provider
-                            .metrics()
-                            .expiry(listener, source, left.as_secs_f64()),
-                        Err(e) => {
-                            provider.metrics().expiry(listener, source, 0.0);
-                            problems.push(format!("listener {listener}: {source}: {e}"));
-                        }
-                    }
-                }
-                if let Err(e) = upstream.connect().await {
-                    problems.push(format!(
-                        "listener {listener}: the daemon at {upstream} is unreachable: {e}"
-                    ));
-                }
-            }
-            if problems.is_empty() {
-                Ok(())
-            } else {
-                Err(NotReady(problems))
-            }
-        })
-    }
 }
 
 #[cfg(test)]

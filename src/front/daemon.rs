@@ -1,6 +1,7 @@
 //! The daemon behind the helper: where it listens, what kind it is, and how to dial it. Every
 //! step of reaching it has a deadline, and a failure names the daemon that did not answer.
 
+use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,7 +90,42 @@ impl Upstream {
                 ))
             })
     }
+
+    /// Readiness of the daemon: why a connection to it fails now, if it does.
+    pub async fn unreachable(&self) -> Option<String> {
+        let e = self.connect().await.err()?;
+        Some(format!("the daemon at {self} is unreachable: {e}"))
+    }
+
+    /// Says at start-up, in one line, when the daemon does not answer: otherwise the first
+    /// sign would be a failed build. Not fatal, since a sidecar and its daemon start together.
+    pub async fn warn_if_silent(self, listener: String) {
+        let why = match tokio::time::timeout(STARTUP_CHECK, self.connect()).await {
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => match &self {
+                Upstream::Unix(path) => match std::fs::metadata(path) {
+                    Ok(meta) if !meta.file_type().is_socket() => {
+                        format!("{} is not a socket", path.display())
+                    }
+                    Ok(_) => format!("nobody listens on the socket: {e}"),
+                    Err(_) => format!("nothing at {}", path.display()),
+                },
+                Upstream::Tcp(_) => e.to_string(),
+            },
+            Err(_) => format!("no connection within {}", seconds(STARTUP_CHECK)),
+        };
+        tracing::warn!(
+            listener,
+            upstream = %self,
+            "the daemon at {self} does not answer yet ({why}); builds through this listener fail \
+             until it does. Still serving: check --upstream and that dockerd or buildkitd runs and \
+             listens there"
+        );
+    }
 }
+
+/// How long the start-up check waits for the daemon.
+const STARTUP_CHECK: Duration = Duration::from_secs(3);
 
 /// How long each step of reaching the daemon may take: the connection, the TLS handshake,
 /// and dockerd's `POST /grpc` upgrade.

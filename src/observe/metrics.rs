@@ -20,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use super::ready::Checks;
 use super::Outcome;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -231,23 +232,11 @@ impl Drop for SessionGuard {
     }
 }
 
-/// Why `/readyz` says not ready: one reason per listener and problem, shown one per line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct NotReady(pub Vec<String>);
-
-/// What `/readyz` asks before saying ready, and what refreshes the expiry gauges.
-pub trait Readiness: Send + Sync + 'static {
-    /// `Ok` when every listener can serve: its identity is valid and its daemon reachable;
-    /// otherwise the reasons.
-    fn check(&self) -> std::pin::Pin<Box<dyn Future<Output = Result<(), NotReady>> + Send + '_>>;
-}
-
 /// Serves `/metrics`, `/healthz` and `/readyz` on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
-    ready: Arc<dyn Readiness>,
+    ready: Arc<Checks>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "metrics and probes on /metrics, /healthz, /readyz");
@@ -272,11 +261,11 @@ pub async fn serve(
 async fn answer(
     req: Request<Incoming>,
     metrics: Metrics,
-    ready: Arc<dyn Readiness>,
+    ready: Arc<Checks>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body, content_type) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n".to_string(), "text/plain"),
-        "/readyz" => match ready.check().await {
+        "/readyz" => match ready.run().await {
             Ok(()) => (StatusCode::OK, "ready\n".to_string(), "text/plain"),
             Err(why) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -286,7 +275,7 @@ async fn answer(
         },
         "/metrics" => {
             // Refreshes the expiry gauges; the verdict itself is /readyz's business.
-            let _ = ready.check().await;
+            let _ = ready.run().await;
             (
                 StatusCode::OK,
                 metrics.encode(),

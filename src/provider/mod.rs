@@ -99,13 +99,30 @@ impl Provider {
     }
 
     /// Time left on each source's identity (token, credentials), for probes and metrics.
-    pub fn expiries(&self) -> Vec<(&'static str, Result<Duration, SourceError>)> {
+    fn expiries(&self) -> Vec<(&'static str, Result<Duration, SourceError>)> {
         let mut seen = BTreeSet::new();
         self.routes
             .values()
             .filter(|s| seen.insert(Arc::as_ptr(s) as *const () as usize))
             .filter_map(|s| s.expiry().map(|e| (s.name(), e)))
             .collect()
+    }
+
+    /// Readiness of this listener's identity: refreshes each source's time-to-expiry gauge and
+    /// answers with one `SOURCE: WHY` per source that cannot serve now.
+    pub fn identity_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (source, expiry) in self.expiries() {
+            let left = match expiry {
+                Ok(left) => left.as_secs_f64(),
+                Err(e) => {
+                    problems.push(format!("{source}: {e}"));
+                    0.0
+                }
+            };
+            self.metrics.expiry(&self.listener, source, left);
+        }
+        problems
     }
 
     /// Fetches `id` for `caller`. `NotFound` for ids not served here, so BuildKit treats them

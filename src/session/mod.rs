@@ -7,27 +7,15 @@
 //! (FileSync, Auth, SSH, Upload, health, the client's own secrets, methods not yet invented) is
 //! forwarded as raw HTTP/2 streams: headers, body frames and trailers, never buffered whole.
 
-use std::convert::Infallible;
-use std::time::Instant;
-
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tonic::body::Body;
-use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
-use tower::Service;
 
-use crate::observe::metrics::Metrics;
-use crate::observe::Caller;
-use crate::provider::{ClientAnswer, Provider};
-use crate::wire::h2::{self, Peer};
-use crate::wire::proto::secrets::secrets_client::SecretsClient;
-use crate::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
-use crate::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use crate::wire::proto::GET_SECRET_PATH;
+use crate::provider::Provider;
+use crate::wire::h2;
 
 mod headers;
+mod router;
 pub use headers::{advertise_secrets, session_info, SessionInfo, SESSION_METHOD, SESSION_UUID};
+use router::Router;
 
 /// Runs the splice until either side ends; then both tunnels are closed and every stream task
 /// of the session fails and ends with them.
@@ -42,19 +30,7 @@ where
     D: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (to_client, client_conn) = h2::handshake(client).await.map_err(SpliceError::Client)?;
-    let metrics = provider.metrics().clone();
-    let secrets = SecretsServer::new(SessionSecrets {
-        provider,
-        client: info.client_serves_secrets().then(|| {
-            SecretsClient::with_origin(to_client.clone(), Uri::from_static("http://localhost"))
-        }),
-        caller: info.caller(),
-    });
-    let router = Router {
-        to_client,
-        secrets,
-        metrics,
-    };
+    let router = Router::new(to_client, &info, provider);
     let server = h2::server().serve_connection(
         h2::buffered(daemon),
         hyper::service::service_fn(move |req| router.clone().route(req)),
@@ -117,73 +93,4 @@ pub enum SpliceError {
     /// The daemon's side of the session failed.
     #[error("daemon side of the session: {0}")]
     Daemon(#[source] hyper::Error),
-}
-
-/// Routes the daemon's calls: GetSecret to the typed service, the rest to the client.
-#[derive(Clone)]
-struct Router {
-    to_client: Peer,
-    secrets: SecretsServer<SessionSecrets>,
-    metrics: Metrics,
-}
-
-impl Router {
-    async fn route(mut self, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        if req.uri().path() == GET_SECRET_PATH {
-            return Ok(self
-                .secrets
-                .call(req)
-                .await
-                .unwrap_or_else(|never| match never {}));
-        }
-        tracing::trace!(path = req.uri().path(), "forwarding to the client");
-        Ok(self
-            .to_client
-            .forward(req, "the build client", self.metrics.forwarded())
-            .await)
-    }
-}
-
-/// The session's Secrets service: the client's own value first when it serves the id, then the
-/// provider for the ids it owns; everything else is the client's answer.
-#[derive(Clone)]
-struct SessionSecrets {
-    provider: Provider,
-    client: Option<SecretsClient<Peer>>,
-    caller: Caller,
-}
-
-impl SessionSecrets {
-    async fn ask_client(
-        &self,
-        request: &GetSecretRequest,
-    ) -> Option<Result<GetSecretResponse, Status>> {
-        let mut client = self.client.clone()?;
-        Some(
-            client
-                .get_secret(request.clone())
-                .await
-                .map(GrpcResponse::into_inner),
-        )
-    }
-}
-
-#[tonic::async_trait]
-impl Secrets for SessionSecrets {
-    async fn get_secret(
-        &self,
-        request: GrpcRequest<GetSecretRequest>,
-    ) -> Result<GrpcResponse<GetSecretResponse>, Status> {
-        let request = request.into_inner();
-        let started = Instant::now();
-        let client = self
-            .ask_client(&request)
-            .await
-            .map(|r| ClientAnswer::from_result(r.map(GetSecretResponse::into_value)));
-        let value = self
-            .provider
-            .get_in_session(&request.id, &self.caller, client, started)
-            .await?;
-        Ok(GrpcResponse::new(GetSecretResponse::carrying(&value)))
-    }
 }
