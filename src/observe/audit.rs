@@ -199,6 +199,12 @@ impl Audit {
             })?,
             None => rand::random::<[u8; 32]>().to_vec(),
         };
+        Self::start(sink, key)
+    }
+
+    /// Starts the writer thread on `sink`, fingerprinting under `key`: the part of
+    /// [`Audit::open`] that does not care where records go, so tests can give it any writer.
+    fn start(sink: Box<dyn Write + Send>, key: Vec<u8>) -> Result<Self, OpenError> {
         if key.is_empty() {
             return Err(OpenError::EmptyKey);
         }
