@@ -389,3 +389,509 @@ fn write_all(mut sink: Box<dyn Write + Send>, mut jobs: mpsc::Receiver<Job>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observe::Peer;
+    use base64::Engine;
+    use serde_json::{json, Value};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    /// A sink the test can read back: every record the writer thread wrote.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Shared {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// A sink whose first write says it has begun, then hangs until released (or until the
+    /// releasing end is dropped): a disk or pipe that stopped taking bytes.
+    struct Stalled {
+        entered: Option<std::sync::mpsc::Sender<()>>,
+        release: Option<std::sync::mpsc::Receiver<()>>,
+        out: Shared,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let (Some(entered), Some(release)) = (self.entered.take(), self.release.take()) {
+                entered.send(()).unwrap();
+                let _ = release.recv();
+            }
+            self.out.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A trail on a stalled sink, once its writer hangs in the first record's write; the
+    /// sender releases it.
+    fn stalled() -> (Audit, Shared, std::sync::mpsc::Sender<()>) {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        let out = Shared::default();
+        let sink = Stalled {
+            entered: Some(entered_tx),
+            release: Some(release_rx),
+            out: out.clone(),
+        };
+        let audit = Audit::start(Box::new(sink), b"key".to_vec()).unwrap();
+        audit.session_start("ci", &Caller::default());
+        entered.recv().unwrap();
+        (audit, out, release)
+    }
+
+    const KEY: &[u8] = b"shared-audit-key";
+    const VALUE: &[u8] = b"hunter2-value";
+    /// HMAC-SHA256(KEY, VALUE), first 16 bytes, hex (Python's hmac module).
+    const VALUE_FINGERPRINT: &str = "78f23fe436ac4ee9bf99d4d568ac7cac";
+
+    fn caller() -> Caller {
+        Caller {
+            session: Some("sess-1".into()),
+            peer: Some(Peer {
+                pid: Some(42),
+                uid: 1000,
+                gid: 1001,
+            }),
+            probe: false,
+        }
+    }
+
+    fn served<'a>(value: &'a SecretValue) -> Answer<'a> {
+        Answer {
+            id: "db-password",
+            source: Some("file"),
+            outcome: Outcome::Served,
+            value: Some(value),
+            error: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// The records in `text`, checking that each is one JSON object on a line of its own with
+    /// a recent RFC 3339 UTC time to the millisecond, which is then taken out.
+    fn records(text: &str) -> Vec<Value> {
+        assert!(text.ends_with('\n'), "{text:?}");
+        text.lines()
+            .map(|line| {
+                let mut record: Value = serde_json::from_str(line).unwrap();
+                let time = record
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("time")
+                    .unwrap()
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                assert_eq!(time.len(), "2026-01-01T00:00:00.000Z".len(), "{time}");
+                assert!(time.ends_with('Z'), "{time}");
+                let at = humantime::parse_rfc3339(&time).unwrap();
+                let age = SystemTime::now().duration_since(at).unwrap();
+                assert!(age < Duration::from_secs(60), "{time}");
+                record
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_served_secret_is_one_line_with_who_what_and_the_fingerprint() {
+        let out = Shared::default();
+        let audit = Audit::start(Box::new(out.clone()), KEY.to_vec()).unwrap();
+        let value = SecretValue::new(VALUE.to_vec());
+        audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap();
+        // Written by the time `secret` returns: no waiting for the writer.
+        assert_eq!(
+            records(&out.text()),
+            [json!({
+                "listener": "ci",
+                "session": "sess-1",
+                "peer": {"pid": 42, "uid": 1000, "gid": 1001},
+                "event": "secret",
+                "id": "db-password",
+                "source": "file",
+                "outcome": "served",
+                "fingerprint": VALUE_FINGERPRINT,
+            })]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_request_has_its_error_and_no_fingerprint() {
+        let out = Shared::default();
+        let audit = Audit::start(Box::new(out.clone()), KEY.to_vec()).unwrap();
+        let caller = Caller {
+            probe: true,
+            ..Caller::default()
+        };
+        let answer = Answer {
+            id: "aws",
+            source: None,
+            outcome: Outcome::Error,
+            value: None,
+            error: Some("the token file is gone"),
+            started: Instant::now(),
+        };
+        audit.secret("ci", &caller, &answer).await.unwrap();
+        let not_found = Answer {
+            id: "nope",
+            outcome: Outcome::NotFound,
+            error: None,
+            ..answer
+        };
+        audit.secret_queued("ci", &Caller::default(), &not_found);
+        drop(audit);
+        assert_eq!(
+            records(&out.text()),
+            [
+                json!({
+                    "listener": "ci",
+                    "probe": true,
+                    "event": "secret",
+                    "id": "aws",
+                    "outcome": "error",
+                    "error": "the token file is gone",
+                }),
+                json!({
+                    "listener": "ci",
+                    "event": "secret",
+                    "id": "nope",
+                    "outcome": "not_found",
+                }),
+            ]
+        );
+    }
+
+    /// Dropping the last handle writes what is still queued: the records nobody waits for.
+    #[test]
+    fn session_and_denial_records_in_the_order_they_were_made() {
+        let out = Shared::default();
+        let audit = Audit::start(Box::new(out.clone()), KEY.to_vec()).unwrap();
+        let other = audit.clone();
+        audit.session_start("ci", &caller());
+        other.session_end("ci", &caller(), 1.5, None);
+        audit.session_end("ci", &caller(), 0.25, Some("the daemon hung up"));
+        other.connection_denied("gpu", &Caller::default(), "uid 7 gid 7 may not");
+        drop((audit, other));
+        let who = json!({"session": "sess-1", "peer": {"pid": 42, "uid": 1000, "gid": 1001}});
+        let with = |fields: Value| {
+            let mut record = who.clone();
+            record
+                .as_object_mut()
+                .unwrap()
+                .extend(fields.as_object().unwrap().clone());
+            record
+        };
+        assert_eq!(
+            records(&out.text()),
+            [
+                with(json!({"listener": "ci", "event": "session_start"})),
+                with(json!({"listener": "ci", "event": "session_end", "seconds": 1.5})),
+                with(json!({
+                    "listener": "ci",
+                    "event": "session_end",
+                    "seconds": 0.25,
+                    "error": "the daemon hung up",
+                })),
+                json!({"listener": "gpu", "event": "connection_denied", "reason": "uid 7 gid 7 may not"}),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_value_never_reaches_the_trail_in_any_encoding() {
+        let out = Shared::default();
+        let audit = Audit::start(Box::new(out.clone()), KEY.to_vec()).unwrap();
+        let value = SecretValue::new(VALUE.to_vec());
+        audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap();
+        let text = out.text();
+        let fingerprint = audit.fingerprint(&value);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let b64_url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        for encoded in [
+            String::from_utf8(VALUE.to_vec()).unwrap(),
+            hex::encode(VALUE),
+            hex::encode_upper(VALUE),
+            b64.encode(VALUE),
+            b64_url.encode(VALUE),
+        ] {
+            assert!(!text.contains(&encoded), "{encoded} in {text}");
+            assert!(
+                !fingerprint.contains(&encoded),
+                "{encoded} in {fingerprint}"
+            );
+        }
+        assert_eq!(fingerprint.len(), 32);
+        assert!(fingerprint
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn fingerprints_are_stable_per_key_and_differ_per_value_and_key() {
+        let a = Audit::start(Box::new(Shared::default()), KEY.to_vec()).unwrap();
+        let b = Audit::start(Box::new(Shared::default()), KEY.to_vec()).unwrap();
+        let other_key = Audit::start(Box::new(Shared::default()), b"another key".to_vec()).unwrap();
+        let value = SecretValue::new(VALUE.to_vec());
+        assert_eq!(a.fingerprint(&value), VALUE_FINGERPRINT);
+        assert_eq!(a.fingerprint(&value), VALUE_FINGERPRINT);
+        assert_eq!(b.fingerprint(&value), VALUE_FINGERPRINT);
+        let close = SecretValue::new(b"hunter2-valuf".to_vec());
+        assert_ne!(a.fingerprint(&close), VALUE_FINGERPRINT);
+        assert_ne!(other_key.fingerprint(&value), VALUE_FINGERPRINT);
+    }
+
+    #[test]
+    fn a_key_file_is_shared_and_no_key_file_means_a_key_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let key = dir.path().join("audit.key");
+        std::fs::write(&key, KEY).unwrap();
+        let log = log.to_str().unwrap();
+        let value = SecretValue::new(VALUE.to_vec());
+        let first = Audit::open(log, Some(&key)).unwrap();
+        let second = Audit::open(log, Some(&key)).unwrap();
+        assert_eq!(first.fingerprint(&value), VALUE_FINGERPRINT);
+        assert_eq!(second.fingerprint(&value), VALUE_FINGERPRINT);
+        let random = Audit::open(log, None).unwrap();
+        let another = Audit::open(log, None).unwrap();
+        assert_ne!(random.fingerprint(&value), VALUE_FINGERPRINT);
+        assert_ne!(random.fingerprint(&value), another.fingerprint(&value));
+    }
+
+    #[test]
+    fn a_missing_or_empty_key_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let log = log.to_str().unwrap();
+        let missing = dir.path().join("no.key");
+        let err = Audit::open(log, Some(&missing)).unwrap_err();
+        assert!(
+            matches!(&err, OpenError::Key { path, err } if *path == missing
+                && err.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot read the audit key {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+        let empty = dir.path().join("empty.key");
+        std::fs::write(&empty, b"").unwrap();
+        let err = Audit::open(log, Some(&empty)).unwrap_err();
+        assert!(matches!(err, OpenError::EmptyKey), "{err:?}");
+        assert_eq!(err.to_string(), "the audit key file is empty");
+    }
+
+    #[test]
+    fn the_log_is_appended_to_never_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        std::fs::write(&log, "an earlier record\n").unwrap();
+        let audit = Audit::open(log.to_str().unwrap(), None).unwrap();
+        audit.session_start("ci", &Caller::default());
+        drop(audit);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let rest = text.strip_prefix("an earlier record\n").unwrap();
+        assert_eq!(
+            records(rest),
+            [json!({"listener": "ci", "event": "session_start"})]
+        );
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_opened_says_which_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("no-such-dir").join("audit.log");
+        let err = Audit::open(log.to_str().unwrap(), None).unwrap_err();
+        assert!(
+            matches!(&err, OpenError::Log { path, .. } if *path == log),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot open the audit log {}: No such file or directory (os error 2)",
+                log.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_fifo_without_a_reader_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("audit.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = Audit::open(fifo.to_str().unwrap(), None).unwrap_err();
+        assert!(
+            matches!(&err, OpenError::NoReader(path) if *path == fifo),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot open the audit log {}: it is a FIFO nobody reads yet; start its reader first",
+                fifo.display()
+            )
+        );
+    }
+
+    /// With the writer hung, records nobody waits for are dropped once the queue is full, and
+    /// the caller goes on at once; the queued ones are written when the writer recovers.
+    #[test]
+    fn a_stalled_writer_never_blocks_queued_records_and_drops_the_overflow() {
+        let (audit, out, release) = stalled();
+        for _ in 0..QUEUE {
+            audit.session_start("ci", &Caller::default());
+        }
+        let answer = Answer {
+            id: "lost",
+            source: None,
+            outcome: Outcome::NotFound,
+            value: None,
+            error: None,
+            started: Instant::now(),
+        };
+        for _ in 0..10 {
+            audit.secret_queued("ci", &Caller::default(), &answer);
+            audit.session_end("ci", &Caller::default(), 1.0, None);
+            audit.connection_denied("ci", &Caller::default(), "lost");
+        }
+        release.send(()).unwrap();
+        drop(audit);
+        let records = records(&out.text());
+        // The one the writer hung on, and a full queue behind it.
+        assert_eq!(records.len(), 1 + QUEUE);
+        let start = json!({"listener": "ci", "event": "session_start"});
+        assert!(records.iter().all(|r| *r == start));
+    }
+
+    /// A secret request gives up after WRITE_TIMEOUT when its record is not written.
+    #[tokio::test]
+    async fn a_secret_request_fails_as_stuck_when_the_writer_hangs() {
+        let (audit, _out, release) = stalled();
+        let value = SecretValue::new(VALUE.to_vec());
+        let asked = Instant::now();
+        let err = audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap_err();
+        assert!(asked.elapsed() >= WRITE_TIMEOUT);
+        assert!(
+            matches!(err, AuditError::Stuck(t) if t == WRITE_TIMEOUT),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the audit trail did not take its record within 5s: the audit log is not being \
+             written (a full or slow disk, a pipe nobody reads?)"
+        );
+        drop(release);
+    }
+
+    struct Failing;
+
+    impl Write for Failing {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_request_fails_when_its_record_cannot_be_written() {
+        let audit = Audit::start(Box::new(Failing), KEY.to_vec()).unwrap();
+        let value = SecretValue::new(VALUE.to_vec());
+        let err = audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, AuditError::Write(e) if e.to_string() == "disk full"),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "cannot write the audit log: disk full");
+        // The writer goes on after a failed write.
+        let err = audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Write(_)), "{err:?}");
+    }
+
+    struct Panicking;
+
+    impl Write for Panicking {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            panic!("the writer dies (expected by this test)")
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_secret_request_fails_when_the_writer_is_gone() {
+        let audit = Audit::start(Box::new(Panicking), KEY.to_vec()).unwrap();
+        let value = SecretValue::new(VALUE.to_vec());
+        let err = audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Stopped), "{err:?}");
+        assert_eq!(err.to_string(), "the audit writer has stopped");
+        let err = audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Stopped), "{err:?}");
+        // Records nobody waits for are lost without blocking or panicking the caller.
+        audit.session_start("ci", &caller());
+    }
+
+    #[tokio::test]
+    async fn no_trail_takes_every_record_and_shows_no_key() {
+        let audit = Audit::default();
+        let value = SecretValue::new(VALUE.to_vec());
+        audit
+            .secret("ci", &caller(), &served(&value))
+            .await
+            .unwrap();
+        audit.session_start("ci", &caller());
+        assert_eq!(format!("{audit:?}"), "Audit { enabled: false }");
+        let on = Audit::start(Box::new(Shared::default()), KEY.to_vec()).unwrap();
+        assert_eq!(format!("{on:?}"), "Audit { enabled: true }");
+    }
+
+    #[test]
+    fn an_empty_key_is_refused_whatever_the_sink() {
+        let err = Audit::start(Box::new(Shared::default()), Vec::new()).unwrap_err();
+        assert!(matches!(err, OpenError::EmptyKey), "{err:?}");
+    }
+}
