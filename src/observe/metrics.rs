@@ -310,6 +310,304 @@ mod tests {
             .collect()
     }
 
+    /// The value of the one sample named exactly `series` (name and labels) in `text`.
+    fn sample<'a>(text: &'a str, series: &str) -> &'a str {
+        let mut found = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '));
+        let value = found
+            .next()
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert_eq!(found.next(), None, "{series} twice in\n{text}");
+        value
+    }
+
+    #[test]
+    fn requests_count_per_listener_id_and_outcome_with_their_latency() {
+        let m = Metrics::default();
+        let ms = Duration::from_millis;
+        m.request("ci", "aws", Outcome::Served, ms(1));
+        m.request("ci", "aws", Outcome::Served, ms(2));
+        m.request("ci", "aws", Outcome::Error, ms(3));
+        m.request("ci", OTHER, Outcome::NotFound, ms(4));
+        m.request("gpu", "aws", Outcome::Denied, ms(10));
+        let text = m.encode();
+        let requests = "irsa_secrets_secret_requests_total";
+        for (labels, count) in [
+            (r#"listener="ci",id="aws",outcome="served""#, "2"),
+            (r#"listener="ci",id="aws",outcome="error""#, "1"),
+            (r#"listener="ci",id="other",outcome="not_found""#, "1"),
+            (r#"listener="gpu",id="aws",outcome="denied""#, "1"),
+        ] {
+            assert_eq!(sample(&text, &format!("{requests}{{{labels}}}")), count);
+        }
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with(requests)).count(),
+            4,
+            "{text}"
+        );
+        let latency = "irsa_secrets_secret_request_duration_seconds";
+        assert_eq!(sample(&text, &format!("{latency}_count")), "5");
+        let sum: f64 = sample(&text, &format!("{latency}_sum")).parse().unwrap();
+        assert!((sum - 0.020).abs() < 1e-9, "{sum}");
+        // Buckets from 0.1 ms by fours: 1 ms falls under 1.6 ms, up to 4 ms under 6.4 ms.
+        assert_eq!(
+            sample(&text, &format!(r#"{latency}_bucket{{le="0.0016"}}"#)),
+            "1"
+        );
+        assert_eq!(
+            sample(&text, &format!(r#"{latency}_bucket{{le="0.0064"}}"#)),
+            "4"
+        );
+        assert_eq!(
+            sample(&text, &format!(r#"{latency}_bucket{{le="0.0256"}}"#)),
+            "5"
+        );
+    }
+
+    #[test]
+    fn sessions_open_follow_their_guards_and_joined_only_grows() {
+        let m = Metrics::default();
+        let open = |text: &str, listener: &str| {
+            sample(
+                text,
+                &format!(r#"irsa_secrets_sessions_open{{listener="{listener}"}}"#),
+            )
+            .to_string()
+        };
+        let joined = |text: &str, listener: &str| {
+            sample(
+                text,
+                &format!(r#"irsa_secrets_sessions_total{{listener="{listener}"}}"#),
+            )
+            .to_string()
+        };
+        let first = m.session("ci");
+        let second = m.session("ci");
+        let gpu = m.clone().session("gpu");
+        let text = m.encode();
+        assert_eq!(
+            [open(&text, "ci"), open(&text, "gpu")],
+            ["2".to_string(), "1".to_string()]
+        );
+        drop(first);
+        let text = m.encode();
+        assert_eq!(open(&text, "ci"), "1");
+        assert_eq!(joined(&text, "ci"), "2");
+        drop((second, gpu));
+        let text = m.encode();
+        assert_eq!(
+            [open(&text, "ci"), open(&text, "gpu")],
+            ["0", "0"].map(String::from)
+        );
+        assert_eq!(
+            [joined(&text, "ci"), joined(&text, "gpu")],
+            ["2", "1"].map(String::from)
+        );
+    }
+
+    #[test]
+    fn forwarded_bytes_add_up_across_every_reporter() {
+        let m = Metrics::default();
+        assert_eq!(
+            sample(&m.encode(), "irsa_secrets_forwarded_bytes_total"),
+            "0"
+        );
+        let report = m.forwarded();
+        let other = m.forwarded();
+        report(1000);
+        report.clone()(24);
+        other(u64::from(u32::MAX));
+        let total = 1024 + u64::from(u32::MAX);
+        assert_eq!(
+            sample(&m.encode(), "irsa_secrets_forwarded_bytes_total"),
+            total.to_string()
+        );
+        // Each Metrics counts its own.
+        assert_eq!(
+            sample(
+                &Metrics::default().encode(),
+                "irsa_secrets_forwarded_bytes_total"
+            ),
+            "0"
+        );
+    }
+
+    #[test]
+    fn the_expiry_gauge_holds_the_latest_time_left_per_listener_and_source() {
+        let m = Metrics::default();
+        m.expiry("ci", "irsa", 3600.0);
+        m.expiry("ci", "irsa", 120.5);
+        m.expiry("ci", "sts", -5.0);
+        m.expiry("gpu", "irsa", 60.0);
+        let text = m.encode();
+        let expiry = "irsa_secrets_expiry_seconds";
+        for (labels, seconds) in [
+            (r#"listener="ci",source="irsa""#, 120.5),
+            (r#"listener="ci",source="sts""#, -5.0),
+            (r#"listener="gpu",source="irsa""#, 60.0),
+        ] {
+            let got: f64 = sample(&text, &format!("{expiry}{{{labels}}}"))
+                .parse()
+                .unwrap();
+            assert_eq!(got, seconds, "{labels}");
+        }
+    }
+
+    #[test]
+    fn upstream_errors_count_per_listener() {
+        let m = Metrics::default();
+        m.upstream_error("ci");
+        m.upstream_error("ci");
+        m.upstream_error("gpu");
+        let text = m.encode();
+        let errors = "irsa_secrets_upstream_errors_total";
+        assert_eq!(sample(&text, &format!(r#"{errors}{{listener="ci"}}"#)), "2");
+        assert_eq!(
+            sample(&text, &format!(r#"{errors}{{listener="gpu"}}"#)),
+            "1"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    /// A probe server on a loopback port, stopped when the returned sender is dropped.
+    async fn probes(
+        metrics: Metrics,
+        checks: Checks,
+    ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            serve(listener, metrics, Arc::new(checks), shutdown)
+                .await
+                .unwrap();
+        });
+        (addr, stop)
+    }
+
+    /// GETs `path`: the status, the content type and the body.
+    async fn get(addr: std::net::SocketAddr, path: &str) -> (StatusCode, String, String) {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header(http::header::HOST, "localhost")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let res = send.send_request(req).await.unwrap();
+        let status = res.status();
+        let content_type = res.headers()[http::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    fn text(status: StatusCode, body: &str) -> (StatusCode, String, String) {
+        (status, "text/plain".to_string(), body.to_string())
+    }
+
+    #[tokio::test]
+    async fn probes_answer_healthz_readyz_and_unknown_paths() {
+        let mut checks = Checks::default();
+        checks.add("listener ci", || async { Vec::new() });
+        let (addr, _stop) = probes(Metrics::default(), checks).await;
+        assert_eq!(get(addr, "/healthz").await, text(StatusCode::OK, "ok\n"));
+        assert_eq!(get(addr, "/readyz").await, text(StatusCode::OK, "ready\n"));
+        for path in ["/", "/metricsz", "/healthz/", "/readyz/x"] {
+            assert_eq!(
+                get(addr, path).await,
+                text(StatusCode::NOT_FOUND, "try /metrics, /healthz or /readyz\n"),
+                "{path}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_with_every_reason_and_healthz_stays_ok() {
+        let mut checks = Checks::default();
+        checks.add("listener ci", || async {
+            vec!["irsa: the token expired".to_string()]
+        });
+        checks.add("listener gpu", || async { Vec::new() });
+        checks.add("listener arm", || async {
+            vec!["the daemon is unreachable".to_string()]
+        });
+        let (addr, _stop) = probes(Metrics::default(), checks).await;
+        assert_eq!(
+            get(addr, "/readyz").await,
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready:\nlistener ci: irsa: the token expired\n\
+                 listener arm: the daemon is unreachable\n"
+            )
+        );
+        assert_eq!(get(addr, "/healthz").await, text(StatusCode::OK, "ok\n"));
+    }
+
+    /// `/metrics` runs the checks first, so gauges they refresh are current; a failing check
+    /// does not turn it into an error.
+    #[tokio::test]
+    async fn metrics_are_openmetrics_text_refreshed_by_the_checks() {
+        let m = Metrics::default();
+        m.request("ci", "aws", Outcome::Served, Duration::from_millis(1));
+        let mut checks = Checks::default();
+        let refreshed = m.clone();
+        checks.add("listener ci", move || {
+            refreshed.expiry("ci", "irsa", 42.0);
+            async { vec!["irsa: about to expire".to_string()] }
+        });
+        let (addr, _stop) = probes(m.clone(), checks).await;
+        let (status, content_type, body) = get(addr, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            content_type,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert_eq!(body, m.encode());
+        let expiry: f64 = sample(
+            &body,
+            r#"irsa_secrets_expiry_seconds{listener="ci",source="irsa"}"#,
+        )
+        .parse()
+        .unwrap();
+        assert_eq!(expiry, 42.0);
+        assert_eq!(
+            sample(
+                &body,
+                r#"irsa_secrets_secret_requests_total{listener="ci",id="aws",outcome="served"}"#
+            ),
+            "1"
+        );
+    }
+
+    #[tokio::test]
+    async fn serve_returns_once_shutdown_resolves() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let served = serve(
+            listener,
+            Metrics::default(),
+            Arc::new(Checks::default()),
+            std::future::ready(()),
+        );
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("serve returns at shutdown")
+            .unwrap();
+    }
+
     #[test]
     fn request_labels_stay_bounded_whatever_ids_callers_pass() {
         let m = Metrics::default();
