@@ -237,3 +237,158 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Daemon>, ctx: Context) {
         Protocol::Http1 => docker::serve_connection(stream, daemon, ctx).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32) -> Option<Peer> {
+        Some(Peer {
+            pid: Some(4242),
+            uid,
+            gid,
+        })
+    }
+
+    #[test]
+    fn with_no_allowlist_everyone_is_admitted_even_unknown_peers() {
+        let gate = Gate::new(Vec::new(), Vec::new(), None);
+        assert_eq!(gate.admits(peer(0, 0)), Ok(()));
+        assert_eq!(gate.admits(peer(65534, 65534)), Ok(()));
+        assert_eq!(gate.admits(None), Ok(()));
+        assert_eq!(Gate::default().admits(None), Ok(()));
+    }
+
+    #[test]
+    fn a_peer_is_admitted_by_its_uid_or_its_gid() {
+        let gate = Gate::new(vec![1000, 1001], vec![999], None);
+        assert_eq!(gate.admits(peer(1000, 5)), Ok(()));
+        assert_eq!(gate.admits(peer(1001, 5)), Ok(()));
+        assert_eq!(gate.admits(peer(5, 999)), Ok(()));
+        assert_eq!(
+            gate.admits(peer(5, 1000)),
+            Err(GateError::NotAllowed { uid: 5, gid: 1000 }),
+            "a gid matching an allowed uid is not admitted"
+        );
+        assert_eq!(
+            gate.admits(peer(999, 6)),
+            Err(GateError::NotAllowed { uid: 999, gid: 6 }),
+            "a uid matching an allowed gid is not admitted"
+        );
+        assert_eq!(gate.admits(None), Err(GateError::UnknownPeer));
+    }
+
+    #[test]
+    fn either_allowlist_alone_closes_the_socket_to_the_rest() {
+        let uids_only = Gate::new(vec![1000], Vec::new(), None);
+        assert_eq!(uids_only.admits(peer(1000, 1)), Ok(()));
+        assert_eq!(
+            uids_only.admits(peer(0, 1000)),
+            Err(GateError::NotAllowed { uid: 0, gid: 1000 })
+        );
+        assert_eq!(uids_only.admits(None), Err(GateError::UnknownPeer));
+        let gids_only = Gate::new(Vec::new(), vec![998], None);
+        assert_eq!(gids_only.admits(peer(0, 998)), Ok(()));
+        assert_eq!(
+            gids_only.admits(peer(998, 0)),
+            Err(GateError::NotAllowed { uid: 998, gid: 0 })
+        );
+        assert_eq!(gids_only.admits(None), Err(GateError::UnknownPeer));
+    }
+
+    #[test]
+    fn without_a_ceiling_sessions_need_no_permit() {
+        let gate = Gate::new(Vec::new(), Vec::new(), None);
+        for _ in 0..1000 {
+            assert!(matches!(gate.session(), Ok(None)));
+        }
+    }
+
+    #[test]
+    fn the_ceiling_refuses_as_full_until_a_permit_is_dropped() {
+        let gate = Gate::new(Vec::new(), Vec::new(), Some(2));
+        let first = gate.session().unwrap().expect("a permit");
+        // Every connection gets a clone of the listener's gate: the places are shared.
+        let clone = gate.clone();
+        let second = clone.session().unwrap().expect("a permit");
+        assert_eq!(gate.session().unwrap_err(), GateError::Full(2));
+        assert_eq!(clone.session().unwrap_err(), GateError::Full(2));
+        drop(first);
+        let third = gate.session().unwrap().expect("the place the first left");
+        assert_eq!(clone.session().unwrap_err(), GateError::Full(2));
+        drop((second, third));
+        let again: Vec<_> = (0..2).map(|_| clone.session().unwrap().unwrap()).collect();
+        assert_eq!(gate.session().unwrap_err(), GateError::Full(2));
+        drop(again);
+    }
+
+    #[test]
+    fn a_ceiling_of_zero_refuses_every_session() {
+        let gate = Gate::new(Vec::new(), Vec::new(), Some(0));
+        assert_eq!(gate.session().unwrap_err(), GateError::Full(0));
+    }
+
+    #[test]
+    fn refusals_say_why_and_what_to_do() {
+        assert_eq!(
+            GateError::NotAllowed { uid: 5, gid: 6 }.to_string(),
+            "irsa-secrets: uid 5 gid 6 may not use this socket; ask for your uid or gid in the \
+             listener's --allow-uid/--allow-gid (allow_uid/allow_gid in the config file)"
+        );
+        assert_eq!(
+            GateError::UnknownPeer.to_string(),
+            "irsa-secrets: the peer's credentials are unknown and this socket has an allowlist"
+        );
+        assert_eq!(
+            GateError::Full(8).to_string(),
+            "max_sessions 8 full: irsa-secrets refused this build session; retry when one ends"
+        );
+        // The docker CLI shows 24 bytes of a refused session's body: the reason must fit.
+        let shown = &GateError::Full(1000).to_string()[..24];
+        assert_eq!(shown, "max_sessions 1000 full: ");
+    }
+
+    /// A refused session is audited as a denied connection, with the session and the reason.
+    #[test]
+    fn a_session_past_the_ceiling_is_audited_as_denied() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.log");
+        let audit = crate::observe::audit::Audit::open(log.to_str().unwrap(), None).unwrap();
+        let provider = Provider::new(Vec::new())
+            .with_policy("ci", None)
+            .with_observers(audit, crate::observe::metrics::Metrics::default());
+        let ctx = Context {
+            gate: Gate::new(Vec::new(), Vec::new(), Some(1)),
+            ..Context::new(provider)
+        };
+        let info = SessionInfo {
+            id: "sess-9".into(),
+            client_methods: Vec::new(),
+            peer: peer(1000, 1000),
+        };
+        let held = ctx.admit_session(&info).unwrap().expect("a permit");
+        assert_eq!(ctx.admit_session(&info).unwrap_err(), GateError::Full(1));
+        drop(held);
+        assert!(ctx.admit_session(&info).unwrap().is_some());
+        // The last handle on the trail writes what is queued.
+        drop(ctx);
+        let text = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let mut record = lines[0].clone();
+        record.as_object_mut().unwrap().remove("time").unwrap();
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "listener": "ci",
+                "session": "sess-9",
+                "peer": {"pid": 4242, "uid": 1000, "gid": 1000},
+                "event": "connection_denied",
+                "reason": GateError::Full(1).to_string(),
+            })
+        );
+    }
+}
