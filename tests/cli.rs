@@ -132,6 +132,7 @@ fn each_command_help_lists_only_the_flags_it_uses() {
             "--role-arn",
             "--region",
             "--secret",
+            "--identity",
         ][..],
         IDENTITY,
         IDS,
@@ -165,7 +166,7 @@ fn each_command_help_lists_only_the_flags_it_uses() {
             ]),
             80,
         ),
-        (&["serve"], cat(&serve_flags), 150),
+        (&["serve"], cat(&serve_flags), 170),
         (&["probe"], cat(&[&["--socket"], ALWAYS]), 15),
         (&["health"], cat(&[&["--socket", "--timeout"], ALWAYS]), 15),
         (

@@ -265,7 +265,7 @@ async fn the_scope_reaches_sts_and_bad_scopes_fail_at_start() {
         req["RoleSessionName"]
     );
     assert!(!req.contains_key("ProviderId"));
-    assert!(h.log_text().contains("STS credentials issued"));
+    assert!(h.log_text().contains("credentials issued"));
 
     // Bad scopes are refused before anything is served.
     let big = dir.path().join("big.json");

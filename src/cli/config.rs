@@ -34,11 +34,23 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, Command, FromArgMatches};
 use toml::Value;
 
-/// The `[[listener]]` key that opts a listener into the process's identity; a key of the file
-/// only, with no flag behind it (on the command line the one listener is the process's).
+/// The `[[listener]]` key that opts a listener into the process's identity (on the command
+/// line the one listener is the process's): `"process"` for whichever `--identity` settles on,
+/// or the name of one (`identity = "pod-identity"`), which then becomes the `--identity` flag.
 const IDENTITY_KEY: &str = "identity";
-/// The one value [`IDENTITY_KEY`] takes.
+/// The value of [`IDENTITY_KEY`] that takes the process's identity as `--identity` finds it.
 const PROCESS: &str = "process";
+/// The identities [`IDENTITY_KEY`] may name.
+const NAMED_IDENTITIES: [&str; 6] = [
+    "irsa",
+    "pod-identity",
+    "container",
+    "imds",
+    "github-oidc",
+    "mock",
+];
+/// The `--identity` flag, which a listener that did not opt in gets as `own`: only its own keys.
+const IDENTITY_CHOICE_FLAG: &str = "identity";
 /// How `identity = "process"` travels among a table's flags, to be taken out before clap sees
 /// them.
 const PROCESS_IDENTITY_FLAG: &str = "--identity=process";
@@ -256,6 +268,9 @@ impl Schema {
             for (id, _) in &identity_ids {
                 command = command.mut_arg(id, |a| a.env(None));
             }
+            for (id, _) in ids_of(&command, &[IDENTITY_CHOICE_FLAG]) {
+                command = command.mut_arg(id, |a| a.env(None).default_value("own"));
+            }
         }
         let flags = flags.iter().filter(|f| *f != PROCESS_IDENTITY_FLAG);
         let matches = command
@@ -397,16 +412,27 @@ impl Schema {
     }
 }
 
-/// Turns `identity = "process"` into its marker among the table's flags.
+/// Turns `identity = "process"` into its marker among the table's flags, and a named identity
+/// into the marker and `--identity NAME`.
 fn identity(value: &Value, out: &mut Vec<String>) -> Result<(), Problem> {
     match value {
         Value::String(s) if s == PROCESS => {
             out.push(PROCESS_IDENTITY_FLAG.into());
             Ok(())
         }
+        Value::String(s) if NAMED_IDENTITIES.contains(&s.as_str()) => {
+            out.extend([
+                PROCESS_IDENTITY_FLAG.into(),
+                format!("--{IDENTITY_CHOICE_FLAG}"),
+                s.clone(),
+            ]);
+            Ok(())
+        }
         _ => Err(Problem::Invalid(format!(
-            "`{IDENTITY_KEY}` takes \"{PROCESS}\" (serve the helper's own identity); for one of \
-             this listener's own, set token_file and role_arn (or mock = true) instead"
+            "`{IDENTITY_KEY}` takes \"{PROCESS}\" (serve the helper's own identity) or one of \
+             {}; for one of this listener's own, set token_file and role_arn (or mock = true) \
+             instead",
+            NAMED_IDENTITIES.map(|n| format!("\"{n}\"")).join(", ")
         ))),
     }
 }

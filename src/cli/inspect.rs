@@ -83,10 +83,10 @@ async fn sts_check(args: &DoctorArgs, r: &mut Report) {
             return r.fail(&format!("{e:#}"), fix);
         }
     };
-    match sts.credentials().await {
+    match sts.current().await {
         Ok(issued) => r.ok(&format!(
             "STS issued credentials for {} expiring at {} (in {})",
-            issued.assumed_role_arn,
+            issued.principal,
             issued.expiration_rfc3339(),
             jwt::human(issued.valid_for(SystemTime::now()))
         )),

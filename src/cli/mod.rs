@@ -8,9 +8,12 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
+use crate::source::credentials::Credentials;
+use crate::source::identity::{self, Chosen, Identity, NoIdentity, Present};
 use crate::source::irsa::Irsa;
 use crate::source::jwt::Expectations;
 use crate::source::mock::Mock;
+use crate::source::platform::{Platform, PlatformRole};
 use crate::source::static_secret::{SecretSpec, Static};
 use crate::source::{IdentityIds, Source};
 
@@ -187,10 +190,61 @@ pub struct IdentityArgs {
 
 /// What to do on a machine with no identity, for every message that reports one missing.
 pub const NO_IDENTITY_HINT: &str = "On EKS, annotate the runner's service account with \
-     eks.amazonaws.com/role-arn; on a laptop, pass --mock, or run `irsa-secrets mock write DIR` \
-     and `set -a; . DIR/env; set +a`";
+     eks.amazonaws.com/role-arn or give it a Pod Identity association; on EC2, pass --identity \
+     imds; on a laptop, pass --mock, or run `irsa-secrets mock write DIR` and \
+     `set -a; . DIR/env; set +a`";
+
+/// Which identity `--identity` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IdentityChoice {
+    /// The first present of IRSA, the container endpoint (Pod Identity, ECS, CodeBuild) and
+    /// GitHub Actions OIDC; never the EC2 instance role.
+    Auto,
+    /// AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN.
+    Irsa,
+    /// The EKS Pod Identity agent (AWS_CONTAINER_CREDENTIALS_FULL_URI and
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE).
+    PodIdentity,
+    /// An ECS task role, CodeBuild's, or another container credentials endpoint.
+    Container,
+    /// The EC2 instance role, IMDSv2 only (AWS_EC2_METADATA_SERVICE_ENDPOINT overrides where).
+    Imds,
+    /// GitHub Actions OIDC (the job needs `permissions: id-token: write`) for AWS_ROLE_ARN.
+    GithubOidc,
+    /// The mock identity (as --mock).
+    Mock,
+    /// Only what the listener's own keys name: how the config file marks a listener that did
+    /// not opt into the helper's identity.
+    #[value(hide = true)]
+    Own,
+}
 
 impl IdentityArgs {
+    /// The identity `choice` settles on with these flags and, unless `choice` is
+    /// [`IdentityChoice::Own`], the environment.
+    fn choose(&self, choice: IdentityChoice) -> Result<Chosen, NoIdentity> {
+        let (token_file, role_arn) = (self.token.token_file.is_some(), self.role_arn.is_some());
+        let asked = match choice {
+            _ if self.token.mock => Some(Identity::Mock),
+            IdentityChoice::Auto | IdentityChoice::Own => None,
+            IdentityChoice::Irsa => Some(Identity::Irsa),
+            IdentityChoice::PodIdentity => Some(Identity::PodIdentity),
+            IdentityChoice::Container => Some(Identity::Container),
+            IdentityChoice::Imds => Some(Identity::Imds),
+            IdentityChoice::GithubOidc => Some(Identity::GithubOidc),
+            IdentityChoice::Mock => Some(Identity::Mock),
+        };
+        let present = match choice {
+            IdentityChoice::Own => Present {
+                token_file,
+                role_arn,
+                ..Present::default()
+            },
+            _ => Present::from_env(token_file, role_arn),
+        };
+        identity::choose(asked, &present)
+    }
+
     /// True when an identity (IRSA or mock) is configured at all.
     pub fn has_identity(&self) -> bool {
         self.token.mock || self.token.token_file.is_some() || self.role_arn.is_some()
@@ -310,30 +364,76 @@ pub struct ServedArgs {
     /// Scoped STS credentials instead of the raw identity.
     #[command(flatten)]
     pub sts: sts::StsArgs,
+
+    /// Which of the runner's identities to serve.
+    #[arg(long = "identity", value_enum, default_value_t = IdentityChoice::Auto, env = "IRSA_SECRETS_IDENTITY", value_name = "IDENTITY")]
+    pub choice: IdentityChoice,
 }
 
 impl ServedArgs {
     /// All sources, identity first so explicit `--secret` declarations win shared ids. With
-    /// `--secret` declarations and no identity configured, serves just those.
+    /// `--secret` declarations and no identity found, serves just those.
     pub fn sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
-        let (ids, region) = (self.ids.ids(), self.region.region.clone());
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
-        if !self.identity.has_identity() && !self.secrets.secrets.is_empty() {
-            tracing::warn!("no AWS identity configured: serving only the --secret declarations");
-        } else if self.sts.sts {
-            sources.push(Arc::new(self.sts.source(
-                &self.identity,
-                &ids,
-                region.clone(),
-            )?));
-            if self.sts.serve_identity {
-                sources.push(Arc::new(self.identity.irsa(ids, region)?));
+        match self.identity.choose(self.choice) {
+            Err(NoIdentity::NoneFound) if !self.secrets.secrets.is_empty() => {
+                tracing::warn!("no AWS identity configured: serving only the --secret declarations")
             }
-        } else {
-            sources.push(self.identity.source(ids, region)?);
+            Err(e) => anyhow::bail!("no identity: {e}. {NO_IDENTITY_HINT}"),
+            Ok(chosen) => {
+                tracing::info!(
+                    identity = %chosen.identity,
+                    because = chosen.because,
+                    "serving the {} identity",
+                    chosen.identity
+                );
+                sources.extend(self.identity_sources(chosen.identity)?);
+            }
         }
         sources.extend(self.secrets.source()?);
         Ok(sources)
+    }
+
+    /// The sources that serve `identity`.
+    fn identity_sources(&self, identity: Identity) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let (ids, region) = (self.ids.ids(), self.region.region.clone());
+        let platform = match identity {
+            Identity::Irsa | Identity::Mock if self.sts.sts => {
+                let mut sources: Vec<Arc<dyn Source>> = vec![Arc::new(self.sts.source(
+                    &self.identity,
+                    &ids,
+                    region.clone(),
+                )?)];
+                if self.sts.serve_identity {
+                    sources.push(Arc::new(self.identity.irsa(ids, region)?));
+                }
+                return Ok(sources);
+            }
+            Identity::Irsa | Identity::Mock => {
+                return Ok(vec![self.identity.source(ids, region)?]);
+            }
+            Identity::GithubOidc => anyhow::bail!(
+                "--identity github-oidc is not served by this build yet; use IRSA, Pod Identity, \
+                 a container role or --identity imds"
+            ),
+            Identity::PodIdentity => Platform::PodIdentity,
+            Identity::Container => Platform::Container,
+            Identity::Imds => Platform::Imds,
+        };
+        if self.sts.sts {
+            anyhow::bail!(
+                "--sts exchanges a web identity token, and the {identity} identity is credentials \
+                 already: drop --sts (its credentials are served as aws-credentials, \
+                 aws-access-key-id, ...)"
+            );
+        }
+        let role = PlatformRole::new(platform);
+        tracing::info!(identity = %identity, endpoint = role.endpoint(), "credentials come from {}", role.endpoint());
+        Ok(vec![Arc::new(Credentials::new(
+            role,
+            self.identity.token.expiry_margin,
+            region.map(|r| (ids.region.clone(), r)),
+        ))])
     }
 }
 

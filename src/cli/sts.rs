@@ -6,9 +6,10 @@ use std::time::Duration;
 use clap::Args;
 
 use super::IdentityArgs;
+use crate::source::credentials::Credentials;
 use crate::source::sts::exchange::Exchange;
 use crate::source::sts::scope::{self, Scope, SessionName};
-use crate::source::sts::Sts;
+use crate::source::sts::WebIdentity;
 use crate::source::IdentityIds;
 
 /// How the token is exchanged with STS: `serve`, `proxy` and `doctor`.
@@ -58,7 +59,7 @@ impl StsArgs {
         identity: &IdentityArgs,
         ids: &IdentityIds,
         region: Option<String>,
-    ) -> anyhow::Result<Sts> {
+    ) -> anyhow::Result<Credentials> {
         if identity.token.mock {
             anyhow::bail!(
                 "--sts exchanges the real IRSA token and --mock has none STS would accept: drop \
@@ -72,10 +73,12 @@ impl StsArgs {
             );
         };
         let role_arn = identity.role_arn.as_deref().unwrap_or_default();
-        Ok(Sts::new(
-            irsa,
-            self.scope(role_arn)?,
-            Exchange::new(&region, self.sts_endpoint.as_deref()),
+        Ok(Credentials::new(
+            WebIdentity::new(
+                irsa,
+                self.scope(role_arn)?,
+                Exchange::new(&region, self.sts_endpoint.as_deref()),
+            ),
             identity.token.expiry_margin,
             Some((ids.region.clone(), region)),
         ))

@@ -12,8 +12,9 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 use super::scope::Scope;
 use crate::secret::SecretValue;
+use crate::source::credentials::Issued;
 use crate::source::jwt::{self, Claims};
-use crate::source::{ErrorKind, SourceError};
+use crate::source::{scrub, ErrorKind, SourceError};
 
 /// Attempts per exchange; the SDK's own retries are off so this count is exact.
 pub const ATTEMPTS: u32 = 3;
@@ -22,8 +23,6 @@ pub const ATTEMPTS: u32 = 3;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First backoff; doubled per retry, with jitter.
 const BACKOFF: Duration = Duration::from_millis(250);
-/// Longest STS message quoted in an error.
-const MAX_QUOTE: usize = 300;
 
 /// STS error codes worth another attempt (as are HTTP 429 and 5xx whatever the code).
 const TRANSIENT_CODES: &[&str] = &[
@@ -125,35 +124,6 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
     }
     out.push_str(rest);
     out
-}
-
-/// Credentials STS issued. The three values live in [`SecretValue`]s only.
-#[derive(Debug)]
-pub struct Issued {
-    /// `AccessKeyId` (`ASIA...`).
-    pub access_key_id: SecretValue,
-    /// `SecretAccessKey`.
-    pub secret_access_key: SecretValue,
-    /// `SessionToken`.
-    pub session_token: SecretValue,
-    /// When STS says they stop working.
-    pub expiration: SystemTime,
-    /// When they were received, the start of their lifetime for refresh scheduling.
-    pub received: SystemTime,
-    /// `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`, for logs and `doctor`.
-    pub assumed_role_arn: String,
-}
-
-impl Issued {
-    /// Lifetime left at `now` (zero once expired).
-    pub fn valid_for(&self, now: SystemTime) -> Duration {
-        self.expiration.duration_since(now).unwrap_or_default()
-    }
-
-    /// The expiry as RFC 3339, as `aws-credentials-expiration` serves it.
-    pub fn expiration_rfc3339(&self) -> String {
-        humantime::format_rfc3339_seconds(self.expiration).to_string()
-    }
 }
 
 /// An STS client for one region and endpoint.
@@ -291,7 +261,7 @@ impl Exchange {
             session_token: SecretValue::from(creds.session_token),
             expiration,
             received: SystemTime::now(),
-            assumed_role_arn: output.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
+            principal: output.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
         })
     }
 
@@ -366,38 +336,9 @@ impl Exchange {
     }
 }
 
-/// Makes text from the other side safe to log: bounded, single-line, and never the token, even
-/// if the server echoed it back.
-fn scrub(text: &str, token: &str) -> String {
-    let text = if token.len() >= 8 {
-        text.replace(token, "[redacted]")
-    } else {
-        text.to_string()
-    };
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_QUOTE)
-        .collect();
-    if text.chars().count() > MAX_QUOTE {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scrub_bounds_flattens_and_hides_the_token() {
-        assert_eq!(
-            scrub("bad token eyJhbGciOi.x.y\nhere", "eyJhbGciOi.x.y"),
-            "bad token [redacted] here"
-        );
-        let long = "x".repeat(1000);
-        assert_eq!(scrub(&long, "eyJhbGciOi").chars().count(), MAX_QUOTE + 1);
-    }
 
     #[test]
     fn fill_copies_values_as_they_are() {
