@@ -11,6 +11,7 @@ pub mod arn;
 pub mod irsa;
 pub mod jwt;
 pub mod mock;
+pub(crate) mod remote;
 pub mod static_secret;
 pub mod sts;
 

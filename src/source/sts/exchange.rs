@@ -13,6 +13,7 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use super::scope::Scope;
 use crate::secret::SecretValue;
 use crate::source::jwt::{self, Claims};
+use crate::source::remote::{retrying, scrub, Failure};
 use crate::source::{ErrorKind, SourceError};
 
 /// Attempts per exchange; the SDK's own retries are off so this count is exact.
@@ -22,8 +23,6 @@ pub const ATTEMPTS: u32 = 3;
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(3);
 /// First backoff; doubled per retry, with jitter.
 const BACKOFF: Duration = Duration::from_millis(250);
-/// Longest STS message quoted in an error.
-const MAX_QUOTE: usize = 300;
 
 /// STS error codes worth another attempt (as are HTTP 429 and 5xx whatever the code).
 const TRANSIENT_CODES: &[&str] = &[
@@ -165,14 +164,6 @@ pub struct Exchange {
     region: String,
 }
 
-/// What a failed attempt means for the next one.
-enum Failure {
-    /// Worth another attempt (throttling, 5xx, timeouts, IdP unreachable).
-    Transient(String),
-    /// Final: retrying cannot help.
-    Fatal(SourceError),
-}
-
 impl Exchange {
     /// A client for `region`, sending to `endpoint` or, without one, to STS's regional endpoint.
     pub fn new(region: &str, endpoint: Option<&str>) -> Self {
@@ -215,31 +206,20 @@ impl Exchange {
         let token_text = std::str::from_utf8(token.expose()).map_err(|_| {
             SourceError::new(ErrorKind::Invalid, "the web identity token is not UTF-8")
         })?;
-        let mut delay = BACKOFF;
-        for attempt in 1..=ATTEMPTS {
-            match self.attempt(scope, token_text, claims, session_name).await {
-                Ok(issued) => return Ok(issued),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(why)) if attempt < ATTEMPTS => {
-                    let pause = delay.mul_f64(rand::random_range(0.5..1.0));
-                    tracing::warn!(attempt, error = %why, retry_in = ?pause, "STS call failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    delay *= 2;
-                }
-                Err(Failure::Transient(why)) => {
-                    return Err(SourceError::new(
-                        ErrorKind::Io,
-                        format!(
-                            "STS at {} failed {ATTEMPTS} times, last: {why}; check that the \
-                             endpoint is reachable from the helper (proxy, DNS, egress rules) \
-                             and the AWS Health Dashboard",
-                            self.endpoint
-                        ),
-                    ))
-                }
-            }
+        let attempt = || self.attempt(scope, token_text, claims, session_name);
+        match retrying("STS call", ATTEMPTS, BACKOFF, attempt).await {
+            Ok(issued) => Ok(issued),
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(Failure::Transient(why)) => Err(SourceError::new(
+                ErrorKind::Io,
+                format!(
+                    "STS at {} failed {ATTEMPTS} times, last: {why}; check that the endpoint is \
+                     reachable from the helper (proxy, DNS, egress rules) and the AWS Health \
+                     Dashboard",
+                    self.endpoint
+                ),
+            )),
         }
-        unreachable!("the last attempt returns")
     }
 
     async fn attempt(
@@ -366,38 +346,9 @@ impl Exchange {
     }
 }
 
-/// Makes text from the other side safe to log: bounded, single-line, and never the token, even
-/// if the server echoed it back.
-fn scrub(text: &str, token: &str) -> String {
-    let text = if token.len() >= 8 {
-        text.replace(token, "[redacted]")
-    } else {
-        text.to_string()
-    };
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_QUOTE)
-        .collect();
-    if text.chars().count() > MAX_QUOTE {
-        out.push('…');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scrub_bounds_flattens_and_hides_the_token() {
-        assert_eq!(
-            scrub("bad token eyJhbGciOi.x.y\nhere", "eyJhbGciOi.x.y"),
-            "bad token [redacted] here"
-        );
-        let long = "x".repeat(1000);
-        assert_eq!(scrub(&long, "eyJhbGciOi").chars().count(), MAX_QUOTE + 1);
-    }
 
     #[test]
     fn fill_copies_values_as_they_are() {
