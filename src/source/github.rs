@@ -127,13 +127,9 @@ impl GitHubOidc {
         })
     }
 
-    /// What the tokens must meet (the audience asked for and the expiry margin).
-    pub fn expectations(&self) -> &Expectations {
-        &self.inner.want
-    }
-
     /// The current token, checked: the cached one while it has more than the expiry margin
-    /// left, else a new one from GitHub (one request for all concurrent callers).
+    /// left, else a new one from GitHub (one request for all concurrent callers). A token within
+    /// the margin is not served once a request for its successor failed: the error is.
     pub async fn checked_token(&self) -> Result<(SecretValue, jwt::Checked), SourceError> {
         let inner = &self.inner;
         if let Some(issued) = inner.fresh() {
@@ -861,6 +857,9 @@ mod tests {
             let err = request_uri(bad, AUDIENCE).unwrap_err();
             assert!(err.message.contains(why), "{bad}: {err}");
         }
+        // Built outside any runtime, as a CLI would before starting one.
+        let request_token = || SecretValue::from(REQUEST_TOKEN.to_string());
+        assert!(GitHubOidc::new("https://gh.example/t", request_token(), want()).is_ok());
         let empty = GitHubOidc::new(
             "https://gh.example/t",
             SecretValue::from(" ".to_string()),
