@@ -68,7 +68,7 @@ async fn sts_check(args: &DoctorArgs, r: &mut Report) {
     let no_region = region.is_none();
     let sts = match args
         .sts
-        .source(&args.identity, &IdentityIds::default(), region)
+        .source(&args.identity, false, &IdentityIds::default(), region)
     {
         Ok(sts) => sts,
         Err(e) => {

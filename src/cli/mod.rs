@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
+use crate::secret::SecretValue;
 use crate::source::credentials::Credentials;
+use crate::source::github::GitHubOidc;
 use crate::source::identity::{self, Chosen, Identity, NoIdentity, Present};
 use crate::source::irsa::Irsa;
 use crate::source::jwt::Expectations;
@@ -194,6 +196,9 @@ pub const NO_IDENTITY_HINT: &str = "On EKS, annotate the runner's service accoun
      imds; on a laptop, pass --mock, or run `irsa-secrets mock write DIR` and \
      `set -a; . DIR/env; set +a`";
 
+/// The most expiry margin a GitHub Actions token gets: they live minutes, not IRSA's hours.
+const GITHUB_MARGIN: Duration = Duration::from_secs(60);
+
 /// Which identity `--identity` asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum IdentityChoice {
@@ -269,6 +274,31 @@ impl IdentityArgs {
                 "no identity: AWS_ROLE_ARN (or --role-arn) is not set. {NO_IDENTITY_HINT}"
             ),
         }
+    }
+
+    /// The web identity: IRSA's token file, or with `github` GitHub Actions' token endpoint
+    /// (`ACTIONS_ID_TOKEN_REQUEST_URL`, `ACTIONS_ID_TOKEN_REQUEST_TOKEN`).
+    fn web_identity(
+        &self,
+        github: bool,
+        ids: IdentityIds,
+        region: Option<String>,
+    ) -> anyhow::Result<Irsa> {
+        if !github {
+            return self.irsa(ids, region);
+        }
+        let var = |name| {
+            std::env::var(name)
+                .map_err(|_| anyhow::anyhow!("--identity github-oidc needs {name} (the job needs `permissions: id-token: write`)"))
+        };
+        let url = var("ACTIONS_ID_TOKEN_REQUEST_URL")?;
+        let token = SecretValue::from(var("ACTIONS_ID_TOKEN_REQUEST_TOKEN")?);
+        let mut want = self.token.expectations();
+        // GitHub's tokens live minutes: a margin of the IRSA default would fetch one per use.
+        want.expiry_margin = want.expiry_margin.min(GITHUB_MARGIN);
+        let oidc = GitHubOidc::new(&url, token, want).map_err(anyhow::Error::msg)?;
+        let role_arn = self.role_arn.clone().unwrap_or_default();
+        Irsa::github(ids, oidc, role_arn, region).map_err(anyhow::Error::msg)
     }
 
     /// The raw identity (IRSA token and role ARN, or the mock), as a source.
@@ -397,25 +427,28 @@ impl ServedArgs {
     /// The sources that serve `identity`.
     fn identity_sources(&self, identity: Identity) -> anyhow::Result<Vec<Arc<dyn Source>>> {
         let (ids, region) = (self.ids.ids(), self.region.region.clone());
+        let github = identity == Identity::GithubOidc;
         let platform = match identity {
-            Identity::Irsa | Identity::Mock if self.sts.sts => {
+            Identity::Irsa | Identity::GithubOidc | Identity::Mock if self.sts.sts => {
                 let mut sources: Vec<Arc<dyn Source>> = vec![Arc::new(self.sts.source(
                     &self.identity,
+                    github,
                     &ids,
                     region.clone(),
                 )?)];
                 if self.sts.serve_identity {
-                    sources.push(Arc::new(self.identity.irsa(ids, region)?));
+                    sources.push(Arc::new(self.identity.web_identity(github, ids, region)?));
                 }
                 return Ok(sources);
             }
             Identity::Irsa | Identity::Mock => {
                 return Ok(vec![self.identity.source(ids, region)?]);
             }
-            Identity::GithubOidc => anyhow::bail!(
-                "--identity github-oidc is not served by this build yet; use IRSA, Pod Identity, \
-                 a container role or --identity imds"
-            ),
+            Identity::GithubOidc => {
+                return Ok(vec![Arc::new(
+                    self.identity.web_identity(true, ids, region)?,
+                )]);
+            }
             Identity::PodIdentity => Platform::PodIdentity,
             Identity::Container => Platform::Container,
             Identity::Imds => Platform::Imds,

@@ -52,11 +52,13 @@ pub struct StsArgs {
 }
 
 impl StsArgs {
-    /// The STS source `--sts` selects: `identity`'s IRSA token exchanged for scoped
-    /// credentials at `region`'s endpoint, the region served under `ids`' region id.
+    /// The STS source `--sts` selects: `identity`'s web identity token (IRSA's, or with
+    /// `github` GitHub Actions') exchanged for scoped credentials at `region`'s endpoint, the
+    /// region served under `ids`' region id.
     pub fn source(
         &self,
         identity: &IdentityArgs,
+        github: bool,
         ids: &IdentityIds,
         region: Option<String>,
     ) -> anyhow::Result<Credentials> {
@@ -66,7 +68,7 @@ impl StsArgs {
                  --mock and point --token-file and --role-arn at an identity"
             );
         }
-        let irsa = identity.irsa(ids.clone(), region.clone())?;
+        let web = identity.web_identity(github, ids.clone(), region.clone())?;
         let Some(region) = region else {
             anyhow::bail!(
                 "--sts needs a region for STS's regional endpoint: set AWS_REGION or pass --region"
@@ -75,7 +77,7 @@ impl StsArgs {
         let role_arn = identity.role_arn.as_deref().unwrap_or_default();
         Ok(Credentials::new(
             WebIdentity::new(
-                irsa,
+                web,
                 self.scope(role_arn)?,
                 Exchange::new(&region, self.sts_endpoint.as_deref()),
             ),

@@ -1,5 +1,7 @@
 //! The runner pod's IRSA identity: the projected service-account token and the role ARN, as the
-//! EKS pod identity webhook injects them (`AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`).
+//! EKS pod identity webhook injects them (`AWS_WEB_IDENTITY_TOKEN_FILE`, `AWS_ROLE_ARN`). The
+//! same web identity, with its token from GitHub Actions' OIDC endpoint instead of a file, is a
+//! GitHub-hosted runner's (see [`GitHubOidc`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -9,24 +11,35 @@ use futures_util::future::BoxFuture;
 use super::{ErrorKind, IdentityIds, Part, Source, SourceError};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
 use crate::source::arn::{ArnError, ArnProblem};
+use crate::source::github::GitHubOidc;
 use crate::source::jwt::{self, Expectations, TokenError};
 
 /// How often a read that lost a race with kubelet's symlink swap is retried (at once: by the
 /// time the old directory is gone, `..data` already names the new one).
 const SWAP_RETRIES: usize = 5;
 
-/// Serves the token (re-read and checked on every request), the role ARN and, if set, the region.
+/// Where the web identity token comes from.
+#[derive(Debug)]
+enum TokenOrigin {
+    /// A projected token file, re-read and checked against `want` on every request.
+    File { path: PathBuf, want: Expectations },
+    /// GitHub Actions' OIDC token endpoint, cached by the client (which holds the expectations).
+    GitHub(GitHubOidc),
+}
+
+/// Serves the token (checked on every request), the role ARN and, if set, the region.
 #[derive(Debug)]
 pub struct Irsa {
     ids: IdentityIds,
-    token_file: PathBuf,
+    origin: TokenOrigin,
     role_arn: String,
     region: Option<String>,
-    want: Expectations,
 }
 
 impl Irsa {
-    /// Checks the role ARN's shape now, so a typo fails at start-up, not in the middle of a build.
+    /// The identity whose token is the file `token_file`, re-read on every request (kubelet
+    /// rotates it). Checks the role ARN's shape now, so a typo fails at start-up, not in the
+    /// middle of a build.
     pub fn new(
         ids: IdentityIds,
         token_file: PathBuf,
@@ -34,28 +47,59 @@ impl Irsa {
         region: Option<String>,
         want: Expectations,
     ) -> Result<Self, ArnError> {
+        let origin = TokenOrigin::File {
+            path: token_file,
+            want,
+        };
+        Self::with_origin(ids, origin, role_arn, region)
+    }
+
+    /// The identity whose token GitHub Actions issues to the job (`github`'s expectations
+    /// apply). Checks the role ARN's shape now, as [`Irsa::new`] does.
+    pub fn github(
+        ids: IdentityIds,
+        github: GitHubOidc,
+        role_arn: String,
+        region: Option<String>,
+    ) -> Result<Self, ArnError> {
+        Self::with_origin(ids, TokenOrigin::GitHub(github), role_arn, region)
+    }
+
+    fn with_origin(
+        ids: IdentityIds,
+        origin: TokenOrigin,
+        role_arn: String,
+        region: Option<String>,
+    ) -> Result<Self, ArnError> {
         check_role_arn(&role_arn)?;
         Ok(Self {
             ids,
-            token_file,
+            origin,
             role_arn,
             region,
-            want,
         })
     }
 
-    /// Reads and validates the token as a request would, on the blocking pool: a file read
-    /// (on a slow or hung volume) must not stall the runtime thread that forwards every session.
+    /// Gets and validates the token as a request would. A file is read on the blocking pool: a
+    /// read on a slow or hung volume must not stall the runtime thread that forwards every
+    /// session. GitHub's token comes from the client's cache or one request for all callers.
     pub async fn checked_token(&self) -> Result<(SecretValue, jwt::Checked), SourceError> {
-        let (file, want) = (self.token_file.clone(), self.want.clone());
-        super::off_runtime(move || check_token_file(&file, &want)).await
+        match &self.origin {
+            TokenOrigin::File { path, want } => {
+                let (file, want) = (path.clone(), want.clone());
+                super::off_runtime(move || check_token_file(&file, &want)).await
+            }
+            TokenOrigin::GitHub(github) => github.checked_token().await,
+        }
     }
 
     async fn token(&self) -> Result<SecretValue, SourceError> {
         let (value, checked) = self.checked_token().await?;
-        if checked.expiring_soon {
+        // A file's token near expiry means kubelet is not rotating it; GitHub's client warns
+        // itself when GitHub issues a token shorter than the margin.
+        if let (TokenOrigin::File { path, .. }, true) = (&self.origin, checked.expiring_soon) {
             tracing::warn!(
-                file = %self.token_file.display(),
+                file = %path.display(),
                 expires = %jwt::rfc3339(checked.claims.exp),
                 remaining = %jwt::human(checked.remaining),
                 "serving a web identity token that expires soon; kubelet should have rotated it \
@@ -69,7 +113,10 @@ impl Irsa {
 
 impl Source for Irsa {
     fn name(&self) -> &'static str {
-        "irsa"
+        match self.origin {
+            TokenOrigin::File { .. } => "irsa",
+            TokenOrigin::GitHub(_) => "github-oidc",
+        }
     }
 
     fn ids(&self) -> Vec<String> {
@@ -77,7 +124,12 @@ impl Source for Irsa {
     }
 
     fn expiry(&self) -> Option<Result<Duration, SourceError>> {
-        Some(check_token_file(&self.token_file, &self.want).map(|(_, c)| c.remaining))
+        match &self.origin {
+            TokenOrigin::File { path, want } => {
+                Some(check_token_file(path, want).map(|(_, c)| c.remaining))
+            }
+            TokenOrigin::GitHub(github) => github.expiry(),
+        }
     }
 
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {

@@ -9,11 +9,13 @@ use crate::secret::SecretValue;
 
 pub mod arn;
 pub mod credentials;
+pub mod github;
 pub mod identity;
 pub mod irsa;
 pub mod jwt;
 pub mod mock;
 pub mod platform;
+pub(crate) mod remote;
 pub mod static_secret;
 pub mod sts;
 
@@ -180,41 +182,4 @@ pub(crate) fn read_bounded(path: &std::path::Path, limit: usize) -> Result<Vec<u
         ));
     }
     Ok(buf)
-}
-
-/// Longest message from another service quoted in an error.
-const MAX_QUOTE: usize = 300;
-
-/// Makes text from the other side safe to log: bounded, single-line, and never the token, even
-/// if the server echoed it back.
-pub(crate) fn scrub(text: &str, token: &str) -> String {
-    let text = if token.len() >= 8 {
-        text.replace(token, "[redacted]")
-    } else {
-        text.to_string()
-    };
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_QUOTE)
-        .collect();
-    if text.chars().count() > MAX_QUOTE {
-        out.push('…');
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scrub_bounds_flattens_and_hides_the_token() {
-        assert_eq!(
-            scrub("bad token eyJhbGciOi.x.y\nhere", "eyJhbGciOi.x.y"),
-            "bad token [redacted] here"
-        );
-        let long = "x".repeat(1000);
-        assert_eq!(scrub(&long, "eyJhbGciOi").chars().count(), MAX_QUOTE + 1);
-    }
 }

@@ -15,7 +15,8 @@ use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use futures_util::future::BoxFuture;
 
 use super::credentials::{Issued, Mint};
-use super::{scrub, ErrorKind, SourceError};
+use super::remote::scrub;
+use super::{ErrorKind, SourceError};
 use crate::secret::SecretValue;
 
 /// Where the container credentials endpoint lives without `AWS_CONTAINER_CREDENTIALS_FULL_URI`.

@@ -14,7 +14,8 @@ use super::scope::Scope;
 use crate::secret::SecretValue;
 use crate::source::credentials::Issued;
 use crate::source::jwt::{self, Claims};
-use crate::source::{scrub, ErrorKind, SourceError};
+use crate::source::remote::{retrying, scrub, Failure};
+use crate::source::{ErrorKind, SourceError};
 
 /// Attempts per exchange; the SDK's own retries are off so this count is exact.
 pub const ATTEMPTS: u32 = 3;
@@ -135,14 +136,6 @@ pub struct Exchange {
     region: String,
 }
 
-/// What a failed attempt means for the next one.
-enum Failure {
-    /// Worth another attempt (throttling, 5xx, timeouts, IdP unreachable).
-    Transient(String),
-    /// Final: retrying cannot help.
-    Fatal(SourceError),
-}
-
 impl Exchange {
     /// A client for `region`, sending to `endpoint` or, without one, to STS's regional endpoint.
     pub fn new(region: &str, endpoint: Option<&str>) -> Self {
@@ -185,31 +178,20 @@ impl Exchange {
         let token_text = std::str::from_utf8(token.expose()).map_err(|_| {
             SourceError::new(ErrorKind::Invalid, "the web identity token is not UTF-8")
         })?;
-        let mut delay = BACKOFF;
-        for attempt in 1..=ATTEMPTS {
-            match self.attempt(scope, token_text, claims, session_name).await {
-                Ok(issued) => return Ok(issued),
-                Err(Failure::Fatal(e)) => return Err(e),
-                Err(Failure::Transient(why)) if attempt < ATTEMPTS => {
-                    let pause = delay.mul_f64(rand::random_range(0.5..1.0));
-                    tracing::warn!(attempt, error = %why, retry_in = ?pause, "STS call failed; retrying");
-                    tokio::time::sleep(pause).await;
-                    delay *= 2;
-                }
-                Err(Failure::Transient(why)) => {
-                    return Err(SourceError::new(
-                        ErrorKind::Io,
-                        format!(
-                            "STS at {} failed {ATTEMPTS} times, last: {why}; check that the \
-                             endpoint is reachable from the helper (proxy, DNS, egress rules) \
-                             and the AWS Health Dashboard",
-                            self.endpoint
-                        ),
-                    ))
-                }
-            }
+        let attempt = || self.attempt(scope, token_text, claims, session_name);
+        match retrying("STS call", ATTEMPTS, BACKOFF, attempt).await {
+            Ok(issued) => Ok(issued),
+            Err(Failure::Fatal(e)) => Err(e),
+            Err(Failure::Transient(why)) => Err(SourceError::new(
+                ErrorKind::Io,
+                format!(
+                    "STS at {} failed {ATTEMPTS} times, last: {why}; check that the endpoint is \
+                     reachable from the helper (proxy, DNS, egress rules) and the AWS Health \
+                     Dashboard",
+                    self.endpoint
+                ),
+            )),
         }
-        unreachable!("the last attempt returns")
     }
 
     async fn attempt(
