@@ -133,6 +133,8 @@ fn each_command_help_lists_only_the_flags_it_uses() {
             "--region",
             "--secret",
             "--identity",
+            "--assume-role",
+            "--external-id",
         ][..],
         IDENTITY,
         IDS,

@@ -39,6 +39,8 @@ pub struct TokenArgs {
     mut_arg("expiry_margin", |a| a.help("A token with less lifetime left is a problem (e.g. 5m, 1h)")),
     mut_arg("region", |a| a.help("AWS region, for the --sts exchange's regional endpoint")),
     mut_arg("serve_identity", |a| a.hide(true)),
+    mut_arg("assume_role", |a| a.hide(true)),
+    mut_arg("external_id", |a| a.hide(true)),
     mut_arg("sts", |a| a
         .help("Also exchange the token with STS once, as `serve --sts` would, and show the assumed role and expiry (never the keys)")
         .long_help(None::<&str>)),

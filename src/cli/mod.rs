@@ -17,6 +17,7 @@ use crate::source::jwt::Expectations;
 use crate::source::mock::Mock;
 use crate::source::platform::{Platform, PlatformRole};
 use crate::source::static_secret::{SecretSpec, Static};
+use crate::source::sts::RoleChain;
 use crate::source::{IdentityIds, Source};
 
 pub mod config;
@@ -428,6 +429,18 @@ impl ServedArgs {
     fn identity_sources(&self, identity: Identity) -> anyhow::Result<Vec<Arc<dyn Source>>> {
         let (ids, region) = (self.ids.ids(), self.region.region.clone());
         let github = identity == Identity::GithubOidc;
+        if self.sts.assume_role.is_some()
+            && matches!(
+                identity,
+                Identity::Irsa | Identity::GithubOidc | Identity::Mock
+            )
+        {
+            anyhow::bail!(
+                "--assume-role narrows a credential identity (pod-identity, container, imds); \
+                 the {identity} identity is a web identity token: narrow it with --sts and \
+                 --session-policy or --policy-arn, for the role in --role-arn"
+            );
+        }
         let platform = match identity {
             Identity::Irsa | Identity::GithubOidc | Identity::Mock if self.sts.sts => {
                 let mut sources: Vec<Arc<dyn Source>> = vec![Arc::new(self.sts.source(
@@ -462,10 +475,33 @@ impl ServedArgs {
         }
         let role = PlatformRole::new(platform);
         tracing::info!(identity = %identity, endpoint = role.endpoint(), "credentials come from {}", role.endpoint());
+        let margin = self.identity.token.expiry_margin;
+        let served_region = region.clone().map(|r| (ids.region.clone(), r));
+        let Some(target) = &self.sts.assume_role else {
+            return Ok(vec![Arc::new(Credentials::new(
+                role,
+                margin,
+                served_region,
+            ))]);
+        };
+        let Some(region) = region else {
+            anyhow::bail!(
+                "--assume-role needs a region for STS's regional endpoint: set AWS_REGION or pass \
+                 --region"
+            );
+        };
+        let chain = RoleChain::new(
+            Credentials::new(role, margin, None),
+            self.sts.scope(target)?,
+            &region,
+            self.sts.sts_endpoint.as_deref(),
+            self.sts.external_id.clone(),
+        );
+        tracing::info!(role = %target, "narrowing the {identity} identity with AssumeRole");
         Ok(vec![Arc::new(Credentials::new(
-            role,
-            self.identity.token.expiry_margin,
-            region.map(|r| (ids.region.clone(), r)),
+            chain,
+            margin,
+            served_region,
         ))])
     }
 }

@@ -12,8 +12,10 @@ use crate::source::sts::scope::{self, Scope, SessionName};
 use crate::source::sts::WebIdentity;
 use crate::source::IdentityIds;
 
-/// How the token is exchanged with STS: `serve`, `proxy` and `doctor`.
+/// How the token is exchanged with STS, or a credential identity narrowed: `serve`, `proxy`
+/// and `doctor`.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("narrowing").args(["sts", "assume_role"]).multiple(true)))]
 pub struct StsArgs {
     /// Exchange the token with STS (AssumeRoleWithWebIdentity) and serve the resulting
     /// credentials (aws-credentials, aws-access-key-id, aws-secret-access-key,
@@ -21,18 +23,27 @@ pub struct StsArgs {
     #[arg(long, env = "IRSA_SECRETS_STS")]
     pub sts: bool,
 
+    /// Narrow a credential identity (pod-identity, container, imds) with STS AssumeRole to
+    /// this role, so builds get less than the runner has; the scope flags below apply.
+    #[arg(long, value_name = "ARN", env = "IRSA_SECRETS_ASSUME_ROLE")]
+    pub assume_role: Option<String>,
+
+    /// The external id the --assume-role role's trust policy asks for (sts:ExternalId).
+    #[arg(long, value_name = "ID", requires = "assume_role")]
+    pub external_id: Option<String>,
+
     /// With --sts, also serve the raw token and role ARN (which can mint full-role credentials).
     #[arg(long, requires = "sts")]
     pub serve_identity: bool,
 
     /// An inline session policy (JSON): the credentials get the intersection of it and the
     /// role's policies. At most 2048 characters.
-    #[arg(long, value_name = "FILE", requires = "sts")]
+    #[arg(long, value_name = "FILE", requires = "narrowing")]
     pub session_policy: Option<PathBuf>,
 
     /// A managed policy the credentials are limited to (intersected with the role's).
     /// Repeatable, at most 10.
-    #[arg(long = "policy-arn", value_name = "ARN", requires = "sts", value_parser = scope::parse_policy_arn)]
+    #[arg(long = "policy-arn", value_name = "ARN", requires = "narrowing", value_parser = scope::parse_policy_arn)]
     pub policy_arns: Vec<String>,
 
     /// Credential lifetime: seconds or e.g. 30m, from 15m to 12h, and at most the role's

@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use aws_credential_types::provider::{self, ProvideCredentials};
 use futures_util::future::BoxFuture;
 
 use super::{jwt, Source, SourceError};
@@ -249,6 +250,29 @@ fn credentials_file(issued: &Issued) -> SecretValue {
         file.extend_from_slice(part);
     }
     SecretValue::new(file)
+}
+
+/// The SDK's view of the cached credentials, so an STS client can sign AssumeRole with them.
+impl ProvideCredentials for Credentials {
+    fn provide_credentials<'a>(&'a self) -> provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        provider::future::ProvideCredentials::new(async move {
+            let issued = self
+                .current()
+                .await
+                .map_err(provider::error::CredentialsError::provider_error)?;
+            let text = |v: &SecretValue| String::from_utf8_lossy(v.expose()).into_owned();
+            Ok(aws_credential_types::Credentials::new(
+                text(&issued.access_key_id),
+                text(&issued.secret_access_key),
+                Some(text(&issued.session_token)).filter(|t| !t.is_empty()),
+                Some(issued.expiration),
+                "irsa-secrets",
+            ))
+        })
+    }
 }
 
 impl Source for Credentials {

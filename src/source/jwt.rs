@@ -19,7 +19,7 @@ pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
 pub const MAX_TIME: u64 = 253_402_300_799;
 
 /// The claims the helper looks at; the rest of the payload is kept for display.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Claims {
     /// Issuer: the cluster's OIDC provider URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
 use aws_sdk_sts::config::{BehaviorVersion, Region};
@@ -101,6 +102,30 @@ const TRUST: &str = "check the role's trust policy: Principal Federated = the OI
                      {iss}, Action sts:AssumeRoleWithWebIdentity, Condition {host}:sub = {sub} \
                      and {host}:aud = {aud}";
 
+/// The `{trust}` of [`HINTS`] for AssumeRole, which the `{source}` identity's role signs.
+const ROLE_TRUST: &str = "check that {role}'s trust policy allows sts:AssumeRole by the {source} \
+                          identity's role (Principal AWS = its ARN, and sts:ExternalId if it asks \
+                          for --external-id), and that the {source} role may call sts:AssumeRole \
+                          on {role}";
+
+/// Who asks STS for credentials.
+enum Asker<'a> {
+    /// A web identity token, AssumeRoleWithWebIdentity.
+    WebIdentity {
+        /// The token, kept out of every message.
+        token: &'a str,
+        /// Its checked claims, for the trust-policy hints.
+        claims: &'a Claims,
+    },
+    /// The signing credentials of a credential identity, AssumeRole.
+    Role {
+        /// The identity's name (`pod-identity`, `imds`...).
+        source: &'static str,
+        /// The external id the role's trust policy may require.
+        external_id: Option<&'a str>,
+    },
+}
+
 /// `template` with each `{name}` found in `values` replaced by its value, in one pass: a value is
 /// copied as is, never read as a template.
 fn fill(template: &str, values: &[(&str, &str)]) -> String {
@@ -137,8 +162,26 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// A client for `region`, sending to `endpoint` or, without one, to STS's regional endpoint.
+    /// An unsigned client (AssumeRoleWithWebIdentity needs no credentials) for `region`,
+    /// sending to `endpoint` or, without one, to STS's regional endpoint.
     pub fn new(region: &str, endpoint: Option<&str>) -> Self {
+        Self::build(region, endpoint, None)
+    }
+
+    /// A client whose calls (AssumeRole) are signed with `credentials`.
+    pub fn signed(
+        region: &str,
+        endpoint: Option<&str>,
+        credentials: SharedCredentialsProvider,
+    ) -> Self {
+        Self::build(region, endpoint, Some(credentials))
+    }
+
+    fn build(
+        region: &str,
+        endpoint: Option<&str>,
+        credentials: Option<SharedCredentialsProvider>,
+    ) -> Self {
         let https = aws_smithy_http_client::Builder::new()
             .tls_provider(Provider::Rustls(CryptoMode::Ring))
             .build_https();
@@ -156,6 +199,7 @@ impl Exchange {
         if let Some(url) = endpoint {
             config = config.endpoint_url(url);
         }
+        config.set_credentials_provider(credentials);
         Self {
             client: aws_sdk_sts::Client::from_conf(config.build()),
             endpoint: endpoint.map_or_else(
@@ -178,7 +222,36 @@ impl Exchange {
         let token_text = std::str::from_utf8(token.expose()).map_err(|_| {
             SourceError::new(ErrorKind::Invalid, "the web identity token is not UTF-8")
         })?;
-        let attempt = || self.attempt(scope, token_text, claims, session_name);
+        let asker = Asker::WebIdentity {
+            token: token_text,
+            claims,
+        };
+        self.call(scope, session_name, &asker).await
+    }
+
+    /// Narrows the signing credentials (the `source` identity's) to `scope` with AssumeRole,
+    /// passing `external_id` when the role's trust policy asks for one.
+    pub async fn assume_role(
+        &self,
+        scope: &Scope,
+        session_name: &str,
+        source: &'static str,
+        external_id: Option<&str>,
+    ) -> Result<Issued, SourceError> {
+        let asker = Asker::Role {
+            source,
+            external_id,
+        };
+        self.call(scope, session_name, &asker).await
+    }
+
+    async fn call(
+        &self,
+        scope: &Scope,
+        session_name: &str,
+        asker: &Asker<'_>,
+    ) -> Result<Issued, SourceError> {
+        let attempt = || self.attempt(scope, session_name, asker);
         match retrying("STS call", ATTEMPTS, BACKOFF, attempt).await {
             Ok(issued) => Ok(issued),
             Err(Failure::Fatal(e)) => Err(e),
@@ -197,29 +270,47 @@ impl Exchange {
     async fn attempt(
         &self,
         scope: &Scope,
-        token: &str,
-        claims: &Claims,
         session_name: &str,
+        asker: &Asker<'_>,
     ) -> Result<Issued, Failure> {
-        let policy_arns = scope
+        let policy_arns: Vec<_> = scope
             .policy_arns
             .iter()
             .map(|arn| PolicyDescriptorType::builder().arn(arn).build())
             .collect();
-        let result = self
-            .client
-            .assume_role_with_web_identity()
-            .role_arn(&scope.role_arn)
-            .role_session_name(session_name)
-            .web_identity_token(token)
-            .set_policy(scope.policy.clone())
-            .set_policy_arns(Some(policy_arns).filter(|v: &Vec<_>| !v.is_empty()))
-            .duration_seconds(scope.duration.as_secs() as i32)
-            .send()
-            .await;
-        let mut output = match result {
-            Ok(output) => output,
-            Err(err) => return Err(self.classify(err, scope, token, claims)),
+        let policy_arns = Some(policy_arns).filter(|v| !v.is_empty());
+        let duration = scope.duration.as_secs() as i32;
+        let (creds, principal) = match asker {
+            Asker::WebIdentity { token, .. } => {
+                let result = self
+                    .client
+                    .assume_role_with_web_identity()
+                    .role_arn(&scope.role_arn)
+                    .role_session_name(session_name)
+                    .web_identity_token(*token)
+                    .set_policy(scope.policy.clone())
+                    .set_policy_arns(policy_arns)
+                    .duration_seconds(duration)
+                    .send()
+                    .await;
+                let mut output = result.map_err(|e| self.classify(e, scope, asker))?;
+                (output.credentials.take(), output.assumed_role_user)
+            }
+            Asker::Role { external_id, .. } => {
+                let result = self
+                    .client
+                    .assume_role()
+                    .role_arn(&scope.role_arn)
+                    .role_session_name(session_name)
+                    .set_external_id(external_id.map(str::to_string))
+                    .set_policy(scope.policy.clone())
+                    .set_policy_arns(policy_arns)
+                    .duration_seconds(duration)
+                    .send()
+                    .await;
+                let mut output = result.map_err(|e| self.classify(e, scope, asker))?;
+                (output.credentials.take(), output.assumed_role_user)
+            }
         };
         let malformed = |what: &str| {
             Failure::Fatal(SourceError::new(
@@ -231,10 +322,7 @@ impl Exchange {
                 ),
             ))
         };
-        let creds = output
-            .credentials
-            .take()
-            .ok_or_else(|| malformed("credentials"))?;
+        let creds = creds.ok_or_else(|| malformed("credentials"))?;
         let expiration =
             SystemTime::try_from(creds.expiration).map_err(|_| malformed("a valid expiration"))?;
         Ok(Issued {
@@ -243,7 +331,7 @@ impl Exchange {
             session_token: SecretValue::from(creds.session_token),
             expiration,
             received: SystemTime::now(),
-            principal: output.assumed_role_user.map(|u| u.arn).unwrap_or_default(),
+            principal: principal.map(|u| u.arn).unwrap_or_default(),
         })
     }
 
@@ -251,13 +339,16 @@ impl Exchange {
         &self,
         err: SdkError<E, aws_sdk_sts::config::http::HttpResponse>,
         scope: &Scope,
-        token: &str,
-        claims: &Claims,
+        asker: &Asker<'_>,
     ) -> Failure
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let fatal = |kind, message: String| Failure::Fatal(SourceError::new(kind, message));
+        let token = match asker {
+            Asker::WebIdentity { token, .. } => token,
+            Asker::Role { .. } => "",
+        };
         let service = match &err {
             SdkError::ServiceError(service) => service,
             SdkError::TimeoutError(_) => {
@@ -290,6 +381,15 @@ impl Exchange {
         if TRANSIENT_CODES.contains(&code.as_str()) || status == 429 || status >= 500 {
             return Failure::Transient(said);
         }
+        let no_claims = Claims::default();
+        let (claims, trust) = match asker {
+            Asker::WebIdentity { claims, .. } => (*claims, TRUST),
+            Asker::Role { .. } => (&no_claims, ROLE_TRUST),
+        };
+        let source = match asker {
+            Asker::Role { source, .. } => source,
+            Asker::WebIdentity { .. } => "web",
+        };
         let iss = claims.iss.as_deref().unwrap_or("(no iss claim)");
         let aud = claims.aud.to_vec().join(",");
         let claim_values = [
@@ -297,8 +397,10 @@ impl Exchange {
             ("host", iss.trim_start_matches("https://")),
             ("sub", claims.sub.as_deref().unwrap_or("(no sub claim)")),
             ("aud", &aud),
+            ("source", source),
+            ("role", &scope.role_arn),
         ];
-        let trust = fill(TRUST, &claim_values);
+        let trust = fill(trust, &claim_values);
         let duration = jwt::human(scope.duration);
         let values = [
             ("iss", iss),
