@@ -7,35 +7,11 @@ mod common;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
-use common::{command, Helper, Radioactive};
-
-/// The output of `child`, or a panic (with what it and `log` printed) when it runs past `limit`.
-fn finish_within(
-    mut child: Child,
-    limit: Duration,
-    what: &str,
-    log: &dyn Fn() -> String,
-) -> Output {
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{what} still running after {limit:?}:\n{}{}\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr),
-                log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
-}
+use common::{command, output_within, Helper, Radioactive};
 
 /// A FIFO whose pipe buffer is already full and that nobody reads: every write to it blocks.
 /// The returned end keeps it open for reading (so the helper's open succeeds) and never reads.
@@ -113,7 +89,7 @@ fn a_stuck_audit_log_fails_its_secret_request_and_stalls_no_session() {
         .spawn()
         .unwrap();
     let log = || common::tail(&helper.log_text());
-    let out = finish_within(build, Duration::from_secs(180), "the build", &log);
+    let out = output_within(build, Duration::from_secs(180), "the build", log);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -122,7 +98,7 @@ fn a_stuck_audit_log_fails_its_secret_request_and_stalls_no_session() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&(32u32 << 20).to_string()), "{text}");
 
-    let out = finish_within(probe, Duration::from_secs(30), "the probe", &log);
+    let out = output_within(probe, Duration::from_secs(30), "the probe", log);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success()
@@ -152,11 +128,11 @@ fn an_audit_fifo_without_a_reader_is_refused_at_start() {
         .arg(&audit)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = finish_within(
+    let out = output_within(
         cmd.spawn().unwrap(),
         Duration::from_secs(20),
         "the helper opening a FIFO nobody reads",
-        &String::new,
+        String::new,
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

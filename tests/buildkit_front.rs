@@ -62,27 +62,61 @@ fn start_helper(dir: &Path, daemon: &Path, r: &Radioactive, token_file: &Path) -
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn buildkit_clients_through_the_binary() {
-    let dir = tempfile::tempdir().unwrap();
-    let r = Radioactive::default();
-    let t = token(3600, -10);
-    r.watch(t.as_bytes());
-    r.watch(ARN.as_bytes());
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, &t).unwrap();
-    let daemon_sock: PathBuf = dir.path().join("buildkitd.sock");
-    let (report, mut observed) = mpsc::unbounded_channel();
-    let daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report.clone()));
-    let helper = start_helper(dir.path(), &daemon_sock, &r, &token_file);
+/// A helper (with a token and the role ARN watched as radioactive) fronting a fake buildkitd
+/// that reports each session to `observed`. Fields drop in order: the helper (checking its log)
+/// before the temp dir.
+struct Front {
+    helper: Helper,
+    daemon: Option<FakeBuildkitd>,
+    daemon_sock: PathBuf,
+    report: mpsc::UnboundedSender<Observed>,
+    observed: mpsc::UnboundedReceiver<Observed>,
+    _dir: tempfile::TempDir,
+}
 
-    // A session: the daemon's GetSecret calls get the helper's values.
-    let (o, session) = session_through(&helper.socket, "bk-1", &mut observed).await;
+impl Front {
+    fn start() -> Front {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Radioactive::default();
+        let t = token(3600, -10);
+        r.watch(t.as_bytes());
+        r.watch(ARN.as_bytes());
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, &t).unwrap();
+        let daemon_sock: PathBuf = dir.path().join("buildkitd.sock");
+        let (report, observed) = mpsc::unbounded_channel();
+        let daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report.clone()));
+        let helper = start_helper(dir.path(), &daemon_sock, &r, &token_file);
+        Front {
+            helper,
+            daemon: Some(daemon),
+            daemon_sock,
+            report,
+            observed,
+            _dir: dir,
+        }
+    }
+
+    /// A session named `id` through the helper, checked as [`session_through`] does.
+    async fn session(&mut self, id: &str) -> (Observed, tokio::task::JoinHandle<()>) {
+        session_through(&self.helper.socket, id, &mut self.observed).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_through_the_buildkit_front_gets_the_helpers_secrets() {
+    let mut f = Front::start();
+    // The daemon's GetSecret calls get the helper's values.
+    let (o, session) = f.session("bk-1").await;
     assert_eq!(o.probe, Code::NotFound);
     assert!(o.health);
+    session.abort();
+}
 
-    // An HTTP/1.1 client on a helper fronting buildkitd is told what to do instead.
-    let mut raw = tokio::net::UnixStream::connect(&helper.socket)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_client_on_a_buildkit_front_is_told_to_use_buildctl() {
+    let f = Front::start();
+    let mut raw = tokio::net::UnixStream::connect(&f.helper.socket)
         .await
         .unwrap();
     raw.write_all(b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n")
@@ -93,9 +127,12 @@ async fn buildkit_clients_through_the_binary() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     assert!(answer.contains("buildctl --addr"), "{answer}");
+}
 
-    // Garbage after a valid preface: that connection ends, the helper carries on.
-    let mut raw = tokio::net::UnixStream::connect(&helper.socket)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_after_a_valid_preface_ends_that_connection_and_the_helper_carries_on() {
+    let mut f = Front::start();
+    let mut raw = tokio::net::UnixStream::connect(&f.helper.socket)
         .await
         .unwrap();
     raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff\xff\xff\xff\xff garbage")
@@ -105,16 +142,26 @@ async fn buildkit_clients_through_the_binary() {
     let _ = tokio::time::timeout(Duration::from_secs(10), raw.read_to_end(&mut sink))
         .await
         .expect("the helper closes a broken connection");
+    // It carries on: the next session is served.
+    let (_, session) = f.session("after-garbage").await;
+    session.abort();
+}
 
+/// One test, as each step needs the one before: the session open when the daemon dies, the
+/// dead daemon before it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_that_dies_mid_session_ends_it_and_is_named_until_it_is_back() {
+    let mut f = Front::start();
+    let (_, session) = f.session("bk-1").await;
     // The daemon dies mid-session: the client's session ends; new clients get Unavailable
     // with a message naming the daemon; once it is back, sessions work again.
-    drop(daemon);
-    std::fs::remove_file(&daemon_sock).unwrap();
+    drop(f.daemon.take());
+    std::fs::remove_file(&f.daemon_sock).unwrap();
     tokio::time::timeout(Duration::from_secs(15), session)
         .await
         .expect("the client's session ends with its daemon")
         .ok();
-    let mut fresh = connect(&helper.socket).await;
+    let mut fresh = connect(&f.helper.socket).await;
     let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
     let res = fresh.ready().await.unwrap().call(req).await.unwrap();
     let status = tonic::Status::from_header_map(res.headers()).expect("a trailers-only gRPC error");
@@ -126,8 +173,11 @@ async fn buildkit_clients_through_the_binary() {
         status.message()
     );
 
-    let _daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report));
-    let (_, again) = session_through(&helper.socket, "bk-2", &mut observed).await;
+    f.daemon = Some(FakeBuildkitd::start(
+        &f.daemon_sock,
+        daemon_script(f.report.clone()),
+    ));
+    let (_, again) = f.session("bk-2").await;
     again.abort();
 }
 
@@ -139,19 +189,10 @@ fn rss_bytes(helper: &Helper) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_message_over_16_mib_is_refused_without_buffering_it() {
     use http_body_util::BodyExt;
-    let dir = tempfile::tempdir().unwrap();
-    let r = Radioactive::default();
-    let t = token(3600, -10);
-    r.watch(t.as_bytes());
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, &t).unwrap();
-    let daemon_sock = dir.path().join("buildkitd.sock");
-    let (report, mut observed) = mpsc::unbounded_channel();
-    let _daemon = FakeBuildkitd::start(&daemon_sock, daemon_script(report));
-    let helper = start_helper(dir.path(), &daemon_sock, &r, &token_file);
+    let mut f = Front::start();
     // Sessions before and after the hostile one are served.
-    let (_, before) = session_through(&helper.socket, "before", &mut observed).await;
-    let baseline = rss_bytes(&helper);
+    let (_, before) = f.session("before").await;
+    let baseline = rss_bytes(&f.helper);
 
     // A peer opens a session and announces a 4 GiB message, then streams 256 MiB of it.
     const SENT: usize = 256 << 20;
@@ -162,7 +203,7 @@ async fn a_session_message_over_16_mib_is_refused_without_buffering_it() {
         .header(irsa_secrets::session::SESSION_UUID, "hostile")
         .body(common::tunnel_io::boxed(body))
         .unwrap();
-    let mut control = connect(&helper.socket).await;
+    let mut control = connect(&f.helper.socket).await;
     let res = control.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.status(), 200);
     let feeder = tokio::spawn(async move {
@@ -202,17 +243,17 @@ async fn a_session_message_over_16_mib_is_refused_without_buffering_it() {
     );
     let sent = feeder.await.unwrap();
     assert!(sent < SENT, "the helper stops reading the message");
-    let grown = rss_bytes(&helper).saturating_sub(baseline);
+    let grown = rss_bytes(&f.helper).saturating_sub(baseline);
     assert!(
         grown < 64 << 20,
         "the helper grew by {} MiB after the peer sent {} MiB",
         grown >> 20,
         sent >> 20
     );
-    let log = helper.log_text();
+    let log = f.helper.log_text();
     assert!(log.contains("build session ended abnormally"), "{log}");
 
-    let (_, after) = session_through(&helper.socket, "after", &mut observed).await;
+    let (_, after) = f.session("after").await;
     before.abort();
     after.abort();
 }

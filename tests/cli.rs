@@ -518,22 +518,6 @@ impl Drop for TinyDaemon {
     }
 }
 
-/// Waits until the helper's log contains `what`.
-fn wait_for_log(helper: &common::Helper, what: &str) -> String {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let log = helper.log_text();
-        if log.contains(what) {
-            return log;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {what:?} in:\n{log}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn proxy_says_at_start_that_its_daemon_does_not_answer_and_serves_once_it_does() {
     let dir = tempfile::tempdir().unwrap();
@@ -555,7 +539,16 @@ fn proxy_says_at_start_that_its_daemon_does_not_answer_and_serves_once_it_does()
             .arg("--upstream")
             .arg(format!("unix://{}", target.display()));
         let mut helper = common::Helper::spawn(cmd, socket.clone(), dir.path(), &[], &r);
-        let log = wait_for_log(&helper, "does not answer yet");
+        let log = common::eventually(
+            std::time::Duration::from_secs(20),
+            common::later(|| {
+                format!(
+                    "the log says the daemon does not answer yet:\n{}",
+                    helper.log_text()
+                )
+            }),
+            || Some(helper.log_text()).filter(|log| log.contains("does not answer yet")),
+        );
         let line = log
             .lines()
             .find(|l| l.contains("does not answer yet"))
@@ -628,6 +621,7 @@ fn mock_write_replaces_existing_files_only_with_force() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("wrote "));
     let first = std::fs::read(id.join("token")).unwrap();
+    let written = unix_seconds();
 
     let out = write(&[]);
     assert!(!out.status.success(), "a second write is refused");
@@ -642,7 +636,13 @@ fn mock_write_replaces_existing_files_only_with_force() {
         "left alone"
     );
 
-    std::thread::sleep(std::time::Duration::from_millis(1100)); // a new iat
+    // The token's iat counts whole seconds: a new one needs a second that began after the
+    // first write.
+    common::eventually(
+        std::time::Duration::from_secs(5),
+        "a new second for a new iat",
+        || (unix_seconds() > written).then_some(()),
+    );
     let out = write(&["--force"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
@@ -652,4 +652,12 @@ fn mock_write_replaces_existing_files_only_with_force() {
         "{text}"
     );
     assert_ne!(std::fs::read(id.join("token")).unwrap(), first);
+}
+
+/// Seconds since the epoch, as a token's iat counts them.
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }

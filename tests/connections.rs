@@ -19,7 +19,7 @@ use common::dockerd::{self, start_build_of_step, start_long_build, wait_with_tim
 use common::fake_daemon::{FakeBuildkitd, Script};
 use common::session_client::{client_session, connect};
 use common::tunnel_io::Peer;
-use common::{command, sha, tail, Helper, Radioactive, ARN};
+use common::{command, eventually, eventually_async, later, sha, tail, Helper, Radioactive, ARN};
 use irsa_secrets::session::SESSION_UUID;
 
 /// A stand-in Docker daemon: counts the connections open to it and answers every request on
@@ -146,6 +146,8 @@ fn request_heads_must_be_whole_within_the_head_timeout_and_only_whole_ones_dial_
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .unwrap();
     let mut silent = connect();
+    // Nothing to wait for: this checks that no dial happens, so it gives a wrong one 2 s to
+    // show (a dribbled byte or so).
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         daemon.open(),
@@ -354,15 +356,18 @@ fn a_build_gets_through_a_flood_of_stalled_peers_and_shutdown_drains_builds() {
     let lines_before = s.helper.log_text().lines().count();
 
     let flood = Flood::start(&s.helper.socket, FLOOD);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while flood.dials.load(Ordering::SeqCst) < FLOOD {
-        assert!(
-            Instant::now() < deadline,
-            "only {} peers connected",
-            flood.dials.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually(
+        Duration::from_secs(60),
+        later(|| {
+            format!(
+                "all {FLOOD} peers connect (only {} did)",
+                flood.dials.load(Ordering::SeqCst)
+            )
+        }),
+        || (flood.dials.load(Ordering::SeqCst) >= FLOOD).then_some(()),
+    );
+    // Not a wait for an event: the build must start against a flood that has been held a
+    // while (closed peers dial again), as a deployment under attack would see it.
     std::thread::sleep(Duration::from_secs(2));
     let open = flood.open.load(Ordering::SeqCst);
     let held = s.helper_fds();
@@ -405,6 +410,8 @@ fn a_build_gets_through_a_flood_of_stalled_peers_and_shutdown_drains_builds() {
     let baseline = s.helper_fds();
     let lines_before = s.helper.log_text().lines().count();
     let flood = Flood::start(&s.helper.socket, FLOOD);
+    // The flood's span is what is tested: it runs 8 s, and its log lines over that span are
+    // counted below.
     std::thread::sleep(Duration::from_secs(8));
     let held = s.helper_fds();
     flood.stop();
@@ -513,11 +520,12 @@ async fn sigterm_during_session(
         None,
         Arc::new(AtomicUsize::new(0)),
     ));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !h.log_text().contains("build session joined") {
-        assert!(Instant::now() < deadline, "no session:\n{}", h.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(
+        Duration::from_secs(30),
+        later(|| format!("the helper joins the session; its log:\n{}", h.log_text())),
+        || async { h.log_text().contains("build session joined").then_some(()) },
+    )
+    .await;
     let ((status, took), log) = tokio::task::spawn_blocking(move || {
         let exit = h.terminate_within(Duration::from_secs(40));
         (exit, h.log_text())

@@ -49,18 +49,20 @@ async fn report(observed: &mut mpsc::UnboundedReceiver<Observed>) -> Observed {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_through_control_session_gets_secrets_and_everything_else_passes() {
-    let (mut control, mut observed, _helper) = setup().await;
-
-    // A plain Control call passes untouched, response headers included.
+async fn a_plain_control_call_passes_untouched() {
+    let (mut control, _observed, _helper) = setup().await;
+    // Response headers included.
     let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
     let res = control.ready().await.unwrap().call(req).await.unwrap();
     assert_eq!(res.headers().get("x-fake-daemon").unwrap(), "yes");
     assert_eq!(res.headers().get("grpc-status").unwrap(), "0");
+}
 
-    // A client with no secrets of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_of_a_client_without_secrets_gets_the_helpers() {
+    let (control, mut observed, _helper) = setup().await;
     let session = tokio::spawn(client_session(
-        control.clone(),
+        control,
         "session-plain".into(),
         None,
         Arc::new(AtomicUsize::new(0)),
@@ -77,14 +79,17 @@ async fn a_session_through_control_session_gets_secrets_and_everything_else_pass
         "a large stream arrives intact"
     );
     session.abort();
+}
 
-    // A client with its own --secret values: they arrive, and win over the helper's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_own_secrets_arrive_and_win_over_the_helpers() {
+    let (control, mut observed, _helper) = setup().await;
     let own = ClientSecrets(vec![
         ("client-only", "from-the-client"),
         ("aws-role-arn", "arn:aws:iam::999988887777:role/own"),
     ]);
     let session = tokio::spawn(client_session(
-        control.clone(),
+        control,
         "session-own".into(),
         Some(own),
         Arc::new(AtomicUsize::new(0)),

@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -84,32 +84,59 @@ fn metric(metrics: &[(String, f64)], name: &str, labels: &[&str]) -> Option<f64>
         .map(|(_, v)| *v)
 }
 
-#[test]
-fn policy_audit_metrics_and_readiness() {
-    if dockerd::skip() {
-        return;
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix("irsa-policy-")
-        .tempdir()
-        .unwrap();
-    let dir = tmp.path();
-    let r = Radioactive::default();
-    let t = token(3600, -10);
-    r.watch(t.as_bytes());
-    r.watch(ARN.as_bytes());
-    let mut projected = Projected::new(&dir.join("sa"), &t);
-    let mut daemon = Dockerd::start(&dir.join("d"));
-    // A stand-in daemon for the readiness check of a fourth listener: a socket the test controls.
-    let canary_path = dir.join("canary.sock");
-    let canary = std::os::unix::net::UnixListener::bind(&canary_path).unwrap();
-    let audit = dir.join("audit.jsonl");
-    let config = dir.join("irsa-secrets.toml");
-    let up = format!("unix://{}", daemon.socket.display());
-    std::fs::write(
-        &config,
-        format!(
-            r#"
+/// The fleet every test here runs against: a private dockerd, a projected token (the token
+/// and the role ARN watched as radioactive) and one helper with four listeners from a config
+/// file (trusted; untrusted with an allow list and one session; locked to uid 4242; canary
+/// before a stand-in daemon socket the test controls), an audit trail and a metrics endpoint.
+/// Fields drop in order: the helper, then the daemon, then the temp dir.
+struct Fleet {
+    helper: Helper,
+    daemon: Dockerd,
+    canary: Option<std::os::unix::net::UnixListener>,
+    canary_path: PathBuf,
+    projected: Projected,
+    /// The token the helper serves.
+    t: String,
+    r: Radioactive,
+    /// The metrics endpoint's address.
+    addr: String,
+    audit: PathBuf,
+    /// Build contexts: a step that needs the token, one that needs the role ARN, one with an
+    /// optional secret nobody has.
+    token_step: PathBuf,
+    arn_step: PathBuf,
+    missing: PathBuf,
+    dir: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// The fleet, or None where the dockerd tests are skipped.
+    fn start() -> Option<Fleet> {
+        if dockerd::skip() {
+            return None;
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("irsa-policy-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
+        let r = Radioactive::default();
+        let t = token(3600, -10);
+        r.watch(t.as_bytes());
+        r.watch(ARN.as_bytes());
+        let projected = Projected::new(&dir.join("sa"), &t);
+        let daemon = Dockerd::start(&dir.join("d"));
+        // A stand-in daemon for the readiness check of a fourth listener: a socket the test controls.
+        let canary_path = dir.join("canary.sock");
+        let canary = std::os::unix::net::UnixListener::bind(&canary_path).unwrap();
+        let audit = dir.join("audit.jsonl");
+        let config = dir.join("irsa-secrets.toml");
+        let up = format!("unix://{}", daemon.socket.display());
+        std::fs::write(
+            &config,
+            format!(
+                r#"
 audit_log = "{audit}"
 metrics_listen = "127.0.0.1:0"
 
@@ -141,60 +168,104 @@ upstream = "unix://{canary}"
 upstream_kind = "docker"
 identity = "process"
 "#,
-            audit = audit.display(),
-            dir = dir.display(),
-            canary = canary_path.display(),
-        ),
-    )
-    .unwrap();
-    let mut cmd = command();
-    cmd.args(["proxy", "--config"]).arg(&config);
-    let tf = projected.token_path().display().to_string();
-    let helper = Helper::spawn(
-        cmd,
-        dir.join("trusted.sock"),
-        dir,
-        &[("AWS_WEB_IDENTITY_TOKEN_FILE", &tf), ("AWS_ROLE_ARN", ARN)],
-        &r,
-    );
-    let addr = common::eventually(
-        Duration::from_secs(10),
-        "a metrics address in the log",
-        || {
-            let log = helper.log_text();
-            let line = log.lines().find(|l| l.contains("metrics and probes"))?;
-            Some(
-                line.split("addr=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .to_string(),
-            )
-        },
-    );
+                audit = audit.display(),
+                dir = dir.display(),
+                canary = canary_path.display(),
+            ),
+        )
+        .unwrap();
+        let mut cmd = command();
+        cmd.args(["proxy", "--config"]).arg(&config);
+        let tf = projected.token_path().display().to_string();
+        let helper = Helper::spawn(
+            cmd,
+            dir.join("trusted.sock"),
+            dir,
+            &[("AWS_WEB_IDENTITY_TOKEN_FILE", &tf), ("AWS_ROLE_ARN", ARN)],
+            &r,
+        );
+        let addr = common::eventually(
+            Duration::from_secs(10),
+            "a metrics address in the log",
+            || {
+                let log = helper.log_text();
+                let line = log.lines().find(|l| l.contains("metrics and probes"))?;
+                Some(
+                    line.split("addr=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .to_string(),
+                )
+            },
+        );
+
+        let token_step = context(dir, "token", "--mount=type=secret,id=aws-web-identity-token,required sha256sum /run/secrets/aws-web-identity-token");
+        let arn_step = context(
+            dir,
+            "arn",
+            "--mount=type=secret,id=aws-role-arn,required sha256sum /run/secrets/aws-role-arn",
+        );
+        let missing = context(
+            dir,
+            "missing",
+            "--mount=type=secret,id=nobody-has-this true",
+        );
+        Some(Fleet {
+            helper,
+            daemon,
+            canary: Some(canary),
+            canary_path,
+            projected,
+            t,
+            r,
+            addr,
+            audit,
+            token_step,
+            arn_step,
+            missing,
+            dir: dir.to_path_buf(),
+            _tmp: tmp,
+        })
+    }
+
+    /// The socket of listener `name`.
+    fn sock(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+
+    /// A build of `ctx` through listener `name`: (success, output).
+    fn build(&self, name: &str, ctx: &Path) -> (bool, String) {
+        build(&self.sock(name), ctx, &self.r)
+    }
+
+    /// `probe IDS` on listener `name`: (success, output).
+    fn probe(&self, name: &str, ids: &[&str]) -> (bool, String) {
+        probe(&self.sock(name), ids, &self.r)
+    }
+}
+
+/// One test, as the metrics and the audit trail checked at its end are the record of the
+/// builds and probes before them: every outcome (served, denied, not found, a refused peer, a
+/// source error) on the listeners that gave it.
+#[test]
+fn builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and_audit() {
+    let Some(mut f) = Fleet::start() else {
+        return;
+    };
+    let (t, addr) = (f.t.clone(), f.addr.clone());
 
     // Per-listener policy through real builds.
-    let token_step = context(dir, "token", "--mount=type=secret,id=aws-web-identity-token,required sha256sum /run/secrets/aws-web-identity-token");
-    let arn_step = context(
-        dir,
-        "arn",
-        "--mount=type=secret,id=aws-role-arn,required sha256sum /run/secrets/aws-role-arn",
-    );
-    let missing = context(
-        dir,
-        "missing",
-        "--mount=type=secret,id=nobody-has-this true",
-    );
-    let (ok, token_build) = build(&dir.join("trusted.sock"), &token_step, &r);
+    let (ok, token_build) = f.build("trusted", &f.token_step);
     assert!(ok, "the trusted listener serves the token:\n{token_build}");
-    let (ok, out) = build(&dir.join("untrusted.sock"), &token_step, &r);
+    let (ok, out) = f.build("untrusted", &f.token_step);
     assert!(
         !ok && out.contains("secret aws-web-identity-token not found"),
         "the untrusted listener does not serve the token:\n{out}"
     );
-    let (ok, out) = build(&dir.join("untrusted.sock"), &arn_step, &r);
+    let (ok, out) = f.build("untrusted", &f.arn_step);
     assert!(ok, "the untrusted listener serves what it allows:\n{out}");
-    let (ok, out) = build(&dir.join("trusted.sock"), &missing, &r);
+    let (ok, out) = f.build("trusted", &f.missing);
     assert!(ok, "an optional secret nobody has is absent:\n{out}");
 
     // A probe on each listener gets what that listener's builds get: the value the trusted
@@ -211,11 +282,7 @@ identity = "process"
         metric(&m, "irsa_secrets_secret_requests_total", &labels).unwrap_or(0.0)
     };
     let before = requests("trusted", "aws-role-arn");
-    let (ok, out) = probe(
-        &dir.join("trusted.sock"),
-        &["aws-web-identity-token", "aws-role-arn"],
-        &r,
-    );
+    let (ok, out) = f.probe("trusted", &["aws-web-identity-token", "aws-role-arn"]);
     assert!(ok, "{out}");
     assert!(
         out.contains(&probed("aws-web-identity-token", t.as_bytes())),
@@ -228,18 +295,18 @@ identity = "process"
     let hashed = format!("{}  /run/secrets/aws-web-identity-token", sha(t.as_bytes()));
     assert!(token_build.contains(&hashed), "{token_build}");
     assert_eq!(requests("trusted", "aws-role-arn"), before + 1.0);
-    let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-web-identity-token"], &r);
+    let (ok, out) = f.probe("untrusted", &["aws-web-identity-token"]);
     assert!(
         !ok && out
             .contains("aws-web-identity-token: NotFound: secret aws-web-identity-token not found"),
         "the untrusted listener refuses the token to a probe as to a build:\n{out}"
     );
-    let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-role-arn"], &r);
+    let (ok, out) = f.probe("untrusted", &["aws-role-arn"]);
     assert!(
         ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
         "{out}"
     );
-    let (ok, out) = probe(&dir.join("locked.sock"), &["aws-role-arn"], &r);
+    let (ok, out) = f.probe("locked", &["aws-role-arn"]);
     assert!(
         !ok && out.contains(
             "aws-role-arn: PermissionDenied: irsa-secrets: uid 0 gid 0 may not use this socket"
@@ -247,47 +314,8 @@ identity = "process"
         "a refused peer's probe is refused as its builds are:\n{out}"
     );
 
-    // Past max_sessions (1 on the untrusted listener) a second session is refused with the reason.
-    let long = context(
-        dir,
-        "long",
-        "--mount=type=secret,id=aws-role-arn,required sleep 4",
-    );
-    let joined = || helper.log_text().matches("build session joined").count();
-    let before = joined();
-    let first = docker_on(&dir.join("untrusted.sock"))
-        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
-        .arg(&long)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    common::eventually(
-        Duration::from_secs(60),
-        "the first build's session joins",
-        || (joined() > before).then_some(()),
-    );
-    // A probe is no session: a full listener still answers it.
-    let (ok, out) = probe(&dir.join("untrusted.sock"), &["aws-role-arn"], &r);
-    assert!(
-        ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
-        "{out}"
-    );
-    let (ok, out) = build(&dir.join("untrusted.sock"), &arn_step, &r);
-    assert!(!ok, "a session past the limit is refused:\n{out}");
-    // The docker CLI reports the status code only ("unable to upgrade to h2c, received 429");
-    // the helper's log says why.
-    assert!(out.contains("429"), "{out}");
-    assert!(helper.log_text().contains("max_sessions 1 full"));
-    let first = first.wait_with_output().unwrap();
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
-
     // A refused peer: root is not uid 4242.
-    let (ok, out) = build(&dir.join("locked.sock"), &arn_step, &r);
+    let (ok, out) = f.build("locked", &f.arn_step);
     assert!(
         !ok && out.contains("may not use this socket"),
         "a refused peer is told why:\n{out}"
@@ -295,21 +323,15 @@ identity = "process"
 
     // A source error: an expired token fails the step with the reason.
     let expired = token(-60, -7200);
-    r.watch(expired.as_bytes());
-    projected.swap(&expired);
-    let (ok, out) = build(&dir.join("trusted.sock"), &token_step, &r);
+    f.r.watch(expired.as_bytes());
+    f.projected.swap(&expired);
+    let (ok, out) = f.build("trusted", &f.token_step);
     assert!(!ok && out.contains("expired at"), "{out}");
-
-    // Readiness follows the token...
+    f.projected.swap(&t);
     let (code, body) = get(&addr, "/readyz");
-    assert_eq!(code, 503, "{body}");
-    assert!(body.contains("expired"), "{body}");
-    projected.swap(&t);
-    let (code, body) = get(&addr, "/readyz");
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(get(&addr, "/healthz").0, 200);
+    assert_eq!(code, 200, "ready again with a valid token: {body}");
 
-    // ...and the metrics tell the same story.
+    // The metrics tell the same story.
     let (code, text) = get(&addr, "/metrics");
     assert_eq!(code, 200);
     let m = parse_metrics(&text);
@@ -370,19 +392,9 @@ identity = "process"
         "{text}"
     );
 
-    // Readiness follows the daemon.
-    drop(canary);
-    std::fs::remove_file(&canary_path).unwrap();
-    let (code, body) = get(&addr, "/readyz");
-    assert_eq!(code, 503);
-    assert!(
-        body.contains("canary") && body.contains("unreachable"),
-        "{body}"
-    );
-
     // The audit trail: every outcome, sessions with durations, the refused peer; no value.
-    let trail = std::fs::read(&audit).unwrap();
-    r.assert_absent("the audit log", &trail);
+    let trail = std::fs::read(&f.audit).unwrap();
+    f.r.assert_absent("the audit log", &trail);
     let records: Vec<serde_json::Value> = trail
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
@@ -436,20 +448,99 @@ identity = "process"
     assert!(find("session_end", None, "trusted").is_some_and(|r| r["seconds"].as_f64().is_some()));
     assert!(find("connection_denied", None, "locked").is_some_and(|r| r["peer"]["uid"] == 0));
     assert!(
-        helper.log_text().contains("which nobody serves"),
+        f.helper.log_text().contains("which nobody serves"),
         "the silent required=false case is a warning"
     );
+}
 
-    // With the daemon down a probe still answers (the identity does not need the daemon); a
-    // build on the same socket is told the daemon does not answer.
-    daemon.stop();
-    let (ok, out) = probe(&dir.join("trusted.sock"), &["aws-role-arn"], &r);
+#[test]
+fn past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_still_answer() {
+    let Some(f) = Fleet::start() else {
+        return;
+    };
+    // max_sessions is 1 on the untrusted listener.
+    let long = context(
+        &f.dir,
+        "long",
+        "--mount=type=secret,id=aws-role-arn,required sleep 4",
+    );
+    let joined = || f.helper.log_text().matches("build session joined").count();
+    let before = joined();
+    let first = docker_on(&f.sock("untrusted"))
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg(&long)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::eventually(
+        Duration::from_secs(60),
+        "the first build's session joins",
+        || (joined() > before).then_some(()),
+    );
+    // A probe is no session: a full listener still answers it.
+    let (ok, out) = f.probe("untrusted", &["aws-role-arn"]);
     assert!(
         ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
         "{out}"
     );
-    let (ok, out) = build(&dir.join("trusted.sock"), &arn_step, &r);
+    let (ok, out) = f.build("untrusted", &f.arn_step);
+    assert!(!ok, "a session past the limit is refused:\n{out}");
+    // The docker CLI reports the status code only ("unable to upgrade to h2c, received 429");
+    // the helper's log says why.
+    assert!(out.contains("429"), "{out}");
+    assert!(f.helper.log_text().contains("max_sessions 1 full"));
+    let first = first.wait_with_output().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+}
+
+#[test]
+fn readiness_follows_the_token_and_the_daemon() {
+    let Some(mut f) = Fleet::start() else {
+        return;
+    };
+    let addr = f.addr.clone();
+    // The token...
+    let expired = token(-60, -7200);
+    f.r.watch(expired.as_bytes());
+    f.projected.swap(&expired);
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("expired"), "{body}");
+    let t = f.t.clone();
+    f.projected.swap(&t);
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(get(&addr, "/healthz").0, 200);
+
+    // ...and the daemon.
+    drop(f.canary.take());
+    std::fs::remove_file(&f.canary_path).unwrap();
+    let (code, body) = get(&addr, "/readyz");
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("canary") && body.contains("unreachable"),
+        "{body}"
+    );
+}
+
+/// The identity does not need the daemon: with it down a probe still answers, and a build on
+/// the same socket is told the daemon does not answer.
+#[test]
+fn with_the_daemon_down_a_probe_answers_and_a_build_is_told_why() {
+    let Some(mut f) = Fleet::start() else {
+        return;
+    };
+    f.daemon.stop();
+    let (ok, out) = f.probe("trusted", &["aws-role-arn"]);
+    assert!(
+        ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
+        "{out}"
+    );
+    let (ok, out) = f.build("trusted", &f.arn_step);
     assert!(!ok && out.contains("cannot be reached"), "{out}");
-    drop(helper);
-    drop(daemon);
 }

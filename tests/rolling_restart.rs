@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{command, probe, Helper, Radioactive};
 
@@ -60,11 +60,15 @@ fn the_old_helper_leaves_the_new_ones_socket_in_place() {
     )
     .unwrap();
     // The old helper stops accepting at once; the new one takes the path over.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::os::unix::net::UnixStream::connect(&old.socket).is_ok() {
-        assert!(Instant::now() < deadline, "the old helper kept accepting");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    common::eventually(
+        Duration::from_secs(20),
+        "the old helper stops accepting",
+        || {
+            std::os::unix::net::UnixStream::connect(&old.socket)
+                .is_err()
+                .then_some(())
+        },
+    );
     assert!(
         old_child.try_wait().unwrap().is_none(),
         "the old helper must still be draining its connection when the new one starts:\n{}",
@@ -78,14 +82,9 @@ fn the_old_helper_leaves_the_new_ones_socket_in_place() {
         new.log_text()
     );
 
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let status = loop {
-        if let Some(status) = old_child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the old helper did not exit");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = common::eventually(Duration::from_secs(40), "the old helper exits", || {
+        old_child.try_wait().unwrap()
+    });
     assert!(status.success(), "old helper: {status}");
     let mut rest = Vec::new();
     let _ = client.read_to_end(&mut rest);

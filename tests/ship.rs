@@ -177,20 +177,23 @@ fn the_local_image_is_static_nonroot_labelled_and_healthy(
             .trim()
             .to_string()
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let health = inspect("{{.State.Health.Status}}");
-        if health == "healthy" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && health != "unhealthy",
-            "the container is {health}: {}\n{}",
+    let unhealthy = || {
+        format!(
+            "the container is {}: {}\n{}",
+            inspect("{{.State.Health.Status}}"),
             inspect("{{json .State.Health}}"),
             ok(daemon.docker().args(["logs", id]))
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        )
+    };
+    common::eventually(
+        Duration::from_secs(90),
+        common::later(|| format!("the container turns healthy; {}", unhealthy())),
+        || {
+            let health = inspect("{{.State.Health.Status}}");
+            assert!(health != "unhealthy", "{}", unhealthy());
+            (health == "healthy").then_some(())
+        },
+    );
     let pid = inspect("{{.State.Pid}}");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap();

@@ -21,6 +21,13 @@ pub struct Dockerd {
     child: Option<Child>,
 }
 
+/// The last lines of the log of the daemon under `root`.
+fn log_tail_of(root: &Path) -> String {
+    let log = std::fs::read_to_string(root.join("dockerd.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
 /// True when this machine can run the daemon tests (root and Debian's docker.io present).
 pub fn available() -> Result<(), String> {
     if !nix::unistd::Uid::effective().is_root() {
@@ -98,30 +105,31 @@ impl Dockerd {
             .stderr(log)
             .spawn()
             .expect("start dockerd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if self
-                .docker()
-                .arg("version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("dockerd exited with {status}:\n{}", self.log_tail());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("dockerd did not come up in 60 s:\n{}", self.log_tail());
+        let Dockerd {
+            root,
+            socket,
+            child: running,
+        } = self;
+        let running = running.insert(child);
+        super::eventually(
+            Duration::from_secs(60),
+            super::later(|| format!("dockerd answers; its log:\n{}", log_tail_of(root))),
+            || {
+                if let Some(status) = running.try_wait().unwrap() {
+                    panic!("dockerd exited with {status}:\n{}", log_tail_of(root));
+                }
+                docker_on(socket)
+                    .arg("version")
+                    .output()
+                    .is_ok_and(|o| o.status.success())
+                    .then_some(())
+            },
+        );
     }
 
     /// The last lines of the daemon's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.root.join("dockerd.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
+        log_tail_of(&self.root)
     }
 
     /// A docker CLI command talking to this daemon directly.
@@ -217,21 +225,8 @@ impl Drop for Dockerd {
 }
 
 /// Waits for `child` up to `limit`, killing it past that.
-pub fn wait_with_timeout(mut child: Child, limit: Duration) -> Output {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    panic!(
-        "command still running after {limit:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+pub fn wait_with_timeout(child: Child, limit: Duration) -> Output {
+    super::output_within(child, limit, "the command", String::new)
 }
 
 /// Starts a build whose step runs long, and waits until the step is running.
@@ -258,18 +253,20 @@ pub fn start_build_of_step(s: &Stack, name: &str, seconds: u32) -> Child {
             .count()
     };
     let before = served(&s.helper.log_text());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while served(&s.helper.log_text()) == before {
-        assert!(
-            Instant::now() < deadline,
-            "the long build never reached its step"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the long build ended early"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    super::eventually(
+        Duration::from_secs(120),
+        "the long build reaches its step",
+        || {
+            if served(&s.helper.log_text()) > before {
+                return Some(());
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the long build ended early"
+            );
+            None
+        },
+    );
     child
 }
 
@@ -438,18 +435,17 @@ impl Stack {
 
     /// Waits up to 20 s for the helper to hold no more than `baseline` descriptors.
     pub fn assert_descriptors_back_to(&self, baseline: usize) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let now = self.helper_fds();
-            if now <= baseline {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "helper holds {now} descriptors, {baseline} at the baseline"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        super::eventually(
+            Duration::from_secs(20),
+            super::later(|| {
+                format!(
+                    "the helper holds at most {baseline} descriptors, as at the baseline (it \
+                     holds {})",
+                    self.helper_fds()
+                )
+            }),
+            || (self.helper_fds() <= baseline).then_some(()),
+        );
     }
 
     /// Asserts that a step's `sha256sum` of both mounts, in `out`, shows the served token and ARN.

@@ -154,20 +154,25 @@ impl Helper {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "helper exited with {status} before listening:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("helper did not listen within 20 s:\n{}", self.log_text());
+        let Helper {
+            child, socket, log, ..
+        } = self;
+        let child = child.as_mut().unwrap();
+        eventually(
+            Duration::from_secs(20),
+            later(|| format!("the helper listens; its log:\n{}", log_of(log))),
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!(
+                        "helper exited with {status} before listening:\n{}",
+                        log_of(log)
+                    );
+                }
+                std::os::unix::net::UnixStream::connect(&*socket)
+                    .is_ok()
+                    .then_some(())
+            },
+        );
     }
 
     /// A Secrets client on the helper's socket.
@@ -192,7 +197,7 @@ impl Helper {
 
     /// The helper's log so far.
     pub fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        log_of(&self.log)
     }
 
     /// Sends SIGTERM and waits for exit; returns the exit status.
@@ -202,26 +207,28 @@ impl Helper {
 
     /// Sends SIGTERM and waits up to `limit` for the exit: the status, and how long it took.
     pub fn terminate_within(&mut self, limit: Duration) -> (std::process::ExitStatus, Duration) {
-        let mut child = self.child.take().expect("running");
+        let Helper { child, log, .. } = self;
+        let running = child.as_mut().expect("running");
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::unistd::Pid::from_raw(running.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         )
         .unwrap();
         let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                return (status, started.elapsed());
-            }
-            if started.elapsed() > limit {
-                let _ = child.kill();
-                panic!(
-                    "helper ignored SIGTERM for {limit:?}:\n{}",
-                    tail(&self.log_text())
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // Past the limit the panic leaves the child in place, for Drop to kill.
+        let status = eventually(
+            limit,
+            later(|| {
+                format!(
+                    "the helper exits on SIGTERM; its log:\n{}",
+                    tail(&log_of(log))
+                )
+            }),
+            || running.try_wait().unwrap(),
+        );
+        let took = started.elapsed();
+        *child = None;
+        (status, took)
     }
 }
 
@@ -239,6 +246,11 @@ impl Drop for Helper {
     }
 }
 
+/// A log file's text so far (empty if it is not there yet).
+pub fn log_of(path: &Path) -> String {
+    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+}
+
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -251,6 +263,40 @@ pub fn run(cmd: &mut Command, radioactive: &Radioactive) -> Output {
     radioactive.assert_absent("stdout", &out.stdout);
     radioactive.assert_absent("stderr", &out.stderr);
     out
+}
+
+/// The output of `child` once it exits within `limit`. Past that the child is killed and the
+/// test fails saying `what` did not finish, with what the child printed and then `context()`
+/// (e.g. a log of the process it was talking to).
+pub fn output_within(
+    child: Child,
+    limit: Duration,
+    what: &str,
+    context: impl Fn() -> String,
+) -> Output {
+    let child = std::cell::RefCell::new(child);
+    eventually(
+        limit,
+        later(|| {
+            let mut child = child.borrow_mut();
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut printed = Vec::new();
+            if let Some(mut pipe) = child.stdout.take() {
+                let _ = std::io::Read::read_to_end(&mut pipe, &mut printed);
+            }
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_end(&mut pipe, &mut printed);
+            }
+            format!(
+                "{what} finishes (killed now); it printed:\n{}\n{}",
+                String::from_utf8_lossy(&printed),
+                context()
+            )
+        }),
+        || child.borrow_mut().try_wait().unwrap(),
+    );
+    child.into_inner().wait_with_output().unwrap()
 }
 
 /// Runs `irsa-secrets probe --socket unix://SOCKET IDS...`: (success, stdout then stderr).
@@ -378,7 +424,12 @@ pub fn mock_provider() -> irsa_secrets::provider::Provider {
 
 /// Polls `condition` every 20 ms until it gives a value or `timeout` has passed; then panics
 /// saying `what` never happened. The one wait for things the tests cannot be told about.
-pub fn eventually<T>(timeout: Duration, what: &str, mut condition: impl FnMut() -> Option<T>) -> T {
+/// `what` is only formatted on failure: [`later`] builds it from what is known then.
+pub fn eventually<T>(
+    timeout: Duration,
+    what: impl std::fmt::Display,
+    mut condition: impl FnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = condition() {
@@ -392,7 +443,7 @@ pub fn eventually<T>(timeout: Duration, what: &str, mut condition: impl FnMut() 
 /// [`eventually`] for conditions that must await.
 pub async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
     timeout: Duration,
-    what: &str,
+    what: impl std::fmt::Display,
     mut condition: impl FnMut() -> F,
 ) -> T {
     let deadline = Instant::now() + timeout;
@@ -402,5 +453,27 @@ pub async fn eventually_async<T, F: std::future::Future<Output = Option<T>>>(
         }
         assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A failure message for [`eventually`] made by `make` when a wait fails, not before: for
+/// what only exists then (a log's last lines, a killed child's output). Made once, however
+/// often the panic is shown.
+pub fn later<F: Fn() -> String>(make: F) -> Later<F> {
+    Later {
+        make,
+        made: std::cell::OnceCell::new(),
+    }
+}
+
+/// See [`later`].
+pub struct Later<F> {
+    make: F,
+    made: std::cell::OnceCell<String>,
+}
+
+impl<F: Fn() -> String> std::fmt::Display for Later<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.made.get_or_init(&self.make))
     }
 }

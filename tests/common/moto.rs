@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -77,24 +77,25 @@ impl Moto {
             url: format!("http://127.0.0.1:{port}"),
             log,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = moto.child.try_wait().unwrap() {
-                panic!("moto_server exited with {status}:\n{}", moto.log_text());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen within 60 s:\n{}",
-                moto.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let Moto { child, log, .. } = &mut moto;
+        super::eventually(
+            Duration::from_secs(60),
+            super::later(|| format!("moto_server listens; its log:\n{}", super::log_of(log))),
+            || {
+                if let Some(status) = child.try_wait().unwrap() {
+                    panic!("moto_server exited with {status}:\n{}", super::log_of(log));
+                }
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .is_ok()
+                    .then_some(())
+            },
+        );
         moto
     }
 
     /// moto's log so far.
     pub fn log_text(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+        super::log_of(&self.log)
     }
 
     /// An IAM query call; moto routes on the Authorization header's service, which it does not
