@@ -11,7 +11,8 @@
 //!   is forwarded.
 //! - [`provider`]: ids to sources, the listener's policy, value rules and gRPC statuses, and the
 //!   recording of every answer.
-//! - [`source`]: where values come from (the IRSA token, STS, `--secret`, the mock identity).
+//! - [`source`]: where values come from (the IRSA or GitHub token, credentials from STS, Pod
+//!   Identity, container roles or IMDS, `--secret`, the mock identity).
 //! - [`observe`]: the audit trail, metrics and probes, and the event types they share.
 //! - [`wire`]: HTTP/2 and raw stream forwarding, the session tunnel, protos, sniffing, TLS.
 //! - [`secret`]: the value type every layer passes along, zeroed on drop.

@@ -33,7 +33,11 @@ fn kubernetes_validate(file: &Path) -> String {
 
 #[test]
 fn kubernetes_manifests_match_the_schemas() {
-    for name in ["dind-runner.yaml", "buildkitd-runner.yaml"] {
+    for name in [
+        "dind-runner.yaml",
+        "buildkitd-runner.yaml",
+        "pod-identity-runner.yaml",
+    ] {
         let text = kubernetes_validate(&examples().join("kubernetes").join(name));
         assert!(text.contains("passed for resource pod/"), "{name}: {text}");
         assert!(
@@ -90,6 +94,49 @@ fn the_manifests_wire_the_helper_between_runner_and_daemon() {
     let buildkit =
         std::fs::read_to_string(examples().join("kubernetes/buildkitd-runner.yaml")).unwrap();
     assert!(buildkit.contains("--driver remote"));
+}
+
+#[test]
+fn the_pod_identity_runner_narrows_the_pods_role_and_mounts_the_agents_token() {
+    let text =
+        std::fs::read_to_string(examples().join("kubernetes/pod-identity-runner.yaml")).unwrap();
+    for needle in [
+        "--identity=pod-identity",
+        "--assume-role=arn:aws:iam::",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "audience: pods.eks.amazonaws.com",
+        "--listen=unix:///run/irsa/helper.sock",
+        "--upstream=unix:///run/docker/docker.sock",
+    ] {
+        assert!(
+            text.contains(needle),
+            "pod-identity-runner.yaml lacks {needle}"
+        );
+    }
+    assert!(
+        !text.contains("eks.amazonaws.com/role-arn"),
+        "no IRSA annotation"
+    );
+}
+
+#[test]
+fn the_github_hosted_workflow_matches_the_schema_and_asks_for_the_oidc_token() {
+    let file = examples().join("github-actions/github-hosted.yml");
+    validate(
+        "check_jsonschema",
+        &["--builtin-schema", "vendor.github-workflows"],
+        &file,
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    for needle in [
+        "id-token: write",
+        "--identity github-oidc",
+        "DOCKER_HOST=unix://",
+        ":pull_request",
+        "irsa-secrets scan",
+    ] {
+        assert!(text.contains(needle), "the workflow lacks {needle}");
+    }
 }
 
 #[test]

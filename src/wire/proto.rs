@@ -32,7 +32,7 @@ impl secrets::GetSecretResponse {
         }
     }
 
-    /// Moves the value into a [`SecretValue`], leaving nothing behind to wipe.
+    /// Moves the value into a [`SecretValue`](crate::secret::SecretValue), leaving nothing behind to wipe.
     pub fn into_value(mut self) -> crate::secret::SecretValue {
         crate::secret::SecretValue::new(std::mem::take(&mut self.data))
     }
