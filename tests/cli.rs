@@ -149,13 +149,13 @@ fn each_command_help_lists_only_the_flags_it_uses() {
             &["doctor"],
             // --serve-identity changes nothing a check sees: hidden.
             cat(&[
-                &["--role-arn", "--region", "--secret"],
+                &["--role-arn", "--region", "--secret", "--identity"],
                 IDENTITY,
                 &STS[..1],
                 &STS[2..],
                 ALWAYS,
             ]),
-            60,
+            100,
         ),
         (
             &["scan"],

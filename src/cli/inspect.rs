@@ -6,11 +6,14 @@ use std::time::SystemTime;
 use clap::Args;
 
 use super::sts::StsArgs;
-use super::{IdentityArgs, RegionArgs, SecretArgs, WebTokenArgs, NO_IDENTITY_HINT};
+use super::{IdentityArgs, IdentityChoice, RegionArgs, SecretArgs, WebTokenArgs, NO_IDENTITY_HINT};
+use crate::source::identity::Identity;
 use crate::source::irsa::{check_role_arn, check_token_file, read_token, token_hint};
 use crate::source::jwt::{self, Checked};
+use crate::source::platform::Platform;
 use crate::source::static_secret::Origin;
 use crate::source::IdentityIds;
+use crate::source::Source;
 
 /// Flags of `token`.
 #[derive(Debug, Args)]
@@ -57,6 +60,75 @@ pub struct DoctorArgs {
 
     #[command(flatten)]
     pub sts: StsArgs,
+
+    /// Which identity to check (as for `serve`).
+    #[arg(long = "identity", value_enum, default_value_t = IdentityChoice::Auto, env = "IRSA_SECRETS_IDENTITY", value_name = "IDENTITY")]
+    pub choice: IdentityChoice,
+}
+
+/// Checks a credential identity or GitHub's token by asking for it once: credentials show
+/// their principal and expiry, a token its lifetime and subject, never a value.
+async fn platform_check(args: &DoctorArgs, identity: Identity, r: &mut Report) {
+    let region = args.region.region.clone();
+    let platform = match identity {
+        Identity::PodIdentity => Platform::PodIdentity,
+        Identity::Container => Platform::Container,
+        Identity::Imds => Platform::Imds,
+        _ => {
+            let checked = match args
+                .identity
+                .web_identity(true, IdentityIds::default(), region)
+            {
+                Ok(github) => github.checked_token().await.map(|(_, c)| c),
+                Err(e) => return r.fail(&format!("{e:#}"), "run this as a step of the job"),
+            };
+            return match checked {
+                Ok(c) => r.ok(&format!(
+                    "GitHub issued a token valid for {} (audience {}, subject {})",
+                    jwt::human(c.remaining),
+                    args.identity.token.audience,
+                    c.claims.sub.as_deref().unwrap_or("none")
+                )),
+                Err(e) => fail_with_hint(r, &e.message),
+            };
+        }
+    };
+    let served = region.map(|r| (String::new(), r));
+    let credentials = match super::credential_source(
+        platform,
+        &args.sts,
+        args.identity.token.expiry_margin,
+        served,
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            return r.fail(
+                &format!("{e:#}"),
+                "export AWS_REGION=REGION or pass --region",
+            )
+        }
+    };
+    match credentials.current().await {
+        Ok(issued) => r.ok(&format!(
+            "{} issued credentials{} expiring at {} (in {})",
+            credentials.name(),
+            Some(&issued.principal)
+                .filter(|p| !p.is_empty())
+                .map(|p| format!(" for {p}"))
+                .unwrap_or_default(),
+            issued.expiration_rfc3339(),
+            jwt::human(issued.valid_for(SystemTime::now()))
+        )),
+        Err(e) => fail_with_hint(r, &e.message),
+    }
+}
+
+/// A source's message, `WHAT; FIX`, as a failed check.
+fn fail_with_hint(r: &mut Report, message: &str) {
+    match message.rsplit_once("; ") {
+        Some((what, fix)) => r.fail(what, fix),
+        None => r.fail(message, "see the message above"),
+    }
 }
 
 /// Performs one exchange and reports the assumed role and expiry, never the keys. Skipped when
@@ -179,7 +251,16 @@ const LAPTOP_FIX: &str = "on a laptop, run `irsa-secrets mock write ~/.irsa/iden
 pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let id = &args.identity;
     let mut r = Report { problems: 0 };
-    if id.token.mock {
+    let chosen = id.choose(args.choice).ok().filter(|c| {
+        matches!(
+            c.identity,
+            Identity::PodIdentity | Identity::Container | Identity::Imds | Identity::GithubOidc
+        )
+    });
+    if let Some(c) = &chosen {
+        r.ok(&format!("identity {} ({})", c.identity, c.because));
+        platform_check(&args, c.identity, &mut r).await;
+    } else if id.token.mock {
         r.ok("mock identity selected (--mock): builds get a fake token and role ARN");
     } else {
         match &id.role_arn {
@@ -240,7 +321,7 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
             },
         }
     }
-    if args.sts.sts {
+    if args.sts.sts && chosen.is_none() {
         sts_check(&args, &mut r).await;
     }
     for spec in &args.secrets.secrets {

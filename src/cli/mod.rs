@@ -473,37 +473,49 @@ impl ServedArgs {
                  aws-access-key-id, ...)"
             );
         }
-        let role = PlatformRole::new(platform);
-        tracing::info!(identity = %identity, endpoint = role.endpoint(), "credentials come from {}", role.endpoint());
-        let margin = self.identity.token.expiry_margin;
-        let served_region = region.clone().map(|r| (ids.region.clone(), r));
-        let Some(target) = &self.sts.assume_role else {
-            return Ok(vec![Arc::new(Credentials::new(
-                role,
-                margin,
-                served_region,
-            ))]);
-        };
-        let Some(region) = region else {
-            anyhow::bail!(
-                "--assume-role needs a region for STS's regional endpoint: set AWS_REGION or pass \
-                 --region"
-            );
-        };
-        let chain = RoleChain::new(
-            Credentials::new(role, margin, None),
-            self.sts.scope(target)?,
-            &region,
-            self.sts.sts_endpoint.as_deref(),
-            self.sts.external_id.clone(),
-        );
-        tracing::info!(role = %target, "narrowing the {identity} identity with AssumeRole");
-        Ok(vec![Arc::new(Credentials::new(
-            chain,
-            margin,
+        let served_region = region.map(|r| (ids.region.clone(), r));
+        Ok(vec![Arc::new(credential_source(
+            platform,
+            &self.sts,
+            self.identity.token.expiry_margin,
             served_region,
-        ))])
+        )?)])
     }
+}
+
+/// The credentials of `platform`, narrowed by `--assume-role` when `sts` names a role; the
+/// region, when served, is `(id, value)`.
+fn credential_source(
+    platform: Platform,
+    sts: &sts::StsArgs,
+    margin: Duration,
+    region: Option<(String, String)>,
+) -> anyhow::Result<Credentials> {
+    let role = PlatformRole::new(platform);
+    tracing::info!(
+        identity = platform.name(),
+        endpoint = role.endpoint(),
+        "credentials come from {}",
+        role.endpoint()
+    );
+    let Some(target) = &sts.assume_role else {
+        return Ok(Credentials::new(role, margin, region));
+    };
+    let Some((_, sts_region)) = &region else {
+        anyhow::bail!(
+            "--assume-role needs a region for STS's regional endpoint: set AWS_REGION or pass \
+             --region"
+        );
+    };
+    let chain = RoleChain::new(
+        Credentials::new(role, margin, None),
+        sts.scope(target)?,
+        sts_region,
+        sts.sts_endpoint.as_deref(),
+        sts.external_id.clone(),
+    );
+    tracing::info!(role = %target, "narrowing the {} identity with AssumeRole", platform.name());
+    Ok(Credentials::new(chain, margin, region))
 }
 
 /// What `scan` looks for: the values the helper would serve with the same flags. The STS

@@ -106,14 +106,18 @@ impl PlatformRole {
     /// `error` as a message naming the endpoint and the fix.
     fn explain(&self, error: &CredentialsError) -> SourceError {
         let said = scrub(&DisplayErrorContext(error).to_string(), "");
-        let refused = said.contains(" 401") || said.contains(" 403");
+        // The provider reports an HTTP status only in its text, as `StatusCode(401)`.
+        let status =
+            |code: &str| said.contains(&format!("({code})")) || said.contains(&format!(" {code}"));
+        let refused = status("401") || status("403");
         let (kind, hint) = match (self.platform, error) {
             (_, CredentialsError::InvalidConfiguration(_)) => (
                 ErrorKind::Invalid,
                 "check AWS_CONTAINER_CREDENTIALS_FULL_URI (http on loopback or the agent's \
-                 address, or https) and the authorization token",
+                 address, or https) and the authorization token (the file must hold the token \
+                 alone, with no trailing newline)",
             ),
-            (Platform::PodIdentity, _) if refused || said.contains(" 400") => (
+            (Platform::PodIdentity, _) if refused || status("400") => (
                 ErrorKind::Denied,
                 "the agent refused the pod's token: check the pod's service account has a Pod \
                  Identity association (aws eks create-pod-identity-association) and that \
@@ -124,7 +128,7 @@ impl PlatformRole {
                 "the endpoint refused the request: check AWS_CONTAINER_AUTHORIZATION_TOKEN or \
                  AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
             ),
-            (Platform::Imds, _) if said.contains("404") => (
+            (Platform::Imds, _) if status("404") => (
                 ErrorKind::Missing,
                 "the instance has no IAM role: attach an instance profile to it",
             ),
