@@ -106,14 +106,17 @@ impl PlatformRole {
     /// `error` as a message naming the endpoint and the fix.
     fn explain(&self, error: &CredentialsError) -> SourceError {
         let said = scrub(&DisplayErrorContext(error).to_string(), "");
-        let refused = said.contains(" 401") || said.contains(" 403");
+        // The SDK says "status 401" for some answers and "StatusCode(401)" for others.
+        let status =
+            |code: &str| said.contains(&format!(" {code}")) || said.contains(&format!("({code})"));
+        let refused = status("401") || status("403");
         let (kind, hint) = match (self.platform, error) {
             (_, CredentialsError::InvalidConfiguration(_)) => (
                 ErrorKind::Invalid,
                 "check AWS_CONTAINER_CREDENTIALS_FULL_URI (http on loopback or the agent's \
                  address, or https) and the authorization token",
             ),
-            (Platform::PodIdentity, _) if refused || said.contains(" 400") => (
+            (Platform::PodIdentity, _) if refused || status("400") => (
                 ErrorKind::Denied,
                 "the agent refused the pod's token: check the pod's service account has a Pod \
                  Identity association (aws eks create-pod-identity-association) and that \
