@@ -37,9 +37,29 @@ fn isolated() -> Command {
 
 /// `serve` on DIR/helper.sock with `args` and exactly the identity settings in `env`.
 fn serve(dir: &Path, args: &[&str], env: &[(&str, String)], r: &Radioactive) -> Helper {
+    launch(dir, "serve", args, env, r)
+}
+
+/// `proxy` on DIR/helper.sock like [`serve`], in front of a daemon that is not there (secrets
+/// are answered without it), with its audit trail in DIR/audit.jsonl.
+fn proxy(dir: &Path, env: &[(&str, String)], r: &Radioactive) -> Helper {
+    let upstream = format!("unix://{}", dir.join("no-buildkitd.sock").display());
+    let audit = dir.join("audit.jsonl").display().to_string();
+    let args = ["--upstream", &upstream, "--audit-log", &audit];
+    launch(dir, "proxy", &args, env, r)
+}
+
+/// `irsa-secrets COMMAND --listen unix://DIR/helper.sock ARGS...` with only `env`'s settings.
+fn launch(
+    dir: &Path,
+    command: &str,
+    args: &[&str],
+    env: &[(&str, String)],
+    r: &Radioactive,
+) -> Helper {
     let socket = dir.join("helper.sock");
     let mut cmd = isolated();
-    cmd.arg("serve")
+    cmd.arg(command)
         .arg("--listen")
         .arg(format!("unix://{}", socket.display()))
         .args(args);
@@ -424,4 +444,68 @@ async fn github_oidc_serves_the_job_token_and_names_the_permission_when_refused(
     );
     let err = error_for(&h, "aws-web-identity-token").await;
     assert!(err.contains("id-token: write"), "{err}");
+}
+
+#[test]
+fn the_audit_trail_names_the_identity_that_served() {
+    let r = Radioactive::default();
+    let c = FakeCredentials::new(3600);
+    watch(&r, &c);
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("eks-pod-identity-token");
+    let json = c.container_json();
+    let agent = FakeEndpoint::start(agent(&token_file, move || Reply::Status(200, json.clone())));
+    let ecs = {
+        let json = c.container_json();
+        FakeEndpoint::start(move |_: &Request| Reply::Status(200, json.clone()))
+    };
+    let metadata = FakeEndpoint::start(imds("imds-session-for-audit".into(), c.imds_json()));
+    let jwt = token(600, -10);
+    r.watch(jwt.as_bytes());
+    let gh = FakeEndpoint::start(github("gh-request-token-for-audit".into(), jwt));
+    let setups = [
+        (
+            "pod-identity",
+            "aws-access-key-id",
+            pod_identity_env(dir.path(), &agent, &r),
+        ),
+        (
+            "container",
+            "aws-access-key-id",
+            vec![(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                format!("{}/v2/credentials/task", ecs.base()),
+            )],
+        ),
+        (
+            "imds",
+            "aws-access-key-id",
+            vec![
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", metadata.base()),
+                ("IRSA_SECRETS_IDENTITY", "imds".into()),
+            ],
+        ),
+        (
+            "github-oidc",
+            "aws-web-identity-token",
+            github_env(&gh, "gh-request-token-for-audit"),
+        ),
+    ];
+    for (source, id, env) in setups {
+        let dir = tempfile::tempdir().unwrap();
+        let h = proxy(dir.path(), &env, &r);
+        let (ok, out) = common::probe(&h.socket, &[id], &r);
+        assert!(ok, "{source}: {out}\n{}", common::tail(&h.log_text()));
+        let trail = dir.path().join("audit.jsonl");
+        let record =
+            common::eventually(Duration::from_secs(10), "the probe's audit record", || {
+                let text = std::fs::read(&trail).ok()?;
+                r.assert_absent("the audit log", &text);
+                text.split(|b| *b == b'\n')
+                    .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+                    .find(|rec| rec["event"] == "secret" && rec["id"] == id)
+            });
+        assert_eq!(record["outcome"], "served", "{source}: {record}");
+        assert_eq!(record["source"], source, "{record}");
+    }
 }
