@@ -509,3 +509,54 @@ fn the_audit_trail_names_the_identity_that_served() {
         assert_eq!(record["source"], source, "{record}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_oidc_with_sts_serves_the_credentials_moto_issued_for_the_job_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let moto = common::moto::Moto::start(dir.path());
+    let jwt = token(600, -10);
+    r.watch(jwt.as_bytes());
+    let gh = FakeEndpoint::start(github("gh-request-token-for-sts".into(), jwt));
+    let args = [
+        "--identity",
+        "github-oidc",
+        "--sts",
+        "--sts-endpoint",
+        &moto.url,
+        "--region",
+        "us-east-1",
+    ];
+    let h = serve(
+        dir.path(),
+        &args,
+        &github_env(&gh, "gh-request-token-for-sts"),
+        &r,
+    );
+    let mut client = h.client().await;
+    let key_id = h.get(&mut client, "aws-access-key-id").await;
+    let issued = moto.issued().await;
+    for c in &issued {
+        for v in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
+            r.watch(v.as_bytes());
+        }
+    }
+    let key_id = key_id.unwrap_or_else(|e| panic!("{e:?}\n{}", common::tail(&h.log_text())));
+    assert_eq!(issued.len(), 1, "one AssumeRoleWithWebIdentity");
+    let c = FakeCredentials {
+        access_key_id: issued[0].access_key_id.clone(),
+        secret_access_key: issued[0].secret_access_key.clone(),
+        token: issued[0].session_token.clone(),
+        expiration: String::from_utf8(
+            irsa_secrets::wire::client::get_secret(&mut client, "aws-credentials-expiration")
+                .await
+                .unwrap()
+                .expose()
+                .to_vec(),
+        )
+        .unwrap(),
+    };
+    assert!(key_id.expose() == c.access_key_id.as_bytes());
+    assert_serves(&h, &c).await;
+    assert_eq!(gh.requests().len(), 1, "the job token is asked for once");
+}
