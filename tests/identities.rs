@@ -40,10 +40,10 @@ fn serve(dir: &Path, args: &[&str], env: &[(&str, String)], r: &Radioactive) -> 
     launch(dir, "serve", args, env, r)
 }
 
-/// `proxy` on DIR/helper.sock like [`serve`], in front of a daemon that is not there (secrets
-/// are answered without it), with its audit trail in DIR/audit.jsonl.
-fn proxy(dir: &Path, env: &[(&str, String)], r: &Radioactive) -> Helper {
-    let upstream = format!("unix://{}", dir.join("no-buildkitd.sock").display());
+/// `proxy` on DIR/helper.sock like [`serve`], in front of the daemon at `upstream` (secrets are
+/// answered also without one there), with its audit trail in DIR/audit.jsonl.
+fn proxy(dir: &Path, upstream: &Path, env: &[(&str, String)], r: &Radioactive) -> Helper {
+    let upstream = format!("unix://{}", upstream.display());
     let audit = dir.join("audit.jsonl").display().to_string();
     let args = ["--upstream", &upstream, "--audit-log", &audit];
     launch(dir, "proxy", &args, env, r)
@@ -493,7 +493,7 @@ fn the_audit_trail_names_the_identity_that_served() {
     ];
     for (source, id, env) in setups {
         let dir = tempfile::tempdir().unwrap();
-        let h = proxy(dir.path(), &env, &r);
+        let h = proxy(dir.path(), &dir.path().join("no-daemon.sock"), &env, &r);
         let (ok, out) = common::probe(&h.socket, &[id], &r);
         assert!(ok, "{source}: {out}\n{}", common::tail(&h.log_text()));
         let trail = dir.path().join("audit.jsonl");
@@ -559,4 +559,75 @@ async fn github_oidc_with_sts_serves_the_credentials_moto_issued_for_the_job_tok
     assert!(key_id.expose() == c.access_key_id.as_bytes());
     assert_serves(&h, &c).await;
     assert_eq!(gh.requests().len(), 1, "the job token is asked for once");
+}
+
+/// A `RUN` step through `proxy` on a private dockerd gets the Pod Identity agent's access key
+/// and the GitHub job's token; the step prints only their SHA-256.
+#[test]
+fn a_docker_build_step_gets_pod_identity_credentials_and_the_github_token() {
+    use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
+    if dockerd::skip() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("irsa-ident-")
+        .tempdir()
+        .unwrap();
+    let r = Radioactive::default();
+    let daemon = Dockerd::start(&dir.path().join("d"));
+    let c = FakeCredentials::new(3600);
+    watch(&r, &c);
+    let token_file = dir.path().join("eks-pod-identity-token");
+    let json = c.container_json();
+    let agent = FakeEndpoint::start(agent(&token_file, move || Reply::Status(200, json.clone())));
+    let jwt = token(600, -10);
+    r.watch(jwt.as_bytes());
+    let gh = FakeEndpoint::start(github("gh-request-token-for-build".into(), jwt.clone()));
+    let builds = [
+        (
+            "pod-identity",
+            "aws-access-key-id",
+            c.access_key_id.clone(),
+            pod_identity_env(dir.path(), &agent, &r),
+        ),
+        (
+            "github-oidc",
+            "aws-web-identity-token",
+            jwt,
+            github_env(&gh, "gh-request-token-for-build"),
+        ),
+    ];
+    for (name, id, want, env) in builds {
+        let at = dir.path().join(name);
+        std::fs::create_dir_all(at.join("ctx")).unwrap();
+        std::fs::write(
+            at.join("ctx/Dockerfile"),
+            format!(
+                "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id={id},required \
+                 sha256sum /run/secrets/{id}\n"
+            ),
+        )
+        .unwrap();
+        let h = proxy(&at, &daemon.socket, &env, &r);
+        let out = docker_on(&h.socket)
+            .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+            .arg(at.join("ctx"))
+            .output()
+            .unwrap();
+        r.assert_absent("the build's output", &out.stdout);
+        r.assert_absent("the build's output", &out.stderr);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {text}\n{}\n{}",
+            common::tail(&h.log_text()),
+            daemon.log_tail()
+        );
+        let line = format!("{}  /run/secrets/{id}", common::sha(want.as_bytes()));
+        assert!(text.contains(&line), "{name}: no `{line}` in:\n{text}");
+    }
 }
