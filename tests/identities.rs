@@ -631,3 +631,51 @@ fn a_docker_build_step_gets_pod_identity_credentials_and_the_github_token() {
         assert!(text.contains(&line), "{name}: no `{line}` in:\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_identity_agent_not_running_or_too_slow_is_a_clear_error_until_it_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let token_file = dir.path().join("eks-pod-identity-token");
+    // A port nothing listens on, until the agent starts there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let placeholder = FakeEndpoint::start(|_: &Request| Reply::Hangup);
+    let env: Vec<_> = pod_identity_env(dir.path(), &placeholder, &r)
+        .into_iter()
+        .map(|(k, v)| (k, v.replace(&placeholder.base(), &base)))
+        .collect();
+    drop(placeholder);
+    let h = serve(dir.path(), &[], &env, &r);
+    let err = error_for(&h, "aws-access-key-id").await;
+    assert!(
+        err.contains(&base) && err.contains("eks-pod-identity-agent add-on runs"),
+        "{err}"
+    );
+
+    // It starts, but answers after the SDK's 5 s read timeout.
+    let fake = FakeEndpoint::start_on(
+        port,
+        agent(&token_file, || {
+            Reply::Slow(
+                Duration::from_secs(6),
+                Box::new(Reply::Status(500, "{}".into())),
+            )
+        }),
+    );
+    let started = std::time::Instant::now();
+    let err = error_for(&h, "aws-access-key-id").await;
+    assert!(err.contains(&base) && err.contains("timeout"), "{err}");
+    eprintln!("a slow agent failed the read after {:?}", started.elapsed());
+
+    // It answers in time: served.
+    let good = FakeCredentials::new(3600);
+    watch(&r, &good);
+    let json = good.container_json();
+    fake.set(agent(&token_file, move || Reply::Status(200, json.clone())));
+    assert_serves(&h, &good).await;
+}

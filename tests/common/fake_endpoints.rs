@@ -63,7 +63,15 @@ pub struct FakeEndpoint {
 impl FakeEndpoint {
     /// Listens on 127.0.0.1:0 and answers with `handler` until told otherwise.
     pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> FakeEndpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        Self::start_on(0, handler)
+    }
+
+    /// Like [`FakeEndpoint::start`] on a given port: an endpoint that comes back where it was.
+    pub fn start_on(
+        port: u16,
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> FakeEndpoint {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let fake = FakeEndpoint {
             port,
