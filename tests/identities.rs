@@ -113,6 +113,22 @@ async fn error_for(h: &Helper, id: &str) -> String {
     }
 }
 
+/// For each `(what, reply, says)`: once `install` makes the endpoint answer `reply`, reading
+/// `id` fails with an error naming the endpoint `base` and holding `says`.
+async fn faults_are_named<const N: usize>(
+    h: &Helper,
+    id: &str,
+    base: &str,
+    cases: [(&str, Reply, &str); N],
+    install: impl Fn(Reply),
+) {
+    for (what, reply, says) in cases {
+        install(reply);
+        let err = error_for(h, id).await;
+        assert!(err.contains(says) && err.contains(base), "{what}: {err}");
+    }
+}
+
 /// A Pod Identity agent that answers `reply` to requests bearing the token file's current
 /// content, and 401 to any other.
 fn agent(
@@ -248,14 +264,10 @@ async fn pod_identity_faults_are_clear_errors_and_recover() {
             "eks-pod-identity-agent add-on runs",
         ),
     ];
-    for (what, reply, says) in cases {
-        fake.set(agent(&token_file, move || reply.clone()));
-        let err = error_for(&h, "aws-access-key-id").await;
-        assert!(
-            err.contains(says) && err.contains(&fake.base()),
-            "{what}: {err}"
-        );
-    }
+    faults_are_named(&h, "aws-access-key-id", &fake.base(), cases, |reply| {
+        fake.set(agent(&token_file, move || reply.clone()))
+    })
+    .await;
 
     // Back: the next read succeeds.
     let good = FakeCredentials::new(3600);
@@ -296,9 +308,9 @@ async fn an_ecs_style_endpoint_with_a_token_value_is_the_container_identity() {
     assert_eq!(fake.requests()[0].path(), "/v2/credentials/task");
 }
 
-/// An IMDSv2 fake: a session token for a PUT with a TTL, then the role name and its
-/// credentials for GETs bearing that token.
-fn imds(session: String, role_json: String) -> impl Fn(&Request) -> Reply + Send + Sync {
+/// An IMDSv2 fake: a session token for a PUT with a TTL, then the role name and `role` (its
+/// credentials) for GETs bearing that token.
+fn imds(session: String, role: Reply) -> impl Fn(&Request) -> Reply + Send + Sync {
     move |req: &Request| match (req.method.as_str(), req.path()) {
         ("PUT", "/latest/api/token") => match req.header("x-aws-ec2-metadata-token-ttl-seconds") {
             Some(ttl) if ttl.parse::<u32>().is_ok() => Reply::Headed(
@@ -314,9 +326,7 @@ fn imds(session: String, role_json: String) -> impl Fn(&Request) -> Reply + Send
         ("GET", "/latest/meta-data/iam/security-credentials/") => {
             Reply::Status(200, "ci-node-role".into())
         }
-        ("GET", "/latest/meta-data/iam/security-credentials/ci-node-role") => {
-            Reply::Status(200, role_json.clone())
-        }
+        ("GET", "/latest/meta-data/iam/security-credentials/ci-node-role") => role.clone(),
         _ => Reply::Status(404, String::new()),
     }
 }
@@ -329,7 +339,7 @@ async fn imds_asked_for_serves_the_instance_role_and_names_a_refused_session() {
     watch(&r, &c);
     let session = format!("imds-session-{:016x}", rand::random::<u64>());
     r.watch(session.as_bytes());
-    let fake = FakeEndpoint::start(imds(session.clone(), c.imds_json()));
+    let fake = FakeEndpoint::start(imds(session.clone(), Reply::Status(200, c.imds_json())));
     let env = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", fake.base())];
     let h = serve(dir.path(), &["--identity", "imds"], &env, &r);
     assert_serves(&h, &c).await;
@@ -459,7 +469,10 @@ fn the_audit_trail_names_the_identity_that_served() {
         let json = c.container_json();
         FakeEndpoint::start(move |_: &Request| Reply::Status(200, json.clone()))
     };
-    let metadata = FakeEndpoint::start(imds("imds-session-for-audit".into(), c.imds_json()));
+    let metadata = FakeEndpoint::start(imds(
+        "imds-session-for-audit".into(),
+        Reply::Status(200, c.imds_json()),
+    ));
     let jwt = token(600, -10);
     r.watch(jwt.as_bytes());
     let gh = FakeEndpoint::start(github("gh-request-token-for-audit".into(), jwt));
@@ -678,4 +691,95 @@ async fn a_pod_identity_agent_not_running_or_too_slow_is_a_clear_error_until_it_
     let json = good.container_json();
     fake.set(agent(&token_file, move || Reply::Status(200, json.clone())));
     assert_serves(&h, &good).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imds_and_github_faults_are_clear_errors_and_recover() {
+    let r = Radioactive::default();
+    let session = format!("imds-session-{:016x}", rand::random::<u64>());
+    r.watch(session.as_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let metadata = FakeEndpoint::start(|_: &Request| Reply::Hangup);
+    let env = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", metadata.base())];
+    let h = serve(dir.path(), &["--identity", "imds"], &env, &r);
+    let cases = [
+        ("500", Reply::Status(500, String::new()), "IMDS at"),
+        (
+            "malformed JSON",
+            Reply::Status(200, r#"{"Code": "Success", "#.into()),
+            "IMDS at",
+        ),
+    ];
+    faults_are_named(&h, "aws-access-key-id", &metadata.base(), cases, |reply| {
+        metadata.set(imds(session.clone(), reply))
+    })
+    .await;
+    let good = FakeCredentials::new(3600);
+    watch(&r, &good);
+    metadata.set(imds(session.clone(), Reply::Status(200, good.imds_json())));
+    assert_serves(&h, &good).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gh = FakeEndpoint::start(|_: &Request| Reply::Hangup);
+    let h = serve(
+        dir.path(),
+        &[],
+        &github_env(&gh, "gh-request-token-faults"),
+        &r,
+    );
+    let cases = [
+        ("500", Reply::Status(500, String::new()), "500"),
+        (
+            "malformed JSON",
+            Reply::Status(200, "{\"value\": ".into()),
+            "JSON",
+        ),
+        (
+            "an expired token",
+            Reply::Status(200, format!(r#"{{"value":"{}"}}"#, token(-60, -600))),
+            "expired",
+        ),
+        ("the endpoint down", Reply::Hangup, "GitHub"),
+    ];
+    faults_are_named(&h, "aws-web-identity-token", &gh.base(), cases, |reply| {
+        gh.set(move |_: &Request| reply.clone())
+    })
+    .await;
+    let jwt = token(600, -10);
+    r.watch(jwt.as_bytes());
+    gh.set(github("gh-request-token-faults".into(), jwt.clone()));
+    let mut client = h.client().await;
+    let got = h.get(&mut client, "aws-web-identity-token").await.unwrap();
+    assert!(
+        got.expose() == jwt.as_bytes(),
+        "not the fake's JWT after recovery"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: aws-config's IMDS provider extends expired credentials by 10-15 min (static \
+            stability) before platform.rs sees them, so they are served with a made-up expiry"]
+async fn imds_credentials_that_already_expired_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let expired = FakeCredentials::new(-60);
+    watch(&r, &expired);
+    let metadata = FakeEndpoint::start(imds(
+        "imds-session-expired".into(),
+        Reply::Status(200, expired.imds_json()),
+    ));
+    let env = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", metadata.base())];
+    let h = serve(dir.path(), &["--identity", "imds"], &env, &r);
+    let mut client = h.client().await;
+    if let Ok(served) =
+        irsa_secrets::wire::client::get_secret(&mut client, "aws-credentials-expiration").await
+    {
+        panic!(
+            "credentials IMDS said expired at {} were served as expiring at {}",
+            expired.expiration,
+            String::from_utf8_lossy(served.expose())
+        );
+    }
+    let err = error_for(&h, "aws-access-key-id").await;
+    assert!(err.contains("expired at"), "{err}");
 }
