@@ -783,3 +783,41 @@ async fn imds_credentials_that_already_expired_are_refused() {
     let err = error_for(&h, "aws-access-key-id").await;
     assert!(err.contains("expired at"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_credentials_outlive_a_failed_refresh_until_the_expiry_margin() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let token_file = dir.path().join("eks-pod-identity-token");
+    let first = FakeCredentials::new(8);
+    watch(&r, &first);
+    let json = first.container_json();
+    let fake = FakeEndpoint::start(agent(&token_file, move || Reply::Status(200, json.clone())));
+    let env = pod_identity_env(dir.path(), &fake, &r);
+    let h = serve(dir.path(), &["--expiry-margin", "2s"], &env, &r);
+    assert_serves(&h, &first).await;
+    fake.set(agent(&token_file, || Reply::Status(500, "{}".into())));
+
+    // The refresh (at about 70% of the lifetime) fails; the cached credentials are served.
+    eventually_async(Duration::from_secs(15), "a failed refresh", || async {
+        let mut client = h.client().await;
+        let v = h.get(&mut client, "aws-access-key-id").await.unwrap();
+        assert!(
+            v.expose() == first.access_key_id.as_bytes(),
+            "not the cached key"
+        );
+        (fake.requests().len() >= 2).then_some(())
+    })
+    .await;
+    // Within the margin of their expiry they are no longer served, and the error says so.
+    let err = eventually_async(Duration::from_secs(15), "the cache gives up", || async {
+        let mut client = h.client().await;
+        h.get(&mut client, "aws-access-key-id").await.err()
+    })
+    .await;
+    assert!(
+        err.message().contains("no longer served") && err.message().contains("StatusCode(500)"),
+        "{}",
+        err.message()
+    );
+}
