@@ -393,6 +393,7 @@ impl Projected {
 }
 pub mod dockerd;
 pub mod fake_daemon;
+pub mod fake_endpoints;
 pub mod fake_sts;
 pub mod h2_peer;
 pub mod moto;
