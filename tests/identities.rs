@@ -757,8 +757,6 @@ async fn imds_and_github_faults_are_clear_errors_and_recover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: aws-config's IMDS provider extends expired credentials by 10-15 min (static \
-            stability) before platform.rs sees them, so they are served with a made-up expiry"]
 async fn imds_credentials_that_already_expired_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let r = Radioactive::default();

@@ -6,7 +6,6 @@
 use std::time::{Duration, SystemTime};
 
 use aws_config::ecs::EcsCredentialsProvider;
-use aws_config::imds::credentials::ImdsCredentialsProvider;
 use aws_config::provider_config::ProviderConfig;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
@@ -82,11 +81,11 @@ impl PlatformRole {
                 container_endpoint(),
             ),
             Platform::Imds => (
-                SharedCredentialsProvider::new(
-                    ImdsCredentialsProvider::builder()
+                SharedCredentialsProvider::new(InstanceRole(
+                    aws_config::imds::Client::builder()
                         .configure(&config)
                         .build(),
-                ),
+                )),
                 std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
                     .unwrap_or_else(|_| IMDS_HOST.to_string()),
             ),
@@ -162,6 +161,73 @@ impl PlatformRole {
                 self.endpoint
             ),
         )
+    }
+}
+
+/// Where IMDS lists the instance's role and serves its credentials.
+const IMDS_ROLE_PATH: &str = "/latest/meta-data/iam/security-credentials/";
+
+/// The instance role through the SDK's IMDSv2 client (session token first, no IMDSv1). Not the
+/// SDK's IMDS credentials provider: that one extends credentials IMDS says have expired by
+/// minutes, so builds would get dead keys with a made-up expiry.
+#[derive(Debug)]
+struct InstanceRole(aws_config::imds::Client);
+
+impl InstanceRole {
+    async fn fetch(&self) -> Result<aws_credential_types::Credentials, CredentialsError> {
+        let listed = self
+            .0
+            .get(IMDS_ROLE_PATH)
+            .await
+            .map_err(CredentialsError::provider_error)?;
+        let role = listed.as_ref().lines().next().unwrap_or_default().trim();
+        if role.is_empty() {
+            return Err(CredentialsError::not_loaded("IMDS lists no role (404)"));
+        }
+        let answer = self
+            .0
+            .get(format!("{IMDS_ROLE_PATH}{role}"))
+            .await
+            .map_err(CredentialsError::provider_error)?;
+        let fields: serde_json::Value = serde_json::from_str(answer.as_ref()).map_err(|e| {
+            CredentialsError::unhandled(format!(
+                "the credentials are not JSON (line {}, column {})",
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let field = |name: &str| {
+            fields[name].as_str().map(str::to_string).ok_or_else(|| {
+                CredentialsError::unhandled(format!("the credentials have no {name}"))
+            })
+        };
+        if let Some(code) = fields["Code"].as_str().filter(|c| *c != "Success") {
+            let code = scrub(code, "");
+            return Err(CredentialsError::provider_error(format!(
+                "IMDS answered Code {code:?} for role {:?}",
+                scrub(role, "")
+            )));
+        }
+        let expiration = humantime::parse_rfc3339_weak(&field("Expiration")?)
+            .map_err(|_| CredentialsError::unhandled("the credentials' Expiration is no time"))?;
+        Ok(aws_credential_types::Credentials::new(
+            field("AccessKeyId")?,
+            field("SecretAccessKey")?,
+            Some(field("Token")?),
+            Some(expiration),
+            "imds",
+        ))
+    }
+}
+
+impl ProvideCredentials for InstanceRole {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(self.fetch())
     }
 }
 
