@@ -819,3 +819,130 @@ async fn cached_credentials_outlive_a_failed_refresh_until_the_expiry_margin() {
         err.message()
     );
 }
+
+/// `--assume-role` narrows the Pod Identity's credentials with STS AssumeRole (moto), signed
+/// with them: builds get the assumed role's keys, never the agent's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assume_role_narrows_pod_identity_credentials_through_sts() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let moto = common::moto::Moto::start(dir.path());
+    let token_file = dir.path().join("eks-pod-identity-token");
+    let pod = FakeCredentials::new(3600);
+    watch(&r, &pod);
+    let json = pod.container_json();
+    let fake = FakeEndpoint::start(agent(&token_file, move || Reply::Status(200, json.clone())));
+    let env = pod_identity_env(dir.path(), &fake, &r);
+    let policy = dir.path().join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}]}"#,
+    )
+    .unwrap();
+    let policy = policy.display().to_string();
+    let args = [
+        "--assume-role",
+        "arn:aws:iam::123456789012:role/ci-builder",
+        "--external-id",
+        "ext-1",
+        "--session-policy",
+        &policy,
+        "--duration",
+        "15m",
+        "--sts-endpoint",
+        &moto.url,
+        "--region",
+        "us-east-1",
+    ];
+    let h = serve(dir.path(), &args, &env, &r);
+    let mut client = h.client().await;
+    let key_id = h.get(&mut client, "aws-access-key-id").await;
+    let issued = moto.issued().await;
+    for c in &issued {
+        for v in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
+            r.watch(v.as_bytes());
+        }
+    }
+    let key_id = key_id.unwrap_or_else(|e| panic!("{e:?}\n{}", common::tail(&h.log_text())));
+    assert_eq!(issued.len(), 1, "one AssumeRole");
+    assert!(key_id.expose() == issued[0].access_key_id.as_bytes());
+    assert!(key_id.expose() != pod.access_key_id.as_bytes());
+    assert!(issued[0].session_name.starts_with("irsa-secrets-"));
+    assert_eq!(fake.requests().len(), 1, "the agent signs the one STS call");
+    let region = irsa_secrets::wire::client::get_secret(&mut client, "aws-region").await;
+    assert_eq!(region.unwrap().expose(), b"us-east-1");
+    assert!(h
+        .log_text()
+        .contains("narrowing the pod-identity identity with AssumeRole"));
+}
+
+/// `--assume-role` on a web identity is refused with what to use instead.
+#[test]
+fn assume_role_on_a_web_identity_says_to_use_sts() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let mut cmd = isolated();
+    cmd.args([
+        "serve",
+        "--mock",
+        "--assume-role",
+        "arn:aws:iam::123456789012:role/x",
+    ])
+    .arg("--listen")
+    .arg(format!(
+        "unix://{}",
+        dir.path().join("helper.sock").display()
+    ));
+    let out = run(&mut cmd, &r);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("narrow it with --sts"),
+        "{err}"
+    );
+}
+
+/// `doctor` asks the identity it finds once and says who and until when, or what to fix.
+#[test]
+fn doctor_checks_the_pod_identity_it_finds() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let pod = FakeCredentials::new(3600);
+    watch(&r, &pod);
+    let token_file = dir.path().join("eks-pod-identity-token");
+    let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let json = pod.container_json();
+    let fake = {
+        let refusing = refusing.clone();
+        FakeEndpoint::start(agent(&token_file, move || {
+            if refusing.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::Status(401, r#"{"message":"no association"}"#.into())
+            } else {
+                Reply::Status(200, json.clone())
+            }
+        }))
+    };
+    let env = pod_identity_env(dir.path(), &fake, &r);
+    let doctor = || {
+        let mut cmd = isolated();
+        cmd.arg("doctor").envs(env.iter().map(|(k, v)| (k, v)));
+        let out = run(&mut cmd, &r);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, text) = doctor();
+    assert!(ok, "{text}");
+    assert!(text.contains("ok    identity pod-identity"), "{text}");
+    assert!(
+        text.contains("pod-identity issued credentials for account"),
+        "{text}"
+    );
+    refusing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, text) = doctor();
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("FAIL") && text.contains("Pod Identity association"),
+        "{text}"
+    );
+}

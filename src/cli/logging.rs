@@ -18,13 +18,18 @@ pub enum LogFormat {
 /// Installs the global subscriber. Secret values never reach it: they only exist as
 /// `SecretValue`, which formats as `[redacted]`.
 ///
-/// The AWS SDK's trace level prints HTTP exchanges, error bodies included, whose text the
-/// helper does not control: it is capped at debug whatever `RUST_LOG` says.
+/// The AWS SDK's debug and trace levels print what the helper does not control: HTTP exchanges
+/// with their error bodies, the signer's canonical request with the session token header, the
+/// signing identity with its access key id. Its crates are capped at info whatever `RUST_LOG`
+/// says.
 pub fn init(format: LogFormat) {
     let env = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let sdk_cap = Targets::new()
         .with_default(LevelFilter::TRACE)
-        .with_target("aws_smithy_runtime", LevelFilter::DEBUG);
+        .with_target("aws_smithy_runtime", LevelFilter::INFO)
+        .with_target("aws_smithy_runtime_api", LevelFilter::INFO)
+        .with_target("aws_sigv4", LevelFilter::INFO)
+        .with_target("aws_config", LevelFilter::INFO);
     let filter = env.and(sdk_cap);
     let layer = fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
