@@ -702,6 +702,7 @@ async fn imds_and_github_faults_are_clear_errors_and_recover() {
     let metadata = FakeEndpoint::start(|_: &Request| Reply::Hangup);
     let env = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", metadata.base())];
     let h = serve(dir.path(), &["--identity", "imds"], &env, &r);
+    let late = FakeCredentials::new(3600);
     let cases = [
         ("500", Reply::Status(500, String::new()), "IMDS at"),
         (
@@ -709,14 +710,30 @@ async fn imds_and_github_faults_are_clear_errors_and_recover() {
             Reply::Status(200, r#"{"Code": "Success", "#.into()),
             "IMDS at",
         ),
+        ("401", Reply::Status(401, String::new()), "session token"),
+        ("the endpoint down", Reply::Hangup, "IMDS at"),
+        (
+            "slower than the client's timeout",
+            Reply::Slow(
+                Duration::from_secs(3),
+                Box::new(Reply::Status(200, late.imds_json())),
+            ),
+            "IMDS at",
+        ),
     ];
     faults_are_named(&h, "aws-access-key-id", &metadata.base(), cases, |reply| {
         metadata.set(imds(session.clone(), reply))
     })
     .await;
+    watch(&r, &late);
+    // Slow but within the client's timeouts: served.
     let good = FakeCredentials::new(3600);
     watch(&r, &good);
-    metadata.set(imds(session.clone(), Reply::Status(200, good.imds_json())));
+    let slow = Reply::Slow(
+        Duration::from_millis(300),
+        Box::new(Reply::Status(200, good.imds_json())),
+    );
+    metadata.set(imds(session.clone(), slow));
     assert_serves(&h, &good).await;
 
     let dir = tempfile::tempdir().unwrap();
@@ -745,9 +762,14 @@ async fn imds_and_github_faults_are_clear_errors_and_recover() {
         gh.set(move |_: &Request| reply.clone())
     })
     .await;
+    // A refused request token, then a slow but good answer: served.
+    gh.set(|_: &Request| Reply::Status(401, r#"{"message":"Unauthorized"}"#.into()));
+    let refused = error_for(&h, "aws-web-identity-token").await;
+    assert!(refused.contains("id-token: write"), "{refused}");
     let jwt = token(600, -10);
     r.watch(jwt.as_bytes());
-    gh.set(github("gh-request-token-faults".into(), jwt.clone()));
+    let answer = github("gh-request-token-faults".into(), jwt.clone());
+    gh.set(move |req: &Request| Reply::Slow(Duration::from_millis(500), Box::new(answer(req))));
     let mut client = h.client().await;
     let got = h.get(&mut client, "aws-web-identity-token").await.unwrap();
     assert!(
