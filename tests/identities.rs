@@ -968,3 +968,68 @@ fn doctor_checks_the_pod_identity_it_finds() {
         "{text}"
     );
 }
+
+/// In `proxy --config`, the Pod Identity in the environment reaches only the listeners that
+/// opt in (`identity = "process"` or `identity = "pod-identity"`): one that declares only
+/// secrets serves no credentials and never makes the agent hand any out.
+#[test]
+fn a_config_listener_gets_the_pod_identity_only_when_it_opts_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let r = Radioactive::default();
+    let token_file = dir.join("eks-pod-identity-token");
+    let pod = FakeCredentials::new(3600);
+    watch(&r, &pod);
+    let json = pod.container_json();
+    let fake = FakeEndpoint::start(agent(&token_file, move || Reply::Status(200, json.clone())));
+    let env = pod_identity_env(dir, &fake, &r);
+    let note = dir.join("note");
+    std::fs::write(&note, "harmless").unwrap();
+    let table = |name: &str, body: &str| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nlisten = \"unix://{}/{name}.sock\"\n\
+             upstream = \"unix://{}/no-daemon.sock\"\n{body}\n",
+            dir.display(),
+            dir.display()
+        )
+    };
+    let config = dir.join("irsa-secrets.toml");
+    let text = [
+        table("process", "identity = \"process\""),
+        table("named", "identity = \"pod-identity\""),
+        table(
+            "secrets",
+            &format!("secret = [\"id=note,src={}\"]", note.display()),
+        ),
+    ]
+    .concat();
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = isolated();
+    cmd.args(["proxy", "--config"]).arg(&config);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let helper = Helper::spawn(cmd, dir.join("secrets.sock"), dir, &env, &r);
+    let ask = |name: &str, id: &str| common::probe(&dir.join(format!("{name}.sock")), &[id], &r);
+
+    let (ok, out) = ask("secrets", "aws-access-key-id");
+    assert!(
+        !ok && out.contains("NotFound"),
+        "{out}\n{}",
+        helper.log_text()
+    );
+    assert_eq!(
+        fake.requests().len(),
+        0,
+        "the agent was asked for a listener that did not opt in"
+    );
+    let served = common::probed("aws-access-key-id", pod.access_key_id.as_bytes());
+    for name in ["process", "named"] {
+        let (ok, out) = ask(name, "aws-access-key-id");
+        assert!(
+            ok && out.contains(&served),
+            "{name}: {out}\n{}",
+            helper.log_text()
+        );
+    }
+    let (ok, out) = ask("secrets", "note");
+    assert!(ok, "{out}");
+}
