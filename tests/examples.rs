@@ -121,38 +121,41 @@ fn the_pod_identity_runner_narrows_the_pods_role_and_mounts_the_agents_token() {
 
 #[test]
 fn the_github_hosted_workflow_matches_the_schema_and_asks_for_the_oidc_token() {
-    let file = examples().join("github-actions/github-hosted.yml");
+    valid_workflow_with(
+        "github-hosted.yml",
+        &[
+            "id-token: write",
+            "--identity github-oidc",
+            "DOCKER_HOST=unix://",
+            ":pull_request",
+            "irsa-secrets scan",
+        ],
+    );
+}
+
+/// Checks examples/github-actions/NAME against GitHub's workflow schema and that it holds
+/// each of `needles`.
+fn valid_workflow_with(name: &str, needles: &[&str]) {
+    let file = examples().join("github-actions").join(name);
     validate(
         "check_jsonschema",
         &["--builtin-schema", "vendor.github-workflows"],
         &file,
     );
     let text = std::fs::read_to_string(&file).unwrap();
-    for needle in [
-        "id-token: write",
-        "--identity github-oidc",
-        "DOCKER_HOST=unix://",
-        ":pull_request",
-        "irsa-secrets scan",
-    ] {
-        assert!(text.contains(needle), "the workflow lacks {needle}");
+    for needle in needles {
+        assert!(text.contains(needle), "{name} lacks {needle}");
     }
 }
 
 #[test]
 fn github_workflow_matches_the_schema() {
-    let file = examples().join("github-actions/build.yml");
-    validate(
-        "check_jsonschema",
-        &["--builtin-schema", "vendor.github-workflows"],
-        &file,
+    valid_workflow_with(
+        "build.yml",
+        &[
+            "self-hosted",
+            "DOCKER_HOST: unix:///run/irsa/helper.sock",
+            "irsa-secrets scan",
+        ],
     );
-    let text = std::fs::read_to_string(&file).unwrap();
-    for needle in [
-        "self-hosted",
-        "DOCKER_HOST: unix:///run/irsa/helper.sock",
-        "irsa-secrets scan",
-    ] {
-        assert!(text.contains(needle), "the workflow lacks {needle}");
-    }
 }

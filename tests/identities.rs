@@ -10,16 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_endpoints::{FakeCredentials, FakeEndpoint, Reply, Request};
-use common::{command, eventually_async, run, token, Helper, Radioactive, ARN};
-
-/// The five ids a credential identity serves.
-const CREDENTIAL_IDS: [&str; 5] = [
-    "aws-credentials",
-    "aws-access-key-id",
-    "aws-secret-access-key",
-    "aws-session-token",
-    "aws-credentials-expiration",
-];
+use common::{command, eventually_async, run, token, Helper, Radioactive, ARN, CREDENTIAL_IDS};
 
 /// A command for the binary with no AWS or GitHub Actions setting from this machine: only
 /// what the test passes reaches it.
@@ -547,14 +538,7 @@ async fn github_oidc_with_sts_serves_the_credentials_moto_issued_for_the_job_tok
         &r,
     );
     let mut client = h.client().await;
-    let key_id = h.get(&mut client, "aws-access-key-id").await;
-    let issued = moto.issued().await;
-    for c in &issued {
-        for v in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
-            r.watch(v.as_bytes());
-        }
-    }
-    let key_id = key_id.unwrap_or_else(|e| panic!("{e:?}\n{}", common::tail(&h.log_text())));
+    let (key_id, issued) = key_id_and_issued(&h, &mut client, &moto, &r).await;
     assert_eq!(issued.len(), 1, "one AssumeRoleWithWebIdentity");
     let c = FakeCredentials {
         access_key_id: issued[0].access_key_id.clone(),
@@ -572,6 +556,27 @@ async fn github_oidc_with_sts_serves_the_credentials_moto_issued_for_the_job_tok
     assert!(key_id.expose() == c.access_key_id.as_bytes());
     assert_serves(&h, &c).await;
     assert_eq!(gh.requests().len(), 1, "the job token is asked for once");
+}
+
+/// The access key id the helper serves and what moto issued, its values watched before the
+/// read is checked (so a failure message cannot print them unwatched).
+async fn key_id_and_issued(
+    h: &Helper,
+    client: &mut irsa_secrets::wire::proto::secrets::secrets_client::SecretsClient<
+        irsa_secrets::wire::client::Connection,
+    >,
+    moto: &common::moto::Moto,
+    r: &Radioactive,
+) -> (irsa_secrets::secret::SecretValue, Vec<common::moto::Issued>) {
+    let key_id = h.get(client, "aws-access-key-id").await;
+    let issued = moto.issued().await;
+    for c in &issued {
+        for v in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
+            r.watch(v.as_bytes());
+        }
+    }
+    let key_id = key_id.unwrap_or_else(|e| panic!("{e:?}\n{}", common::tail(&h.log_text())));
+    (key_id, issued)
 }
 
 /// A `RUN` step through `proxy` on a private dockerd gets the Pod Identity agent's access key
@@ -878,14 +883,7 @@ async fn assume_role_narrows_pod_identity_credentials_through_sts() {
     ];
     let h = serve(dir.path(), &args, &env, &r);
     let mut client = h.client().await;
-    let key_id = h.get(&mut client, "aws-access-key-id").await;
-    let issued = moto.issued().await;
-    for c in &issued {
-        for v in [&c.access_key_id, &c.secret_access_key, &c.session_token] {
-            r.watch(v.as_bytes());
-        }
-    }
-    let key_id = key_id.unwrap_or_else(|e| panic!("{e:?}\n{}", common::tail(&h.log_text())));
+    let (key_id, issued) = key_id_and_issued(&h, &mut client, &moto, &r).await;
     assert_eq!(issued.len(), 1, "one AssumeRole");
     assert!(key_id.expose() == issued[0].access_key_id.as_bytes());
     assert!(key_id.expose() != pod.access_key_id.as_bytes());

@@ -8,16 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::fake_sts::{FakeSts, Reply};
 use common::moto::Moto;
-use common::{command, run, sts_build, token, Helper, Radioactive, ARN};
+use common::{command, run, sts_build, token, Helper, Radioactive, ARN, CREDENTIAL_IDS};
 use tonic::Code;
-
-const CREDENTIAL_IDS: [&str; 5] = [
-    "aws-credentials",
-    "aws-access-key-id",
-    "aws-secret-access-key",
-    "aws-session-token",
-    "aws-credentials-expiration",
-];
 
 /// A token file with a fresh token, watched.
 fn token_file(dir: &std::path::Path, r: &Radioactive) -> std::path::PathBuf {

@@ -15,6 +15,15 @@ use irsa_secrets::wire::proto::secrets::secrets_client::SecretsClient;
 /// The role ARN the tests' IRSA identity names.
 pub const ARN: &str = "arn:aws:iam::123456789012:role/ci-builder";
 
+/// The five ids credentials are served under (STS and the credential identities).
+pub const CREDENTIAL_IDS: [&str; 5] = [
+    "aws-credentials",
+    "aws-access-key-id",
+    "aws-secret-access-key",
+    "aws-session-token",
+    "aws-credentials-expiration",
+];
+
 /// Hex sha256, as `sha256sum` prints it inside a build step.
 pub fn sha(bytes: &[u8]) -> String {
     use sha2::Digest;
