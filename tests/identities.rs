@@ -166,7 +166,7 @@ async fn pod_identity_is_served_cached_in_one_flight_and_follows_the_token_rotat
     let dir = tempfile::tempdir().unwrap();
     let r = Radioactive::default();
     let token_file = dir.path().join("eks-pod-identity-token");
-    let current = Arc::new(std::sync::Mutex::new(FakeCredentials::new(6)));
+    let current = Arc::new(std::sync::Mutex::new(FakeCredentials::new(12)));
     watch(&r, &current.lock().unwrap());
     let fake = {
         let current = current.clone();
@@ -200,8 +200,8 @@ async fn pod_identity_is_served_cached_in_one_flight_and_follows_the_token_rotat
     assert_eq!(fake.requests().len(), 1, "served from the cache");
 
     // The kubelet rotates the token; the agent issues new credentials; once the cache
-    // refreshes (at about 70% of the 6 s lifetime) the new token is sent and the new values
-    // served.
+    // refreshes (at about 70% of the 12 s lifetime, long enough that no refresh falls among
+    // the reads above on a loaded machine) the new token is sent and the new values served.
     let rotated = token(3600, -10);
     r.watch(rotated.as_bytes());
     std::fs::write(&token_file, &rotated).unwrap();
@@ -209,7 +209,7 @@ async fn pod_identity_is_served_cached_in_one_flight_and_follows_the_token_rotat
     watch(&r, &next);
     *current.lock().unwrap() = next.clone();
     eventually_async(
-        Duration::from_secs(15),
+        Duration::from_secs(20),
         "the rotated token is sent",
         || async {
             let mut client = h.client().await;
@@ -814,7 +814,10 @@ async fn cached_credentials_outlive_a_failed_refresh_until_the_expiry_margin() {
     let dir = tempfile::tempdir().unwrap();
     let r = Radioactive::default();
     let token_file = dir.path().join("eks-pod-identity-token");
-    let first = FakeCredentials::new(8);
+    // Twenty seconds of life, a 2 s margin: the refresh falls at 13-15 s (less the fractional
+    // second the whole-second expiry loses) and the cache gives up at 18 s, so a poll sees the
+    // cached value served after the failed refresh on a slow machine too.
+    let first = FakeCredentials::new(20);
     watch(&r, &first);
     let json = first.container_json();
     let fake = FakeEndpoint::start(agent(&token_file, move || Reply::Status(200, json.clone())));
@@ -824,7 +827,7 @@ async fn cached_credentials_outlive_a_failed_refresh_until_the_expiry_margin() {
     fake.set(agent(&token_file, || Reply::Status(500, "{}".into())));
 
     // The refresh (at about 70% of the lifetime) fails; the cached credentials are served.
-    eventually_async(Duration::from_secs(15), "a failed refresh", || async {
+    eventually_async(Duration::from_secs(25), "a failed refresh", || async {
         let mut client = h.client().await;
         let v = h.get(&mut client, "aws-access-key-id").await.unwrap();
         assert!(
