@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
 use crate::secret::SecretValue;
+use crate::source::aws::Aws;
 use crate::source::credentials::Credentials;
 use crate::source::github::GitHubOidc;
 use crate::source::identity::{self, Chosen, Identity, NoIdentity, Present};
@@ -17,7 +18,9 @@ use crate::source::jwt::Expectations;
 use crate::source::mock::Mock;
 use crate::source::platform::{Platform, PlatformRole};
 use crate::source::static_secret::{SecretSpec, Static};
-use crate::source::sts::RoleChain;
+use crate::source::sts::exchange::Exchange;
+use crate::source::sts::scope::Scope;
+use crate::source::sts::{RoleChain, WebIdentity};
 use crate::source::{IdentityIds, Source};
 
 pub mod config;
@@ -482,6 +485,50 @@ impl ServedArgs {
         )?)])
     }
 }
+
+impl ServedArgs {
+    /// The helper's own AWS access, for the calls it makes itself (registry passwords, `aws-sm`
+    /// and `aws-ssm` secrets): the chosen identity's credentials with its role's full
+    /// permissions (a web identity exchanged through STS for the helper alone, whether or not
+    /// builds get `--sts` credentials; `--assume-role` narrows only what builds get). `None`
+    /// for the mock identity or no identity at all: it has no AWS credentials.
+    pub fn own_aws(&self) -> anyhow::Result<Option<Aws>> {
+        let Ok(chosen) = self.identity.choose(self.choice) else {
+            return Ok(None);
+        };
+        let identity = chosen.identity;
+        let margin = self.identity.token.expiry_margin;
+        let region = self.region.region.as_deref().unwrap_or(DEFAULT_REGION);
+        let credentials = match identity {
+            Identity::Mock => return Ok(None),
+            Identity::Irsa | Identity::GithubOidc => {
+                let github = identity == Identity::GithubOidc;
+                let web = self.identity.web_identity(github, self.ids.ids(), None)?;
+                let scope = Scope {
+                    role_arn: self.identity.role_arn.clone().unwrap_or_default(),
+                    policy: None,
+                    policy_arns: Vec::new(),
+                    duration: self.sts.duration,
+                    session_name: self.sts.role_session_name.clone(),
+                };
+                let exchange = Exchange::new(region, self.sts.sts_endpoint.as_deref());
+                Credentials::new(WebIdentity::new(web, scope, exchange), margin, None)
+            }
+            Identity::PodIdentity => {
+                Credentials::new(PlatformRole::new(Platform::PodIdentity), margin, None)
+            }
+            Identity::Container => {
+                Credentials::new(PlatformRole::new(Platform::Container), margin, None)
+            }
+            Identity::Imds => Credentials::new(PlatformRole::new(Platform::Imds), margin, None),
+        };
+        Ok(Some(Aws::new(credentials, region, identity.name())))
+    }
+}
+
+/// The region of the helper's own calls when neither `--region` nor `AWS_REGION` names one:
+/// where STS's global endpoint and ECR Public's API live.
+const DEFAULT_REGION: &str = "us-east-1";
 
 /// The credentials of `platform`, narrowed by `--assume-role` when `sts` names a role; the
 /// region, when served, is `(id, value)`.

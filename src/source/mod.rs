@@ -8,6 +8,7 @@ use futures_util::future::BoxFuture;
 use crate::secret::SecretValue;
 
 pub mod arn;
+pub mod aws;
 pub mod credentials;
 pub mod github;
 pub mod identity;
