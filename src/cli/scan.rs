@@ -123,7 +123,7 @@ async fn needles(identity: &SearchArgs) -> anyhow::Result<(Needles, Vec<String>)
     if identity.has_identity() {
         sources.push(identity.identity_source()?);
     }
-    sources.extend(identity.static_source()?);
+    sources.extend(identity.secret_sources(None)?);
     for source in sources {
         for id in source.ids() {
             match source.fetch(&id).await {
