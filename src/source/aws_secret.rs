@@ -152,59 +152,60 @@ impl AwsSecrets {
     /// One call to the service for `id`'s value, held to BuildKit's size limit.
     async fn call(&self, id: &str, entry: &Entry) -> Result<SecretValue, SourceError> {
         let name = entry.secret.name();
-        let value =
-            match (&entry.client, &entry.secret.value) {
-                (
-                    Client::SecretsManager(client),
-                    AwsValue::SecretsManager {
-                        key, version_stage, ..
-                    },
-                ) => {
-                    let out = client
-                        .get_secret_value()
-                        .secret_id(name)
-                        .set_version_stage(version_stage.clone())
-                        .send()
-                        .await
-                        .map_err(|e| call_error(id, entry, e))?;
-                    let whole = match (out.secret_string, out.secret_binary) {
-                        (Some(text), _) => SecretValue::from(text),
-                        (None, Some(bytes)) => SecretValue::new(bytes.into_inner()),
-                        (None, None) => {
-                            return Err(SourceError::new(
-                                ErrorKind::Invalid,
-                                format!(
+        let value = match (&entry.client, &entry.secret.value) {
+            (
+                Client::SecretsManager(client),
+                AwsValue::SecretsManager {
+                    key, version_stage, ..
+                },
+            ) => {
+                let out = client
+                    .get_secret_value()
+                    .secret_id(name)
+                    .set_version_stage(version_stage.clone())
+                    .send()
+                    .await
+                    .map_err(|e| call_error(id, entry, e))?;
+                let whole = match (out.secret_string, out.secret_binary) {
+                    (Some(text), _) => SecretValue::from(text),
+                    (None, Some(bytes)) => SecretValue::new(bytes.into_inner()),
+                    (None, None) => {
+                        return Err(SourceError::new(
+                            ErrorKind::Invalid,
+                            format!(
                                 "secret {id}: Secrets Manager answered with neither SecretString \
                                  nor SecretBinary for {name}"
                             ),
-                            ))
-                        }
-                    };
-                    match key {
-                        Some(key) => field(id, name, &whole, key)?,
-                        None => whole,
+                        ))
                     }
+                };
+                match key {
+                    Some(key) => field(id, name, &whole, key)?,
+                    None => whole,
                 }
-                (Client::Ssm(client), AwsValue::Parameter { .. }) => {
-                    let out = client
-                        .get_parameter()
-                        .name(name)
-                        .with_decryption(true)
-                        .send()
-                        .await
-                        .map_err(|e| call_error(id, entry, e))?;
-                    match out.parameter.and_then(|p| p.value) {
-                        Some(text) => SecretValue::from(text),
-                        None => return Err(SourceError::new(
+            }
+            (Client::Ssm(client), AwsValue::Parameter { .. }) => {
+                let out = client
+                    .get_parameter()
+                    .name(name)
+                    .with_decryption(true)
+                    .send()
+                    .await
+                    .map_err(|e| call_error(id, entry, e))?;
+                match out.parameter.and_then(|p| p.value) {
+                    Some(text) => SecretValue::from(text),
+                    None => {
+                        return Err(SourceError::new(
                             ErrorKind::Invalid,
                             format!(
                                 "secret {id}: Parameter Store answered with no value for {name}"
                             ),
-                        )),
+                        ))
                     }
                 }
-                _ => unreachable!("entries are built with their own service's client"),
-            };
+            }
+            _ => unreachable!("entries are built with their own service's client"),
+        };
         if value.len() > MAX_SECRET_SIZE {
             let fix = match entry.secret.value {
                 AwsValue::SecretsManager { .. } => {
