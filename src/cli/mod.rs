@@ -645,8 +645,9 @@ fn credential_source(
     mut_arg("role_arn_id", |a| a.help("The id a role ARN finding is reported under")),
     mut_arg("region_id", |a| a.hide(true)),
     mut_arg("secrets", |a| a
-        .help("Also look for this secret, declared as for `serve`: id=ID,src=FILE or id=ID,env=VAR (repeatable)")
+        .help("Also look for this secret, declared as for `serve`: id=ID,src=FILE, id=ID,env=VAR or id=ID,type=aws-sm|aws-ssm,name=NAME (repeatable)")
         .long_help(None::<&str>)),
+    mut_arg("region", |a| a.help("The region of aws-sm and aws-ssm secrets not named by ARN")),
 )]
 pub struct SearchArgs {
     /// The token and the role.
@@ -660,6 +661,10 @@ pub struct SearchArgs {
     /// The `--secret` declarations.
     #[command(flatten)]
     pub secrets: SecretArgs,
+
+    /// The region of the AWS declarations.
+    #[command(flatten)]
+    pub region: RegionArgs,
 }
 
 impl SearchArgs {
@@ -673,8 +678,43 @@ impl SearchArgs {
         self.identity.source(self.ids.ids(), None)
     }
 
-    /// The `--secret` declarations, as sources; `aws` fetches the `aws-sm` and `aws-ssm` ones.
-    pub fn secret_sources(&self, aws: Option<&Aws>) -> anyhow::Result<Vec<Arc<dyn Source>>> {
-        self.secrets.sources(aws)
+    /// The `--secret` declarations of files and variables, as sources.
+    pub fn local_sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        self.declared(false).sources(None)
+    }
+
+    /// The `aws-sm` and `aws-ssm` declarations, as sources fetching with the helper's own
+    /// access as `serve` would have it with these flags (the STS settings from their variables
+    /// or defaults, the region from `--region`).
+    pub fn aws_sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let aws_only = self.declared(true);
+        if aws_only.secrets.is_empty() {
+            return Ok(Vec::new());
+        }
+        #[derive(Parser)]
+        #[command(no_binary_name = true)]
+        struct Defaults {
+            #[command(flatten)]
+            sts: sts::StsArgs,
+        }
+        let sts = Defaults::try_parse_from(std::iter::empty::<String>())?.sts;
+        let aws = self.identity.own_aws(
+            IdentityChoice::Auto,
+            self.region.region.as_deref(),
+            &sts,
+        )?;
+        aws_only.sources(aws.as_ref())
+    }
+
+    /// The declarations of AWS values (`aws`) or of the others.
+    fn declared(&self, aws: bool) -> SecretArgs {
+        let secrets = self
+            .secrets
+            .secrets
+            .iter()
+            .filter(|s| matches!(s.origin, Origin::Aws(_)) == aws)
+            .cloned()
+            .collect();
+        SecretArgs { secrets }
     }
 }
