@@ -104,6 +104,21 @@ impl Aws {
         )
     }
 
+    /// `irsa-secrets COMMAND ARGS...` with the IRSA identity and moto as every AWS endpoint:
+    /// whether it succeeded, and its stdout.
+    fn oneshot(&self, args: &[&str]) -> (bool, String) {
+        let mut cmd = command();
+        cmd.args(args)
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .args(["--role-arn", ARN, "--region", "us-east-1"])
+            .env("AWS_ENDPOINT_URL", &self.moto.url)
+            .env("AWS_ENDPOINT_URL_STS", &self.moto.url);
+        let out = run(&mut cmd, &self.r);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success(), stdout)
+    }
+
     fn audit_path(&self) -> std::path::PathBuf {
         self.dir.path().join("audit.jsonl")
     }
@@ -489,4 +504,130 @@ fn an_aws_secret_without_aws_credentials_is_refused_at_start_with_what_to_do() {
         "{err}"
     );
     assert!(!Path::new(&socket).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_config_file_the_trusted_listener_gets_the_value_and_the_untrusted_one_not() {
+    let aws = Aws::start();
+    aws.secret("us-east-1", "ci/npm", "npm-token-trusted-4444444")
+        .await;
+    let dir = aws.dir.path();
+    let config = dir.join("config.toml");
+    let up = format!("unix://{}", dir.join("no-daemon.sock").display());
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listener]]
+name = "trusted"
+listen = "unix://{dir}/trusted.sock"
+upstream = "{up}"
+identity = "process"
+secret = ["id=npm,type=aws-sm,name=ci/npm"]
+
+[[listener]]
+name = "untrusted"
+listen = "unix://{dir}/untrusted.sock"
+upstream = "{up}"
+identity = "process"
+allow_id = ["aws-role-arn"]
+secret = ["id=npm,type=aws-sm,name=ci/npm"]
+"#,
+            dir = dir.display(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = command();
+    cmd.arg("proxy")
+        .arg("--config")
+        .arg(&config)
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", &aws.token_file)
+        .env("AWS_ROLE_ARN", ARN)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", &aws.moto.url)
+        .env("AWS_ENDPOINT_URL_STS", &aws.moto.url);
+    let untrusted = dir.join("untrusted.sock");
+    let h = Helper::spawn(cmd, dir.join("trusted.sock"), dir, &[], &aws.r);
+    common::eventually(
+        Duration::from_secs(10),
+        "the untrusted socket is there",
+        || untrusted.exists().then_some(()),
+    );
+    assert_eq!(value(&h, "npm").await, b"npm-token-trusted-4444444");
+    let mut c = irsa_secrets::wire::client::secrets(&untrusted)
+        .await
+        .unwrap();
+    let s = h
+        .get(&mut c, "npm")
+        .await
+        .expect_err("untrusted gets no npm");
+    assert_eq!(s.code(), Code::NotFound, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_reads_each_aws_secret_and_shows_only_its_size_and_digest() {
+    let aws = Aws::start();
+    aws.secret("us-east-1", "ci/npm", "npm-token-doctor-8888888")
+        .await;
+    let (ok, text) = aws.oneshot(&[
+        "doctor",
+        "--secret",
+        "id=npm,type=aws-sm,name=ci/npm",
+        "--secret",
+        "id=gone,type=aws-ssm,name=/ci/nope",
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains(&format!(
+            "ok    secret npm: aws-sm ci/npm is readable: 24 bytes, sha256 {}",
+            common::sha(b"npm-token-doctor-8888888")
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "FAIL  secret gone: aws-ssm /ci/nope: secret gone: Parameter Store has no parameter"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_finds_an_aws_secret_in_an_image_and_names_the_ones_it_cannot_fetch() {
+    let aws = Aws::start();
+    let value = "npm-token-in-the-image-999999";
+    aws.secret("us-east-1", "ci/npm", value).await;
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    let npmrc = format!("//registry.npmjs.org/:_authToken={value}\n");
+    header.set_size(npmrc.len() as u64);
+    header.set_mode(0o644);
+    layer
+        .append_data(&mut header, "root/.npmrc", npmrc.as_bytes())
+        .unwrap();
+    let image = aws.dir.path().join("image.tar");
+    common::image::docker_save(&image, &[layer.into_inner().unwrap()], &[], &[]);
+    let image = image.display().to_string();
+    let (ok, text) = aws.oneshot(&[
+        "scan",
+        &image,
+        "--format",
+        "json",
+        "--secret",
+        "id=npm,type=aws-sm,name=ci/npm",
+        "--secret",
+        "id=gone,type=aws-sm,name=ci/nope",
+    ]);
+    assert!(!ok, "a finding fails the scan: {text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    let report_text = report.to_string();
+    assert!(
+        report_text.contains("root/.npmrc") && report_text.contains("secret npm"),
+        "{report:#}"
+    );
+    assert!(
+        report_text.contains("secret gone (aws-sm ci/nope) was not searched for"),
+        "{report:#}"
+    );
 }

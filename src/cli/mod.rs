@@ -398,7 +398,8 @@ impl SecretArgs {
             anyhow::bail!(
                 "--secret id={id},type={}: the helper fetches it with its own AWS credentials, \
                  and it has none (the mock identity, or no identity): run it with a real \
-                 identity (IRSA, Pod Identity, --identity imds, ...), or declare the secret with \
+                 identity (IRSA, Pod Identity, --identity imds, ...; in a config file, \
+                 identity = \"process\" in the [[listener]]), or declare the secret with \
                  src=FILE or env=VAR where there is no AWS",
                 match secret.service() {
                     Service::SecretsManager => "aws-sm",
@@ -698,11 +699,9 @@ impl SearchArgs {
             sts: sts::StsArgs,
         }
         let sts = Defaults::try_parse_from(std::iter::empty::<String>())?.sts;
-        let aws = self.identity.own_aws(
-            IdentityChoice::Auto,
-            self.region.region.as_deref(),
-            &sts,
-        )?;
+        let aws =
+            self.identity
+                .own_aws(IdentityChoice::Auto, self.region.region.as_deref(), &sts)?;
         aws_only.sources(aws.as_ref())
     }
 

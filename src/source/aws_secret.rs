@@ -12,7 +12,8 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use futures_util::future::BoxFuture;
 
 use super::aws::{Aws, Service};
@@ -258,16 +259,46 @@ fn field(id: &str, name: &str, whole: &SecretValue, key: &str) -> Result<SecretV
     }
 }
 
+/// What the SDK says went wrong, without the raw response: an answer the SDK could not read
+/// may be a value, so only its status is told.
+fn detail<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(e) => format!(
+            "{}: {}",
+            e.err().code().unwrap_or("an unnamed error"),
+            e.err().message().unwrap_or("no message")
+        ),
+        SdkError::ResponseError(e) => format!(
+            "an answer the SDK could not read (HTTP {})",
+            e.raw().status().as_u16()
+        ),
+        SdkError::TimeoutError(_) => "the call timed out".to_string(),
+        // Connection and credential failures: no answer was received.
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(e) = cause {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                cause = e.source();
+            }
+            text
+        }
+    }
+}
+
 /// A failed call for `id`, classified, with what to change. The SDK's text names the service's
 /// error code and message, never the value (none was received).
-fn call_error<E, R>(id: &str, entry: &Entry, err: SdkError<E, R>) -> SourceError
+fn call_error<E>(id: &str, entry: &Entry, err: SdkError<E, HttpResponse>) -> SourceError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
     let name = entry.secret.name();
     let region = &entry.region;
-    let detail = DisplayErrorContext(&err);
+    let detail = detail(&err);
     let (service, resource, needs) = match entry.secret.value {
         AwsValue::SecretsManager { .. } => {
             let arn = if name.starts_with("arn:") {
@@ -467,10 +498,12 @@ impl Cache {
             }
             Err(error) => error,
         };
+        // The age when the request came: a call that takes its retries' time does not age the
+        // value past what the caller was promised.
         let stale = state
             .value
             .as_ref()
-            .map(|(value, fetched)| (value.clone(), now.saturating_duration_since(*fetched)));
+            .map(|(value, fetched)| (value.clone(), asked.saturating_duration_since(*fetched)));
         let result = match stale {
             Some((value, age)) if error.kind == ErrorKind::Io && age < self.ttl * 2 => {
                 tracing::warn!(
