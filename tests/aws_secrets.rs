@@ -506,14 +506,12 @@ fn an_aws_secret_without_aws_credentials_is_refused_at_start_with_what_to_do() {
     assert!(!Path::new(&socket).exists());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_a_config_file_the_trusted_listener_gets_the_value_and_the_untrusted_one_not() {
-    let aws = Aws::start();
-    aws.secret("us-east-1", "ci/npm", "npm-token-trusted-4444444")
-        .await;
+/// `proxy --config` in front of `upstream` with two listeners that both declare `npm` (the
+/// aws-sm secret ci/npm): `trusted` serves it, `untrusted` allows only the role ARN. The helper
+/// is on the trusted socket; the untrusted one is there too when this returns.
+fn two_listeners(aws: &Aws, upstream: &str) -> Helper {
     let dir = aws.dir.path();
     let config = dir.join("config.toml");
-    let up = format!("unix://{}", dir.join("no-daemon.sock").display());
     std::fs::write(
         &config,
         format!(
@@ -521,14 +519,14 @@ async fn in_a_config_file_the_trusted_listener_gets_the_value_and_the_untrusted_
 [[listener]]
 name = "trusted"
 listen = "unix://{dir}/trusted.sock"
-upstream = "{up}"
+upstream = "{upstream}"
 identity = "process"
 secret = ["id=npm,type=aws-sm,name=ci/npm"]
 
 [[listener]]
 name = "untrusted"
 listen = "unix://{dir}/untrusted.sock"
-upstream = "{up}"
+upstream = "{upstream}"
 identity = "process"
 allow_id = ["aws-role-arn"]
 secret = ["id=npm,type=aws-sm,name=ci/npm"]
@@ -546,14 +544,25 @@ secret = ["id=npm,type=aws-sm,name=ci/npm"]
         .env("AWS_REGION", "us-east-1")
         .env("AWS_ENDPOINT_URL", &aws.moto.url)
         .env("AWS_ENDPOINT_URL_STS", &aws.moto.url);
-    let untrusted = dir.join("untrusted.sock");
     let h = Helper::spawn(cmd, dir.join("trusted.sock"), dir, &[], &aws.r);
+    let untrusted = dir.join("untrusted.sock");
     common::eventually(
         Duration::from_secs(10),
         "the untrusted socket is there",
         || untrusted.exists().then_some(()),
     );
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_config_file_the_trusted_listener_gets_the_value_and_the_untrusted_one_not() {
+    let aws = Aws::start();
+    aws.secret("us-east-1", "ci/npm", "npm-token-trusted-4444444")
+        .await;
+    let up = format!("unix://{}", aws.dir.path().join("no-daemon.sock").display());
+    let h = two_listeners(&aws, &up);
     assert_eq!(value(&h, "npm").await, b"npm-token-trusted-4444444");
+    let untrusted = aws.dir.path().join("untrusted.sock");
     let mut c = irsa_secrets::wire::client::secrets(&untrusted)
         .await
         .unwrap();
@@ -562,6 +571,52 @@ secret = ["id=npm,type=aws-sm,name=ci/npm"]
         .await
         .expect_err("untrusted gets no npm");
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
+}
+
+/// A real build on each listener, through a private dockerd: the trusted step reads the value,
+/// the untrusted one fails on `required`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_build_reads_the_aws_secret_and_an_untrusted_build_fails_on_required() {
+    if common::dockerd::skip() {
+        return;
+    }
+    let aws = Aws::start();
+    let value = "npm-token-for-the-build-6666666";
+    aws.secret("us-east-1", "ci/npm", value).await;
+    let daemon = common::dockerd::Dockerd::start(&aws.dir.path().join("d"));
+    let h = two_listeners(&aws, &format!("unix://{}", daemon.socket.display()));
+    let ctx = aws.dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM {}\nRUN --mount=type=secret,id=npm,required sha256sum /run/secrets/npm\n",
+            common::dockerd::BASE_IMAGE
+        ),
+    )
+    .unwrap();
+    let build = |listener: &str| {
+        let out = common::dockerd::docker_on(&aws.dir.path().join(format!("{listener}.sock")))
+            .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+            .arg(&ctx)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        aws.r.assert_absent("build output", text.as_bytes());
+        (out.status.success(), text)
+    };
+    let (ok, out) = build("trusted");
+    assert!(ok, "{out}\n{}", tail(&h.log_text()));
+    assert!(out.contains(&common::sha(value.as_bytes())), "{out}");
+    let (ok, out) = build("untrusted");
+    assert!(!ok, "{out}");
+    assert!(out.contains("npm"), "{out}");
+    drop(daemon);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
