@@ -36,7 +36,7 @@ pub struct TokenArgs {
 #[command(
     mut_arg("mock", |a| a.help("Check the mock identity instead of IRSA (always passes)").long_help(None::<&str>)),
     mut_arg("secrets", |a| a
-        .help("Also check a secret declared as for `serve` (id=ID,src=FILE or id=ID,env=VAR): the file exists or the variable is set")
+        .help("Also check a secret declared as for `serve` (id=ID,src=FILE, id=ID,env=VAR or id=ID,type=aws-sm|aws-ssm,name=NAME): the file exists, the variable is set, or the AWS value can be read (its size and SHA-256 are shown)")
         .long_help(None::<&str>)),
     mut_arg("token_file", |a| a.help("The projected service-account token to check")),
     mut_arg("expiry_margin", |a| a.help("A token with less lifetime left is a problem (e.g. 5m, 1h)")),

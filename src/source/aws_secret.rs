@@ -145,11 +145,6 @@ impl AwsSecrets {
         Self { service, entries }
     }
 
-    /// The declared name (or ARN) behind `id`, for the audit record.
-    pub fn name_of(&self, id: &str) -> Option<&str> {
-        self.entries.get(id).map(|e| e.secret.name())
-    }
-
     /// One call to the service for `id`'s value, held to BuildKit's size limit.
     async fn call(&self, id: &str, entry: &Entry) -> Result<SecretValue, SourceError> {
         let name = entry.secret.name();
@@ -401,8 +396,9 @@ impl Source for AwsSecrets {
         })
     }
 
+    /// The declared name (or ARN) behind `id`.
     fn origin(&self, id: &str) -> Option<&str> {
-        self.name_of(id)
+        self.entries.get(id).map(|e| e.secret.name())
     }
 }
 
