@@ -401,20 +401,12 @@ impl SecretArgs {
                  identity (IRSA, Pod Identity, --identity imds, ...; in a config file, \
                  identity = \"process\" in the [[listener]]), or declare the secret with \
                  src=FILE or env=VAR where there is no AWS",
-                match secret.service() {
-                    Service::SecretsManager => "aws-sm",
-                    _ => "aws-ssm",
-                }
+                secret.source_name()
             );
         };
         for service in [Service::SecretsManager, Service::Ssm] {
-            let declared: Vec<_> = remote
-                .iter()
-                .filter(|(_, s)| s.service() == service)
-                .cloned()
-                .collect();
-            if !declared.is_empty() {
-                sources.push(Arc::new(AwsSecrets::new(service, declared, aws)));
+            if remote.iter().any(|(_, s)| s.service() == service) {
+                sources.push(Arc::new(AwsSecrets::new(service, remote.clone(), aws)));
             }
         }
         Ok(sources)

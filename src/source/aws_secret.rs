@@ -71,13 +71,19 @@ impl AwsSecret {
         }
     }
 
+    /// The `type=` of the declaration, which is also the source's name in audit records:
+    /// `aws-sm` or `aws-ssm`.
+    pub fn source_name(&self) -> &'static str {
+        source_name(self.service())
+    }
+
     /// The region the value is fetched from: the one its ARN names, else `default`.
     fn region<'a>(&'a self, default: &'a str) -> &'a str {
         super::arn::service_region(self.name()).map_or(default, |(_, region)| region)
     }
 }
 
-/// The source name (`aws-sm`, `aws-ssm`) of a service, for audit records and messages.
+/// The source name (`aws-sm`, `aws-ssm`) of a service's values.
 fn source_name(service: Service) -> &'static str {
     match service {
         Service::SecretsManager => "aws-sm",
@@ -104,7 +110,7 @@ struct Entry {
 /// Serves the declared values of one service (`aws-sm` or `aws-ssm`) by id.
 #[derive(Debug)]
 pub struct AwsSecrets {
-    service: Service,
+    name: &'static str,
     entries: BTreeMap<String, Entry>,
 }
 
@@ -142,7 +148,10 @@ impl AwsSecrets {
                 },
             );
         }
-        Self { service, entries }
+        Self {
+            name: source_name(service),
+            entries,
+        }
     }
 
     /// One call to the service for `id`'s value, held to BuildKit's size limit.
@@ -375,7 +384,7 @@ where
 
 impl Source for AwsSecrets {
     fn name(&self) -> &'static str {
-        source_name(self.service)
+        self.name
     }
 
     fn ids(&self) -> Vec<String> {
