@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use base64::Engine as _;
+use common::image::{config, docker_save, sha};
 use common::Radioactive;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 /// The value passed with --secret; never to appear in any output.
 const SECRET: &str = "s3cr3t-Token/with+chars&more-0123456789abcdef";
@@ -39,10 +39,6 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn sha(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// One member of a crafted layer.
@@ -94,16 +90,6 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 fn zstd(data: &[u8]) -> Vec<u8> {
     zstd::encode_all(data, 1).unwrap()
-}
-
-fn config(diff_ids: &[String], env: &[&str], labels: Value, history: &[&str]) -> Value {
-    json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Env": env, "Labels": labels, "Cmd": ["/bin/app"], "Entrypoint": ["/init"] },
-        "rootfs": { "type": "layers", "diff_ids": diff_ids },
-        "history": history.iter().map(|h| json!({ "created_by": h })).collect::<Vec<_>>(),
-    })
 }
 
 /// An OCI layout being written into a directory.
@@ -209,30 +195,6 @@ fn tar_dir(dir: &Path, out: &Path) {
     let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
     b.follow_symlinks(false);
     b.append_dir_all(".", dir).unwrap();
-    b.finish().unwrap();
-}
-
-/// A classic `docker save` archive: manifest.json, HEX.json config, ID/layer.tar layers.
-fn docker_save(out: &Path, layers: &[Vec<u8>], env: &[&str], history: &[&str]) {
-    let diff_ids: Vec<String> = layers.iter().map(|l| sha(l)).collect();
-    let config = config(&diff_ids, env, json!({}), history).to_string();
-    let config_name = format!("{}.json", &sha(config.as_bytes())[7..]);
-    let mut b = tar::Builder::new(std::fs::File::create(out).unwrap());
-    let mut add = |path: &str, data: &[u8]| {
-        let mut h = tar::Header::new_ustar();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        b.append_data(&mut h, path, data).unwrap();
-    };
-    add(&config_name, config.as_bytes());
-    let mut paths = Vec::new();
-    for (i, l) in layers.iter().enumerate() {
-        let path = format!("layer{i}/layer.tar");
-        add(&path, l);
-        paths.push(path);
-    }
-    let manifest = json!([{ "Config": config_name, "RepoTags": ["app:1"], "Layers": paths }]);
-    add("manifest.json", manifest.to_string().as_bytes());
     b.finish().unwrap();
 }
 

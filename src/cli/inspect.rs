@@ -36,7 +36,7 @@ pub struct TokenArgs {
 #[command(
     mut_arg("mock", |a| a.help("Check the mock identity instead of IRSA (always passes)").long_help(None::<&str>)),
     mut_arg("secrets", |a| a
-        .help("Also check a secret declared as for `serve` (id=ID,src=FILE or id=ID,env=VAR): the file exists or the variable is set")
+        .help("Also check a secret declared as for `serve` (id=ID,src=FILE, id=ID,env=VAR or id=ID,type=aws-sm|aws-ssm,name=NAME): the file exists, the variable is set, or the AWS value can be read (its size and SHA-256 are shown)")
         .long_help(None::<&str>)),
     mut_arg("token_file", |a| a.help("The projected service-account token to check")),
     mut_arg("expiry_margin", |a| a.help("A token with less lifetime left is a problem (e.g. 5m, 1h)")),
@@ -228,6 +228,61 @@ fn print_claims(source: &str, c: &Checked) {
     );
 }
 
+/// Reads each `aws-sm` and `aws-ssm` secret once with the helper's own credentials, as `serve`
+/// would, and shows its size and SHA-256 (as `probe` does), never the value.
+async fn aws_secrets_check(args: &DoctorArgs, r: &mut Report) {
+    let declared: Vec<_> = args
+        .secrets
+        .secrets
+        .iter()
+        .filter(|s| matches!(s.origin, Origin::Aws(_)))
+        .cloned()
+        .collect();
+    if declared.is_empty() {
+        return;
+    }
+    let fix = "run with a real identity (IRSA, Pod Identity, --identity imds, ...): the helper \
+               fetches aws-sm and aws-ssm secrets with its own credentials";
+    let aws =
+        match args
+            .identity
+            .own_aws(args.choice, args.region.region.as_deref(), &args.sts)
+        {
+            Ok(Some(aws)) => aws,
+            Ok(None) => return r.fail(
+                "aws-sm and aws-ssm secrets are declared, and the identity (mock, or none) has no \
+                 AWS credentials",
+                fix,
+            ),
+            Err(e) => return r.fail(&format!("{e:#}"), fix),
+        };
+    let sources = match (SecretArgs { secrets: declared }).sources(Some(&aws)) {
+        Ok(sources) => sources,
+        Err(e) => return r.fail(&format!("{e:#}"), fix),
+    };
+    for source in sources {
+        for id in source.ids() {
+            let name = source.origin(&id).unwrap_or_default().to_string();
+            match source.fetch(&id).await {
+                Ok(Some(value)) => {
+                    use sha2::Digest;
+                    r.ok(&format!(
+                        "secret {id}: {} {name} is readable: {} bytes, sha256 {}",
+                        source.name(),
+                        value.len(),
+                        hex::encode(sha2::Sha256::digest(value.expose()))
+                    ))
+                }
+                Ok(None) => {}
+                Err(e) => r.fail(
+                    &format!("secret {id}: {} {name}: {e}", source.name()),
+                    "give the helper's role access to it, or correct the --secret declaration",
+                ),
+            }
+        }
+    }
+}
+
 /// One preflight verdict line.
 struct Report {
     problems: usize,
@@ -346,8 +401,10 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
                     ),
                 ),
             },
+            Origin::Aws(_) => {}
         }
     }
+    aws_secrets_check(&args, &mut r).await;
     match r.problems {
         0 => {
             println!("all checks passed");

@@ -9,7 +9,8 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::cli::logging::LogFormat;
 use crate::secret::SecretValue;
-use crate::source::aws::Aws;
+use crate::source::aws::{Aws, Service};
+use crate::source::aws_secret::AwsSecrets;
 use crate::source::credentials::Credentials;
 use crate::source::github::GitHubOidc;
 use crate::source::identity::{self, Chosen, Identity, NoIdentity, Present};
@@ -17,7 +18,7 @@ use crate::source::irsa::Irsa;
 use crate::source::jwt::Expectations;
 use crate::source::mock::Mock;
 use crate::source::platform::{Platform, PlatformRole};
-use crate::source::static_secret::{SecretSpec, Static};
+use crate::source::static_secret::{Origin, SecretSpec, Static};
 use crate::source::sts::exchange::Exchange;
 use crate::source::sts::scope::Scope;
 use crate::source::sts::{RoleChain, WebIdentity};
@@ -357,21 +358,58 @@ impl IdsArgs {
 #[derive(Debug, Clone, Args)]
 pub struct SecretArgs {
     /// Also serve another secret, with buildx's syntax: id=ID,src=FILE or id=ID,env=VAR (a
-    /// field holding a comma is quoted whole: '"src=/a,b"'). Repeatable; overrides the
+    /// field holding a comma is quoted whole: '"src=/a,b"'); or from AWS, with the helper's own
+    /// credentials: id=ID,type=aws-sm,name=NAME_OR_ARN[,key=JSON_KEY][,version-stage=STAGE]
+    /// [,ttl=5m] or id=ID,type=aws-ssm,name=/PATH[,ttl=5m]. Repeatable; overrides the
     /// identity ids it names.
-    #[arg(long = "secret", value_name = "id=ID,src=FILE|env=VAR")]
+    #[arg(
+        long = "secret",
+        value_name = "id=ID,src=FILE|env=VAR|type=aws-sm,name=NAME"
+    )]
     pub secrets: Vec<SecretSpec>,
 }
 
 impl SecretArgs {
-    /// The `--secret` declarations, as a source, if there are any.
-    pub fn source(&self) -> anyhow::Result<Option<Arc<dyn Source>>> {
-        if self.secrets.is_empty() {
-            return Ok(None);
+    /// The `--secret` declarations as sources (files and variables, then Secrets Manager, then
+    /// Parameter Store), the last declaration of an id winning. The AWS ones call with `aws`,
+    /// the helper's own access: without it they are refused with what to do.
+    pub fn sources(&self, aws: Option<&Aws>) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let mut last = std::collections::BTreeMap::new();
+        for spec in &self.secrets {
+            last.insert(spec.id.clone(), spec.origin.clone());
         }
-        Ok(Some(Arc::new(
-            Static::new(self.secrets.clone()).map_err(anyhow::Error::msg)?,
-        )))
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        for (id, origin) in last {
+            match origin {
+                Origin::Aws(secret) => remote.push((id, secret)),
+                origin => local.push(SecretSpec { id, origin }),
+            }
+        }
+        let mut sources: Vec<Arc<dyn Source>> = Vec::new();
+        if !local.is_empty() {
+            sources.push(Arc::new(Static::new(local).map_err(anyhow::Error::msg)?));
+        }
+        if remote.is_empty() {
+            return Ok(sources);
+        }
+        let Some(aws) = aws else {
+            let (id, secret) = &remote[0];
+            anyhow::bail!(
+                "--secret id={id},type={}: the helper fetches it with its own AWS credentials, \
+                 and it has none (the mock identity, or no identity): run it with a real \
+                 identity (IRSA, Pod Identity, --identity imds, ...; in a config file, \
+                 identity = \"process\" in the [[listener]]), or declare the secret with \
+                 src=FILE or env=VAR where there is no AWS",
+                secret.source_name()
+            );
+        };
+        for service in [Service::SecretsManager, Service::Ssm] {
+            if remote.iter().any(|(_, s)| s.service() == service) {
+                sources.push(Arc::new(AwsSecrets::new(service, remote.clone(), aws)));
+            }
+        }
+        Ok(sources)
     }
 }
 
@@ -406,8 +444,9 @@ pub struct ServedArgs {
 
 impl ServedArgs {
     /// All sources, identity first so explicit `--secret` declarations win shared ids. With
-    /// `--secret` declarations and no identity found, serves just those.
-    pub fn sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+    /// `--secret` declarations and no identity found, serves just those. `aws` is the helper's
+    /// own access ([`ServedArgs::own_aws`]), for the `aws-sm` and `aws-ssm` declarations.
+    pub fn sources(&self, aws: Option<&Aws>) -> anyhow::Result<Vec<Arc<dyn Source>>> {
         let mut sources: Vec<Arc<dyn Source>> = Vec::new();
         match self.identity.choose(self.choice) {
             Err(NoIdentity::NoneFound) if !self.secrets.secrets.is_empty() => {
@@ -424,7 +463,7 @@ impl ServedArgs {
                 sources.extend(self.identity_sources(chosen.identity)?);
             }
         }
-        sources.extend(self.secrets.source()?);
+        sources.extend(self.secrets.sources(aws)?);
         Ok(sources)
     }
 
@@ -493,25 +532,40 @@ impl ServedArgs {
     /// builds get `--sts` credentials; `--assume-role` narrows only what builds get). `None`
     /// for the mock identity or no identity at all: it has no AWS credentials.
     pub fn own_aws(&self) -> anyhow::Result<Option<Aws>> {
-        let Ok(chosen) = self.identity.choose(self.choice) else {
+        self.identity
+            .own_aws(self.choice, self.region.region.as_deref(), &self.sts)
+    }
+}
+
+impl IdentityArgs {
+    /// The helper's own AWS access with the identity `choice` settles on (see
+    /// [`ServedArgs::own_aws`]), in `region` (else [`DEFAULT_REGION`]), exchanging a web
+    /// identity as `sts` says (its endpoint, duration and session name).
+    fn own_aws(
+        &self,
+        choice: IdentityChoice,
+        region: Option<&str>,
+        sts: &sts::StsArgs,
+    ) -> anyhow::Result<Option<Aws>> {
+        let Ok(chosen) = self.choose(choice) else {
             return Ok(None);
         };
         let identity = chosen.identity;
-        let margin = self.identity.token.expiry_margin;
-        let region = self.region.region.as_deref().unwrap_or(DEFAULT_REGION);
+        let margin = self.token.expiry_margin;
+        let region = region.unwrap_or(DEFAULT_REGION);
         let credentials = match identity {
             Identity::Mock => return Ok(None),
             Identity::Irsa | Identity::GithubOidc => {
                 let github = identity == Identity::GithubOidc;
-                let web = self.identity.web_identity(github, self.ids.ids(), None)?;
+                let web = self.web_identity(github, IdentityIds::default(), None)?;
                 let scope = Scope {
-                    role_arn: self.identity.role_arn.clone().unwrap_or_default(),
+                    role_arn: self.role_arn.clone().unwrap_or_default(),
                     policy: None,
                     policy_arns: Vec::new(),
-                    duration: self.sts.duration,
-                    session_name: self.sts.role_session_name.clone(),
+                    duration: sts.duration,
+                    session_name: sts.role_session_name.clone(),
                 };
-                let exchange = Exchange::new(region, self.sts.sts_endpoint.as_deref());
+                let exchange = Exchange::new(region, sts.sts_endpoint.as_deref());
                 Credentials::new(WebIdentity::new(web, scope, exchange), margin, None)
             }
             Identity::PodIdentity => {
@@ -584,8 +638,9 @@ fn credential_source(
     mut_arg("role_arn_id", |a| a.help("The id a role ARN finding is reported under")),
     mut_arg("region_id", |a| a.hide(true)),
     mut_arg("secrets", |a| a
-        .help("Also look for this secret, declared as for `serve`: id=ID,src=FILE or id=ID,env=VAR (repeatable)")
+        .help("Also look for this secret, declared as for `serve`: id=ID,src=FILE, id=ID,env=VAR or id=ID,type=aws-sm|aws-ssm,name=NAME (repeatable)")
         .long_help(None::<&str>)),
+    mut_arg("region", |a| a.help("The region of aws-sm and aws-ssm secrets not named by ARN")),
 )]
 pub struct SearchArgs {
     /// The token and the role.
@@ -599,6 +654,10 @@ pub struct SearchArgs {
     /// The `--secret` declarations.
     #[command(flatten)]
     pub secrets: SecretArgs,
+
+    /// The region of the AWS declarations.
+    #[command(flatten)]
+    pub region: RegionArgs,
 }
 
 impl SearchArgs {
@@ -612,8 +671,41 @@ impl SearchArgs {
         self.identity.source(self.ids.ids(), None)
     }
 
-    /// The `--secret` declarations, as a source, if there are any.
-    pub fn static_source(&self) -> anyhow::Result<Option<Arc<dyn Source>>> {
-        self.secrets.source()
+    /// The `--secret` declarations of files and variables, as sources.
+    pub fn local_sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        self.declared(false).sources(None)
+    }
+
+    /// The `aws-sm` and `aws-ssm` declarations, as sources fetching with the helper's own
+    /// access as `serve` would have it with these flags (the STS settings from their variables
+    /// or defaults, the region from `--region`).
+    pub fn aws_sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let aws_only = self.declared(true);
+        if aws_only.secrets.is_empty() {
+            return Ok(Vec::new());
+        }
+        #[derive(Parser)]
+        #[command(no_binary_name = true)]
+        struct Defaults {
+            #[command(flatten)]
+            sts: sts::StsArgs,
+        }
+        let sts = Defaults::try_parse_from(std::iter::empty::<String>())?.sts;
+        let aws =
+            self.identity
+                .own_aws(IdentityChoice::Auto, self.region.region.as_deref(), &sts)?;
+        aws_only.sources(aws.as_ref())
+    }
+
+    /// The declarations of AWS values (`aws`) or of the others.
+    fn declared(&self, aws: bool) -> SecretArgs {
+        let secrets = self
+            .secrets
+            .secrets
+            .iter()
+            .filter(|s| matches!(s.origin, Origin::Aws(_)) == aws)
+            .cloned()
+            .collect();
+        SecretArgs { secrets }
     }
 }

@@ -418,14 +418,19 @@ fn readiness(ready: &[Ready]) -> Checks {
 
 fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<Ready> {
     let context = |e: String| anyhow::anyhow!("listener {}: {e}", l.name);
+    let aws = l.served.own_aws().map_err(|e| context(format!("{e:#}")))?;
     let listen = l
         .listen
         .as_deref()
         .ok_or_else(|| context("--listen unix:///PATH is required".into()))?;
     let allowed = (!l.allow_ids.is_empty()).then(|| l.allow_ids.iter().cloned().collect());
-    let provider = Provider::new(l.served.sources().map_err(|e| context(format!("{e:#}")))?)
-        .with_policy(&l.name, allowed)
-        .with_observers(audit.clone(), metrics.clone());
+    let provider = Provider::new(
+        l.served
+            .sources(aws.as_ref())
+            .map_err(|e| context(format!("{e:#}")))?,
+    )
+    .with_policy(&l.name, allowed)
+    .with_observers(audit.clone(), metrics.clone());
     let tls = TlsFiles::from(l.tls)
         .load(l.upstream.host())
         .map_err(|e| context(e.to_string()))?;

@@ -123,13 +123,35 @@ async fn needles(identity: &SearchArgs) -> anyhow::Result<(Needles, Vec<String>)
     if identity.has_identity() {
         sources.push(identity.identity_source()?);
     }
-    sources.extend(identity.static_source()?);
+    sources.extend(identity.local_sources()?);
     for source in sources {
         for id in source.ids() {
             match source.fetch(&id).await {
                 Ok(Some(value)) => needles.add(id, value),
                 Ok(None) => {}
                 Err(e) => anyhow::bail!("cannot fetch secret {id} to search for it: {e}"),
+            }
+        }
+    }
+    // A value in AWS that cannot be fetched now (no access from here, the service down) leaves
+    // the rest of the search worth doing: the report says which was not searched for.
+    match identity.aws_sources() {
+        Err(e) => notes.push(format!(
+            "the aws-sm and aws-ssm secrets were not searched for: {e:#}"
+        )),
+        Ok(sources) => {
+            for source in sources {
+                for id in source.ids() {
+                    let name = source.origin(&id).unwrap_or_default().to_string();
+                    match source.fetch(&id).await {
+                        Ok(Some(value)) => needles.add(id, value),
+                        Ok(None) => {}
+                        Err(e) => notes.push(format!(
+                            "secret {id} ({} {name}) was not searched for: cannot fetch it: {e}",
+                            source.name()
+                        )),
+                    }
+                }
             }
         }
     }

@@ -55,7 +55,8 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let provider = Provider::new(args.served.sources()?);
+    let aws = args.served.own_aws()?;
+    let provider = Provider::new(args.served.sources(aws.as_ref())?);
     let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
     let bound = socket::bind(&path, &args.socket.options()).map_err(anyhow::Error::msg)?;
     crate::front::secrets::run(provider, bound, crate::front::secrets::shutdown_signal()).await?;

@@ -102,6 +102,8 @@ enum Event<'a> {
         id: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         source: Option<&'a str>,
+        #[serde(rename = "name", skip_serializing_if = "Option::is_none")]
+        origin: Option<&'a str>,
         outcome: Outcome,
         #[serde(skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
@@ -278,6 +280,7 @@ impl Audit {
         Event::Secret {
             id: a.id,
             source: a.source,
+            origin: a.origin,
             outcome: a.outcome,
             fingerprint: a.value.map(|v| self.fingerprint(v)),
             error: a.error,
@@ -478,6 +481,7 @@ mod tests {
         Answer {
             id: "db-password",
             source: Some("file"),
+            origin: None,
             outcome: Outcome::Served,
             value: Some(value),
             error: None,
@@ -546,6 +550,7 @@ mod tests {
         let answer = Answer {
             id: "aws",
             source: None,
+            origin: None,
             outcome: Outcome::Error,
             value: None,
             error: Some("the token file is gone"),
@@ -771,6 +776,7 @@ mod tests {
         let answer = Answer {
             id: "lost",
             source: None,
+            origin: None,
             outcome: Outcome::NotFound,
             value: None,
             error: None,

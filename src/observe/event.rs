@@ -69,6 +69,8 @@ pub struct Answer<'a> {
     pub id: &'a str,
     /// Which source answered (`client` for the build client's own secrets).
     pub source: Option<&'a str>,
+    /// Where in the source the value lives (an `aws-sm` secret's name), when it says.
+    pub origin: Option<&'a str>,
     /// What became of the request.
     pub outcome: Outcome,
     /// The value sent, for its fingerprint.

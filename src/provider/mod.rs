@@ -133,8 +133,9 @@ impl Provider {
         let started = Instant::now();
         let source = self.route(id, caller, started).await?;
         let result = checked(id, source.name(), source.fetch(id).await);
-        self.answer(caller, answer_of(id, source.name(), &result, started))
-            .await?;
+        let mut answer = answer_of(id, source.name(), &result, started);
+        answer.origin = source.origin(id);
+        self.answer(caller, answer).await?;
         result
     }
 
@@ -149,6 +150,7 @@ impl Provider {
         let refused = |source, outcome| Answer {
             id,
             source,
+            origin: None,
             outcome,
             value: None,
             error: None,
@@ -197,7 +199,7 @@ impl Provider {
         let session = caller.session.as_deref().unwrap_or("-");
         match a.outcome {
             Outcome::Served => {
-                tracing::info!(listener = %self.listener, session, probe = caller.probe, id = a.id, source = a.source, bytes = a.value.map(SecretValue::len), "secret served")
+                tracing::info!(listener = %self.listener, session, probe = caller.probe, id = a.id, source = a.source, name = a.origin, bytes = a.value.map(SecretValue::len), "secret served")
             }
             Outcome::NotFound if caller.probe => {
                 tracing::info!(listener = %self.listener, id = a.id, "a probe asked for secret {}, which nobody serves here", a.id)
@@ -214,7 +216,7 @@ impl Provider {
             ),
             Outcome::Denied => {}
             Outcome::Error => {
-                tracing::warn!(listener = %self.listener, session, id = a.id, source = a.source, error = a.error, "secret refused")
+                tracing::warn!(listener = %self.listener, session, id = a.id, source = a.source, name = a.origin, error = a.error, "secret refused")
             }
         }
         self.count(a, a.outcome);
@@ -280,6 +282,7 @@ fn answer_of<'a>(
     Answer {
         id,
         source: Some(source),
+        origin: None,
         outcome,
         value,
         error,

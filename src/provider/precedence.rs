@@ -48,6 +48,7 @@ impl Provider {
         let answer = |outcome, value, error| Answer {
             id,
             source: Some(CLIENT),
+            origin: None,
             outcome,
             value,
             error,

@@ -102,3 +102,19 @@ pub fn check_resource(
     }
     Ok(())
 }
+
+/// The service and region of any ARN (`arn:<partition>:<service>:<region>:<account>:<resource>`),
+/// for the Secrets Manager and SSM ARNs a `--secret name=` may give: the call goes to the
+/// region the ARN names. `None` when the text is not an ARN or names no region.
+pub fn service_region(arn: &str) -> Option<(&str, &str)> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [prefix, partition, service, region, _account, resource] = parts[..] else {
+        return None;
+    };
+    (prefix == "arn"
+        && !partition.is_empty()
+        && !service.is_empty()
+        && !region.is_empty()
+        && !resource.is_empty())
+    .then_some((service, region))
+}

@@ -9,6 +9,7 @@ use crate::secret::SecretValue;
 
 pub mod arn;
 pub mod aws;
+pub mod aws_secret;
 pub mod credentials;
 pub mod github;
 pub mod identity;
@@ -146,6 +147,12 @@ pub trait Source: Send + Sync + fmt::Debug {
     /// Time left before the identity this source serves expires, if it expires at all; an
     /// error when it cannot be served now. Feeds `/readyz` and the expiry metric.
     fn expiry(&self) -> Option<Result<std::time::Duration, SourceError>> {
+        None
+    }
+
+    /// Where `id`'s value comes from, when that is more than the source's name (an `aws-sm`
+    /// secret's name or ARN): configuration, never a value, recorded in the audit trail.
+    fn origin(&self, _id: &str) -> Option<&str> {
         None
     }
 }

@@ -423,6 +423,7 @@ pub mod fake_daemon;
 pub mod fake_endpoints;
 pub mod fake_sts;
 pub mod h2_peer;
+pub mod image;
 pub mod moto;
 pub mod python;
 pub mod registry;

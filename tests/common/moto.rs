@@ -64,6 +64,8 @@ impl Moto {
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // The request recorder's file (moto's default is in the working directory).
+            .env("MOTO_RECORDER_FILEPATH", dir.join("moto-recording.jsonl"))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -91,6 +93,12 @@ impl Moto {
             },
         );
         moto
+    }
+
+    /// Stops moto: every service it plays is gone from now on.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// moto's log so far.
@@ -230,6 +238,84 @@ impl Moto {
             .unwrap();
         instructions.apply_to_request_http1x(&mut req);
         send(req).await
+    }
+}
+
+impl Moto {
+    /// SDK settings for calls of the test's own to moto in `region` (fake static keys: moto
+    /// checks none before enforcement is on), to create what the helper then reads.
+    pub fn sdk_config(&self, region: &str) -> aws_types::SdkConfig {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        aws_types::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_types::region::Region::new(region.to_string()))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new("test", "test", None, None, "test"),
+                ),
+            )
+            .http_client(http)
+            .endpoint_url(&self.url)
+            .build()
+    }
+
+    /// A Secrets Manager client on moto in `region`.
+    pub fn secrets_manager(&self, region: &str) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.sdk_config(region))
+    }
+
+    /// A Parameter Store client on moto in `region`.
+    pub fn ssm(&self, region: &str) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.sdk_config(region))
+    }
+
+    /// Starts moto's request recorder afresh: only requests from now on are recorded.
+    pub async fn start_recording(&self) {
+        for action in ["reset-recording", "start-recording"] {
+            let req = http::Request::post(format!("{}/moto-api/recorder/{action}", self.url))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let answer = send(req).await;
+            assert_eq!(answer.status, 200, "{action}: {}", answer.text());
+        }
+    }
+
+    /// The JSON-protocol calls recorded since [`Moto::start_recording`] whose `X-Amz-Target`
+    /// is `target` (e.g. `secretsmanager.GetSecretValue`), as their request bodies.
+    pub async fn recorded(&self, target: &str) -> Vec<serde_json::Value> {
+        use base64::Engine as _;
+        let req = http::Request::get(format!("{}/moto-api/recorder/download-recording", self.url))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = send(req).await;
+        assert_eq!(answer.status, 200, "download-recording: {}", answer.text());
+        answer
+            .text()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|entry| {
+                entry["headers"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .any(|(k, v)| k.eq_ignore_ascii_case("x-amz-target") && v == target)
+            })
+            .map(|entry| {
+                let body = entry["body"].as_str().unwrap_or_default();
+                let body = if entry["body_encoded"] == true {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(body)
+                        .unwrap_or_default()
+                } else {
+                    body.as_bytes().to_vec()
+                };
+                serde_json::from_slice(&body).unwrap_or_default()
+            })
+            .collect()
     }
 }
 

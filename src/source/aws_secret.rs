@@ -1,0 +1,677 @@
+//! `type=aws-sm` and `type=aws-ssm` secrets: values a team keeps in AWS Secrets Manager or
+//! Parameter Store, fetched with the helper's own credentials (so a build needs no AWS access of
+//! its own) and cached per value.
+//!
+//! Each value is cached for its `ttl`; one call per value is in flight however many builds ask;
+//! while the service cannot be reached the cached value is served until it is twice the `ttl`
+//! old. A definite answer (the secret is gone, access was revoked) is never papered over with
+//! the cached value: it fails the request at once.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use futures_util::future::BoxFuture;
+
+use super::aws::{Aws, Service};
+use super::{jwt, ErrorKind, Source, SourceError};
+use crate::secret::{SecretValue, MAX_SECRET_SIZE};
+
+/// How long a fetched value is served before it is fetched again, when `ttl=` is not given.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+
+/// After a failed refresh, the longest the cached value is served before the next attempt, so
+/// a service that is down is not asked again by every request.
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(30);
+
+/// The AWS value a declaration names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsValue {
+    /// A Secrets Manager secret: its `SecretString`, or its `SecretBinary` as bytes.
+    SecretsManager {
+        /// The secret's name or ARN.
+        name: String,
+        /// One field of a JSON secret: a string field as is, any other as its JSON text.
+        key: Option<String>,
+        /// The version stage (`AWSCURRENT` when not given).
+        version_stage: Option<String>,
+    },
+    /// A Parameter Store parameter (`SecureString` decrypted, `String` as is).
+    Parameter {
+        /// The parameter's name (`/path/name`) or ARN.
+        name: String,
+    },
+}
+
+/// An `aws-sm` or `aws-ssm` declaration: what to fetch and how long to keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsSecret {
+    /// What to fetch.
+    pub value: AwsValue,
+    /// How long a fetched value is served before it is fetched again.
+    pub ttl: Duration,
+}
+
+impl AwsSecret {
+    /// The secret's or parameter's name (or ARN) as declared: configuration, safe to log.
+    pub fn name(&self) -> &str {
+        match &self.value {
+            AwsValue::SecretsManager { name, .. } | AwsValue::Parameter { name } => name,
+        }
+    }
+
+    /// The service that holds the value.
+    pub fn service(&self) -> Service {
+        match self.value {
+            AwsValue::SecretsManager { .. } => Service::SecretsManager,
+            AwsValue::Parameter { .. } => Service::Ssm,
+        }
+    }
+
+    /// The `type=` of the declaration, which is also the source's name in audit records:
+    /// `aws-sm` or `aws-ssm`.
+    pub fn source_name(&self) -> &'static str {
+        source_name(self.service())
+    }
+
+    /// The region the value is fetched from: the one its ARN names, else `default`.
+    fn region<'a>(&'a self, default: &'a str) -> &'a str {
+        super::arn::service_region(self.name()).map_or(default, |(_, region)| region)
+    }
+}
+
+/// The source name (`aws-sm`, `aws-ssm`) of a service's values.
+fn source_name(service: Service) -> &'static str {
+    match service {
+        Service::SecretsManager => "aws-sm",
+        _ => "aws-ssm",
+    }
+}
+
+/// A client of the service that holds a value.
+#[derive(Debug, Clone)]
+enum Client {
+    SecretsManager(aws_sdk_secretsmanager::Client),
+    Ssm(aws_sdk_ssm::Client),
+}
+
+/// One declared value: what it is, where it is fetched, and its cache.
+#[derive(Debug)]
+struct Entry {
+    secret: AwsSecret,
+    region: String,
+    client: Client,
+    cache: Cache,
+}
+
+/// Serves the declared values of one service (`aws-sm` or `aws-ssm`) by id.
+#[derive(Debug)]
+pub struct AwsSecrets {
+    name: &'static str,
+    entries: BTreeMap<String, Entry>,
+}
+
+impl AwsSecrets {
+    /// A source for the `(id, declaration)` pairs of `service` (others are left out), calling
+    /// with `aws`'s credentials: one client per region named.
+    pub fn new(service: Service, declared: Vec<(String, AwsSecret)>, aws: &Aws) -> Self {
+        let mut clients: BTreeMap<String, Client> = BTreeMap::new();
+        let mut entries = BTreeMap::new();
+        for (id, secret) in declared {
+            if secret.service() != service {
+                continue;
+            }
+            let region = secret.region(aws.region()).to_string();
+            let client = clients
+                .entry(region.clone())
+                .or_insert_with(|| {
+                    let config = aws.config(service, Some(&region));
+                    match service {
+                        Service::SecretsManager => {
+                            Client::SecretsManager(aws_sdk_secretsmanager::Client::new(&config))
+                        }
+                        _ => Client::Ssm(aws_sdk_ssm::Client::new(&config)),
+                    }
+                })
+                .clone();
+            let cache = Cache::new(secret.ttl);
+            entries.insert(
+                id,
+                Entry {
+                    secret,
+                    region,
+                    client,
+                    cache,
+                },
+            );
+        }
+        Self {
+            name: source_name(service),
+            entries,
+        }
+    }
+
+    /// One call to the service for `id`'s value, held to BuildKit's size limit.
+    async fn call(&self, id: &str, entry: &Entry) -> Result<SecretValue, SourceError> {
+        let name = entry.secret.name();
+        let value = match (&entry.client, &entry.secret.value) {
+            (
+                Client::SecretsManager(client),
+                AwsValue::SecretsManager {
+                    key, version_stage, ..
+                },
+            ) => {
+                let out = client
+                    .get_secret_value()
+                    .secret_id(name)
+                    .set_version_stage(version_stage.clone())
+                    .send()
+                    .await
+                    .map_err(|e| call_error(id, entry, e))?;
+                let whole = match (out.secret_string, out.secret_binary) {
+                    (Some(text), _) => SecretValue::from(text),
+                    (None, Some(bytes)) => SecretValue::new(bytes.into_inner()),
+                    (None, None) => {
+                        return Err(SourceError::new(
+                            ErrorKind::Invalid,
+                            format!(
+                                "secret {id}: Secrets Manager answered with neither SecretString \
+                                 nor SecretBinary for {name}"
+                            ),
+                        ))
+                    }
+                };
+                match key {
+                    Some(key) => field(id, name, &whole, key)?,
+                    None => whole,
+                }
+            }
+            (Client::Ssm(client), AwsValue::Parameter { .. }) => {
+                let out = client
+                    .get_parameter()
+                    .name(name)
+                    .with_decryption(true)
+                    .send()
+                    .await
+                    .map_err(|e| call_error(id, entry, e))?;
+                match out.parameter.and_then(|p| p.value) {
+                    Some(text) => SecretValue::from(text),
+                    None => {
+                        return Err(SourceError::new(
+                            ErrorKind::Invalid,
+                            format!(
+                                "secret {id}: Parameter Store answered with no value for {name}"
+                            ),
+                        ))
+                    }
+                }
+            }
+            _ => unreachable!("entries are built with their own service's client"),
+        };
+        if value.len() > MAX_SECRET_SIZE {
+            let fix = match entry.secret.value {
+                AwsValue::SecretsManager { .. } => {
+                    "store a smaller value, or pick one field with key="
+                }
+                AwsValue::Parameter { .. } => "store a smaller value",
+            };
+            return Err(SourceError::new(
+                ErrorKind::Invalid,
+                format!(
+                    "secret {id}: {name} is {} bytes, over BuildKit's limit of {} KiB for one \
+                     secret; {fix}",
+                    value.len(),
+                    MAX_SECRET_SIZE / 1024
+                ),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+/// Field `key` of the JSON object `whole`: a string as is, anything else as its JSON text
+/// (`42`, `true`, `{"a":1}`). The parsed copy is not wiped on drop; the value it came from is.
+fn field(id: &str, name: &str, whole: &SecretValue, key: &str) -> Result<SecretValue, SourceError> {
+    let Ok(mut object) =
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(whole.expose())
+    else {
+        return Err(SourceError::new(
+            ErrorKind::Invalid,
+            format!(
+                "secret {id}: {name} is not a JSON object, so key={key} cannot pick a field of \
+                 it; drop key= to get the whole value"
+            ),
+        ));
+    };
+    match object.remove(key) {
+        Some(serde_json::Value::String(text)) => Ok(SecretValue::from(text)),
+        Some(other) => Ok(SecretValue::from(other.to_string())),
+        None => {
+            let fields: Vec<&str> = object.keys().map(String::as_str).collect();
+            Err(SourceError::new(
+                ErrorKind::Missing,
+                format!(
+                    "secret {id}: {name} has no field {key:?} (its fields: {}); correct key= or \
+                     add the field to the secret",
+                    fields.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+/// What the SDK says went wrong, without the raw response: an answer the SDK could not read
+/// may be a value, so only its status is told.
+fn detail<E>(err: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(e) => format!(
+            "{}: {}",
+            e.err().code().unwrap_or("an unnamed error"),
+            e.err().message().unwrap_or("no message")
+        ),
+        SdkError::ResponseError(e) => format!(
+            "an answer the SDK could not read (HTTP {})",
+            e.raw().status().as_u16()
+        ),
+        SdkError::TimeoutError(_) => "the call timed out".to_string(),
+        // Connection and credential failures: no answer was received.
+        other => {
+            let mut text = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(e) = cause {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                cause = e.source();
+            }
+            text
+        }
+    }
+}
+
+/// A failed call for `id`, classified, with what to change. The SDK's text names the service's
+/// error code and message, never the value (none was received).
+fn call_error<E>(id: &str, entry: &Entry, err: SdkError<E, HttpResponse>) -> SourceError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let name = entry.secret.name();
+    let region = &entry.region;
+    let detail = detail(&err);
+    let (service, resource, needs) = match entry.secret.value {
+        AwsValue::SecretsManager { .. } => {
+            let arn = if name.starts_with("arn:") {
+                name.to_string()
+            } else {
+                format!("arn:aws:secretsmanager:{region}:ACCOUNT:secret:{name}-*")
+            };
+            (
+                "Secrets Manager",
+                format!("secret {name}"),
+                format!("secretsmanager:GetSecretValue on {arn}"),
+            )
+        }
+        AwsValue::Parameter { .. } => {
+            let arn = if name.starts_with("arn:") {
+                name.to_string()
+            } else {
+                format!(
+                    "arn:aws:ssm:{region}:ACCOUNT:parameter/{}",
+                    name.trim_start_matches('/')
+                )
+            };
+            (
+                "Parameter Store",
+                format!("parameter {name}"),
+                format!("ssm:GetParameter on {arn} and kms:Decrypt on its KMS key"),
+            )
+        }
+    };
+    let (kind, fix) = match err.code() {
+        Some("ResourceNotFoundException" | "ParameterNotFound" | "ParameterVersionNotFound") => (
+            ErrorKind::Missing,
+            format!(
+                "{service} has no {resource} in {region}: correct name= (a full ARN selects its \
+                 own region){}",
+                match &entry.secret.value {
+                    AwsValue::SecretsManager {
+                        version_stage: Some(stage),
+                        ..
+                    } => format!(", or version-stage={stage}, which no version of it carries"),
+                    _ => String::new(),
+                }
+            ),
+        ),
+        Some("AccessDeniedException" | "AccessDenied" | "DecryptionFailure" | "InvalidKeyId") => (
+            ErrorKind::Denied,
+            format!("the helper's role is refused: it needs {needs}"),
+        ),
+        Some(
+            "UnrecognizedClientException"
+            | "InvalidSignatureException"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId",
+        ) => (
+            ErrorKind::Denied,
+            "the helper's own credentials were refused: run `irsa-secrets doctor` to check the \
+             identity"
+                .to_string(),
+        ),
+        Some("InvalidRequestException" | "InvalidParameterException" | "ValidationException") => (
+            ErrorKind::Invalid,
+            format!("{service} refused the request for {resource} (scheduled for deletion?)"),
+        ),
+        _ => (
+            ErrorKind::Io,
+            format!(
+                "{service} in {region} did not answer (endpoint override: {}); the cached value, \
+                 if any, is served until it is twice its ttl old",
+                entry
+                    .secret
+                    .service()
+                    .endpoint_override()
+                    .unwrap_or_else(|| "none".into())
+            ),
+        ),
+    };
+    SourceError::new(kind, format!("secret {id}: {fix}: {detail}"))
+}
+
+impl Source for AwsSecrets {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn ids(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+
+    fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
+        Box::pin(async move {
+            let Some(entry) = self.entries.get(id) else {
+                return Ok(None);
+            };
+            let what = Described {
+                id,
+                source: self.name(),
+                name: entry.secret.name(),
+            };
+            entry.cache.get(&what, self.call(id, entry)).await.map(Some)
+        })
+    }
+
+    /// The declared name (or ARN) behind `id`.
+    fn origin(&self, id: &str) -> Option<&str> {
+        self.entries.get(id).map(|e| e.secret.name())
+    }
+}
+
+/// What a cache's log lines name.
+struct Described<'a> {
+    id: &'a str,
+    source: &'a str,
+    name: &'a str,
+}
+
+/// One value's cache and single flight.
+#[derive(Debug)]
+struct Cache {
+    ttl: Duration,
+    state: Mutex<State>,
+    /// Held during a call: later callers wait for it and take what it stored.
+    flight: tokio::sync::Mutex<()>,
+}
+
+/// What the last calls left.
+#[derive(Debug, Default)]
+struct State {
+    /// The last value fetched, and when.
+    value: Option<(SecretValue, Instant)>,
+    /// The last failed call, and when it finished, shared with the callers who queued behind it.
+    failed: Option<(Instant, SourceError)>,
+}
+
+impl Cache {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            state: Mutex::new(State::default()),
+            flight: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long after a failed refresh the stale value is served without another call.
+    fn retry_pause(&self) -> Duration {
+        (self.ttl / 4).min(MAX_RETRY_PAUSE)
+    }
+
+    /// The value to serve at `now` without calling: a fresh one, or a stale one (under twice the
+    /// ttl old) while the service was just found unreachable.
+    fn usable(&self, state: &State, now: Instant) -> Option<SecretValue> {
+        let (value, fetched) = state.value.as_ref()?;
+        let age = now.saturating_duration_since(*fetched);
+        if age < self.ttl {
+            return Some(value.clone());
+        }
+        let (failed_at, error) = state.failed.as_ref()?;
+        (error.kind == ErrorKind::Io
+            && age < self.ttl * 2
+            && now.saturating_duration_since(*failed_at) < self.retry_pause())
+        .then(|| value.clone())
+    }
+
+    /// The cached value, or the outcome of `call` (one at a time; those who waited for a call
+    /// take its outcome).
+    async fn get(
+        &self,
+        what: &Described<'_>,
+        call: impl Future<Output = Result<SecretValue, SourceError>>,
+    ) -> Result<SecretValue, SourceError> {
+        let asked = Instant::now();
+        if let Some(value) = self.usable(&self.state(), asked) {
+            return Ok(value);
+        }
+        let _flight = self.flight.lock().await;
+        {
+            let state = self.state();
+            if let Some(value) = self.usable(&state, Instant::now()) {
+                return Ok(value);
+            }
+            if let Some((at, error)) = &state.failed {
+                if *at >= asked {
+                    return Err(error.clone());
+                }
+            }
+        }
+        let outcome = call.await;
+        let now = Instant::now();
+        let mut state = self.state();
+        let error = match outcome {
+            Ok(value) => {
+                state.value = Some((value.clone(), now));
+                state.failed = None;
+                return Ok(value);
+            }
+            Err(error) => error,
+        };
+        // The age when the request came: a call that takes its retries' time does not age the
+        // value past what the caller was promised.
+        let stale = state
+            .value
+            .as_ref()
+            .map(|(value, fetched)| (value.clone(), asked.saturating_duration_since(*fetched)));
+        let result = match stale {
+            Some((value, age)) if error.kind == ErrorKind::Io && age < self.ttl * 2 => {
+                tracing::warn!(
+                    id = what.id,
+                    source = what.source,
+                    name = what.name,
+                    error = %error,
+                    "fetching the secret failed; serving the value fetched {} ago until it is \
+                     twice its ttl of {} old",
+                    jwt::human(age),
+                    jwt::human(self.ttl)
+                );
+                state.failed = Some((now, error));
+                return Ok(value);
+            }
+            Some((_, age)) if error.kind == ErrorKind::Io => SourceError::new(
+                error.kind,
+                format!(
+                    "{error}. The value fetched {} ago is past twice its ttl of {}, so it is no \
+                     longer served",
+                    jwt::human(age),
+                    jwt::human(self.ttl)
+                ),
+            ),
+            _ => error,
+        };
+        state.failed = Some((now, result.clone()));
+        Err(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    const WHAT: Described<'static> = Described {
+        id: "npm",
+        source: "aws-sm",
+        name: "ci/npm",
+    };
+
+    fn value(s: &str) -> SecretValue {
+        SecretValue::from(s.to_string())
+    }
+
+    fn down() -> SourceError {
+        SourceError::new(ErrorKind::Io, "down")
+    }
+
+    /// Moves the cache's past back by `by`, as if that much time had passed.
+    fn age(cache: &Cache, by: Duration) {
+        let mut state = cache.state();
+        if let Some((_, fetched)) = &mut state.value {
+            *fetched -= by;
+        }
+        if let Some((failed, _)) = &mut state.failed {
+            *failed -= by;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_value_is_kept_for_its_ttl_and_stale_only_while_the_service_is_down() {
+        let cache = Cache::new(Duration::from_secs(8));
+        let got = cache.get(&WHAT, async { Ok(value("one")) }).await.unwrap();
+        assert_eq!(got.expose(), b"one");
+        // Within the ttl: no call.
+        age(&cache, Duration::from_secs(7));
+        let got = cache.get(&WHAT, async { unreachable!() }).await.unwrap();
+        assert_eq!(got.expose(), b"one");
+        // Past it: a call; down, the cached value is served (and not asked again at once).
+        age(&cache, Duration::from_secs(2));
+        let got = cache.get(&WHAT, async { Err(down()) }).await.unwrap();
+        assert_eq!(got.expose(), b"one");
+        let got = cache.get(&WHAT, async { unreachable!() }).await.unwrap();
+        assert_eq!(got.expose(), b"one");
+        // Past twice the ttl: the error, saying why the cached value is not served.
+        age(&cache, Duration::from_secs(8));
+        let err = cache.get(&WHAT, async { Err(down()) }).await.unwrap_err();
+        assert!(err.message.contains("past twice its ttl"), "{err}");
+        // Back: a fresh value.
+        let got = cache.get(&WHAT, async { Ok(value("two")) }).await.unwrap();
+        assert_eq!(got.expose(), b"two");
+    }
+
+    #[tokio::test]
+    async fn a_definite_refusal_is_not_covered_by_the_cached_value() {
+        let cache = Cache::new(Duration::from_secs(8));
+        cache.get(&WHAT, async { Ok(value("one")) }).await.unwrap();
+        age(&cache, Duration::from_secs(9));
+        let denied = SourceError::new(ErrorKind::Denied, "revoked");
+        let err = cache.get(&WHAT, async { Err(denied) }).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Denied);
+    }
+
+    #[tokio::test]
+    async fn concurrent_askers_share_one_call() {
+        let cache = Arc::new(Cache::new(Duration::from_secs(60)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let (cache, calls, mut released) =
+                (Arc::clone(&cache), Arc::clone(&calls), released.clone());
+            tasks.spawn(async move {
+                cache
+                    .get(&WHAT, async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        released.wait_for(|r| *r).await.unwrap();
+                        Ok(value("shared"))
+                    })
+                    .await
+            });
+        }
+        tokio::task::yield_now().await;
+        release.send(true).unwrap();
+        while let Some(got) = tasks.join_next().await {
+            assert_eq!(got.unwrap().unwrap().expose(), b"shared");
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn failures_are_shared_with_those_who_waited() {
+        let cache = Arc::new(Cache::new(Duration::from_secs(60)));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let (cache, calls, mut released) =
+                (Arc::clone(&cache), Arc::clone(&calls), released.clone());
+            tasks.spawn(async move {
+                cache
+                    .get(&WHAT, async move {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        released.wait_for(|r| *r).await.unwrap();
+                        Err(SourceError::new(ErrorKind::Missing, "gone"))
+                    })
+                    .await
+            });
+        }
+        tokio::task::yield_now().await;
+        release.send(true).unwrap();
+        while let Some(got) = tasks.join_next().await {
+            assert_eq!(got.unwrap().unwrap_err().kind, ErrorKind::Missing);
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_json_field_is_picked_strings_as_is_others_as_json() {
+        let whole = value(r#"{"user":"ci","password":"hunter2-x","port":5432,"tags":["a"]}"#);
+        let pick = |k| field("db", "ci/db", &whole, k);
+        assert_eq!(pick("password").unwrap().expose(), b"hunter2-x");
+        assert_eq!(pick("port").unwrap().expose(), b"5432");
+        assert_eq!(pick("tags").unwrap().expose(), br#"["a"]"#);
+        let err = pick("token").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Missing);
+        assert!(err.message.contains("no field \"token\""), "{err}");
+        assert!(!err.message.contains("hunter2"), "{err}");
+        let err = field("db", "ci/db", &value("plain hunter2-x"), "password").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Invalid);
+        assert!(!err.message.contains("hunter2"), "{err}");
+    }
+}
