@@ -10,6 +10,7 @@ use crate::secret::SecretValue;
 pub mod arn;
 pub mod aws;
 pub mod credentials;
+pub mod ecr;
 pub mod github;
 pub mod identity;
 pub mod irsa;
