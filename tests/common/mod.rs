@@ -407,6 +407,7 @@ pub mod fake_sts;
 pub mod h2_peer;
 pub mod moto;
 pub mod python;
+pub mod registry;
 pub mod session_client;
 pub mod sts_build;
 pub mod tunnel_io;
