@@ -50,9 +50,11 @@ impl Registries {
         }
     }
 
-    /// True when some host may be answered here: otherwise every `Auth` call is forwarded raw.
+    /// True when the helper has passwords to give: otherwise every `Auth` call is forwarded
+    /// raw. A listener that may give none (`allow_id` without `allow_registry`) is still active,
+    /// so its refusals are recorded.
     pub fn active(&self) -> bool {
-        self.passwords.is_some() && self.allowed.as_ref().is_none_or(|a| !a.is_empty())
+        self.passwords.is_some()
     }
 
     fn allows(&self, host: &str) -> bool {

@@ -92,6 +92,7 @@ impl Passwords {
         if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
             return Ok(c.password.clone());
         }
+        tracing::debug!(%registry, "asking ECR for a registry password");
         let token = self.issuer.issue(registry).await?;
         let password = decode(&token.encoded)?;
         let (refresh_at, claimed_expired) = refresh_at(now, token.expires_at);
