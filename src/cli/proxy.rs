@@ -521,6 +521,46 @@ fn registries(l: &ListenerArgs, aws: Option<Aws>) -> Result<Registries, String> 
 mod tests {
     use super::*;
 
+    /// `ecr_alias` at the top level reaches every listener, before the listener's own;
+    /// `allow_registry` is a listener key.
+    #[test]
+    fn the_config_file_takes_ecr_aliases_at_both_levels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "ecr_alias = [\"mirror.example=123456789012.dkr.ecr.us-east-1.amazonaws.com\"]\n\
+             [[listener]]\nlisten = \"unix:///tmp/a.sock\"\nmock = true\n\
+             ecr_alias = [\"127.0.0.1:5000=210987654321.dkr.ecr.eu-west-1.amazonaws.com\"]\n\
+             allow_registry = [\"127.0.0.1:5000\"]\n\
+             [[listener]]\nname = \"b\"\nlisten = \"unix:///tmp/b.sock\"\nmock = true\n",
+        )
+        .unwrap();
+        let cli = ["irsa-secrets", "proxy", "--config", path.to_str().unwrap()];
+        let m = super::super::Cli::command()
+            .try_get_matches_from(cli)
+            .unwrap();
+        let m = m.subcommand_matches("proxy").unwrap();
+        let args = ProxyArgs::from_arg_matches(m).unwrap();
+        let settings = load(args, m).unwrap();
+        let [a, b] = &settings.listeners[..] else {
+            panic!("two listeners")
+        };
+        assert_eq!(
+            a.ecr_aliases,
+            [
+                "mirror.example=123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "127.0.0.1:5000=210987654321.dkr.ecr.eu-west-1.amazonaws.com"
+            ]
+        );
+        assert_eq!(a.allow_registries, ["127.0.0.1:5000"]);
+        assert_eq!(
+            b.ecr_aliases,
+            ["mirror.example=123456789012.dkr.ecr.us-east-1.amazonaws.com"]
+        );
+        assert!(b.allow_registries.is_empty());
+    }
+
     #[test]
     fn top_level_aliases_become_listener_flags() {
         let global = [

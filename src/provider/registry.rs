@@ -197,3 +197,133 @@ impl Provider {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use futures_util::future::BoxFuture;
+    use tonic::{Code, Status};
+
+    use super::*;
+    use crate::source::ecr::{Issuer, Registry, Token};
+    use crate::source::SourceError;
+
+    const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+    /// Issues `AWS:ecr-pw`, or refuses as a role without the permission does.
+    struct Fake {
+        deny: bool,
+    }
+
+    impl Issuer for Fake {
+        fn issue<'a>(&'a self, _: &'a Registry) -> BoxFuture<'a, Result<Token, SourceError>> {
+            use base64::Engine;
+            Box::pin(async move {
+                if self.deny {
+                    return Err(SourceError::new(
+                        ErrorKind::Denied,
+                        "needs ecr:GetAuthorizationToken",
+                    ));
+                }
+                let encoded = base64::engine::general_purpose::STANDARD.encode("AWS:ecr-pw");
+                Ok(Token {
+                    encoded: SecretValue::from(encoded),
+                    expires_at: None,
+                })
+            })
+        }
+    }
+
+    fn provider(deny: bool, allowed: Option<&[&str]>) -> Provider {
+        let hosts = Hosts::new(&[format!("127.0.0.1:5000={ECR_HOST}")]).unwrap();
+        let passwords = Passwords::new(Box::new(Fake { deny }));
+        let allowed = allowed.map(|a| a.iter().map(|h| h.to_string()).collect());
+        Provider::new(Vec::new()).with_registries(Registries::new(hosts, Some(passwords), allowed))
+    }
+
+    fn creds(user: &str, secret: &str) -> CredentialsResponse {
+        CredentialsResponse {
+            username: user.into(),
+            secret: secret.into(),
+        }
+    }
+
+    async fn ask(
+        p: &Provider,
+        host: &str,
+        client: Result<CredentialsResponse, Status>,
+    ) -> Result<CredentialsResponse, Status> {
+        p.registry_credentials(host, &Caller::default(), client, Instant::now())
+            .await
+    }
+
+    #[tokio::test]
+    async fn ecr_hosts_and_aliases_get_ecrs_password_when_the_client_has_none() {
+        let p = provider(false, None);
+        for host in [ECR_HOST, "127.0.0.1:5000"] {
+            let got = ask(&p, host, Ok(creds("", ""))).await.unwrap();
+            assert_eq!(
+                (got.username.as_str(), got.secret.as_str()),
+                ("AWS", "ecr-pw")
+            );
+            let unimplemented = Err(Status::unimplemented("no Auth"));
+            assert_eq!(ask(&p, host, unimplemented).await.unwrap().secret, "ecr-pw");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_clients_own_credentials_win() {
+        let got = ask(&provider(false, None), ECR_HOST, Ok(creds("me", "mine")))
+            .await
+            .unwrap();
+        assert_eq!((got.username.as_str(), got.secret.as_str()), ("me", "mine"));
+    }
+
+    #[tokio::test]
+    async fn other_hosts_get_the_clients_answer_whatever_it_is() {
+        let p = provider(false, None);
+        let got = ask(&p, "ghcr.io", Ok(creds("", ""))).await.unwrap();
+        assert!(got.is_empty());
+        let e = ask(&p, "127.0.0.1:5001", Err(Status::internal("helper broke")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::Internal);
+    }
+
+    #[tokio::test]
+    async fn a_restricted_listener_answers_only_the_hosts_it_names() {
+        let p = provider(false, Some(&[]));
+        assert!(!p.serves_registry(ECR_HOST));
+        assert!(ask(&p, ECR_HOST, Ok(creds("", "")))
+            .await
+            .unwrap()
+            .is_empty());
+        let p = provider(false, Some(&["127.0.0.1:5000"]));
+        assert!(p.serves_registry("127.0.0.1:5000") && !p.serves_registry(ECR_HOST));
+        assert_eq!(
+            ask(&p, "127.0.0.1:5000", Ok(creds("", "")))
+                .await
+                .unwrap()
+                .secret,
+            "ecr-pw"
+        );
+        assert!(ask(&p, ECR_HOST, Ok(creds("", "")))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_ecr_refusal_is_an_error_that_names_the_fix() {
+        let e = ask(&provider(true, None), ECR_HOST, Ok(creds("", "")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(
+            e.message().contains("needs ecr:GetAuthorizationToken"),
+            "{e}"
+        );
+        assert!(e.message().contains(ECR_HOST), "{e}");
+    }
+}
