@@ -22,7 +22,7 @@ use tonic::{Code, Status};
 use super::Provider;
 use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::SecretValue;
-use crate::source::ecr::{self, Hosts, Passwords};
+use crate::source::ecr::{self, Hosts, Passwords, Registry};
 use crate::source::ErrorKind;
 use crate::wire::proto::auth::CredentialsResponse;
 
@@ -154,6 +154,12 @@ impl Provider {
                     record(Some(ECR), Outcome::Error, None, Some(&message)),
                 )
                 .await?;
+                // ECR Public serves pulls anonymously: a role without `ecr-public:` rights
+                // must not turn every `FROM public.ecr.aws/...` into an error.
+                if registry == Registry::Public {
+                    tracing::warn!(listener = %self.listener, session, host, error = %e, "no ECR Public password; the pull goes on anonymously");
+                    return client;
+                }
                 let code = match e.kind {
                     ErrorKind::Denied => Code::PermissionDenied,
                     ErrorKind::Missing | ErrorKind::Invalid => Code::FailedPrecondition,
@@ -206,7 +212,7 @@ mod tests {
     use tonic::{Code, Status};
 
     use super::*;
-    use crate::source::ecr::{Issuer, Registry, Token};
+    use crate::source::ecr::{Issuer, Token};
     use crate::source::SourceError;
 
     const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
@@ -325,5 +331,13 @@ mod tests {
             "{e}"
         );
         assert!(e.message().contains(ECR_HOST), "{e}");
+    }
+
+    #[tokio::test]
+    async fn without_an_ecr_public_password_public_pulls_go_on_anonymously() {
+        let got = ask(&provider(true, None), "public.ecr.aws", Ok(creds("", "")))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
     }
 }
