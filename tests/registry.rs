@@ -4,6 +4,10 @@
 //! (`123456789012-auth-token`) with the helper's own IRSA identity exchanged at moto's STS. ECR
 //! is reached through a switchable loopback relay, so the test can count the calls and make ECR
 //! go down or refuse.
+//!
+//! Pushes are not tested here: Debian's dockerd 20.10 has no BuildKit `image` exporter (Solve
+//! answers `exporter "image" could not be found`) and its `moby` exporter does not push; a push
+//! asks `Auth/Credentials` for the same host as a pull does.
 
 mod common;
 
@@ -162,26 +166,64 @@ fn timed(s: &Stack, ctx: &Path) -> (bool, String, Duration) {
     (ok, text, started.elapsed())
 }
 
+/// moto, the relay, the registry seeded with `base`, and a private dockerd behind the helper
+/// with the registry aliased to an ECR registry.
+struct World {
+    s: Stack,
+    image: String,
+    audit: PathBuf,
+    host: String,
+    relay: Relay,
+    reg: Registry,
+    moto: Moto,
+    _scratch: tempfile::TempDir,
+}
+
+impl World {
+    fn start() -> World {
+        registry::available().unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("irsa-ecr")
+            .tempdir()
+            .unwrap();
+        let moto = Moto::start(scratch.path());
+        let relay = Relay::start(&moto.url);
+        let reg = Registry::start(&scratch.path().join("registry"), USER, PASSWORD);
+        let audit = scratch.path().join("audit.jsonl");
+        let host = reg.host.clone();
+        let s = Stack::start_with("irsa-ecr-stack", "debug", |cmd| {
+            configure(cmd, &moto, &relay, &host, &audit)
+        });
+        s.r.watch(PASSWORD.as_bytes());
+        let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+        World {
+            s,
+            image,
+            audit,
+            host,
+            relay,
+            reg,
+            moto,
+            _scratch: scratch,
+        }
+    }
+}
+
 #[test]
 fn ecr_passwords_pull_through_the_helper() {
     if dockerd::skip() {
         return;
     }
-    registry::available().unwrap();
-    let scratch = tempfile::Builder::new()
-        .prefix("irsa-ecr")
-        .tempdir()
-        .unwrap();
-    let moto = Moto::start(scratch.path());
-    let relay = Relay::start(&moto.url);
-    let reg = Registry::start(&scratch.path().join("registry"), USER, PASSWORD);
-    let audit = scratch.path().join("audit.jsonl");
-    let host = reg.host.clone();
-    let mut s = Stack::start_with("irsa-ecr-stack", "debug", |cmd| {
-        configure(cmd, &moto, &relay, &host, &audit)
-    });
-    s.r.watch(PASSWORD.as_bytes());
-    let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+    let World {
+        mut s,
+        image,
+        audit,
+        host,
+        relay,
+        moto,
+        reg: _reg,
+        _scratch,
+    } = World::start();
     let ctx = context(&s.dir, "pull", &image);
 
     // The control: the daemon alone, with no credentials anywhere, gets the registry's 401.
