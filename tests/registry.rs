@@ -19,6 +19,10 @@ use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bollard::grpc::build::{ImageBuildFrontendOptions, ImageBuildLoadInput, ImageBuildNetworkMode};
+use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
+use bollard::grpc::driver::Build as _;
+use common::bollard::{context as tar_context, forward_to};
 use common::dockerd::{self, docker_on, Stack};
 use common::moto::Moto;
 use common::registry::{self, client_login, Registry};
@@ -333,4 +337,54 @@ fn ecr_passwords_pull_through_the_helper() {
         .filter(|r| r["outcome"] == "denied")
         .count();
     assert!(denied >= 1, "no denied record");
+}
+
+/// The BuildKit front door: bollard's BuildKit client (Control/Session and Solve, no
+/// credentials of its own) pulls `FROM` the registry image with ECR's password.
+#[test]
+fn a_buildkit_client_pulls_with_ecrs_password() {
+    if dockerd::skip() {
+        return;
+    }
+    let w = World::start();
+    let dockerfile = format!("FROM {}\nRUN echo built > /built\n", w.image);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async {
+        let addr = forward_to(&w.s.helper.socket).await;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let opts = ImageBuildFrontendOptions::builder()
+            .force_network_mode(&ImageBuildNetworkMode::None)
+            .nocache(true)
+            .build();
+        tokio::time::timeout(
+            Duration::from_secs(300),
+            BuildkitDaemon::new(endpoint).docker_build(
+                "irsa-test-ecr-pulled",
+                opts,
+                ImageBuildLoadInput::Upload(tar_context(&dockerfile)),
+                None,
+                None,
+            ),
+        )
+        .await
+    });
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!(
+            "bollard build failed: {e:?}\nhelper log:\n{}\ndockerd:\n{}",
+            common::tail(&w.s.helper.log_text()),
+            w.s.daemon.log_tail()
+        ),
+        Err(_) => panic!("bollard build still running after 300 s"),
+    }
+    assert_eq!(w.relay.calls(), 1, "ECR calls for one pull");
+    let served = registry_records(&w.audit)
+        .into_iter()
+        .filter(|r| r["source"] == "ecr" && r["outcome"] == "served")
+        .count();
+    assert!(served >= 1, "no record of ECR's password served");
 }
