@@ -50,6 +50,29 @@ impl fmt::Display for Registry {
     }
 }
 
+impl Registry {
+    /// The registries that share this one's passwords: one token opens every registry the
+    /// principal may use behind one API endpoint (region, partition, FIPS or not), which is why
+    /// ECR deprecated `registryIds`. Keying passwords by account instead would let a build that
+    /// names many accounts make one ECR call each, against the account's API quota.
+    pub fn password_scope(&self) -> Registry {
+        match self {
+            Registry::Private {
+                region,
+                partition,
+                fips,
+                ..
+            } => Registry::Private {
+                account: String::new(),
+                region: region.clone(),
+                partition,
+                fips: *fips,
+            },
+            Registry::Public => Registry::Public,
+        }
+    }
+}
+
 /// The registry an ECR host names, if it is one. Case does not matter (DNS names do not).
 pub fn parse(host: &str) -> Option<Registry> {
     let host = host.to_ascii_lowercase();

@@ -1,7 +1,7 @@
 //! Registry passwords from ECR: `ecr:GetAuthorizationToken` (or `ecr-public:` for
 //! `public.ecr.aws`) with the helper's own credentials, decoded from `AWS:PASSWORD`, cached per
-//! registry account and region until 70% of their validity, one call at a time per registry
-//! however many pulls ask.
+//! ECR endpoint (region, partition, FIPS; see [`Registry::password_scope`]) until 70% of their
+//! validity, one call at a time per endpoint however many pulls ask.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -50,11 +50,11 @@ struct Cached {
     refresh_at: SystemTime,
 }
 
-/// One registry's cache entry; its async lock is held for the whole of an ECR call, so callers
+/// One endpoint's cache entry; its async lock is held for the whole of an ECR call, so callers
 /// that arrive meanwhile wait for that call's answer instead of making their own.
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
-/// ECR passwords per registry, cached.
+/// ECR passwords per endpoint, cached.
 pub struct Passwords {
     issuer: Box<dyn Issuer>,
     slots: Mutex<HashMap<Registry, Slot>>,
@@ -85,7 +85,7 @@ impl Passwords {
     pub async fn password(&self, registry: &Registry) -> Result<SecretValue, SourceError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-            Arc::clone(slots.entry(registry.clone()).or_default())
+            Arc::clone(slots.entry(registry.password_scope()).or_default())
         };
         let mut cached = slot.lock().await;
         let now = SystemTime::now();
@@ -355,17 +355,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn registries_are_cached_apart_and_stale_passwords_fetched_again() {
+    async fn regions_are_cached_apart_and_stale_passwords_fetched_again() {
         // 1 ms of validity: refreshed at 0.7 ms, so the next request fetches again.
         let issuer = counting(Some(1), false);
         issuer.release.add_permits(10);
         let passwords = Passwords::new(Box::new(Arc::clone(&issuer)));
-        let (a, b) = (registry("123456789012"), registry("210987654321"));
+        let a = registry("123456789012");
+        let b = host::parse("123456789012.dkr.ecr.eu-west-1.amazonaws.com").unwrap();
         passwords.password(&a).await.unwrap();
         passwords.password(&b).await.unwrap();
         assert_eq!(issuer.calls.load(Ordering::SeqCst), 2);
         tokio::time::sleep(Duration::from_millis(2)).await;
         assert_eq!(passwords.password(&a).await.unwrap().expose(), b"pw2");
+    }
+
+    #[tokio::test]
+    async fn accounts_of_one_region_share_one_password() {
+        let issuer = counting(Some(3_600_000), false);
+        issuer.release.add_permits(10);
+        let passwords = Passwords::new(Box::new(Arc::clone(&issuer)));
+        for account in ["123456789012", "210987654321", "111111111111"] {
+            assert_eq!(
+                passwords
+                    .password(&registry(account))
+                    .await
+                    .unwrap()
+                    .expose(),
+                b"pw0"
+            );
+        }
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
