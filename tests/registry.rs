@@ -337,6 +337,27 @@ fn ecr_passwords_pull_through_the_helper() {
         .filter(|r| r["outcome"] == "denied")
         .count();
     assert!(denied >= 1, "no denied record");
+
+    // A fresh helper, four builds at once: one ECR call between them.
+    s.restart_helper("debug", |cmd| configure(cmd, &moto, &relay, &host, &audit));
+    let started = Instant::now();
+    let builds: Vec<_> = (0..4)
+        .map(|_| s.build_cmd(&ctx, &[]).spawn().unwrap())
+        .collect();
+    for b in builds {
+        let out = dockerd::wait_with_timeout(b, Duration::from_secs(300));
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        s.assert_built(out.status.success(), &text);
+    }
+    eprintln!(
+        "four concurrent builds, cold cache: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        relay.calls(),
+        2,
+        "ECR calls for four concurrent builds on a cold cache"
+    );
 }
 
 /// The BuildKit front door: bollard's BuildKit client (Control/Session and Solve, no
