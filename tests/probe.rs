@@ -290,8 +290,7 @@ fn probe_says_permission_denied_with_the_socket_owner_and_the_fix() {
     ];
     let serve = Helper::serve(d, &[], &env, &r);
     // A copy of the binary another user may run (the build tree may be root's alone).
-    let program = d.join("irsa-secrets");
-    std::fs::copy(common::bin(), &program).unwrap();
+    let program = common::runnable_copy(d);
     let nobody = || {
         let mut cmd = common::command_for(&program);
         std::os::unix::process::CommandExt::uid(&mut cmd, 65534);

@@ -295,8 +295,7 @@ async fn an_unreadable_token_is_permission_denied() {
     std::fs::write(&file, &t).unwrap();
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let socket = dir.path().join("helper.sock");
-    let program = dir.path().join("irsa-secrets");
-    std::fs::copy(common::bin(), &program).unwrap();
+    let program = common::runnable_copy(dir.path());
     let mut cmd = common::command_for(&program);
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);
     cmd.args(["serve", "--socket-mode", "666", "--listen"])

@@ -266,6 +266,24 @@ fn rand_suffix() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A copy of the binary in `dir`, for a test that runs it as another user (the build tree may
+/// be root's alone), once it can run: a fork by another test thread while the copy's write
+/// descriptor was open holds that descriptor until the child execs, and running the copy fails
+/// with ETXTBSY ("Text file busy") until then.
+pub fn runnable_copy(dir: &Path) -> PathBuf {
+    let program = dir.join("irsa-secrets");
+    std::fs::copy(bin(), &program).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the copied binary can run",
+        || match Command::new(&program).arg("--version").output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => None,
+            other => Some(other.unwrap()),
+        },
+    );
+    program
+}
+
 /// Runs the binary to completion and checks its output for watched values.
 pub fn run(cmd: &mut Command, radioactive: &Radioactive) -> Output {
     let out = cmd.output().expect("run irsa-secrets");
