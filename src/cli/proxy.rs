@@ -493,11 +493,13 @@ fn registries(l: &ListenerArgs, aws: Option<Aws>) -> Result<Registries, String> 
     match (&aws, &allowed) {
         (None, _) => tracing::info!(
             listener,
-            "registry credentials: not answered (this listener has no AWS identity of its own:              mock or none); ECR pulls go on to the client's own credentials"
+            "registry credentials: not answered (this listener has no AWS identity of its own: \
+             mock or none); ECR pulls go on to the client's own credentials"
         ),
         (Some(_), Some(a)) if a.is_empty() => tracing::info!(
             listener,
-            "registry credentials: not answered (a listener with allow_id answers none unless              allow_registry names the hosts)"
+            "registry credentials: not answered (a listener with allow_id answers none unless \
+             allow_registry names the hosts)"
         ),
         (Some(aws), _) => {
             let aliases: Vec<String> = hosts.aliases().map(|(h, r)| format!("{h}={r}")).collect();
