@@ -588,6 +588,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_registry_answer_names_the_host_and_fingerprints_the_password() {
+        let out = Shared::default();
+        let audit = Audit::start(Box::new(out.clone()), KEY.to_vec()).unwrap();
+        let password = SecretValue::new(VALUE.to_vec());
+        let answer = Answer {
+            id: "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            source: Some("ecr"),
+            outcome: Outcome::Served,
+            value: Some(&password),
+            error: None,
+            started: Instant::now(),
+        };
+        audit.registry("ci", &caller(), &answer).await.unwrap();
+        let mut got = records(&out.text());
+        assert!(got[0]["millis"].is_u64(), "{got:?}");
+        got[0].as_object_mut().unwrap().remove("millis");
+        assert_eq!(
+            got,
+            [json!({
+                "listener": "ci",
+                "session": "sess-1",
+                "peer": {"pid": 42, "uid": 1000, "gid": 1001},
+                "event": "registry_credentials",
+                "host": "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "source": "ecr",
+                "outcome": "served",
+                "fingerprint": VALUE_FINGERPRINT,
+            })]
+        );
+    }
+
+    #[tokio::test]
     async fn a_failed_probe_request_has_its_error_and_no_fingerprint() {
         let out = Shared::default();
         let audit = Audit::start(Box::new(out.clone()), KEY.to_vec()).unwrap();

@@ -486,6 +486,31 @@ mod tests {
     }
 
     #[test]
+    fn registry_requests_count_per_source_and_outcome() {
+        let m = Metrics::default();
+        m.registry_request("ci", "ecr", Outcome::Served, Duration::from_millis(3));
+        m.registry_request("ci", "ecr", Outcome::Served, Duration::from_millis(1));
+        m.registry_request("ci", "client", Outcome::Served, Duration::from_millis(1));
+        m.registry_request("fork", "none", Outcome::Denied, Duration::from_millis(1));
+        let text = m.encode();
+        let name = "irsa_secrets_registry_credential_requests_total";
+        for (labels, n) in [
+            (r#"listener="ci",source="ecr",outcome="served""#, "2"),
+            (r#"listener="ci",source="client",outcome="served""#, "1"),
+            (r#"listener="fork",source="none",outcome="denied""#, "1"),
+        ] {
+            assert_eq!(sample(&text, &format!("{name}{{{labels}}}")), n, "{labels}");
+        }
+        assert_eq!(
+            sample(
+                &text,
+                "irsa_secrets_registry_credential_request_duration_seconds_count"
+            ),
+            "4"
+        );
+    }
+
+    #[test]
     fn the_expiry_gauge_holds_the_latest_time_left_per_listener_and_source() {
         let m = Metrics::default();
         m.expiry("ci", "irsa", 3600.0);
