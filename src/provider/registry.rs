@@ -2,16 +2,19 @@
 //! build client's own credentials winning, and the record of every answer.
 //!
 //! What BuildKit does with the answer (moby/buildkit `util/resolver/authorizer.go` and
-//! `session/auth/auth.go`, the same from v0.8 to v0.2x): for a registry that challenges with
-//! Basic (private ECR, distribution with htpasswd) it calls `Credentials` alone and sends
-//! `user:secret` as Basic auth; an empty user or secret ends in the registry's 401 ("failed to
-//! find supported auth scheme" is swallowed and the 401 stands); an error other than
-//! `Unimplemented` fails the pull with that error's message, which is why ECR failures are
-//! errors here, not empty answers. For Bearer (`public.ecr.aws`) it first calls
-//! `GetTokenAuthority`; with a key it lets the client fetch tokens (`FetchToken`,
-//! `VerifyTokenAuthority` for later sessions), and on `Unimplemented` or `Unavailable` it calls
-//! `Credentials` and fetches the token itself. Later sessions reuse a cached handler after
-//! `Credentials` gives the same pair again.
+//! `session/auth/auth.go`; the flow is the same in the v0.8-era `authHandlerNS` and in the
+//! newest `authFetcher` code):
+//! - Basic challenge (private ECR, distribution with htpasswd): `Credentials` alone, sent as
+//!   `user:secret`. `Unimplemented` counts as no credentials; an empty user or secret makes the
+//!   authorizer give up ("failed to find supported auth scheme") and the registry's 401 stands
+//!   (the tests' control build shows it); any other error fails the pull with its message,
+//!   which is why ECR failures are errors here, not empty answers.
+//! - Bearer challenge (`public.ecr.aws`): `GetTokenAuthority` first. Given a key, the client
+//!   fetches the tokens (`FetchToken`; later sessions prove the same key with
+//!   `VerifyTokenAuthority`); on `Unimplemented` or `Unavailable` BuildKit calls `Credentials`
+//!   and fetches the token from the realm itself.
+//! - A later session reuses a handler cached for the host once `Credentials` gives the same
+//!   pair again, so every session asks at least once per host.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
