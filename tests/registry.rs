@@ -142,6 +142,13 @@ fn context(dir: &Path, name: &str, image: &str) -> PathBuf {
     ctx
 }
 
+/// The build output's line with the helper's error, for the test's output.
+fn error_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.contains("irsa-secrets"))
+        .unwrap_or_default()
+}
+
 /// The audit log's registry records.
 fn registry_records(audit: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(audit)
@@ -278,6 +285,7 @@ fn ecr_passwords_pull_through_the_helper() {
         text.contains("ecr:GetAuthorizationToken") && text.contains("irsa-secrets"),
         "the build error does not say ECR failed:\n{text}"
     );
+    eprintln!("{}", error_line(&text));
 
     // ECR refusing: the build error names the permission.
     relay.set(Mode::Deny);
@@ -287,6 +295,7 @@ fn ecr_passwords_pull_through_the_helper() {
         text.contains("needs ecr:GetAuthorizationToken"),
         "the build error does not name the permission:\n{text}"
     );
+    eprintln!("{}", error_line(&text));
 
     // ECR back: builds pass, several of them on one ECR call.
     relay.set(Mode::Forward);
