@@ -5,8 +5,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Clients dial with hyper (src/h2.rs), not tonic's Channel.
         .build_transport(false)
-        // Holds a secret value: its Debug is written by hand, redacted (src/proto.rs).
-        .skip_debug(["moby.buildkit.secrets.v1.GetSecretResponse"])
-        .compile_protos(&["proto/secrets.proto", "proto/control.proto"], &["proto"])?;
+        // Hold a secret value: their Debug is written by hand, redacted (src/wire/proto.rs).
+        .skip_debug([
+            "moby.buildkit.secrets.v1.GetSecretResponse",
+            "moby.filesync.v1.CredentialsResponse",
+        ])
+        .compile_protos(
+            &[
+                "proto/secrets.proto",
+                "proto/control.proto",
+                "proto/auth.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -5,53 +5,21 @@
 //! with no client-side secret; the image is exported into dockerd (the `moby` exporter) and the
 //! step's output is read back from it.
 //!
-//! tonic endpoints dial TCP, so a loopback forwarder stands in front of the helper's unix socket.
+//! tonic endpoints dial TCP, so a loopback forwarder stands in front of the helper's unix socket
+//! (tests/common/bollard.rs).
 
 mod common;
 
-use std::io::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
 use bollard::grpc::build::{ImageBuildFrontendOptions, ImageBuildLoadInput, ImageBuildNetworkMode};
 use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
 use bollard::grpc::driver::Build as _;
+use common::bollard::{context, forward_to};
 use common::dockerd::{self, Dockerd, Stack, BASE_IMAGE};
 use common::tail;
 
 const IMAGE: &str = "irsa-test-bollard";
-
-/// A gzipped tar holding just the Dockerfile: bollard uploads it as the build context.
-fn context(dockerfile: &str) -> bytes::Bytes {
-    let mut header = tar::Header::new_gnu();
-    header.set_path("Dockerfile").unwrap();
-    header.set_size(dockerfile.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.append(&header, dockerfile.as_bytes()).unwrap();
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar.into_inner().unwrap()).unwrap();
-    gz.finish().unwrap().into()
-}
-
-/// Accepts loopback TCP connections and splices each onto a new connection to `socket`.
-async fn forward_to(socket: &Path) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let socket = socket.to_path_buf();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            let socket = socket.clone();
-            tokio::spawn(async move {
-                if let Ok(mut unix) = tokio::net::UnixStream::connect(&socket).await {
-                    let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// The file `path` of `image`, copied out of a created (never started) container.
 fn read_from_image(daemon: &Dockerd, image: &str, path: &str) -> Vec<u8> {

@@ -19,7 +19,9 @@ use crate::front::{limits, Daemon, Gate, Limits, Upstream};
 use crate::observe::audit::Audit;
 use crate::observe::metrics::Metrics;
 use crate::observe::ready::Checks;
-use crate::provider::Provider;
+use crate::provider::{Provider, Registries};
+use crate::source::aws::Aws;
+use crate::source::ecr::{Hosts, Passwords};
 use crate::wire::tls::TlsFiles;
 
 /// Flags of `proxy`.
@@ -139,6 +141,19 @@ pub struct ListenerArgs {
     /// Serve only these ids on this listener (repeatable); others are answered as absent.
     #[arg(long = "allow-id", value_name = "ID")]
     pub allow_ids: Vec<String>,
+
+    /// Answer registry credentials for HOST as for that ECR registry (repeatable): pull-through
+    /// caches, VPC endpoint names, mirrors. Also a top-level config key, for every listener.
+    #[arg(
+        long = "ecr-alias",
+        value_name = "HOST=ACCOUNT.dkr.ecr.REGION.amazonaws.com"
+    )]
+    pub ecr_aliases: Vec<String>,
+
+    /// Answer registry credentials only for these hosts (repeatable); a listener with
+    /// --allow-id answers none without it.
+    #[arg(long = "allow-registry", value_name = "HOST")]
+    pub allow_registries: Vec<String>,
 
     /// Only processes of this uid may connect (repeatable; checked with SO_PEERCRED).
     #[arg(long = "allow-uid", value_name = "UID")]
@@ -274,8 +289,14 @@ fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings>
     if matches.value_source("listen") == Some(clap::parser::ValueSource::CommandLine) {
         anyhow::bail!("give listeners either in --config or with --listen, not both");
     }
-    let schema = Schema::new(GlobalFlags::command(), ListenerFlags::command());
+    let top = GlobalFlags::command().arg(
+        clap::Arg::new(ECR_ALIAS)
+            .long(ECR_ALIAS)
+            .action(clap::ArgAction::Append),
+    );
+    let schema = Schema::new(top, ListenerFlags::command());
     let file = schema.load(path)?;
+    let aliases = top_level_aliases(&file.global);
     let mut global = schema
         .matches::<GlobalFlags>(path, Place::Top, &file.global)?
         .global;
@@ -284,13 +305,29 @@ fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings>
     global.update_from_arg_matches(matches)?;
     let mut listeners = Vec::new();
     for (i, flags) in file.listeners.iter().enumerate() {
-        let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), flags)?;
+        // The top level's aliases come first, so a listener's own alias of the same host wins.
+        let flags: Vec<String> = aliases.iter().chain(flags).cloned().collect();
+        let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), &flags)?;
         listeners.push(parsed.listener);
     }
     if listeners.is_empty() {
         anyhow::bail!("{} has no [[listener]] table", path.display());
     }
     Ok(Settings { global, listeners })
+}
+
+/// The flag of `--ecr-alias`, which the config file also takes at the top level: aliases for
+/// every listener (on the command line, the one listener's flag is already that).
+const ECR_ALIAS: &str = "ecr-alias";
+
+/// The top level's `ecr_alias` values, as listener flags.
+fn top_level_aliases(global: &[String]) -> Vec<String> {
+    let flag = format!("--{ECR_ALIAS}");
+    global
+        .windows(2)
+        .filter(|pair| pair[0] == flag)
+        .flat_map(|pair| pair.iter().cloned())
+        .collect()
 }
 
 /// Everything bound and built, nothing running yet.
@@ -430,6 +467,7 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
             .map_err(|e| context(format!("{e:#}")))?,
     )
     .with_policy(&l.name, allowed)
+    .with_registries(registries(&l, aws).map_err(context)?)
     .with_observers(audit.clone(), metrics.clone());
     let tls = TlsFiles::from(l.tls)
         .load(l.upstream.host())
@@ -444,9 +482,106 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
     })
 }
 
+/// The listener's registry credentials: ECR's hosts and the aliases, answered with the
+/// helper's own AWS access when it has one, limited by `allow_registry` (and to none on a
+/// listener with `allow_id` that does not name them).
+fn registries(l: &ListenerArgs, aws: Option<Aws>) -> Result<Registries, String> {
+    let hosts = Hosts::new(&l.ecr_aliases).map_err(|e| e.to_string())?;
+    let allowed: Option<BTreeSet<String>> = if !l.allow_registries.is_empty() {
+        Some(l.allow_registries.iter().cloned().collect())
+    } else {
+        (!l.allow_ids.is_empty()).then(BTreeSet::new)
+    };
+    let listener = &l.name;
+    match (&aws, &allowed) {
+        (None, _) => tracing::info!(
+            listener,
+            "registry credentials: not answered (this listener has no AWS identity of its own: \
+             mock or none); ECR pulls go on to the client's own credentials"
+        ),
+        (Some(_), Some(a)) if a.is_empty() => tracing::info!(
+            listener,
+            "registry credentials: not answered (a listener with allow_id answers none unless \
+             allow_registry names the hosts)"
+        ),
+        (Some(aws), _) => {
+            let aliases: Vec<String> = hosts.aliases().map(|(h, r)| format!("{h}={r}")).collect();
+            tracing::info!(
+                listener,
+                identity = aws.identity(),
+                ?aliases,
+                allowed = ?allowed,
+                "registry credentials: answered for ECR hosts with the helper's own identity"
+            );
+        }
+    }
+    Ok(Registries::new(
+        hosts,
+        aws.map(Passwords::from_aws),
+        allowed,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ecr_alias` at the top level reaches every listener, before the listener's own;
+    /// `allow_registry` is a listener key.
+    #[test]
+    fn the_config_file_takes_ecr_aliases_at_both_levels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "ecr_alias = [\"mirror.example=123456789012.dkr.ecr.us-east-1.amazonaws.com\"]\n\
+             [[listener]]\nlisten = \"unix:///tmp/a.sock\"\nmock = true\n\
+             ecr_alias = [\"127.0.0.1:5000=210987654321.dkr.ecr.eu-west-1.amazonaws.com\"]\n\
+             allow_registry = [\"127.0.0.1:5000\"]\n\
+             [[listener]]\nname = \"b\"\nlisten = \"unix:///tmp/b.sock\"\nmock = true\n",
+        )
+        .unwrap();
+        let cli = ["irsa-secrets", "proxy", "--config", path.to_str().unwrap()];
+        let m = super::super::Cli::command()
+            .try_get_matches_from(cli)
+            .unwrap();
+        let m = m.subcommand_matches("proxy").unwrap();
+        let args = ProxyArgs::from_arg_matches(m).unwrap();
+        let settings = load(args, m).unwrap();
+        let [a, b] = &settings.listeners[..] else {
+            panic!("two listeners")
+        };
+        assert_eq!(
+            a.ecr_aliases,
+            [
+                "mirror.example=123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "127.0.0.1:5000=210987654321.dkr.ecr.eu-west-1.amazonaws.com"
+            ]
+        );
+        assert_eq!(a.allow_registries, ["127.0.0.1:5000"]);
+        assert_eq!(
+            b.ecr_aliases,
+            ["mirror.example=123456789012.dkr.ecr.us-east-1.amazonaws.com"]
+        );
+        assert!(b.allow_registries.is_empty());
+    }
+
+    #[test]
+    fn top_level_aliases_become_listener_flags() {
+        let global = [
+            "--audit-log",
+            "-",
+            "--ecr-alias",
+            "a=b",
+            "--ecr-alias",
+            "c=d",
+        ]
+        .map(String::from);
+        assert_eq!(
+            top_level_aliases(&global),
+            ["--ecr-alias", "a=b", "--ecr-alias", "c=d"]
+        );
+    }
 
     /// The file's global values stay unless the command line gives the same flag.
     #[test]

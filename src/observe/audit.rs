@@ -110,6 +110,17 @@ enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a str>,
     },
+    RegistryCredentials {
+        host: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        source: Option<&'a str>,
+        outcome: Outcome,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fingerprint: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a str>,
+        millis: u64,
+    },
     SessionStart,
     SessionEnd {
         seconds: f64,
@@ -244,10 +255,50 @@ impl Audit {
         caller: &Caller,
         a: &Answer<'_>,
     ) -> Result<(), AuditError> {
+        self.written(listener, caller, self.secret_event(a)).await
+    }
+
+    /// Records one registry credential request (`a.id` is the registry host), waiting until it
+    /// is written as [`Audit::secret`] does.
+    pub async fn registry(
+        &self,
+        listener: &str,
+        caller: &Caller,
+        a: &Answer<'_>,
+    ) -> Result<(), AuditError> {
+        self.written(listener, caller, self.registry_event(a)).await
+    }
+
+    /// Queues the record of a registry credential request without waiting, for answers already
+    /// given (the build client's own credentials).
+    pub fn registry_queued(&self, listener: &str, caller: &Caller, a: &Answer<'_>) {
+        if self.sink.is_some() {
+            self.queue(listener, caller, self.registry_event(a));
+        }
+    }
+
+    fn registry_event<'a>(&self, a: &Answer<'a>) -> Event<'a> {
+        Event::RegistryCredentials {
+            host: a.id,
+            source: a.source,
+            outcome: a.outcome,
+            fingerprint: a.value.map(|v| self.fingerprint(v)),
+            error: a.error,
+            millis: u64::try_from(a.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Queues `event` and waits (within [`WRITE_TIMEOUT`]) until it is written.
+    async fn written(
+        &self,
+        listener: &str,
+        caller: &Caller,
+        event: Event<'_>,
+    ) -> Result<(), AuditError> {
         let Some(sink) = &self.sink else {
             return Ok(());
         };
-        let line = self.line(listener, caller, self.secret_event(a));
+        let line = self.line(listener, caller, event);
         let (done, written) = oneshot::channel();
         let job = Job {
             line,
@@ -340,6 +391,7 @@ impl Event<'_> {
     fn kind(&self) -> &'static str {
         match self {
             Event::Secret { .. } => "secret",
+            Event::RegistryCredentials { .. } => "registry_credentials",
             Event::SessionStart => "session_start",
             Event::SessionEnd { .. } => "session_end",
             Event::ConnectionDenied { .. } => "connection_denied",
@@ -533,6 +585,39 @@ mod tests {
                 "event": "secret",
                 "id": "db-password",
                 "source": "file",
+                "outcome": "served",
+                "fingerprint": VALUE_FINGERPRINT,
+            })]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_registry_answer_names_the_host_and_fingerprints_the_password() {
+        let out = Shared::default();
+        let audit = Audit::start(Box::new(out.clone()), KEY.to_vec()).unwrap();
+        let password = SecretValue::new(VALUE.to_vec());
+        let answer = Answer {
+            id: "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            source: Some("ecr"),
+            origin: None,
+            outcome: Outcome::Served,
+            value: Some(&password),
+            error: None,
+            started: Instant::now(),
+        };
+        audit.registry("ci", &caller(), &answer).await.unwrap();
+        let mut got = records(&out.text());
+        assert!(got[0]["millis"].is_u64(), "{got:?}");
+        got[0].as_object_mut().unwrap().remove("millis");
+        assert_eq!(
+            got,
+            [json!({
+                "listener": "ci",
+                "session": "sess-1",
+                "peer": {"pid": 42, "uid": 1000, "gid": 1001},
+                "event": "registry_credentials",
+                "host": "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+                "source": "ecr",
                 "outcome": "served",
                 "fingerprint": VALUE_FINGERPRINT,
             })]

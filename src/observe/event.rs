@@ -65,7 +65,7 @@ impl From<tokio::net::unix::UCred> for Peer {
 
 /// One answer, as the audit trail and the metrics see it.
 pub struct Answer<'a> {
-    /// The id asked for.
+    /// The id asked for (the registry host, for registry credentials).
     pub id: &'a str,
     /// Which source answered (`client` for the build client's own secrets).
     pub source: Option<&'a str>,

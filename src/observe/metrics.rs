@@ -36,9 +36,26 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RegistryLabels {
+    listener: String,
+    source: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ExpiryLabels {
     listener: String,
     source: String,
+}
+
+/// The `outcome` label of a request.
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Served => "served",
+        Outcome::NotFound => "not_found",
+        Outcome::Denied => "denied",
+        Outcome::Error => "error",
+    }
 }
 
 /// Distinct secret ids one listener's request counter labels by name. Ids come from builds
@@ -63,6 +80,8 @@ struct Inner {
     sessions: Family<ListenerLabel, Counter>,
     requests: Family<RequestLabels, Counter>,
     latency: Histogram,
+    registry_requests: Family<RegistryLabels, Counter>,
+    registry_latency: Histogram,
     forwarded: Counter,
     upstream_errors: Family<ListenerLabel, Counter>,
     expiry: Family<ExpiryLabels, Gauge<f64, AtomicU64>>,
@@ -78,6 +97,8 @@ impl Default for Metrics {
             sessions: Family::default(),
             requests: Family::default(),
             latency: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            registry_requests: Family::default(),
+            registry_latency: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             forwarded: Counter::default(),
             upstream_errors: Family::default(),
             expiry: Family::default(),
@@ -99,6 +120,16 @@ impl Default for Metrics {
             "secret_request_duration_seconds",
             "Time to answer a GetSecret request",
             inner.latency.clone(),
+        );
+        registry.register(
+            "registry_credential_requests",
+            "Registry credential requests for ECR hosts, by source (ecr, client) and outcome",
+            inner.registry_requests.clone(),
+        );
+        registry.register(
+            "registry_credential_request_duration_seconds",
+            "Time to answer a registry credential request for an ECR host",
+            inner.registry_latency.clone(),
         );
         registry.register(
             "forwarded_bytes",
@@ -155,6 +186,27 @@ impl Metrics {
             })
             .inc();
         self.inner.latency.observe(latency.as_secs_f64());
+    }
+
+    /// Counts a registry credential request for an ECR host and its latency. The labels are
+    /// the helper's own words (`ecr`, `client`, `none`), never the host a build named, so they
+    /// stay bounded.
+    pub fn registry_request(
+        &self,
+        listener: &str,
+        source: &str,
+        outcome: Outcome,
+        latency: Duration,
+    ) {
+        self.inner
+            .registry_requests
+            .get_or_create(&RegistryLabels {
+                listener: listener.into(),
+                source: source.into(),
+                outcome: outcome_label(outcome).into(),
+            })
+            .inc();
+        self.inner.registry_latency.observe(latency.as_secs_f64());
     }
 
     /// `id`, or [`OTHER`] once the listener has [`MAX_ID_LABELS`] other ids labelled.
@@ -430,6 +482,31 @@ mod tests {
                 "irsa_secrets_forwarded_bytes_total"
             ),
             "0"
+        );
+    }
+
+    #[test]
+    fn registry_requests_count_per_source_and_outcome() {
+        let m = Metrics::default();
+        m.registry_request("ci", "ecr", Outcome::Served, Duration::from_millis(3));
+        m.registry_request("ci", "ecr", Outcome::Served, Duration::from_millis(1));
+        m.registry_request("ci", "client", Outcome::Served, Duration::from_millis(1));
+        m.registry_request("fork", "none", Outcome::Denied, Duration::from_millis(1));
+        let text = m.encode();
+        let name = "irsa_secrets_registry_credential_requests_total";
+        for (labels, n) in [
+            (r#"listener="ci",source="ecr",outcome="served""#, "2"),
+            (r#"listener="ci",source="client",outcome="served""#, "1"),
+            (r#"listener="fork",source="none",outcome="denied""#, "1"),
+        ] {
+            assert_eq!(sample(&text, &format!("{name}{{{labels}}}")), n, "{labels}");
+        }
+        assert_eq!(
+            sample(
+                &text,
+                "irsa_secrets_registry_credential_request_duration_seconds_count"
+            ),
+            "4"
         );
     }
 

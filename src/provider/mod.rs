@@ -16,7 +16,9 @@ use crate::secret::{SecretValue, MAX_SECRET_SIZE};
 use crate::source::{ErrorKind, Source, SourceError};
 
 mod precedence;
+pub mod registry;
 pub use precedence::ClientAnswer;
+pub use registry::Registries;
 
 /// Answers `GetSecret` from a fixed table of ids built at start-up.
 #[derive(Debug, Clone)]
@@ -26,6 +28,7 @@ pub struct Provider {
     allowed: Option<Arc<BTreeSet<String>>>,
     audit: Audit,
     metrics: Metrics,
+    registries: Registries,
 }
 
 impl Provider {
@@ -44,6 +47,7 @@ impl Provider {
             allowed: None,
             audit: Audit::default(),
             metrics: Metrics::default(),
+            registries: Registries::default(),
         }
     }
 

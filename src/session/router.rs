@@ -1,5 +1,6 @@
 //! The session's router: which of the daemon's calls the helper answers (`GetSecret`, through
-//! the session's Secrets service) and which go on to the build client as raw streams.
+//! the session's Secrets service; `Auth/Credentials` and `Auth/GetTokenAuthority` when the
+//! listener serves registry credentials) and which go on to the build client as raw streams.
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -15,16 +16,23 @@ use crate::observe::metrics::Metrics;
 use crate::observe::Caller;
 use crate::provider::{ClientAnswer, Provider};
 use crate::wire::h2::Peer;
+use crate::wire::proto::auth::auth_client::AuthClient;
+use crate::wire::proto::auth::auth_server::{Auth, AuthServer};
+use crate::wire::proto::auth::{
+    CredentialsRequest, CredentialsResponse, GetTokenAuthorityRequest, GetTokenAuthorityResponse,
+};
 use crate::wire::proto::secrets::secrets_client::SecretsClient;
 use crate::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use crate::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use crate::wire::proto::GET_SECRET_PATH;
+use crate::wire::proto::{CREDENTIALS_PATH, GET_SECRET_PATH, TOKEN_AUTHORITY_PATH};
 
-/// Routes the daemon's calls: GetSecret to the typed service, the rest to the client.
+/// Routes the daemon's calls: GetSecret (and, when registry credentials are served, the two
+/// Auth methods that hand them out) to the typed services, the rest to the client.
 #[derive(Clone)]
 pub(super) struct Router {
     to_client: Peer,
     secrets: SecretsServer<SessionSecrets>,
+    auth: Option<AuthServer<SessionAuth>>,
     metrics: Metrics,
 }
 
@@ -32,16 +40,25 @@ impl Router {
     /// The router of one session whose client side is `to_client`.
     pub(super) fn new(to_client: Peer, info: &SessionInfo, provider: Provider) -> Self {
         let metrics = provider.metrics().clone();
+        let origin = || Uri::from_static("http://localhost");
+        let auth = provider.registries().active().then(|| {
+            AuthServer::new(SessionAuth {
+                provider: provider.clone(),
+                client: AuthClient::with_origin(to_client.clone(), origin()),
+                caller: info.caller(),
+            })
+        });
         let secrets = SecretsServer::new(SessionSecrets {
             provider,
-            client: info.client_serves_secrets().then(|| {
-                SecretsClient::with_origin(to_client.clone(), Uri::from_static("http://localhost"))
-            }),
+            client: info
+                .client_serves_secrets()
+                .then(|| SecretsClient::with_origin(to_client.clone(), origin())),
             caller: info.caller(),
         });
         Router {
             to_client,
             secrets,
+            auth,
             metrics,
         }
     }
@@ -57,6 +74,11 @@ impl Router {
                 .call(req)
                 .await
                 .unwrap_or_else(|never| match never {}));
+        }
+        if let Some(auth) = self.auth.as_mut() {
+            if [CREDENTIALS_PATH, TOKEN_AUTHORITY_PATH].contains(&req.uri().path()) {
+                return Ok(auth.call(req).await.unwrap_or_else(|never| match never {}));
+            }
         }
         tracing::trace!(path = req.uri().path(), "forwarding to the client");
         Ok(self
@@ -107,5 +129,66 @@ impl Secrets for SessionSecrets {
             .get_in_session(&request.id, &self.caller, client, started)
             .await?;
         Ok(GrpcResponse::new(GetSecretResponse::carrying(&value)))
+    }
+}
+
+/// The session's Auth service, for the two methods that hand out registry credentials: the
+/// client is asked first and its credentials win; the provider answers ECR hosts it serves.
+#[derive(Clone)]
+struct SessionAuth {
+    provider: Provider,
+    client: AuthClient<Peer>,
+    caller: Caller,
+}
+
+impl SessionAuth {
+    async fn client_credentials(&self, host: &str) -> Result<CredentialsResponse, Status> {
+        let request = CredentialsRequest {
+            host: host.to_string(),
+        };
+        self.client
+            .clone()
+            .credentials(request)
+            .await
+            .map(GrpcResponse::into_inner)
+    }
+}
+
+#[tonic::async_trait]
+impl Auth for SessionAuth {
+    async fn credentials(
+        &self,
+        request: GrpcRequest<CredentialsRequest>,
+    ) -> Result<GrpcResponse<CredentialsResponse>, Status> {
+        let started = Instant::now();
+        let host = request.into_inner().host;
+        let client = self.client_credentials(&host).await;
+        let answer = self
+            .provider
+            .registry_credentials(&host, &self.caller, client, started)
+            .await?;
+        Ok(GrpcResponse::new(answer))
+    }
+
+    /// For a Bearer registry BuildKit asks for a signing key first and, given one, lets the
+    /// client fetch tokens with the client's own credentials. When the helper is to answer (an
+    /// ECR host it serves, and the client has no credentials for it), `Unimplemented` makes
+    /// BuildKit ask `Credentials` instead, and fetch the token itself with what the helper
+    /// gives. Every other request is the client's to answer.
+    async fn get_token_authority(
+        &self,
+        request: GrpcRequest<GetTokenAuthorityRequest>,
+    ) -> Result<GrpcResponse<GetTokenAuthorityResponse>, Status> {
+        let request = request.into_inner();
+        if self.provider.serves_registry(&request.host) {
+            let client = self.client_credentials(&request.host).await;
+            if !client.is_ok_and(|c| !c.is_empty()) {
+                return Err(Status::unimplemented(format!(
+                    "irsa-secrets answers Credentials for {}",
+                    request.host
+                )));
+            }
+        }
+        self.client.clone().get_token_authority(request).await
     }
 }

@@ -11,6 +11,7 @@ pub mod arn;
 pub mod aws;
 pub mod aws_secret;
 pub mod credentials;
+pub mod ecr;
 pub mod github;
 pub mod identity;
 pub mod irsa;

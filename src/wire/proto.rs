@@ -7,6 +7,12 @@ pub mod secrets {
     tonic::include_proto!("moby.buildkit.secrets.v1");
 }
 
+/// `moby.filesync.v1`: the registry credentials service BuildKit calls (the `Auth` service
+/// lives in the file-sync package).
+pub mod auth {
+    tonic::include_proto!("moby.filesync.v1");
+}
+
 /// `moby.buildkit.v1`: the frame of the `Control/Session` tunnel.
 pub mod control {
     tonic::include_proto!("moby.buildkit.v1");
@@ -45,12 +51,60 @@ impl Drop for secrets::GetSecretResponse {
     }
 }
 
-/// Full path of the one method the helper answers inside a session.
+/// The generated Debug would print the registry password; this one names the user only.
+impl std::fmt::Debug for auth::CredentialsResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialsResponse")
+            .field("username", &self.username)
+            .field(
+                "secret",
+                &format_args!("[redacted, {} bytes]", self.secret.len()),
+            )
+            .finish()
+    }
+}
+
+/// Wipes the password when the message is dropped.
+impl Drop for auth::CredentialsResponse {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret);
+    }
+}
+
+impl auth::CredentialsResponse {
+    /// True when the answer carries credentials; BuildKit treats an empty user or secret as
+    /// none at all (it then answers the registry's Basic challenge with nothing: a 401).
+    pub fn is_empty(&self) -> bool {
+        self.username.is_empty() || self.secret.is_empty()
+    }
+}
+
+/// Full path of the registry credentials method.
+pub const CREDENTIALS_PATH: &str = "/moby.filesync.v1.Auth/Credentials";
+/// Full path of the method that asks the client for a token-signing key (Bearer registries).
+pub const TOKEN_AUTHORITY_PATH: &str = "/moby.filesync.v1.Auth/GetTokenAuthority";
+
+/// Full path of the secrets method.
 pub const GET_SECRET_PATH: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";
 
 #[cfg(test)]
 mod tests {
+    use super::auth::CredentialsResponse;
     use super::secrets::GetSecretResponse;
+
+    #[test]
+    fn a_credentials_response_debugs_without_its_secret() {
+        let r = CredentialsResponse {
+            username: "AWS".into(),
+            secret: "hunter2-password".into(),
+        };
+        let text = format!("{r:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(
+            text.contains("AWS") && text.contains("[redacted, 16 bytes]"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_secret_response_debugs_without_its_value() {

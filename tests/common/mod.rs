@@ -418,6 +418,7 @@ impl Projected {
         }
     }
 }
+pub mod bollard;
 pub mod dockerd;
 pub mod fake_daemon;
 pub mod fake_endpoints;

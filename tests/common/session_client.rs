@@ -1,6 +1,7 @@
 //! A fake build client's session: opens `Control/Session` on an HTTP/2 connection and serves,
-//! inside the tunnel, what a client serves (health, its own secrets, a large stream). It
-//! speaks through the tests' own stack ([`super::tunnel_io`]), not the crate's.
+//! inside the tunnel, what a client serves (health, its own secrets, its registry logins and
+//! token key, a large stream). It speaks through the tests' own stack ([`super::tunnel_io`]),
+//! not the crate's.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,12 +13,25 @@ use http_body_util::StreamBody;
 use hyper::body::Incoming;
 use irsa_secrets::front::grpc::SESSION_PATH;
 use irsa_secrets::session::{SESSION_METHOD, SESSION_UUID};
+use irsa_secrets::wire::proto::auth::{
+    CredentialsRequest, CredentialsResponse, GetTokenAuthorityRequest, GetTokenAuthorityResponse,
+};
 use irsa_secrets::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use irsa_secrets::wire::proto::GET_SECRET_PATH;
+use irsa_secrets::wire::proto::{CREDENTIALS_PATH, GET_SECRET_PATH, TOKEN_AUTHORITY_PATH};
 use tonic::Code;
 use tower::{Service, ServiceExt};
 
 use super::tunnel_io::{self, Body, BoxError, Ends, HealthCheckRequest, HealthCheckResponse, Peer};
+
+/// The registry logins the fake client has, as `docker login` gives buildx: (host, user,
+/// secret). Every other host gets an empty answer, as buildx gives.
+pub const CLIENT_LOGINS: [(&str, &str, &str); 1] = [(
+    "210987654321.dkr.ecr.eu-west-1.amazonaws.com",
+    "client-user",
+    "client-secret",
+)];
+/// The token-signing key the fake client hands out for any host, as buildx does.
+pub const CLIENT_TOKEN_KEY: [u8; 32] = [7; 32];
 
 /// A raw streaming method the fake client serves: a large body, to prove streaming.
 pub const BIG: &str = "/test.Stream/Big";
@@ -88,6 +102,20 @@ pub async fn client_session(
                 (GET_SECRET_PATH, Some(own)) => {
                     let r: GetSecretRequest = tunnel_io::request_message(req).await;
                     own.answer(&r.id)
+                }
+                (CREDENTIALS_PATH, _) => {
+                    let r: CredentialsRequest = tunnel_io::request_message(req).await;
+                    let login = CLIENT_LOGINS.iter().find(|(host, _, _)| *host == r.host);
+                    tunnel_io::answer(&CredentialsResponse {
+                        username: login.map(|l| l.1).unwrap_or_default().into(),
+                        secret: login.map(|l| l.2).unwrap_or_default().into(),
+                    })
+                }
+                (TOKEN_AUTHORITY_PATH, _) => {
+                    let _: GetTokenAuthorityRequest = tunnel_io::request_message(req).await;
+                    tunnel_io::answer(&GetTokenAuthorityResponse {
+                        public_key: CLIENT_TOKEN_KEY.to_vec(),
+                    })
                 }
                 _ => tunnel_io::refuse(Code::Unimplemented, "not here"),
             };

@@ -1,0 +1,420 @@
+//! Registry credentials end to end: a private dockerd pulls `FROM` an image in a real registry
+//! (distribution with htpasswd Basic auth, as ECR answers) mapped to an ECR registry with
+//! `--ecr-alias`, through the helper, whose password comes from moto's ECR
+//! (`123456789012-auth-token`) with the helper's own IRSA identity exchanged at moto's STS. ECR
+//! is reached through a switchable loopback relay, so the test can count the calls and make ECR
+//! go down or refuse.
+//!
+//! Pushes are not tested here: Debian's dockerd 20.10 has no BuildKit `image` exporter (Solve
+//! answers `exporter "image" could not be found`) and its `moby` exporter does not push; a push
+//! asks `Auth/Credentials` for the same host as a pull does.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::grpc::build::{ImageBuildFrontendOptions, ImageBuildLoadInput, ImageBuildNetworkMode};
+use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
+use bollard::grpc::driver::Build as _;
+use common::bollard::{context as tar_context, forward_to};
+use common::dockerd::{self, docker_on, Stack};
+use common::moto::Moto;
+use common::registry::{self, client_login, Registry};
+
+/// moto's ECR password for its default account, and the user ECR passwords go with.
+const PASSWORD: &str = "123456789012-auth-token";
+const USER: &str = "AWS";
+const TARGET: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
+
+/// What the relay in front of moto's ECR does with a call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Mode {
+    /// Passes it to moto, counting `GetAuthorizationToken` calls.
+    Forward = 0,
+    /// Closes the connection unanswered: ECR down.
+    Down = 1,
+    /// Answers AccessDeniedException: a role without `ecr:GetAuthorizationToken`.
+    Deny = 2,
+}
+
+/// A loopback relay to moto, for `AWS_ENDPOINT_URL_ECR`.
+struct Relay {
+    url: String,
+    mode: Arc<AtomicU8>,
+    calls: Arc<AtomicU32>,
+}
+
+impl Relay {
+    fn start(moto: &str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = moto.trim_start_matches("http://").to_string();
+        let (mode, calls) = (Arc::new(AtomicU8::new(0)), Arc::new(AtomicU32::new(0)));
+        let (m, c) = (Arc::clone(&mode), Arc::clone(&calls));
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (m, c, upstream) = (Arc::clone(&m), Arc::clone(&c), upstream.clone());
+                std::thread::spawn(move || relay(conn, &m, &c, &upstream));
+            }
+        });
+        Relay { url, mode, calls }
+    }
+
+    fn set(&self, mode: Mode) {
+        self.mode.store(mode as u8, Ordering::SeqCst);
+    }
+
+    fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Reads one HTTP request (head and Content-Length body), if the peer sends one.
+fn read_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map_or(0, |v| v.trim().parse().unwrap());
+        if buf.len() >= end + 4 + length {
+            return Some(buf);
+        }
+    }
+}
+
+fn relay(mut conn: TcpStream, mode: &AtomicU8, calls: &AtomicU32, upstream: &str) {
+    while let Some(request) = read_request(&mut conn) {
+        match mode.load(Ordering::SeqCst) {
+            1 => return,
+            2 => {
+                let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/ci-builder/x is not authorized to perform: ecr:GetAuthorizationToken"}"#;
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\n\
+                     x-amzn-ErrorType: AccessDeniedException\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            _ => {
+                if String::from_utf8_lossy(&request).contains("GetAuthorizationToken") {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                }
+                let mut up = TcpStream::connect(upstream).unwrap();
+                up.write_all(&request).unwrap();
+                let Some(answer) = read_request(&mut up) else {
+                    return;
+                };
+                if conn.write_all(&answer).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A build context whose Dockerfile starts `FROM image`.
+fn context(dir: &Path, name: &str, image: &str) -> PathBuf {
+    let ctx = dir.join(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nRUN cat /etc/hostname > /dev/null || true\n"),
+    )
+    .unwrap();
+    ctx
+}
+
+/// The build output's line with the helper's error, for the test's output.
+fn error_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.contains("irsa-secrets"))
+        .unwrap_or_default()
+}
+
+/// The audit log's registry records.
+fn registry_records(audit: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "registry_credentials")
+        .collect()
+}
+
+/// The helper's flags and environment: its own IRSA identity exchanged at moto's STS, ECR at the
+/// relay, the registry aliased to an ECR registry, the audit trail in `audit`.
+fn configure(cmd: &mut Command, moto: &Moto, relay: &Relay, host: &str, audit: &Path) {
+    cmd.args(["--ecr-alias", &format!("{host}={TARGET}")])
+        .arg("--audit-log")
+        .arg(audit)
+        .env("AWS_ENDPOINT_URL_STS", &moto.url)
+        .env("AWS_ENDPOINT_URL_ECR", &relay.url)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_ENDPOINT_URL");
+}
+
+fn timed(s: &Stack, ctx: &Path) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let (ok, text) = s.build(ctx, &[]);
+    (ok, text, started.elapsed())
+}
+
+/// moto, the relay, the registry seeded with `base`, and a private dockerd behind the helper
+/// with the registry aliased to an ECR registry.
+struct World {
+    s: Stack,
+    image: String,
+    audit: PathBuf,
+    host: String,
+    relay: Relay,
+    reg: Registry,
+    moto: Moto,
+    _scratch: tempfile::TempDir,
+}
+
+impl World {
+    fn start() -> World {
+        registry::available().unwrap();
+        let scratch = tempfile::Builder::new()
+            .prefix("irsa-ecr")
+            .tempdir()
+            .unwrap();
+        let moto = Moto::start(scratch.path());
+        let relay = Relay::start(&moto.url);
+        let reg = Registry::start(&scratch.path().join("registry"), USER, PASSWORD);
+        let audit = scratch.path().join("audit.jsonl");
+        let host = reg.host.clone();
+        let s = Stack::start_with("irsa-ecr-stack", "debug", |cmd| {
+            configure(cmd, &moto, &relay, &host, &audit)
+        });
+        s.r.watch(PASSWORD.as_bytes());
+        let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+        World {
+            s,
+            image,
+            audit,
+            host,
+            relay,
+            reg,
+            moto,
+            _scratch: scratch,
+        }
+    }
+}
+
+#[test]
+fn ecr_passwords_pull_through_the_helper() {
+    if dockerd::skip() {
+        return;
+    }
+    let World {
+        mut s,
+        image,
+        audit,
+        host,
+        relay,
+        moto,
+        reg: _reg,
+        _scratch,
+    } = World::start();
+    let ctx = context(&s.dir, "pull", &image);
+
+    // The control: the daemon alone, with no credentials anywhere, gets the registry's 401.
+    let out = docker_on(&s.daemon.socket)
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg(&ctx)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the control build passed:\n{text}");
+    assert!(text.contains("401"), "no 401 in the control build:\n{text}");
+
+    // The client's own login wins, and ECR is not asked.
+    client_login(&s.helper.socket, &host, USER, PASSWORD);
+    let (ok, text, took) = timed(&s, &ctx);
+    s.assert_built(ok, &text);
+    eprintln!("build with the client's own login: {took:?}");
+    assert_eq!(
+        relay.calls(),
+        0,
+        "ECR was called although the client had credentials"
+    );
+    let records = registry_records(&audit);
+    assert!(!records.is_empty(), "no registry record");
+    for r in &records {
+        assert_eq!(r["source"], "client", "{r}");
+        assert_eq!(r["outcome"], "served", "{r}");
+        assert_eq!(r["host"], host.as_str(), "{r}");
+        assert!(r["fingerprint"].is_string(), "{r}");
+    }
+    let out = docker_on(&s.helper.socket)
+        .args(["logout", &host])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+
+    // ECR down: the build fails saying so; nothing is cached.
+    relay.set(Mode::Down);
+    let (ok, text, took) = timed(&s, &ctx);
+    eprintln!("build with ECR down: {took:?}");
+    assert!(!ok, "built with ECR down:\n{text}");
+    assert!(
+        text.contains("ecr:GetAuthorizationToken") && text.contains("irsa-secrets"),
+        "the build error does not say ECR failed:\n{text}"
+    );
+    eprintln!("{}", error_line(&text));
+
+    // ECR refusing: the build error names the permission.
+    relay.set(Mode::Deny);
+    let (ok, text, _) = timed(&s, &ctx);
+    assert!(!ok, "built with ECR refusing:\n{text}");
+    assert!(
+        text.contains("needs ecr:GetAuthorizationToken"),
+        "the build error does not name the permission:\n{text}"
+    );
+    eprintln!("{}", error_line(&text));
+
+    // ECR back: builds pass, several of them on one ECR call.
+    relay.set(Mode::Forward);
+    let builds = 3;
+    for i in 0..builds {
+        let (ok, text, took) = timed(&s, &ctx);
+        s.assert_built(ok, &text);
+        eprintln!("build {i} with ECR's password: {took:?}");
+    }
+    assert_eq!(relay.calls(), 1, "ECR calls for {builds} builds");
+    let log = s.helper.log_text();
+    assert!(
+        log.contains("says it has already expired"),
+        "no warning about moto's expiresAt in 2015"
+    );
+    let records = registry_records(&audit);
+    let served: Vec<_> = records
+        .iter()
+        .filter(|r| r["source"] == "ecr" && r["outcome"] == "served")
+        .collect();
+    assert!(served.len() >= builds, "{records:#?}");
+    let errors = records.iter().filter(|r| r["outcome"] == "error").count();
+    assert!(errors >= 2, "{records:#?}");
+    let millis: Vec<_> = served
+        .iter()
+        .map(|r| r["millis"].as_u64().unwrap())
+        .collect();
+    eprintln!("ECR answers, ms: {millis:?}; errors: {errors}");
+    let fingerprints: std::collections::BTreeSet<_> = served
+        .iter()
+        .map(|r| r["fingerprint"].to_string())
+        .collect();
+    assert_eq!(fingerprints.len(), 1, "one password, one fingerprint");
+    let audit_text = std::fs::read_to_string(&audit).unwrap();
+    s.r.assert_absent("the audit log", audit_text.as_bytes());
+
+    // A restricted listener answers no registry credentials: the registry's 401 stands.
+    s.restart_helper("debug", |cmd| {
+        configure(cmd, &moto, &relay, &host, &audit);
+        cmd.args(["--allow-id", "aws-role-arn"]);
+    });
+    let (ok, text) = s.build(&ctx, &[]);
+    assert!(!ok, "a restricted listener pulled:\n{text}");
+    assert!(text.contains("401"), "no 401:\n{text}");
+    assert_eq!(relay.calls(), 1, "a restricted listener called ECR");
+    let denied = registry_records(&audit)
+        .into_iter()
+        .filter(|r| r["outcome"] == "denied")
+        .count();
+    assert!(denied >= 1, "no denied record");
+
+    // A fresh helper, four builds at once: one ECR call between them.
+    s.restart_helper("debug", |cmd| configure(cmd, &moto, &relay, &host, &audit));
+    let started = Instant::now();
+    let builds: Vec<_> = (0..4)
+        .map(|_| s.build_cmd(&ctx, &[]).spawn().unwrap())
+        .collect();
+    for b in builds {
+        let out = dockerd::wait_with_timeout(b, Duration::from_secs(300));
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        s.assert_built(out.status.success(), &text);
+    }
+    eprintln!(
+        "four concurrent builds, cold cache: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        relay.calls(),
+        2,
+        "ECR calls for four concurrent builds on a cold cache"
+    );
+}
+
+/// The BuildKit front door: bollard's BuildKit client (Control/Session and Solve, no
+/// credentials of its own) pulls `FROM` the registry image with ECR's password.
+#[test]
+fn a_buildkit_client_pulls_with_ecrs_password() {
+    if dockerd::skip() {
+        return;
+    }
+    let w = World::start();
+    let dockerfile = format!("FROM {}\nRUN echo built > /built\n", w.image);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let result = rt.block_on(async {
+        let addr = forward_to(&w.s.helper.socket).await;
+        let endpoint = Endpoint::from_shared(format!("http://{addr}")).unwrap();
+        let opts = ImageBuildFrontendOptions::builder()
+            .force_network_mode(&ImageBuildNetworkMode::None)
+            .nocache(true)
+            .build();
+        tokio::time::timeout(
+            Duration::from_secs(300),
+            BuildkitDaemon::new(endpoint).docker_build(
+                "irsa-test-ecr-pulled",
+                opts,
+                ImageBuildLoadInput::Upload(tar_context(&dockerfile)),
+                None,
+                None,
+            ),
+        )
+        .await
+    });
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => panic!(
+            "bollard build failed: {e:?}\nhelper log:\n{}\ndockerd:\n{}",
+            common::tail(&w.s.helper.log_text()),
+            w.s.daemon.log_tail()
+        ),
+        Err(_) => panic!("bollard build still running after 300 s"),
+    }
+    assert_eq!(w.relay.calls(), 1, "ECR calls for one pull");
+    let served = registry_records(&w.audit)
+        .into_iter()
+        .filter(|r| r["source"] == "ecr" && r["outcome"] == "served")
+        .count();
+    assert!(served >= 1, "no record of ECR's password served");
+}
