@@ -183,3 +183,64 @@ fn listen_from_the_environment_does_not_conflict_with_config() {
         "{err}"
     );
 }
+
+/// examples/fleet/irsa-secrets.toml starts as written, its paths moved into a scratch directory
+/// and its uid allow list to this test's uid: the trusted listener serves the identity, the
+/// untrusted one only the region.
+#[test]
+fn the_fleet_example_starts_and_keeps_the_untrusted_listener_to_the_region() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let env = Env::new(dir);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fleet/irsa-secrets.toml");
+    let mut text = std::fs::read_to_string(example).unwrap();
+    let uid = nix::unistd::Uid::effective().as_raw();
+    for (from, to) in [
+        ("/run/irsa/", format!("{}/", dir.display())),
+        ("unix:///var/run/", format!("unix://{}/", dir.display())),
+        (
+            "/var/log/irsa-secrets/audit.jsonl",
+            dir.join("audit.jsonl").display().to_string(),
+        ),
+        ("127.0.0.1:9464", "127.0.0.1:0".into()),
+        ("allow_uid = [1000]", format!("allow_uid = [{uid}]")),
+    ] {
+        assert!(text.contains(from), "the example no longer has {from}");
+        text = text.replace(from, &to);
+    }
+    let path = write_config(dir, &text);
+    let mut cmd = command();
+    cmd.args(["proxy", "--config"]).arg(&path);
+    let helper = Helper::spawn(cmd, dir.join("untrusted.sock"), dir, &env.vars(), &env.r);
+    let ask = |name: &str, id: &str| probe(&dir.join(format!("{name}.sock")), &[id], &env.r);
+    let (ok, out) = ask("trusted", "aws-role-arn");
+    assert!(
+        ok && out.contains(&probed("aws-role-arn", ARN.as_bytes())),
+        "{out}\n{}",
+        helper.log_text()
+    );
+    let (ok, out) = ask("untrusted", "aws-region");
+    assert!(
+        ok && out.contains(&probed("aws-region", b"eu-west-1")),
+        "{out}"
+    );
+    for id in ["aws-role-arn", "pypi-token", "npmrc"] {
+        let (ok, out) = ask("untrusted", id);
+        assert!(!ok && out.contains("NotFound"), "{id}: {out}");
+    }
+    // Registry passwords: the trusted listener answers every ECR host, the untrusted one only
+    // the mirror.
+    let log = helper.log_text();
+    let registries: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("registry credentials: answered"))
+        .collect();
+    assert!(
+        registries.len() == 2
+            && registries[0].contains("trusted")
+            && registries[0].contains("allowed=None")
+            && registries[1].contains("untrusted")
+            && registries[1].contains(r#"allowed=Some({"registry-mirror.ci.internal"})"#),
+        "{registries:#?}"
+    );
+}

@@ -289,14 +289,16 @@ fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings>
     if matches.value_source("listen") == Some(clap::parser::ValueSource::CommandLine) {
         anyhow::bail!("give listeners either in --config or with --listen, not both");
     }
-    let top = GlobalFlags::command().arg(
-        clap::Arg::new(ECR_ALIAS)
-            .long(ECR_ALIAS)
-            .action(clap::ArgAction::Append),
-    );
+    let top = INHERITED.iter().fold(GlobalFlags::command(), |top, flag| {
+        top.arg(
+            clap::Arg::new(*flag)
+                .long(*flag)
+                .action(clap::ArgAction::Append),
+        )
+    });
     let schema = Schema::new(top, ListenerFlags::command());
     let file = schema.load(path)?;
-    let aliases = top_level_aliases(&file.global);
+    let inherited = inherited(&file.global);
     let mut global = schema
         .matches::<GlobalFlags>(path, Place::Top, &file.global)?
         .global;
@@ -304,10 +306,15 @@ fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings>
     // file's, the rest of the file's stay.
     global.update_from_arg_matches(matches)?;
     let mut listeners = Vec::new();
-    for (i, flags) in file.listeners.iter().enumerate() {
-        // The top level's aliases come first, so a listener's own alias of the same host wins.
-        let flags: Vec<String> = aliases.iter().chain(flags).cloned().collect();
-        let parsed: ListenerFlags = schema.matches(path, Place::Listener(i + 1), &flags)?;
+    for (i, own) in file.listeners.iter().enumerate() {
+        let place = Place::Listener(i + 1);
+        // The table is checked on its own first: one that names no identity stays refused
+        // whatever the top level declares for every listener.
+        schema.matches::<ListenerFlags>(path, place, own)?;
+        // The top level's values come first, so a listener's own alias of the same host, or
+        // its own secret of the same id, wins.
+        let flags: Vec<String> = inherited.iter().chain(own).cloned().collect();
+        let parsed: ListenerFlags = schema.matches(path, place, &flags)?;
         listeners.push(parsed.listener);
     }
     if listeners.is_empty() {
@@ -316,16 +323,17 @@ fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings>
     Ok(Settings { global, listeners })
 }
 
-/// The flag of `--ecr-alias`, which the config file also takes at the top level: aliases for
-/// every listener (on the command line, the one listener's flag is already that).
-const ECR_ALIAS: &str = "ecr-alias";
+/// The listener flags the config file also takes at the top level, for every listener: ECR
+/// aliases and `--secret` declarations (on the command line, the one listener's flags are
+/// already that). A listener with `allow_id` still serves only the ids it names.
+const INHERITED: [&str; 2] = ["ecr-alias", "secret"];
 
-/// The top level's `ecr_alias` values, as listener flags.
-fn top_level_aliases(global: &[String]) -> Vec<String> {
-    let flag = format!("--{ECR_ALIAS}");
+/// The top level's values of the [`INHERITED`] flags, as listener flags.
+fn inherited(global: &[String]) -> Vec<String> {
+    let flags: Vec<String> = INHERITED.iter().map(|f| format!("--{f}")).collect();
     global
         .windows(2)
-        .filter(|pair| pair[0] == flag)
+        .filter(|pair| flags.contains(&pair[0]))
         .flat_map(|pair| pair.iter().cloned())
         .collect()
 }
@@ -567,20 +575,68 @@ mod tests {
     }
 
     #[test]
-    fn top_level_aliases_become_listener_flags() {
+    fn top_level_aliases_and_secrets_become_listener_flags() {
         let global = [
             "--audit-log",
             "-",
             "--ecr-alias",
             "a=b",
+            "--secret",
+            "id=x,env=X",
             "--ecr-alias",
             "c=d",
         ]
         .map(String::from);
         assert_eq!(
-            top_level_aliases(&global),
-            ["--ecr-alias", "a=b", "--ecr-alias", "c=d"]
+            inherited(&global),
+            [
+                "--ecr-alias",
+                "a=b",
+                "--secret",
+                "id=x,env=X",
+                "--ecr-alias",
+                "c=d"
+            ]
         );
+    }
+
+    /// A top-level `secret` reaches every listener, before the listener's own (which wins an
+    /// id they share); it does not make a table that names no identity acceptable.
+    #[test]
+    fn the_config_file_takes_secrets_at_both_levels() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        let top = "secret = [\"id=shared,env=SHARED\", \"id=both,env=TOP\"]\n";
+        let a = "[[listener]]\nlisten = \"unix:///tmp/a.sock\"\nmock = true\n\
+                 secret = [\"id=both,env=OWN\"]\n";
+        let load_text = |text: String| {
+            std::fs::write(&path, text).unwrap();
+            let cli = ["irsa-secrets", "proxy", "--config", path.to_str().unwrap()];
+            let m = super::super::Cli::command()
+                .try_get_matches_from(cli)
+                .unwrap();
+            let m = m.subcommand_matches("proxy").unwrap();
+            load(ProxyArgs::from_arg_matches(m).unwrap(), m)
+        };
+        let settings = load_text(format!("{top}{a}")).unwrap();
+        let ids: Vec<String> = settings.listeners[0]
+            .served
+            .secrets
+            .secrets
+            .iter()
+            .map(|s| format!("{s:?}"))
+            .collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert!(
+            ids[0].contains("SHARED") && ids[2].contains("OWN"),
+            "{ids:?}"
+        );
+        let Err(err) = load_text(format!(
+            "{top}[[listener]]\nlisten = \"unix:///tmp/b.sock\"\n"
+        )) else {
+            panic!("a listener naming no identity was taken")
+        };
+        assert!(format!("{err:#}").contains("names no identity"), "{err:#}");
     }
 
     /// The file's global values stay unless the command line gives the same flag.
