@@ -573,10 +573,11 @@ async fn in_a_config_file_the_trusted_listener_gets_the_value_and_the_untrusted_
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
 }
 
-/// A real build on each listener, through a private dockerd: the trusted step reads the value,
-/// the untrusted one fails on `required`.
+/// Real builds on each listener, through a private dockerd: 50 concurrent trusted builds read
+/// the value with one Secrets Manager call among them, the untrusted one fails on `required`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_trusted_build_reads_the_aws_secret_and_an_untrusted_build_fails_on_required() {
+async fn trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build_fails_on_required()
+{
     if common::dockerd::skip() {
         return;
     }
@@ -610,9 +611,23 @@ async fn a_trusted_build_reads_the_aws_secret_and_an_untrusted_build_fails_on_re
         aws.r.assert_absent("build output", text.as_bytes());
         (out.status.success(), text)
     };
-    let (ok, out) = build("trusted");
-    assert!(ok, "{out}\n{}", tail(&h.log_text()));
-    assert!(out.contains(&common::sha(value.as_bytes())), "{out}");
+    aws.moto.start_recording().await;
+    let started = std::time::Instant::now();
+    let builds: Vec<(bool, String)> = std::thread::scope(|scope| {
+        let running: Vec<_> = (0..50).map(|_| scope.spawn(|| build("trusted"))).collect();
+        running.into_iter().map(|b| b.join().unwrap()).collect()
+    });
+    for (ok, out) in &builds {
+        assert!(ok, "{out}\n{}", tail(&h.log_text()));
+        assert!(out.contains(&common::sha(value.as_bytes())), "{out}");
+    }
+    let calls = aws.moto.recorded("secretsmanager.GetSecretValue").await;
+    println!(
+        "GetSecretValue calls for 50 concurrent builds: {} ({:.1} s for all 50)",
+        calls.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(calls.len(), 1, "{calls:?}");
     let (ok, out) = build("untrusted");
     assert!(!ok, "{out}");
     assert!(out.contains("npm"), "{out}");
