@@ -27,7 +27,24 @@ use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::SecretValue;
 use crate::source::ecr::{self, Hosts, Passwords, Registry};
 use crate::source::ErrorKind;
-use crate::wire::proto::auth::CredentialsResponse;
+
+/// A registry login, as `Auth/Credentials` carries it (the session's router converts): an empty
+/// user or password is no login at all.
+#[derive(Debug, Clone)]
+pub struct Login {
+    /// The user (`AWS` for ECR's passwords).
+    pub username: String,
+    /// The password, redacted and wiped like any served value.
+    pub secret: SecretValue,
+}
+
+impl Login {
+    /// True when this is no login: BuildKit answers the registry's Basic challenge with nothing
+    /// then (a 401).
+    pub fn is_empty(&self) -> bool {
+        self.username.is_empty() || self.secret.is_empty()
+    }
+}
 
 /// The registry side of one listener.
 #[derive(Debug, Clone, Default)]
@@ -100,9 +117,9 @@ impl Provider {
         &self,
         host: &str,
         caller: &Caller,
-        client: Result<CredentialsResponse, Status>,
+        client: Result<Login, Status>,
         started: Instant,
-    ) -> Result<CredentialsResponse, Status> {
+    ) -> Result<Login, Status> {
         let Some(registry) = self.registries.hosts.registry(host) else {
             return client;
         };
@@ -118,9 +135,8 @@ impl Provider {
         let session = caller.session.as_deref().unwrap_or("-");
         match &client {
             Ok(answer) if !answer.is_empty() => {
-                let value = SecretValue::from(answer.secret.clone());
                 tracing::info!(listener = %self.listener, session, host, "registry credentials: the client's own");
-                let a = record(Some(CLIENT), Outcome::Served, Some(&value), None);
+                let a = record(Some(CLIENT), Outcome::Served, Some(&answer.secret), None);
                 self.audit.registry_queued(&self.listener, caller, &a);
                 self.registry_observe(&a);
                 return client;
@@ -146,9 +162,9 @@ impl Provider {
                     record(Some(ECR), Outcome::Served, Some(&password), None),
                 )
                 .await?;
-                Ok(CredentialsResponse {
+                Ok(Login {
                     username: ecr::USER.into(),
-                    secret: String::from_utf8_lossy(password.expose()).into_owned(),
+                    secret: password,
                 })
             }
             Err(e) => {
@@ -252,18 +268,14 @@ mod tests {
         Provider::new(Vec::new()).with_registries(Registries::new(hosts, Some(passwords), allowed))
     }
 
-    fn creds(user: &str, secret: &str) -> CredentialsResponse {
-        CredentialsResponse {
+    fn creds(user: &str, secret: &str) -> Login {
+        Login {
             username: user.into(),
-            secret: secret.into(),
+            secret: SecretValue::from(secret.to_string()),
         }
     }
 
-    async fn ask(
-        p: &Provider,
-        host: &str,
-        client: Result<CredentialsResponse, Status>,
-    ) -> Result<CredentialsResponse, Status> {
+    async fn ask(p: &Provider, host: &str, client: Result<Login, Status>) -> Result<Login, Status> {
         p.registry_credentials(host, &Caller::default(), client, Instant::now())
             .await
     }
@@ -274,11 +286,14 @@ mod tests {
         for host in [ECR_HOST, "127.0.0.1:5000"] {
             let got = ask(&p, host, Ok(creds("", ""))).await.unwrap();
             assert_eq!(
-                (got.username.as_str(), got.secret.as_str()),
-                ("AWS", "ecr-pw")
+                (got.username.as_str(), got.secret.expose()),
+                ("AWS", &b"ecr-pw"[..])
             );
             let unimplemented = Err(Status::unimplemented("no Auth"));
-            assert_eq!(ask(&p, host, unimplemented).await.unwrap().secret, "ecr-pw");
+            assert_eq!(
+                ask(&p, host, unimplemented).await.unwrap().secret.expose(),
+                b"ecr-pw"
+            );
         }
     }
 
@@ -287,7 +302,10 @@ mod tests {
         let got = ask(&provider(false, None), ECR_HOST, Ok(creds("me", "mine")))
             .await
             .unwrap();
-        assert_eq!((got.username.as_str(), got.secret.as_str()), ("me", "mine"));
+        assert_eq!(
+            (got.username.as_str(), got.secret.expose()),
+            ("me", &b"mine"[..])
+        );
     }
 
     #[tokio::test]
@@ -315,8 +333,9 @@ mod tests {
             ask(&p, "127.0.0.1:5000", Ok(creds("", "")))
                 .await
                 .unwrap()
-                .secret,
-            "ecr-pw"
+                .secret
+                .expose(),
+            b"ecr-pw"
         );
         assert!(ask(&p, ECR_HOST, Ok(creds("", "")))
             .await

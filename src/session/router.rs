@@ -14,7 +14,9 @@ use tower::Service;
 use super::SessionInfo;
 use crate::observe::metrics::Metrics;
 use crate::observe::Caller;
+use crate::provider::registry::Login;
 use crate::provider::{ClientAnswer, Provider};
+use crate::secret::SecretValue;
 use crate::wire::h2::Peer;
 use crate::wire::proto::auth::auth_client::AuthClient;
 use crate::wire::proto::auth::auth_server::{Auth, AuthServer};
@@ -142,7 +144,7 @@ struct SessionAuth {
 }
 
 impl SessionAuth {
-    async fn client_credentials(&self, host: &str) -> Result<CredentialsResponse, Status> {
+    async fn client_credentials(&self, host: &str) -> Result<Login, Status> {
         let request = CredentialsRequest {
             host: host.to_string(),
         };
@@ -150,7 +152,7 @@ impl SessionAuth {
             .clone()
             .credentials(request)
             .await
-            .map(GrpcResponse::into_inner)
+            .map(|r| into_login(r.into_inner()))
     }
 }
 
@@ -167,7 +169,7 @@ impl Auth for SessionAuth {
             .provider
             .registry_credentials(&host, &self.caller, client, started)
             .await?;
-        Ok(GrpcResponse::new(answer))
+        Ok(GrpcResponse::new(carrying(&answer)))
     }
 
     /// For a Bearer registry BuildKit asks for a signing key first and, given one, lets the
@@ -190,5 +192,21 @@ impl Auth for SessionAuth {
             }
         }
         self.client.clone().get_token_authority(request).await
+    }
+}
+
+/// The client's answer as the provider's [`Login`], moved out of the message.
+fn into_login(mut answer: CredentialsResponse) -> Login {
+    Login {
+        username: std::mem::take(&mut answer.username),
+        secret: SecretValue::from(std::mem::take(&mut answer.secret)),
+    }
+}
+
+/// The answer carrying `login`: a copy, wiped when the message is dropped.
+fn carrying(login: &Login) -> CredentialsResponse {
+    CredentialsResponse {
+        username: login.username.clone(),
+        secret: String::from_utf8_lossy(login.secret.expose()).into_owned(),
     }
 }

@@ -71,14 +71,6 @@ impl Drop for auth::CredentialsResponse {
     }
 }
 
-impl auth::CredentialsResponse {
-    /// True when the answer carries credentials; BuildKit treats an empty user or secret as
-    /// none at all (it then answers the registry's Basic challenge with nothing: a 401).
-    pub fn is_empty(&self) -> bool {
-        self.username.is_empty() || self.secret.is_empty()
-    }
-}
-
 /// Full path of the registry credentials method.
 pub const CREDENTIALS_PATH: &str = "/moby.filesync.v1.Auth/Credentials";
 /// Full path of the method that asks the client for a token-signing key (Bearer registries).
