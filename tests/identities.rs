@@ -583,7 +583,7 @@ async fn key_id_and_issued(
 /// and the GitHub job's token; the step prints only their SHA-256.
 #[test]
 fn a_docker_build_step_gets_pod_identity_credentials_and_the_github_token() {
-    use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
+    use common::dockerd::{self, Dockerd, BASE_IMAGE};
     if dockerd::skip() {
         return;
     }
@@ -627,20 +627,9 @@ fn a_docker_build_step_gets_pod_identity_credentials_and_the_github_token() {
         )
         .unwrap();
         let h = proxy(&at, &daemon.socket, &env, &r);
-        let out = docker_on(&h.socket)
-            .args(["build", "--network=none", "--progress=plain", "--no-cache"])
-            .arg(at.join("ctx"))
-            .output()
-            .unwrap();
-        r.assert_absent("the build's output", &out.stdout);
-        r.assert_absent("the build's output", &out.stderr);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, text) = dockerd::build_on(&h.socket, &at.join("ctx"), &r);
         assert!(
-            out.status.success(),
+            ok,
             "{name}: {text}\n{}\n{}",
             common::tail(&h.log_text()),
             daemon.log_tail()

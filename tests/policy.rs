@@ -13,25 +13,6 @@ use std::time::Duration;
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
 use common::{command, probe, probed, sha, token, Helper, Projected, Radioactive, ARN};
 
-fn build(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
-    let out = docker_on(socket)
-        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
-        .arg(ctx)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    r.assert_absent("build output", &out.stdout);
-    r.assert_absent("build output", &out.stderr);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn context(dir: &Path, name: &str, run: &str) -> std::path::PathBuf {
     let ctx = dir.join(name);
     std::fs::create_dir_all(&ctx).unwrap();
@@ -236,7 +217,7 @@ identity = "process"
 
     /// A build of `ctx` through listener `name`: (success, output).
     fn build(&self, name: &str, ctx: &Path) -> (bool, String) {
-        build(&self.sock(name), ctx, &self.r)
+        dockerd::build_on(&self.sock(name), ctx, &self.r)
     }
 
     /// `probe IDS` on listener `name`: (success, output).

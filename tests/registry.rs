@@ -14,7 +14,7 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -238,18 +238,8 @@ fn ecr_passwords_pull_through_the_helper() {
     let ctx = context(&s.dir, "pull", &image);
 
     // The control: the daemon alone, with no credentials anywhere, gets the registry's 401.
-    let out = docker_on(&s.daemon.socket)
-        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
-        .arg(&ctx)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "the control build passed:\n{text}");
+    let (ok, text) = common::dockerd::build_on(&s.daemon.socket, &ctx, &s.r);
+    assert!(!ok, "the control build passed:\n{text}");
     assert!(text.contains("401"), "no 401 in the control build:\n{text}");
 
     // The client's own login wins, and ECR is not asked.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::dockerd::{docker_on, Dockerd};
+use common::dockerd::{build_on, Dockerd};
 use common::registry::{client_login, Registry};
 
 const USER: &str = "AWS";
@@ -24,20 +24,8 @@ fn the_registry_refuses_an_anonymous_pull_and_serves_a_logged_in_one() {
     let ctx = dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     std::fs::write(ctx.join("Dockerfile"), format!("FROM {image}\nRUN true\n")).unwrap();
-    let build = || {
-        let out = docker_on(&daemon.socket)
-            .args(["build", "--network=none", "--progress=plain", "--no-cache"])
-            .arg(&ctx)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
-    };
-    // docker_on's DOCKER_CONFIG (beside the daemon's socket) is empty: no credentials.
+    let build = || build_on(&daemon.socket, &ctx, &common::Radioactive::default());
+    // build_on's DOCKER_CONFIG (beside the daemon's socket) is empty: no credentials.
     let (ok, text) = build();
     assert!(!ok, "an anonymous pull was served:\n{text}");
     assert!(

@@ -297,6 +297,27 @@ fn spawn_helper(
     Helper::spawn(proxy, socket, dir, &env, r)
 }
 
+/// `docker build` of `ctx` on `socket` (the daemon's or a listener's): success and the
+/// combined output, which must hold none of `r`'s values.
+pub fn build_on(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
+    let out = docker_on(socket)
+        .args(["build", "--network=none", "--progress=plain", "--no-cache"])
+        .arg(ctx)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    r.assert_absent("build output", &out.stdout);
+    r.assert_absent("build output", &out.stderr);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
 /// A docker CLI command on `socket` (the daemon's or the helper's), with BuildKit on.
 pub fn docker_on(socket: &Path) -> Command {
     let mut cmd = Command::new(DOCKER);
