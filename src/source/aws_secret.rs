@@ -17,6 +17,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use futures_util::future::BoxFuture;
 
 use super::aws::{Aws, Service};
+use super::flight::Flight;
 use super::{jwt, ErrorKind, Source, SourceError};
 use crate::secret::{SecretValue, MAX_SECRET_SIZE};
 
@@ -423,8 +424,7 @@ struct Described<'a> {
 struct Cache {
     ttl: Duration,
     state: Mutex<State>,
-    /// Held during a call: later callers wait for it and take what it stored.
-    flight: tokio::sync::Mutex<()>,
+    flight: Flight<Result<SecretValue, SourceError>>,
 }
 
 /// What the last calls left.
@@ -432,8 +432,8 @@ struct Cache {
 struct State {
     /// The last value fetched, and when.
     value: Option<(SecretValue, Instant)>,
-    /// The last failed call, and when it finished, shared with the callers who queued behind it.
-    failed: Option<(Instant, SourceError)>,
+    /// When the last call found the service unreachable, if it did.
+    unreachable: Option<Instant>,
 }
 
 impl Cache {
@@ -441,7 +441,7 @@ impl Cache {
         Self {
             ttl,
             state: Mutex::new(State::default()),
-            flight: tokio::sync::Mutex::new(()),
+            flight: Flight::default(),
         }
     }
 
@@ -462,11 +462,9 @@ impl Cache {
         if age < self.ttl {
             return Some(value.clone());
         }
-        let (failed_at, error) = state.failed.as_ref()?;
-        (error.kind == ErrorKind::Io
-            && age < self.ttl * 2
-            && now.saturating_duration_since(*failed_at) < self.retry_pause())
-        .then(|| value.clone())
+        let unreachable = state.unreachable?;
+        (age < self.ttl * 2 && now.saturating_duration_since(unreachable) < self.retry_pause())
+            .then(|| value.clone())
     }
 
     /// The cached value, or the outcome of `call` (one at a time; those who waited for a call
@@ -480,51 +478,42 @@ impl Cache {
         if let Some(value) = self.usable(&self.state(), asked) {
             return Ok(value);
         }
-        let _flight = self.flight.lock().await;
-        {
-            let state = self.state();
-            if let Some(value) = self.usable(&state, Instant::now()) {
-                return Ok(value);
-            }
-            if let Some((at, error)) = &state.failed {
-                if *at >= asked {
-                    return Err(error.clone());
-                }
-            }
-        }
+        self.flight
+            .join_or_call(asked, || self.refresh(what, asked, call))
+            .await
+    }
+
+    /// One call, stored; when the service is unreachable, the stale value while it is under
+    /// twice the ttl old at `asked`, the time of the request (a call that takes its retries'
+    /// time does not age the value past what the caller was promised).
+    async fn refresh(
+        &self,
+        what: &Described<'_>,
+        asked: Instant,
+        call: impl Future<Output = Result<SecretValue, SourceError>>,
+    ) -> Result<SecretValue, SourceError> {
         let outcome = call.await;
         let now = Instant::now();
         let mut state = self.state();
         let error = match outcome {
             Ok(value) => {
                 state.value = Some((value.clone(), now));
-                state.failed = None;
+                state.unreachable = None;
                 return Ok(value);
             }
             Err(error) => error,
         };
-        // The age when the request came: a call that takes its retries' time does not age the
-        // value past what the caller was promised.
-        let stale = state
-            .value
-            .as_ref()
-            .map(|(value, fetched)| (value.clone(), asked.saturating_duration_since(*fetched)));
-        let result = match stale {
-            Some((value, age)) if error.kind == ErrorKind::Io && age < self.ttl * 2 => {
-                tracing::warn!(
-                    id = what.id,
-                    source = what.source,
-                    name = what.name,
-                    error = %error,
-                    "fetching the secret failed; serving the value fetched {} ago until it is \
-                     twice its ttl of {} old",
-                    jwt::human(age),
-                    jwt::human(self.ttl)
-                );
-                state.failed = Some((now, error));
-                return Ok(value);
-            }
-            Some((_, age)) if error.kind == ErrorKind::Io => SourceError::new(
+        if error.kind != ErrorKind::Io {
+            state.unreachable = None;
+            return Err(error);
+        }
+        state.unreachable = Some(now);
+        let Some((value, fetched)) = &state.value else {
+            return Err(error);
+        };
+        let age = asked.saturating_duration_since(*fetched);
+        if age >= self.ttl * 2 {
+            return Err(SourceError::new(
                 error.kind,
                 format!(
                     "{error}. The value fetched {} ago is past twice its ttl of {}, so it is no \
@@ -532,19 +521,25 @@ impl Cache {
                     jwt::human(age),
                     jwt::human(self.ttl)
                 ),
-            ),
-            _ => error,
-        };
-        state.failed = Some((now, result.clone()));
-        Err(result)
+            ));
+        }
+        tracing::warn!(
+            id = what.id,
+            source = what.source,
+            name = what.name,
+            error = %error,
+            "fetching the secret failed; serving the value fetched {} ago until it is twice its \
+             ttl of {} old",
+            jwt::human(age),
+            jwt::human(self.ttl)
+        );
+        Ok(value.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     const WHAT: Described<'static> = Described {
         id: "npm",
@@ -566,8 +561,8 @@ mod tests {
         if let Some((_, fetched)) = &mut state.value {
             *fetched -= by;
         }
-        if let Some((failed, _)) = &mut state.failed {
-            *failed -= by;
+        if let Some(unreachable) = &mut state.unreachable {
+            *unreachable -= by;
         }
     }
 
@@ -603,60 +598,6 @@ mod tests {
         let denied = SourceError::new(ErrorKind::Denied, "revoked");
         let err = cache.get(&WHAT, async { Err(denied) }).await.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Denied);
-    }
-
-    #[tokio::test]
-    async fn concurrent_askers_share_one_call() {
-        let cache = Arc::new(Cache::new(Duration::from_secs(60)));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..50 {
-            let (cache, calls, mut released) =
-                (Arc::clone(&cache), Arc::clone(&calls), released.clone());
-            tasks.spawn(async move {
-                cache
-                    .get(&WHAT, async move {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        released.wait_for(|r| *r).await.unwrap();
-                        Ok(value("shared"))
-                    })
-                    .await
-            });
-        }
-        tokio::task::yield_now().await;
-        release.send(true).unwrap();
-        while let Some(got) = tasks.join_next().await {
-            assert_eq!(got.unwrap().unwrap().expose(), b"shared");
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test]
-    async fn failures_are_shared_with_those_who_waited() {
-        let cache = Arc::new(Cache::new(Duration::from_secs(60)));
-        let calls = Arc::new(AtomicUsize::new(0));
-        let (release, released) = tokio::sync::watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..10 {
-            let (cache, calls, mut released) =
-                (Arc::clone(&cache), Arc::clone(&calls), released.clone());
-            tasks.spawn(async move {
-                cache
-                    .get(&WHAT, async move {
-                        calls.fetch_add(1, Ordering::SeqCst);
-                        released.wait_for(|r| *r).await.unwrap();
-                        Err(SourceError::new(ErrorKind::Missing, "gone"))
-                    })
-                    .await
-            });
-        }
-        tokio::task::yield_now().await;
-        release.send(true).unwrap();
-        while let Some(got) = tasks.join_next().await {
-            assert_eq!(got.unwrap().unwrap_err().kind, ErrorKind::Missing);
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_credential_types::provider::{self, ProvideCredentials};
 use futures_util::future::BoxFuture;
 
+use super::flight::Flight;
 use super::{jwt, Source, SourceError};
 use crate::secret::SecretValue;
 
@@ -96,9 +97,7 @@ struct Inner {
     margin: Duration,
     region: Option<(String, String)>,
     cached: Mutex<Option<Cached>>,
-    /// Held for the duration of a call: the single flight. Records when the last call finished
-    /// and how, so callers who queued behind it share its outcome.
-    flight: Arc<tokio::sync::Mutex<Option<(Instant, Outcome)>>>,
+    flight: Flight<Outcome>,
 }
 
 /// Serves the credentials one [`Mint`] issues (the cache is per mint), plus the region when set.
@@ -121,7 +120,7 @@ impl Credentials {
                 margin,
                 region,
                 cached: Mutex::new(None),
-                flight: Arc::new(tokio::sync::Mutex::new(None)),
+                flight: Flight::default(),
             }),
         }
     }
@@ -130,6 +129,8 @@ impl Credentials {
     /// callers).
     pub async fn current(&self) -> Result<Arc<Issued>, SourceError> {
         let inner = &self.inner;
+        // Before the cache is read: a call that finishes after this answers the question.
+        let asked = Instant::now();
         let now = SystemTime::now();
         if let Some(c) = inner.cached() {
             if now < c.refresh_at {
@@ -138,26 +139,14 @@ impl Credentials {
             if c.issued.valid_for(now) >= inner.margin {
                 // Due for refresh but still good: serve it and refresh in the background,
                 // unless a refresh is already running.
-                if let Ok(mut flight) = Arc::clone(&inner.flight).try_lock_owned() {
-                    let inner = Arc::clone(inner);
-                    tokio::spawn(async move {
-                        let outcome = inner.refresh().await;
-                        *flight = Some((Instant::now(), outcome));
-                    });
-                }
+                let refreshing = Arc::clone(inner);
+                inner
+                    .flight
+                    .spawn_if_idle(async move { refreshing.refresh().await });
                 return Ok(c.issued);
             }
         }
-        let asked = Instant::now();
-        let mut flight = inner.flight.lock().await;
-        if let Some((finished, outcome)) = &*flight {
-            if *finished >= asked {
-                return outcome.clone();
-            }
-        }
-        let outcome = inner.refresh().await;
-        *flight = Some((Instant::now(), outcome.clone()));
-        outcome
+        inner.flight.join_or_call(asked, || inner.refresh()).await
     }
 }
 

@@ -12,6 +12,7 @@ pub mod aws;
 pub mod aws_secret;
 pub mod credentials;
 pub mod ecr;
+pub mod flight;
 pub mod github;
 pub mod identity;
 pub mod irsa;

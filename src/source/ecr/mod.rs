@@ -5,13 +5,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use base64::Engine;
 use futures_util::future::BoxFuture;
 
 use super::aws::{Aws, Service};
+use super::flight::Flight;
 use super::remote::scrub;
 use super::{ErrorKind, SourceError};
 use crate::secret::SecretValue;
@@ -50,14 +51,17 @@ struct Cached {
     refresh_at: SystemTime,
 }
 
-/// One endpoint's cache entry; its async lock is held for the whole of an ECR call, so callers
-/// that arrive meanwhile wait for that call's answer instead of making their own.
-type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+/// One endpoint's cached password and its single flight.
+#[derive(Default)]
+struct Slot {
+    cached: Mutex<Option<Cached>>,
+    flight: Flight<Result<SecretValue, SourceError>>,
+}
 
 /// ECR passwords per endpoint, cached.
 pub struct Passwords {
     issuer: Box<dyn Issuer>,
-    slots: Mutex<HashMap<Registry, Slot>>,
+    slots: Mutex<HashMap<Registry, Arc<Slot>>>,
 }
 
 impl std::fmt::Debug for Passwords {
@@ -81,18 +85,26 @@ impl Passwords {
     }
 
     /// The password of `registry` (user [`USER`]): the cached one while it is fresh, else a new
-    /// one from ECR. A failed call caches nothing: the next request asks again.
+    /// one from ECR. A failed call caches nothing: it is the answer of those who waited for it,
+    /// and the next request asks again.
     pub async fn password(&self, registry: &Registry) -> Result<SecretValue, SourceError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(slots.entry(registry.password_scope()).or_default())
         };
-        let mut cached = slot.lock().await;
-        let now = SystemTime::now();
-        if let Some(c) = cached.as_ref().filter(|c| now < c.refresh_at) {
-            return Ok(c.password.clone());
+        let asked = Instant::now();
+        if let Some(password) = slot.fresh(SystemTime::now()) {
+            return Ok(password);
         }
+        slot.flight
+            .join_or_call(asked, || self.fetch(registry, &slot))
+            .await
+    }
+
+    /// One ECR call for `registry`, stored in `slot`.
+    async fn fetch(&self, registry: &Registry, slot: &Slot) -> Result<SecretValue, SourceError> {
         tracing::debug!(%registry, "asking ECR for a registry password");
+        let now = SystemTime::now();
         let token = self.issuer.issue(registry).await?;
         let password = decode(&token.encoded)?;
         let (refresh_at, claimed_expired) = refresh_at(now, token.expires_at);
@@ -103,11 +115,22 @@ impl Passwords {
                  ECR endpoint is off; serving it as valid for ECR's usual 12 hours"
             );
         }
-        *cached = Some(Cached {
+        *slot.cached.lock().unwrap_or_else(PoisonError::into_inner) = Some(Cached {
             password: password.clone(),
             refresh_at,
         });
         Ok(password)
+    }
+}
+
+impl Slot {
+    /// The cached password while it is not due for refresh at `now`.
+    fn fresh(&self, now: SystemTime) -> Option<SecretValue> {
+        let cached = self.cached.lock().unwrap_or_else(PoisonError::into_inner);
+        cached
+            .as_ref()
+            .filter(|c| now < c.refresh_at)
+            .map(|c| c.password.clone())
     }
 }
 
