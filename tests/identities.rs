@@ -840,7 +840,8 @@ async fn cached_credentials_outlive_a_failed_refresh_until_the_expiry_margin() {
 }
 
 /// `--assume-role` narrows the Pod Identity's credentials with STS AssumeRole (moto), signed
-/// with them: builds get the assumed role's keys, never the agent's.
+/// with them: builds get the assumed role's keys, never the agent's. The helper's own calls
+/// (a Parameter Store value here) use the same cached answer of the agent: one agent call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assume_role_narrows_pod_identity_credentials_through_sts() {
     let dir = tempfile::tempdir().unwrap();
@@ -851,7 +852,18 @@ async fn assume_role_narrows_pod_identity_credentials_through_sts() {
     watch(&r, &pod);
     let json = pod.container_json();
     let fake = FakeEndpoint::start(agent(&token_file, move || Reply::Status(200, json.clone())));
-    let env = pod_identity_env(dir.path(), &fake, &r);
+    let mut env = pod_identity_env(dir.path(), &fake, &r);
+    env.push(("AWS_ENDPOINT_URL_SSM", moto.url.clone()));
+    let npm = "//registry.npmjs.org/:_authToken=npm_shared_cache_1";
+    r.watch(npm.as_bytes());
+    moto.ssm("us-east-1")
+        .put_parameter()
+        .name("/ci/npmrc")
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .value(npm)
+        .send()
+        .await
+        .unwrap();
     let policy = dir.path().join("policy.json");
     std::fs::write(
         &policy,
@@ -872,6 +884,8 @@ async fn assume_role_narrows_pod_identity_credentials_through_sts() {
         &moto.url,
         "--region",
         "us-east-1",
+        "--secret",
+        "id=npmrc,type=aws-ssm,name=/ci/npmrc",
     ];
     let h = serve(dir.path(), &args, &env, &r);
     let mut client = h.client().await;
@@ -881,6 +895,13 @@ async fn assume_role_narrows_pod_identity_credentials_through_sts() {
     assert!(key_id.expose() != pod.access_key_id.as_bytes());
     assert!(issued[0].session_name.starts_with("irsa-secrets-"));
     assert_eq!(fake.requests().len(), 1, "the agent signs the one STS call");
+    let got = irsa_secrets::wire::client::get_secret(&mut client, "npmrc").await;
+    assert_eq!(got.unwrap().expose(), npm.as_bytes());
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "the helper's own call is signed with the same cached agent answer"
+    );
     let region = irsa_secrets::wire::client::get_secret(&mut client, "aws-region").await;
     assert_eq!(region.unwrap().expose(), b"us-east-1");
     assert!(h

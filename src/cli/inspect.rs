@@ -99,6 +99,7 @@ async fn platform_check(args: &DoctorArgs, identity: Identity, r: &mut Report) {
         &args.sts,
         args.identity.token.expiry_margin,
         served,
+        None,
     ) {
         Ok(c) => c,
         Err(e) => {

@@ -460,15 +460,20 @@ impl ServedArgs {
                     "serving the {} identity",
                     chosen.identity
                 );
-                sources.extend(self.identity_sources(chosen.identity)?);
+                sources.extend(self.identity_sources(chosen.identity, aws)?);
             }
         }
         sources.extend(self.secrets.sources(aws)?);
         Ok(sources)
     }
 
-    /// The sources that serve `identity`.
-    fn identity_sources(&self, identity: Identity) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+    /// The sources that serve `identity`; a credential identity shares its cache with the
+    /// helper's own access `aws`, so the agent or IMDS is asked once for both.
+    fn identity_sources(
+        &self,
+        identity: Identity,
+        aws: Option<&Aws>,
+    ) -> anyhow::Result<Vec<Arc<dyn Source>>> {
         let (ids, region) = (self.ids.ids(), self.region.region.clone());
         let github = identity == Identity::GithubOidc;
         if self.sts.assume_role.is_some()
@@ -521,6 +526,7 @@ impl ServedArgs {
             &self.sts,
             self.identity.token.expiry_margin,
             served_region,
+            aws.map(Aws::credentials),
         )?)])
     }
 }
@@ -585,12 +591,14 @@ impl IdentityArgs {
 const DEFAULT_REGION: &str = "us-east-1";
 
 /// The credentials of `platform`, narrowed by `--assume-role` when `sts` names a role; the
-/// region, when served, is `(id, value)`.
+/// region, when served, is `(id, value)`. `own`, the helper's own credentials of that platform
+/// when it has them, are reused rather than cached a second time.
 fn credential_source(
     platform: Platform,
     sts: &sts::StsArgs,
     margin: Duration,
     region: Option<(String, String)>,
+    own: Option<&Credentials>,
 ) -> anyhow::Result<Credentials> {
     let role = PlatformRole::new(platform);
     tracing::info!(
@@ -599,8 +607,12 @@ fn credential_source(
         "credentials come from {}",
         role.endpoint()
     );
+    let platform_credentials = move |region| match own {
+        Some(own) => own.with_region(region),
+        None => Credentials::new(role, margin, region),
+    };
     let Some(target) = &sts.assume_role else {
-        return Ok(Credentials::new(role, margin, region));
+        return Ok(platform_credentials(region));
     };
     let Some((_, sts_region)) = &region else {
         anyhow::bail!(
@@ -609,7 +621,7 @@ fn credential_source(
         );
     };
     let chain = RoleChain::new(
-        Credentials::new(role, margin, None),
+        platform_credentials(None),
         sts.scope(target)?,
         sts_region,
         sts.sts_endpoint.as_deref(),

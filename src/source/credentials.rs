@@ -95,7 +95,6 @@ type Outcome = Result<Arc<Issued>, SourceError>;
 struct Inner {
     mint: Box<dyn Mint>,
     margin: Duration,
-    region: Option<(String, String)>,
     cached: Mutex<Option<Cached>>,
     flight: Flight<Outcome>,
 }
@@ -104,6 +103,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct Credentials {
     inner: Arc<Inner>,
+    region: Option<(String, String)>,
 }
 
 impl Credentials {
@@ -118,10 +118,19 @@ impl Credentials {
             inner: Arc::new(Inner {
                 mint: Box::new(mint),
                 margin,
-                region,
                 cached: Mutex::new(None),
                 flight: Flight::default(),
             }),
+            region,
+        }
+    }
+
+    /// The same credentials and cache (one issuer call serves both), serving `region` instead:
+    /// builds and the helper's own calls share the credentials of one identity.
+    pub fn with_region(&self, region: Option<(String, String)>) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            region,
         }
     }
 
@@ -279,13 +288,13 @@ impl Source for Credentials {
         ]
         .map(String::from)
         .into();
-        ids.extend(self.inner.region.as_ref().map(|(id, _)| id.clone()));
+        ids.extend(self.region.as_ref().map(|(id, _)| id.clone()));
         ids
     }
 
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
         Box::pin(async move {
-            if let Some((region_id, region)) = &self.inner.region {
+            if let Some((region_id, region)) = &self.region {
                 if id == region_id {
                     return Ok(Some(SecretValue::from(region.clone())));
                 }
