@@ -129,8 +129,8 @@ impl TokenServer {
         format!("http://{}/token", self.host)
     }
 
-    /// Every request so far, as the server logged it: `method`, `auth` (`basic`, `none`,
-    /// `form-password`, ...), `admitted`, `scopes`, `service`.
+    /// Every request so far, as the server logged it: `method`, `auth` (`basic` or `none`),
+    /// `admitted`, `scopes`, `service`.
     pub fn requests(&self) -> Vec<serde_json::Value> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()

@@ -4,12 +4,12 @@ token auth: Basic credentials in, a signed JWT out. Standard library and `crypto
 Usage: python3 token_server.py KEY_PEM CERT_PEM ISSUER SERVICE USER PASSWORD_FILE LOG
 
 Listens on 127.0.0.1 on a free port and prints the port on stdout once it is listening.
-`GET /token?service=..&scope=..` with `Authorization: Basic` (what the docker daemon and, first,
-BuildKit send) and `POST /token` with an oauth2 password-grant form (BuildKit's retry after a
-failed GET) both answer a token for USER and the password in PASSWORD_FILE; anything else is
-401. The token is ES256-signed by KEY_PEM and carries CERT_PEM in `x5c`, which distribution
-2.8 checks against its `rootcertbundle`; its claims are the ones distribution verifies: `iss`,
-`aud` (= the service), `nbf` <= now <= `exp`, and `access` for every scope asked.
+`GET /token?service=..&scope=..` with `Authorization: Basic` (what the docker daemon and
+BuildKit v0.8 send; an oauth2 POST, which BuildKit tries only after a failed GET, is not served)
+answers a token for USER and the password in PASSWORD_FILE; anything else is 401. The token
+is ES256-signed by KEY_PEM and carries CERT_PEM in `x5c`, which distribution 2.8 checks
+against its `rootcertbundle`; its claims are the ones distribution verifies: `iss`, `aud`
+(= the service), `nbf` <= now <= `exp`, and `access` for every scope asked.
 
 Every request is appended to LOG as one JSON line (method, how it authenticated, whether it was
 admitted, the scopes): never the password or the token.
@@ -115,10 +115,28 @@ def main():
             self.end_headers()
             self.wfile.write(data)
 
-        def issue(self, entry, admitted, scopes, oauth):
-            entry["admitted"] = admitted
-            entry["scopes"] = scopes
-            self.record(entry)
+        def do_GET(self):
+            url = urllib.parse.urlsplit(self.path)
+            query = urllib.parse.parse_qs(url.query)
+            scopes = query.get("scope", [])
+            header = self.headers.get("Authorization", "")
+            admitted = False
+            if header.startswith("Basic "):
+                try:
+                    name, _, secret = base64.b64decode(header[6:]).partition(b":")
+                    admitted = admits(name.decode(), secret)
+                except ValueError:
+                    pass
+            self.record(
+                {
+                    "method": "GET",
+                    "path": url.path,
+                    "service": query.get("service", [""])[0],
+                    "auth": "basic" if header.startswith("Basic ") else "none",
+                    "admitted": admitted,
+                    "scopes": scopes,
+                }
+            )
             if not admitted:
                 self.answer(
                     401,
@@ -129,47 +147,12 @@ def main():
             token, now = signer.token(user, scopes)
             issued_at = datetime.datetime.fromtimestamp(now, datetime.timezone.utc)
             body = {
+                "token": token,
                 "access_token": token,
                 "expires_in": LIFETIME,
                 "issued_at": issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
-            if not oauth:
-                body["token"] = token
             self.answer(200, body)
-
-        def do_GET(self):
-            url = urllib.parse.urlsplit(self.path)
-            query = urllib.parse.parse_qs(url.query)
-            entry = {"method": "GET", "path": url.path, "service": query.get("service", [""])[0]}
-            header = self.headers.get("Authorization", "")
-            admitted = False
-            if header.startswith("Basic "):
-                entry["auth"] = "basic"
-                try:
-                    name, _, secret = base64.b64decode(header[6:]).partition(b":")
-                    admitted = admits(name.decode(), secret)
-                except ValueError:
-                    admitted = False
-            else:
-                entry["auth"] = "none"
-            self.issue(entry, admitted, query.get("scope", []), oauth=False)
-
-        def do_POST(self):
-            url = urllib.parse.urlsplit(self.path)
-            length = int(self.headers.get("Content-Length", "0"))
-            form = urllib.parse.parse_qs(self.rfile.read(length).decode())
-            grant = form.get("grant_type", [""])[0]
-            entry = {
-                "method": "POST",
-                "path": url.path,
-                "service": form.get("service", [""])[0],
-                "auth": "form-" + (grant or "none"),
-                "client_id": form.get("client_id", [""])[0],
-            }
-            admitted = grant == "password" and admits(
-                form.get("username", [""])[0], form.get("password", [""])[0].encode()
-            )
-            self.issue(entry, admitted, form.get("scope", []), oauth=True)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
