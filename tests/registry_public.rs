@@ -42,7 +42,10 @@ const LOG: &str = "debug,irsa_secrets::session=trace";
 fn token_requests(reg: &Registry, from: usize) -> Vec<String> {
     reg.tokens().requests()[from..]
         .iter()
-        .map(|r| format!("{} {} {}", r["method"], r["auth"], r["admitted"]))
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+            format!("{} {} {}", text("method"), text("auth"), r["admitted"])
+        })
         .collect()
 }
 
