@@ -25,7 +25,7 @@ use bollard::grpc::driver::Build as _;
 use common::bollard::{context as tar_context, forward_to};
 use common::dockerd::{self, docker_on, Stack};
 use common::moto::Moto;
-use common::registry::{self, client_login, Registry};
+use common::registry::{self, client_login, context, error_line, registry_records, Registry};
 
 /// moto's ECR password for its default account, and the user ECR passwords go with.
 const PASSWORD: &str = "123456789012-auth-token";
@@ -128,35 +128,6 @@ fn relay(mut conn: TcpStream, mode: &AtomicU8, calls: &AtomicU32, upstream: &str
             }
         }
     }
-}
-
-/// A build context whose Dockerfile starts `FROM image`.
-fn context(dir: &Path, name: &str, image: &str) -> PathBuf {
-    let ctx = dir.join(name);
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN cat /etc/hostname > /dev/null || true\n"),
-    )
-    .unwrap();
-    ctx
-}
-
-/// The build output's line with the helper's error, for the test's output.
-fn error_line(text: &str) -> &str {
-    text.lines()
-        .find(|l| l.contains("irsa-secrets"))
-        .unwrap_or_default()
-}
-
-/// The audit log's registry records.
-fn registry_records(audit: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(audit)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["event"] == "registry_credentials")
-        .collect()
 }
 
 /// The helper's flags and environment: its own IRSA identity exchanged at moto's STS, ECR at the

@@ -11,22 +11,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_daemon::FakeBuildkitd;
-use common::session_client::{client_session, connect, CLIENT_LOGINS, CLIENT_TOKEN_KEY};
+use common::session_client::{
+    client_session, connect, CLIENT_LOGINS, CLIENT_TOKEN_KEY, CLIENT_TOKEN_PROOF,
+};
 use common::{command, token, tunnel_io, Helper, Radioactive, ARN};
 use irsa_secrets::wire::proto::auth::{
     CredentialsRequest, CredentialsResponse, GetTokenAuthorityRequest, GetTokenAuthorityResponse,
+    VerifyTokenAuthorityRequest, VerifyTokenAuthorityResponse,
 };
-use irsa_secrets::wire::proto::{CREDENTIALS_PATH, TOKEN_AUTHORITY_PATH};
+use irsa_secrets::wire::proto::{
+    CREDENTIALS_PATH, TOKEN_AUTHORITY_PATH, VERIFY_TOKEN_AUTHORITY_PATH,
+};
 use tokio::sync::mpsc;
 use tonic::Code;
 
 /// A host that is not ECR's.
 const OTHER: &str = "ghcr.io";
 
-/// What the fake daemon got back for each call: the key, or the user and secret.
+/// What the fake daemon got back for each call: the key, its proof, or the user and secret.
 #[derive(Debug, PartialEq)]
 enum Got {
     Key(Result<Vec<u8>, Code>),
+    Proof(Result<Vec<u8>, Code>),
     Credentials(Result<(String, String), Code>),
 }
 
@@ -76,6 +82,17 @@ async fn session(extra: &[&str], calls: Vec<(&'static str, &'static str)>) -> (V
                             .await
                             .map(|r| r.public_key),
                     )
+                } else if path == VERIFY_TOKEN_AUTHORITY_PATH {
+                    let req = VerifyTokenAuthorityRequest {
+                        host: host.into(),
+                        payload: vec![2; 32],
+                        salt: vec![1; 32],
+                    };
+                    Got::Proof(
+                        tunnel_io::unary::<VerifyTokenAuthorityResponse>(&peer, path, &req)
+                            .await
+                            .map(|r| r.signed),
+                    )
                 } else {
                     let req = CredentialsRequest { host: host.into() };
                     Got::Credentials(
@@ -112,12 +129,16 @@ async fn bearer_registries_are_declined_only_where_the_helper_answers() {
         &[],
         vec![
             // ECR Public, no login of the client's: the helper declines, so BuildKit asks
-            // Credentials and fetches the token itself.
+            // Credentials and fetches the token itself; and declines to prove the client's
+            // (anonymous) key, so no anonymous build's token fetcher is linked instead.
             (TOKEN_AUTHORITY_PATH, "public.ecr.aws"),
-            // Not ECR: the client's key.
+            (VERIFY_TOKEN_AUTHORITY_PATH, "public.ecr.aws"),
+            // Not ECR: the client's key and proof.
             (TOKEN_AUTHORITY_PATH, OTHER),
-            // ECR, and the client has a login: the client's key, and its credentials.
+            (VERIFY_TOKEN_AUTHORITY_PATH, OTHER),
+            // ECR, and the client has a login: the client's key and proof, and its credentials.
             (TOKEN_AUTHORITY_PATH, own_host),
+            (VERIFY_TOKEN_AUTHORITY_PATH, own_host),
             (CREDENTIALS_PATH, own_host),
             // Not ECR: the client's (empty) answer, untouched.
             (CREDENTIALS_PATH, OTHER),
@@ -125,12 +146,16 @@ async fn bearer_registries_are_declined_only_where_the_helper_answers() {
     )
     .await;
     let key = Ok(CLIENT_TOKEN_KEY.to_vec());
+    let proof = Ok(CLIENT_TOKEN_PROOF.to_vec());
     assert_eq!(
         got,
         [
             Got::Key(Err(Code::Unimplemented)),
+            Got::Proof(Err(Code::Unimplemented)),
             Got::Key(key.clone()),
+            Got::Proof(proof.clone()),
             Got::Key(key),
+            Got::Proof(proof),
             Got::Credentials(Ok((user.into(), secret.into()))),
             Got::Credentials(Ok((String::new(), String::new()))),
         ],
@@ -145,6 +170,7 @@ async fn a_restricted_listener_leaves_bearer_registries_to_the_client() {
         &["--allow-id", "aws-role-arn"],
         vec![
             (TOKEN_AUTHORITY_PATH, "public.ecr.aws"),
+            (VERIFY_TOKEN_AUTHORITY_PATH, "public.ecr.aws"),
             (
                 CREDENTIALS_PATH,
                 "123456789012.dkr.ecr.us-east-1.amazonaws.com",
@@ -156,6 +182,7 @@ async fn a_restricted_listener_leaves_bearer_registries_to_the_client() {
         got,
         [
             Got::Key(Ok(CLIENT_TOKEN_KEY.to_vec())),
+            Got::Proof(Ok(CLIENT_TOKEN_PROOF.to_vec())),
             Got::Credentials(Ok((String::new(), String::new()))),
         ],
         "{log}"

@@ -10,11 +10,14 @@
 //!   (the tests' control build shows it); any other error fails the pull with its message,
 //!   which is why ECR failures are errors here, not empty answers.
 //! - Bearer challenge (`public.ecr.aws`): `GetTokenAuthority` first. Given a key, the client
-//!   fetches the tokens (`FetchToken`; later sessions prove the same key with
-//!   `VerifyTokenAuthority`); on `Unimplemented` or `Unavailable` BuildKit calls `Credentials`
-//!   and fetches the token from the realm itself.
-//! - A later session reuses a handler cached for the host once `Credentials` gives the same
-//!   pair again, so every session asks at least once per host.
+//!   fetches the tokens (`FetchToken`); on `Unimplemented` or `Unavailable` BuildKit calls
+//!   `Credentials` and fetches the token from the realm itself (v0.8, in tests/registry_public.rs:
+//!   one GET with the Basic credentials; the token is then cached across sessions).
+//! - A later session is offered the cached fetchers of the host: one made with a key if the
+//!   client proves it (`VerifyTokenAuthority`; a client without credentials proves the
+//!   anonymous key, which depends on BuildKit's salt alone), one made with `Credentials` if
+//!   `Credentials` gives the same pair again. So every session asks at least once per host, and
+//!   the router declines both key methods where the helper answers.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

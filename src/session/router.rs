@@ -1,6 +1,7 @@
 //! The session's router: which of the daemon's calls the helper answers (`GetSecret`, through
-//! the session's Secrets service; `Auth/Credentials` and `Auth/GetTokenAuthority` when the
-//! listener serves registry credentials) and which go on to the build client as raw streams.
+//! the session's Secrets service; `Auth/Credentials`, `Auth/GetTokenAuthority` and
+//! `Auth/VerifyTokenAuthority` when the listener serves registry credentials) and which go on
+//! to the build client as raw streams.
 
 use std::convert::Infallible;
 use std::time::Instant;
@@ -22,14 +23,17 @@ use crate::wire::proto::auth::auth_client::AuthClient;
 use crate::wire::proto::auth::auth_server::{Auth, AuthServer};
 use crate::wire::proto::auth::{
     CredentialsRequest, CredentialsResponse, GetTokenAuthorityRequest, GetTokenAuthorityResponse,
+    VerifyTokenAuthorityRequest, VerifyTokenAuthorityResponse,
 };
 use crate::wire::proto::secrets::secrets_client::SecretsClient;
 use crate::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use crate::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use crate::wire::proto::{CREDENTIALS_PATH, GET_SECRET_PATH, TOKEN_AUTHORITY_PATH};
+use crate::wire::proto::{
+    CREDENTIALS_PATH, GET_SECRET_PATH, TOKEN_AUTHORITY_PATH, VERIFY_TOKEN_AUTHORITY_PATH,
+};
 
-/// Routes the daemon's calls: GetSecret (and, when registry credentials are served, the two
-/// Auth methods that hand them out) to the typed services, the rest to the client.
+/// Routes the daemon's calls: GetSecret (and, when registry credentials are served, the three
+/// Auth methods that decide who hands them out) to the typed services, the rest to the client.
 #[derive(Clone)]
 pub(super) struct Router {
     to_client: Peer,
@@ -78,7 +82,13 @@ impl Router {
                 .unwrap_or_else(|never| match never {}));
         }
         if let Some(auth) = self.auth.as_mut() {
-            if [CREDENTIALS_PATH, TOKEN_AUTHORITY_PATH].contains(&req.uri().path()) {
+            if [
+                CREDENTIALS_PATH,
+                TOKEN_AUTHORITY_PATH,
+                VERIFY_TOKEN_AUTHORITY_PATH,
+            ]
+            .contains(&req.uri().path())
+            {
                 return Ok(auth.call(req).await.unwrap_or_else(|never| match never {}));
             }
         }
@@ -134,8 +144,8 @@ impl Secrets for SessionSecrets {
     }
 }
 
-/// The session's Auth service, for the two methods that hand out registry credentials: the
-/// client is asked first and its credentials win; the provider answers ECR hosts it serves.
+/// The session's Auth service, for the methods that decide who hands out registry credentials:
+/// the client is asked first and its credentials win; the provider answers ECR hosts it serves.
 #[derive(Clone)]
 struct SessionAuth {
     provider: Provider,
@@ -153,6 +163,22 @@ impl SessionAuth {
             .credentials(request)
             .await
             .map(|r| into_login(r.into_inner()))
+    }
+
+    /// `Unimplemented` for `method` when the helper answers `host`'s credentials: an ECR host
+    /// it serves, and the client has none of its own.
+    async fn decline_token_authority(&self, method: &str, host: &str) -> Result<(), Status> {
+        if !self.provider.serves_registry(host) {
+            return Ok(());
+        }
+        let client = self.client_credentials(host).await;
+        if client.is_ok_and(|c| !c.is_empty()) {
+            return Ok(());
+        }
+        tracing::debug!(host, "declining {method}: BuildKit is to ask Credentials");
+        Err(Status::unimplemented(format!(
+            "irsa-secrets answers Credentials for {host}"
+        )))
     }
 }
 
@@ -182,16 +208,24 @@ impl Auth for SessionAuth {
         request: GrpcRequest<GetTokenAuthorityRequest>,
     ) -> Result<GrpcResponse<GetTokenAuthorityResponse>, Status> {
         let request = request.into_inner();
-        if self.provider.serves_registry(&request.host) {
-            let client = self.client_credentials(&request.host).await;
-            if !client.is_ok_and(|c| !c.is_empty()) {
-                return Err(Status::unimplemented(format!(
-                    "irsa-secrets answers Credentials for {}",
-                    request.host
-                )));
-            }
-        }
+        self.decline_token_authority("GetTokenAuthority", &request.host)
+            .await?;
         self.client.clone().get_token_authority(request).await
+    }
+
+    /// A later session is offered BuildKit's token fetchers for the host by this proof of the
+    /// key. A client with no credentials proves the anonymous key, which depends on BuildKit's
+    /// salt alone: forwarded, any anonymous build's fetcher for an ECR host (FetchToken, no
+    /// credentials) would be taken over, and the helper's password never asked. Declined like
+    /// `GetTokenAuthority`, so BuildKit links a fetcher only by `Credentials` or makes one.
+    async fn verify_token_authority(
+        &self,
+        request: GrpcRequest<VerifyTokenAuthorityRequest>,
+    ) -> Result<GrpcResponse<VerifyTokenAuthorityResponse>, Status> {
+        let request = request.into_inner();
+        self.decline_token_authority("VerifyTokenAuthority", &request.host)
+            .await?;
+        self.client.clone().verify_token_authority(request).await
     }
 }
 

@@ -75,6 +75,9 @@ impl Drop for auth::CredentialsResponse {
 pub const CREDENTIALS_PATH: &str = "/moby.filesync.v1.Auth/Credentials";
 /// Full path of the method that asks the client for a token-signing key (Bearer registries).
 pub const TOKEN_AUTHORITY_PATH: &str = "/moby.filesync.v1.Auth/GetTokenAuthority";
+/// Full path of the method that asks the client to prove it holds a token-signing key BuildKit
+/// already has a token fetcher for (a later session linking that fetcher).
+pub const VERIFY_TOKEN_AUTHORITY_PATH: &str = "/moby.filesync.v1.Auth/VerifyTokenAuthority";
 
 /// Full path of the secrets method.
 pub const GET_SECRET_PATH: &str = "/moby.buildkit.secrets.v1.Secrets/GetSecret";

@@ -1,7 +1,7 @@
 //! A scriptable plain HTTP/1.1 server on 127.0.0.1, standing in for the EKS Pod Identity agent,
-//! an ECS credentials endpoint, IMDSv2 and GitHub's OIDC token endpoint. Written by hand on std's
-//! `TcpListener`, independent of the product's HTTP stack, it records every request and answers
-//! what the test's handler says.
+//! an ECS credentials endpoint, IMDSv2, GitHub's OIDC token endpoint and ECR Public's API.
+//! Written by hand on std's `TcpListener`, independent of the product's HTTP stack, it records
+//! every request and answers what the test's handler says.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -254,5 +254,72 @@ impl FakeCredentials {
             "Expiration": self.expiration,
         })
         .to_string()
+    }
+}
+
+/// The `X-Amz-Target` of ECR Public's `GetAuthorizationToken` (awsJson1.1; moto has no ECR
+/// Public, so this fake stands in for it).
+pub const ECR_PUBLIC_TOKEN_TARGET: &str = "SpencerFrontendService.GetAuthorizationToken";
+
+/// ECR Public's API, for `AWS_ENDPOINT_URL_ECR_PUBLIC`: `GetAuthorizationToken` answers
+/// `base64("AWS:" + password)`, valid for 12 hours, or `AccessDeniedException` once told to
+/// refuse; every other call is a 400.
+pub struct FakeEcrPublic {
+    endpoint: FakeEndpoint,
+    deny: Arc<AtomicBool>,
+}
+
+impl FakeEcrPublic {
+    /// Starts answering with `password`.
+    pub fn start(password: &str) -> FakeEcrPublic {
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+        let deny = Arc::new(AtomicBool::new(false));
+        let refusing = Arc::clone(&deny);
+        let endpoint = FakeEndpoint::start(move |req: &Request| {
+            if req.header("x-amz-target") != Some(ECR_PUBLIC_TOKEN_TARGET) {
+                return Reply::Status(400, r#"{"__type":"UnknownOperationException"}"#.into());
+            }
+            if refusing.load(Ordering::SeqCst) {
+                let body = r#"{"__type":"AccessDeniedException","message":"User: arn:aws:sts::123456789012:assumed-role/ci-builder/x is not authorized to perform: ecr-public:GetAuthorizationToken"}"#;
+                return Reply::Headed(
+                    400,
+                    vec![("x-amzn-ErrorType".into(), "AccessDeniedException".into())],
+                    body.into(),
+                );
+            }
+            let expires = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 12 * 3600;
+            Reply::Status(
+                200,
+                serde_json::json!({
+                    "authorizationData": {"authorizationToken": token, "expiresAt": expires}
+                })
+                .to_string(),
+            )
+        });
+        FakeEcrPublic { endpoint, deny }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        self.endpoint.base()
+    }
+
+    /// Whether `GetAuthorizationToken` answers AccessDeniedException from now on.
+    pub fn deny(&self, deny: bool) {
+        self.deny.store(deny, Ordering::SeqCst);
+    }
+
+    /// How many `GetAuthorizationToken` calls arrived (each SDK attempt counts).
+    pub fn calls(&self) -> usize {
+        self.endpoint
+            .requests()
+            .iter()
+            .filter(|r| r.header("x-amz-target") == Some(ECR_PUBLIC_TOKEN_TARGET))
+            .count()
     }
 }

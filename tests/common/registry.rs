@@ -1,11 +1,17 @@
 //! A real registry for the registry-credential tests: Debian's `docker-registry` (distribution
-//! 2.8) on 127.0.0.1 with htpasswd Basic auth, as ECR answers, seeded with an image pushed by the
-//! docker CLI's own `docker login` and `docker push`, after which that login is dropped.
+//! 2.8) on 127.0.0.1, seeded with an image pushed by the docker CLI's own `docker login` and
+//! `docker push`, after which that login is dropped. It asks for credentials as ECR does:
+//! htpasswd Basic auth, as private ECR answers; or token auth, as ECR Public answers (a Bearer
+//! challenge naming a token server, here `tests/python/token_server.py`, that takes the Basic
+//! credentials and hands out a signed JWT).
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use base64::Engine;
 
 use super::dockerd::{docker_on, Dockerd, BASE_IMAGE};
 use super::eventually;
@@ -14,13 +20,18 @@ use super::eventually;
 pub const REGISTRY: &str = "/usr/bin/docker-registry";
 /// apache2-utils' htpasswd, for the bcrypt entry distribution requires.
 pub const HTPASSWD: &str = "/usr/bin/htpasswd";
+/// The `service` of the token-auth registry: the audience of its tokens.
+pub const TOKEN_SERVICE: &str = "irsa-test-registry";
+/// The issuer the token-auth registry trusts.
+const TOKEN_ISSUER: &str = "irsa-test-token-server";
 
-/// A running registry; dropped, it is killed.
+/// A running registry; dropped, it is killed (and its token server with it).
 pub struct Registry {
     /// `127.0.0.1:PORT`, the registry's host as image names spell it.
     pub host: String,
     dir: PathBuf,
     child: Child,
+    tokens: Option<TokenServer>,
 }
 
 /// Whether this machine has the registry and htpasswd (`scripts/deps` installs both).
@@ -33,12 +44,130 @@ pub fn available() -> Result<(), String> {
     Ok(())
 }
 
+/// A free loopback port, for a server that takes its address from its configuration.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange on `host` (`request` ends with its blank line and asks
+/// `Connection: close`): the status and the body, if the server answers at all.
+fn exchange(host: &str, request: &str) -> Option<(u16, String)> {
+    let mut conn = std::net::TcpStream::connect(host).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.get(9..12)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
+}
+
+/// `Authorization: Basic` of `user` and `password`.
+fn basic(user: &str, password: &str) -> String {
+    let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    format!("Basic {pair}")
+}
+
+/// The token server of a token-auth registry: `tests/python/token_server.py` with a key and
+/// certificate made for this run. Dropped, it is killed.
+pub struct TokenServer {
+    /// `127.0.0.1:PORT`.
+    pub host: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl TokenServer {
+    /// Makes a P-256 key and a self-signed certificate under `dir` (the certificate is the
+    /// registry's `rootcertbundle`), starts the server admitting `user` with `password`, and
+    /// waits for it to say its port.
+    fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
+        let made = rcgen::generate_simple_self_signed(vec![TOKEN_ISSUER.to_string()]).unwrap();
+        let (key, cert, secret) = (dir.join("token.key"), dir.join("token.crt"), dir.join("pw"));
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&secret, password).unwrap();
+        let log = dir.join("token-requests.jsonl");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/token_server.py");
+        let stderr = std::fs::File::create(dir.join("token-server.log")).unwrap();
+        let mut child = super::python::python3()
+            .arg(script)
+            .args([&key, &cert])
+            .args([TOKEN_ISSUER, TOKEN_SERVICE, user])
+            .args([&secret, &log])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("python3: run scripts/deps-python and put target/pyenv/bin first on PATH");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the token server did not start:\n{}",
+                super::log_of(&dir.join("token-server.log"))
+            )
+        });
+        TokenServer {
+            host: format!("127.0.0.1:{port}"),
+            log,
+            child,
+        }
+    }
+
+    /// The realm the registry's challenge names.
+    pub fn realm(&self) -> String {
+        format!("http://{}/token", self.host)
+    }
+
+    /// Every request so far, as the server logged it: `method`, `auth` (`basic` or `none`),
+    /// `admitted`, `scopes`, `service`.
+    pub fn requests(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// A token for `scope` with Basic `user` and `password`, if the server gives one.
+    fn token(&self, scope: &str, user: &str, password: &str) -> Option<String> {
+        let (status, body) = exchange(
+            &self.host,
+            &format!(
+                "GET /token?service={TOKEN_SERVICE}&scope={scope} HTTP/1.1\r\nHost: {}\r\n\
+                 Authorization: {}\r\nConnection: close\r\n\r\n",
+                self.host,
+                basic(user, password)
+            ),
+        )?;
+        let body: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (status == 200).then(|| body["token"].as_str().map(str::to_string))?
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Registry {
-    /// Starts a registry under `dir` that admits only `user` with `password`, and waits until it
-    /// answers `/v2/` with its Basic challenge.
+    /// Starts a registry under `dir` that admits only `user` with `password` by htpasswd Basic
+    /// auth, and waits until it answers `/v2/` with its Basic challenge.
     pub fn start(dir: &Path, user: &str, password: &str) -> Registry {
         available().unwrap();
-        std::fs::create_dir_all(dir.join("data")).unwrap();
+        std::fs::create_dir_all(dir).unwrap();
         let htpasswd = dir.join("htpasswd");
         let out = Command::new(HTPASSWD)
             .args(["-Bbn", user, password])
@@ -46,12 +175,33 @@ impl Registry {
             .unwrap();
         assert!(out.status.success(), "htpasswd failed");
         std::fs::write(&htpasswd, &out.stdout).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let host = format!("127.0.0.1:{port}");
+        let auth = format!(
+            "  htpasswd:\n    realm: test-registry\n    path: {}\n",
+            htpasswd.display()
+        );
+        Self::launch(dir, &auth, None)
+    }
+
+    /// Starts a registry under `dir` with token auth, as ECR Public answers: its challenge
+    /// names a token server that gives tokens only to `user` with `password`. Waits until the
+    /// registry answers `/v2/` with its Bearer challenge.
+    pub fn start_with_tokens(dir: &Path, user: &str, password: &str) -> Registry {
+        available().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let tokens = TokenServer::start(dir, user, password);
+        let auth = format!(
+            "  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    \
+             rootcertbundle: {}\n",
+            tokens.realm(),
+            dir.join("token.crt").display()
+        );
+        Self::launch(dir, &auth, Some(tokens))
+    }
+
+    /// Runs the registry under `dir` with `auth` (the YAML under `auth:`).
+    fn launch(dir: &Path, auth: &str, tokens: Option<TokenServer>) -> Registry {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let host = format!("127.0.0.1:{}", free_port());
         let config = dir.join("config.yml");
         std::fs::write(
             &config,
@@ -60,9 +210,8 @@ impl Registry {
                  log:\n  level: info\n\
                  storage:\n  filesystem:\n    rootdirectory: {data}\n\
                  http:\n  addr: {host}\n\
-                 auth:\n  htpasswd:\n    realm: test-registry\n    path: {htpasswd}\n",
+                 auth:\n{auth}",
                 data = dir.join("data").display(),
-                htpasswd = htpasswd.display(),
             ),
         )
         .unwrap();
@@ -79,6 +228,7 @@ impl Registry {
             host,
             dir: dir.to_path_buf(),
             child,
+            tokens,
         };
         eventually(
             Duration::from_secs(20),
@@ -88,6 +238,11 @@ impl Registry {
         registry
     }
 
+    /// The token server, for a registry started with [`Registry::start_with_tokens`].
+    pub fn tokens(&self) -> &TokenServer {
+        self.tokens.as_ref().expect("a registry with token auth")
+    }
+
     /// The registry's log.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.dir.join("registry.log")).unwrap_or_default()
@@ -95,39 +250,32 @@ impl Registry {
 
     /// The HTTP status of an unauthenticated GET of `path`, if the registry answers at all.
     pub fn status(&self, path: &str) -> Option<u16> {
-        use std::io::{Read, Write};
-        let mut conn = std::net::TcpStream::connect(&self.host).ok()?;
-        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            conn,
+        let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.host
-        )
-        .ok()?;
-        let mut head = [0u8; 12];
-        conn.read_exact(&mut head).ok()?;
-        std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+        );
+        exchange(&self.host, &request).map(|(status, _)| status)
     }
 
-    /// Whether `repo:tag` is in the registry, asked with `user` and `password`.
+    /// Whether `repo:tag` is in the registry, asked with `user` and `password` (through the
+    /// token server, for a token-auth registry).
     pub fn has(&self, repo: &str, tag: &str, user: &str, password: &str) -> bool {
-        use base64::Engine;
-        use std::io::{Read, Write};
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        let Ok(mut conn) = std::net::TcpStream::connect(&self.host) else {
-            return false;
+        let authorization = match &self.tokens {
+            None => basic(user, password),
+            Some(tokens) => {
+                match tokens.token(&format!("repository:{repo}:pull"), user, password) {
+                    Some(token) => format!("Bearer {token}"),
+                    None => return false,
+                }
+            }
         };
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(
-            conn,
-            "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nAuthorization: Basic {basic}\r\n\
-             Accept: application/vnd.docker.distribution.manifest.v2+json, \
+        let request = format!(
+            "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nAuthorization: \
+             {authorization}\r\nAccept: application/vnd.docker.distribution.manifest.v2+json, \
              application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
             self.host
-        )
-        .unwrap();
-        let mut head = [0u8; 12];
-        conn.read_exact(&mut head).is_ok() && &head[9..12] == b"200"
+        );
+        exchange(&self.host, &request).is_some_and(|(status, _)| status == 200)
     }
 
     /// Pushes the daemon's base image as `HOST/repo:latest` with the docker CLI's own login
@@ -148,7 +296,6 @@ impl Registry {
             .stderr(Stdio::piped());
             let mut child = cmd.spawn().unwrap();
             if let Some(text) = stdin {
-                use std::io::Write;
                 child
                     .stdin
                     .take()
@@ -189,7 +336,6 @@ impl Drop for Registry {
 /// A docker CLI on `socket` logged in to `host` as `user` in that socket's `DOCKER_CONFIG`: the
 /// client's own credentials, for the tests where the client's answer must win.
 pub fn client_login(socket: &Path, host: &str, user: &str, password: &str) {
-    use std::io::Write;
     let mut child = docker_on(socket)
         .args(["login", host, "-u", user, "--password-stdin"])
         .stdin(Stdio::piped())
@@ -209,4 +355,33 @@ pub fn client_login(socket: &Path, host: &str, user: &str, password: &str) {
         "docker login: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A build context whose Dockerfile starts `FROM image`.
+pub fn context(dir: &Path, name: &str, image: &str) -> PathBuf {
+    let ctx = dir.join(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!("FROM {image}\nRUN cat /etc/hostname > /dev/null || true\n"),
+    )
+    .unwrap();
+    ctx
+}
+
+/// The audit log's registry records.
+pub fn registry_records(audit: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(audit)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "registry_credentials")
+        .collect()
+}
+
+/// The build output's line with the helper's error, for the test's output.
+pub fn error_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.contains("irsa-secrets"))
+        .unwrap_or_default()
 }

@@ -1,6 +1,6 @@
 //! A fake build client's session: opens `Control/Session` on an HTTP/2 connection and serves,
 //! inside the tunnel, what a client serves (health, its own secrets, its registry logins and
-//! token key, a large stream). It speaks through the tests' own stack ([`super::tunnel_io`]),
+//! token key and its proof, a large stream). It speaks through the tests' own stack ([`super::tunnel_io`]),
 //! not the crate's.
 
 use std::convert::Infallible;
@@ -15,9 +15,12 @@ use irsa_secrets::front::grpc::SESSION_PATH;
 use irsa_secrets::session::{SESSION_METHOD, SESSION_UUID};
 use irsa_secrets::wire::proto::auth::{
     CredentialsRequest, CredentialsResponse, GetTokenAuthorityRequest, GetTokenAuthorityResponse,
+    VerifyTokenAuthorityRequest, VerifyTokenAuthorityResponse,
 };
 use irsa_secrets::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
-use irsa_secrets::wire::proto::{CREDENTIALS_PATH, GET_SECRET_PATH, TOKEN_AUTHORITY_PATH};
+use irsa_secrets::wire::proto::{
+    CREDENTIALS_PATH, GET_SECRET_PATH, TOKEN_AUTHORITY_PATH, VERIFY_TOKEN_AUTHORITY_PATH,
+};
 use tonic::Code;
 use tower::{Service, ServiceExt};
 
@@ -32,6 +35,8 @@ pub const CLIENT_LOGINS: [(&str, &str, &str); 1] = [(
 )];
 /// The token-signing key the fake client hands out for any host, as buildx does.
 pub const CLIENT_TOKEN_KEY: [u8; 32] = [7; 32];
+/// The proof of that key the fake client gives for any payload (BuildKit would check it).
+pub const CLIENT_TOKEN_PROOF: [u8; 64] = [9; 64];
 
 /// A raw streaming method the fake client serves: a large body, to prove streaming.
 pub const BIG: &str = "/test.Stream/Big";
@@ -115,6 +120,12 @@ pub async fn client_session(
                     let _: GetTokenAuthorityRequest = tunnel_io::request_message(req).await;
                     tunnel_io::answer(&GetTokenAuthorityResponse {
                         public_key: CLIENT_TOKEN_KEY.to_vec(),
+                    })
+                }
+                (VERIFY_TOKEN_AUTHORITY_PATH, _) => {
+                    let _: VerifyTokenAuthorityRequest = tunnel_io::request_message(req).await;
+                    tunnel_io::answer(&VerifyTokenAuthorityResponse {
+                        signed: CLIENT_TOKEN_PROOF.to_vec(),
                     })
                 }
                 _ => tunnel_io::refuse(Code::Unimplemented, "not here"),

@@ -1,0 +1,153 @@
+//! ECR Public end to end: a private dockerd pulls `FROM` an image in a real registry with token
+//! auth, as `public.ecr.aws` answers (distribution 2.8's Bearer challenge naming a token server
+//! that takes Basic credentials), mapped to ECR Public with `--ecr-alias HOST=public.ecr.aws`,
+//! through the helper, whose password comes from a fake ECR Public API (moto has none) with the
+//! helper's own IRSA identity exchanged at a fake STS.
+//!
+//! What BuildKit (v0.8, in Debian's dockerd 20.10) does with the Bearer challenge: it asks the
+//! session's `Auth/GetTokenAuthority`, which the helper declines, then `Auth/Credentials`, and
+//! fetches the token from the realm itself with the answer; the token server's log says how.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::dockerd::{self, build_on, Stack};
+use common::fake_endpoints::FakeEcrPublic;
+use common::fake_sts::{FakeSts, Reply};
+use common::registry::{self, context, registry_records, Registry};
+
+/// The password the fake ECR Public gives, and the user ECR passwords go with.
+const PASSWORD: &str = "ecr-public-password-5f0c2e7a";
+const USER: &str = "AWS";
+
+/// The helper's flags and environment: its own IRSA identity exchanged at the fake STS, ECR
+/// Public at the fake, the registry aliased to ECR Public, the audit trail in `audit`.
+fn configure(cmd: &mut Command, sts: &FakeSts, ecr: &FakeEcrPublic, host: &str, audit: &Path) {
+    cmd.args(["--ecr-alias", &format!("{host}=public.ecr.aws")])
+        .arg("--audit-log")
+        .arg(audit)
+        .env("AWS_ENDPOINT_URL_STS", &sts.url)
+        .env("AWS_ENDPOINT_URL_ECR_PUBLIC", ecr.url())
+        .env("AWS_REGION", "eu-west-1")
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("AWS_ENDPOINT_URL_ECR");
+}
+
+/// The helper's log level: the router's trace names every call it forwards to the client.
+const LOG: &str = "debug,irsa_secrets::session=trace";
+
+/// The token server's requests since `from`, as `METHOD auth admitted` strings.
+fn token_requests(reg: &Registry, from: usize) -> Vec<String> {
+    reg.tokens().requests()[from..]
+        .iter()
+        .map(|r| {
+            let text = |k: &str| r[k].as_str().unwrap_or("?").to_string();
+            format!("{} {} {}", text("method"), text("auth"), r["admitted"])
+        })
+        .collect()
+}
+
+#[test]
+fn ecr_public_passwords_fetch_registry_tokens_through_the_helper() {
+    if dockerd::skip() {
+        return;
+    }
+    registry::available().unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("irsa-ecrpub")
+        .tempdir()
+        .unwrap();
+    let sts = FakeSts::start(Reply::ok());
+    let ecr = FakeEcrPublic::start(PASSWORD);
+    let reg = Registry::start_with_tokens(&scratch.path().join("registry"), USER, PASSWORD);
+    let audit = scratch.path().join("audit.jsonl");
+    let host = reg.host.clone();
+    let mut s = Stack::start_with("irsa-ecrpub-stack", LOG, |cmd| {
+        configure(cmd, &sts, &ecr, &host, &audit)
+    });
+    s.r.watch(PASSWORD.as_bytes());
+    let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+    let seeded = reg.tokens().requests().len();
+    assert!(seeded > 0, "the seed's login and push fetched no token");
+    eprintln!("token requests of the seed: {:?}", token_requests(&reg, 0));
+    let ctx = context(&s.dir, "pull", &image);
+
+    // The control: the daemon alone, with no credentials anywhere, gets no token.
+    let (ok, text) = build_on(&s.daemon.socket, &ctx, &s.r);
+    assert!(!ok, "the control build passed:\n{text}");
+    assert!(text.contains("401"), "no 401 in the control build:\n{text}");
+    let control = token_requests(&reg, seeded);
+    eprintln!("token requests of the control build: {control:?}");
+    let after_control = reg.tokens().requests().len();
+
+    // Through the helper: several builds on one ECR Public call.
+    let builds = 3;
+    for i in 0..builds {
+        let (ok, text) = s.build(&ctx, &[]);
+        s.assert_built(ok, &text);
+        eprintln!("build {i} through the helper: passed");
+    }
+    assert_eq!(ecr.calls(), 1, "ECR Public calls for {builds} builds");
+    let fetched = token_requests(&reg, after_control);
+    eprintln!("token requests of {builds} builds through the helper: {fetched:?}");
+    assert!(
+        fetched.iter().any(|r| r.ends_with(" true")),
+        "no token was fetched with the helper's password: {fetched:?}"
+    );
+    let log = s.helper.log_text();
+    let count = |what: &str| log.matches(what).count();
+    eprintln!(
+        "Auth calls the helper answered: GetTokenAuthority declined {}, VerifyTokenAuthority \
+         declined {}, Credentials served from ECR Public {}; forwarded: FetchToken {}",
+        count("declining GetTokenAuthority"),
+        count("declining VerifyTokenAuthority"),
+        count("registry credentials served from ECR"),
+        count("/moby.filesync.v1.Auth/FetchToken"),
+    );
+    assert!(count("declining GetTokenAuthority") >= 1, "{log}");
+    // The control build left BuildKit an anonymous token fetcher for the host, whose key any
+    // client without credentials proves: declined, BuildKit does not link it.
+    assert!(count("declining VerifyTokenAuthority") >= 1, "{log}");
+    assert_eq!(count("/moby.filesync.v1.Auth/FetchToken"), 0, "{log}");
+    let served = registry_records(&audit)
+        .into_iter()
+        .filter(|r| r["source"] == "ecr" && r["outcome"] == "served" && r["host"] == host.as_str())
+        .count();
+    assert!(served >= builds, "{served} ECR records for {builds} builds");
+
+    // ECR Public refusing, on a fresh helper (nothing cached): the pull goes on anonymously,
+    // and the token server turns it away.
+    ecr.deny(true);
+    s.restart_helper(LOG, |cmd| configure(cmd, &sts, &ecr, &host, &audit));
+    let (ok, text) = s.build(&ctx, &[]);
+    assert!(!ok, "built with ECR Public refusing:\n{text}");
+    assert!(
+        text.contains("401"),
+        "no 401 with ECR Public refusing:\n{text}"
+    );
+    eprintln!(
+        "build error with ECR Public refusing: {:?}",
+        text.lines()
+            .rfind(|l| l.contains("401") || l.contains("error"))
+            .unwrap_or_default()
+    );
+    let refused = registry_records(&audit)
+        .into_iter()
+        .filter(|r| r["outcome"] == "error")
+        .count();
+    eprintln!(
+        "ECR Public calls for the refused build: {} (Credentials asked: {refused})",
+        ecr.calls() - 1
+    );
+    assert!(
+        ecr.calls() > 1,
+        "ECR Public was not asked after the refusal"
+    );
+    let log = s.helper.log_text();
+    assert!(
+        log.contains("ecr-public:GetAuthorizationToken") && log.contains("goes on anonymously"),
+        "the helper's log does not say ECR Public refused:\n{log}"
+    );
+}
