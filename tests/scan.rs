@@ -483,6 +483,88 @@ fn generic_detectors_run_without_any_configured_secret() {
     assert!(notes.contains("only the generic detectors"), "{notes}");
 }
 
+/// A password as ecr:GetAuthorizationToken hands one out: base64 of a JSON envelope around
+/// an encrypted payload and data key (random here).
+fn synthetic_ecr_password() -> String {
+    let b64 = |n: usize| {
+        let mut bytes = vec![0u8; n];
+        rand::fill(&mut bytes[..]);
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+    let envelope = format!(
+        r#"{{"payload":"{}","datakey":"{}","version":"2","type":"DATA_KEY","expiration":1700000000}}"#,
+        b64(1200),
+        b64(180)
+    );
+    base64::engine::general_purpose::STANDARD.encode(envelope)
+}
+
+#[test]
+fn ecr_registry_passwords_are_found_by_shape_without_any_configured_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = synthetic_ecr_password();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+    let docker_config = json!({
+        "auths": { "123456789012.dkr.ecr.us-east-1.amazonaws.com": { "auth": auth } }
+    });
+    let oci = dir.path().join("oci");
+    oci_image(
+        &oci,
+        &[gz_layer(vec![
+            E::File("etc/ecr-password", format!("{password}\n").into_bytes()),
+            E::File(
+                "root/.docker/config.json",
+                docker_config.to_string().into_bytes(),
+            ),
+        ])],
+        &[&format!("REGISTRY_PASSWORD={password}")],
+        json!({}),
+        &[],
+    );
+    // Past their fixed starts (which snippets may show), neither form may be printed.
+    let radioactive = Radioactive::default();
+    radioactive.watch(&password.as_bytes()[16..]);
+    radioactive.watch(&auth.as_bytes()[24..]);
+    let mut cmd = common::command();
+    cmd.args(["scan", "--format", "json"]).arg(&oci);
+    let f = findings(&common::run(&mut cmd, &radioactive));
+    let found: Vec<_> = f
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap(),
+                f["detector"].as_str().unwrap(),
+                f["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let auth_at = docker_config.to_string().find(&auth).unwrap() as u64;
+    assert_eq!(
+        found,
+        [
+            ("config.Env[0]", "ecr-registry-password", 18),
+            ("etc/ecr-password", "ecr-registry-password", 0),
+            (
+                "root/.docker/config.json",
+                "ecr-registry-password (docker auth: base64 of AWS:password)",
+                auth_at
+            ),
+        ],
+        "{f:?}"
+    );
+    let mut cmd = common::command();
+    cmd.args(["scan", "--format", "sarif"]).arg(&oci);
+    let sarif = json_report(&common::run(&mut cmd, &radioactive));
+    assert_eq!(
+        sarif["runs"][0]["results"][2]["ruleId"],
+        "ecr-registry-password"
+    );
+    let mut cmd = common::command();
+    cmd.arg("scan").arg(&oci);
+    let text = common::run(&mut cmd, &radioactive);
+    assert_eq!(text.status.code(), Some(1));
+}
+
 #[test]
 fn every_platform_and_attestation_of_an_index_is_scanned() {
     let dir = tempfile::tempdir().unwrap();

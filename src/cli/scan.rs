@@ -114,7 +114,7 @@ async fn needles(identity: &SearchArgs) -> anyhow::Result<(Needles, Vec<String>)
     if !identity.has_identity() && identity.secrets.secrets.is_empty() {
         notes.push(
             "no identity or --secret configured: only the generic detectors ran (AWS keys, \
-             session tokens, identity JWTs)"
+             session tokens, identity JWTs, ECR registry passwords)"
                 .to_string(),
         );
         return Ok((needles, notes));

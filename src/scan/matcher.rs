@@ -18,7 +18,9 @@
 use std::io::{self, Read};
 
 use aho_corasick::{AhoCorasick, Input, MatchKind};
+use base64::alphabet;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest as _, Sha256};
@@ -31,6 +33,9 @@ pub const MIN_NEEDLE_LEN: usize = 8;
 const JWT_MAX: usize = 16 * 1024;
 /// Longest session token value read after an anchor.
 const SESSION_TOKEN_MAX: usize = 4096;
+/// Longest ECR registry password (or `AWS:` form of one) the detector decodes; real ones are
+/// about 1,800 and 2,400 characters. Bounds the look-ahead.
+const ECR_MAX: usize = 16 * 1024;
 /// Bytes kept before a window's resume point, for word-boundary checks.
 const LOOKBEHIND: usize = 8;
 /// Bytes read per window, beyond the overlap.
@@ -74,6 +79,13 @@ enum Pattern {
     SessionTokenPrefix,
     /// `eyJ`, the start of a JWT, confirmed by decoding its header and claims.
     Jwt,
+    /// `eyJwYXlsb2FkIjoi`, base64 of `{"payload":"`: the start of an ECR registry password
+    /// (from ecr:GetAuthorizationToken, new at every call), confirmed by decoding it.
+    EcrPassword,
+    /// `QVdTOmV5SndZWGxzYjJGa0lq`, base64 of `AWS:eyJwYXlsb2FkIj`: the start of ECR's
+    /// `authorizationToken` and of a docker config's `auth` for ECR, base64 of `AWS:` and the
+    /// password; confirmed by decoding both layers.
+    EcrAuth,
 }
 
 /// One confirmed match: where, what, and a snippet that never shows the value.
@@ -180,6 +192,8 @@ impl Matcher {
             ("IQoJb3JpZ2luX2Vj", Pattern::SessionTokenPrefix),
             ("FwoGZXIvYXdzE", Pattern::SessionTokenPrefix),
             ("eyJ", Pattern::Jwt),
+            ("eyJwYXlsb2FkIjoi", Pattern::EcrPassword),
+            ("QVdTOmV5SndZWGxzYjJGa0lq", Pattern::EcrAuth),
         ];
         for (anchor, pattern) in generic {
             bytes.push(anchor.as_bytes().to_vec());
@@ -205,7 +219,7 @@ impl Matcher {
             }
         });
         let span = wrapped.as_ref().map_or(0, |w| w.max_span + HEX_LINE_MAX);
-        let lookahead = max_pattern.max(span) + JWT_MAX;
+        let lookahead = max_pattern.max(span) + JWT_MAX.max(ECR_MAX);
         (
             Matcher {
                 ac,
@@ -561,6 +575,9 @@ fn confirm(
         }
         Pattern::SessionTokenPrefix => session_token(hay, start),
         Pattern::Jwt => jwt(hay, start),
+        // The anchor starts with the JWT's: a JWT it hides is still judged as one.
+        Pattern::EcrPassword => ecr_password(hay, start).or_else(|| jwt(hay, start)),
+        Pattern::EcrAuth => ecr_auth(hay, start),
     }
 }
 
@@ -628,6 +645,61 @@ fn jwt(hay: &[u8], start: usize) -> Option<(usize, usize, String)> {
         (false, false) => return None,
     };
     Some((start, start + stop, detector.to_string()))
+}
+
+/// Standard base64 with its padding optional: ECR pads its passwords, a copy may have lost it.
+const STANDARD_ANY_PAD: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+/// The standard base64 value starting at `start` (at most [`ECR_MAX`] characters, padding
+/// included), decoded, and where it ends; none when it continues a longer run of base64 (its
+/// bytes would be misaligned) or is no valid base64.
+fn base64_value(hay: &[u8], start: usize) -> Option<(usize, Vec<u8>)> {
+    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'/' || *b == b'+';
+    if start > 0 && b64(&hay[start - 1]) {
+        return None;
+    }
+    let rest = &hay[start..hay.len().min(start + ECR_MAX)];
+    let chars = rest.iter().take_while(|b| b64(b)).count();
+    let stop = chars
+        + rest[chars..]
+            .iter()
+            .take(2)
+            .take_while(|b| **b == b'=')
+            .count();
+    let decoded = STANDARD_ANY_PAD.decode(&rest[..stop]).ok()?;
+    Some((start + stop, decoded))
+}
+
+/// True when `json` is the envelope an ECR registry password encodes: an object with the
+/// encrypted `payload`, the `datakey` that opens it and its `expiration` (ECR adds `version`
+/// and `type`). Any base64 starting `{"payload":"` would otherwise be reported.
+fn is_ecr_envelope(json: &[u8]) -> bool {
+    match serde_json::from_slice::<serde_json::Value>(json) {
+        Ok(serde_json::Value::Object(fields)) => ["payload", "datakey", "expiration"]
+            .iter()
+            .all(|key| fields.contains_key(*key)),
+        _ => false,
+    }
+}
+
+/// An ECR registry password starting at `start`: base64 of its JSON envelope.
+fn ecr_password(hay: &[u8], start: usize) -> Option<(usize, usize, String)> {
+    let (stop, json) = base64_value(hay, start)?;
+    is_ecr_envelope(&json).then(|| (start, stop, "ecr-registry-password".to_string()))
+}
+
+/// An ECR `authorizationToken` or docker `auth` starting at `start`: base64 of `AWS:` and an
+/// ECR registry password.
+fn ecr_auth(hay: &[u8], start: usize) -> Option<(usize, usize, String)> {
+    let (stop, decoded) = base64_value(hay, start)?;
+    let json = STANDARD_ANY_PAD
+        .decode(decoded.strip_prefix(b"AWS:")?)
+        .ok()?;
+    let detector = "ecr-registry-password (docker auth: base64 of AWS:password)";
+    is_ecr_envelope(&json).then(|| (start, stop, detector.to_string()))
 }
 
 /// The first few characters of a value (a quarter at most, four at most) and how many bytes are
@@ -898,6 +970,111 @@ mod tests {
         assert!(found(&k8s)[0].detector.contains("kubernetes"));
         assert!(found(&other).is_empty());
         assert!(found("eyJnotajwt").is_empty());
+        // A header that starts like an ECR password is still judged as a JWT's.
+        let odd = format!(
+            "{}.{}.sig",
+            URL_SAFE_NO_PAD.encode(r#"{"payload":"x","alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(r#"{"aud":"sts.amazonaws.com"}"#)
+        );
+        assert!(odd.starts_with("eyJwYXlsb2FkIjoi"), "{odd}");
+        assert!(found(&odd)[0].detector.contains("sts.amazonaws.com"));
+    }
+
+    /// A password shaped as ecr:GetAuthorizationToken's (its fields in ECR's order, a random
+    /// payload and data key), without the field `omit`.
+    fn synthetic_ecr_password(omit: Option<&str>) -> String {
+        let random = |n: usize| {
+            let mut bytes = vec![0u8; n];
+            rand::fill(&mut bytes[..]);
+            serde_json::Value::from(STANDARD.encode(bytes))
+        };
+        let fields = [
+            ("payload", random(1500)),
+            ("datakey", random(200)),
+            ("version", "2".into()),
+            ("type", "DATA_KEY".into()),
+            ("expiration", 1700000000.into()),
+        ];
+        let kept: Vec<String> = fields
+            .iter()
+            .filter(|(key, _)| Some(*key) != omit)
+            .map(|(key, value)| format!("\"{key}\":{value}"))
+            .collect();
+        STANDARD.encode(format!("{{{}}}", kept.join(",")))
+    }
+
+    #[test]
+    fn ecr_registry_passwords_are_found_raw_and_as_docker_auths() {
+        let m = matcher(&[]);
+        let password = synthetic_ecr_password(None);
+        assert!(password.starts_with("eyJwYXlsb2FkIjoi"), "{password}");
+        let auth = STANDARD.encode(format!("AWS:{password}"));
+        let unpadded = password.trim_end_matches('=');
+        for (hay, value, detector) in [
+            (
+                format!("--password {password}\n"),
+                &password[..],
+                "ecr-registry-password",
+            ),
+            (
+                format!("PASS='{unpadded}'"),
+                unpadded,
+                "ecr-registry-password",
+            ),
+            (
+                format!(
+                    r#"{{"auths":{{"1.dkr.ecr.us-east-1.amazonaws.com":{{"auth":"{auth}"}}}}}}"#
+                ),
+                &auth[..],
+                "ecr-registry-password (docker auth: base64 of AWS:password)",
+            ),
+            (
+                format!("AWS:{password}"),
+                &password[..],
+                "ecr-registry-password",
+            ),
+        ] {
+            let hits = hits_bytes(&m, hay.as_bytes());
+            assert_eq!(hits.len(), 1, "{hits:?}");
+            assert_eq!(hits[0].detector, detector);
+            assert_eq!(hits[0].offset as usize, hay.find(value).unwrap());
+            assert_eq!(hits[0].len, value.len());
+            assert!(!hits[0].snippet.contains(&value[4..8]), "{hits:?}");
+            // Streamed in small reads, as a layer's file is, it is the same one hit.
+            assert_eq!(hits_stream(&m, hay.as_bytes(), 1000), hits);
+        }
+    }
+
+    #[test]
+    fn base64_that_only_starts_like_an_ecr_password_is_no_finding() {
+        let m = matcher(&[]);
+        let password = synthetic_ecr_password(None);
+        let no_datakey = synthetic_ecr_password(Some("datakey"));
+        let no_expiration = synthetic_ecr_password(Some("expiration"));
+        let not_json = STANDARD.encode(r#"{"payload":"abc" and then prose, no JSON"#);
+        let envelope = STANDARD.decode(&password).unwrap();
+        let trailing = STANDARD.encode([&envelope[..], b" and more"].concat());
+        let truncated = &password[..password.len() / 2];
+        let mut cases = vec![
+            no_datakey,
+            no_expiration,
+            not_json,
+            trailing,
+            truncated.to_string(),
+            // Inside a longer base64 text: another alignment, not this value.
+            format!("QUFB{password}"),
+            "eyJwYXlsb2FkIjoi".to_string(),
+        ];
+        let auths: Vec<_> = cases
+            .iter()
+            .filter(|c| c.starts_with("eyJ"))
+            .map(|c| STANDARD.encode(format!("AWS:{c}")))
+            .collect();
+        cases.extend(auths);
+        for hay in cases {
+            let hits = hits_bytes(&m, format!("x {hay} y").as_bytes());
+            assert!(hits.is_empty(), "{hay}: {hits:?}");
+        }
     }
 
     #[test]
