@@ -13,15 +13,9 @@ use std::time::Duration;
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
 use common::{command, probe, probed, sha, token, Helper, Projected, Radioactive, ARN};
 
+/// A build context on the base image with one `RUN run` step.
 fn context(dir: &Path, name: &str, run: &str) -> std::path::PathBuf {
-    let ctx = dir.join(name);
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {BASE_IMAGE}\nRUN {run}\n"),
-    )
-    .unwrap();
-    ctx
+    dockerd::context(dir, name, &format!("FROM {BASE_IMAGE}\nRUN {run}\n"))
 }
 
 /// GET `path` from the metrics endpoint: (status code, body).

@@ -394,14 +394,11 @@ impl Stack {
 
     /// A build context DIR/`name` whose Dockerfile is `dockerfile` on the base image.
     pub fn context(&self, name: &str, dockerfile: &str) -> PathBuf {
-        let ctx = self.dir.join(name);
-        std::fs::create_dir_all(&ctx).unwrap();
-        std::fs::write(
-            ctx.join("Dockerfile"),
-            format!("FROM {BASE_IMAGE}\n{dockerfile}\n"),
+        context(
+            &self.dir,
+            name,
+            &format!("FROM {BASE_IMAGE}\n{dockerfile}\n"),
         )
-        .unwrap();
-        ctx
     }
 
     /// `docker build` of `ctx` through the helper, output piped.
@@ -479,4 +476,12 @@ impl Stack {
             assert!(out.contains(&line), "no `{line}` in:\n{out}");
         }
     }
+}
+
+/// A build context `dir`/`name` whose Dockerfile is `dockerfile`, whole.
+pub fn context(dir: &Path, name: &str, dockerfile: &str) -> PathBuf {
+    let ctx = dir.join(name);
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
 }

@@ -359,14 +359,8 @@ pub fn client_login(socket: &Path, host: &str, user: &str, password: &str) {
 
 /// A build context whose Dockerfile starts `FROM image`.
 pub fn context(dir: &Path, name: &str, image: &str) -> PathBuf {
-    let ctx = dir.join(name);
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!("FROM {image}\nRUN cat /etc/hostname > /dev/null || true\n"),
-    )
-    .unwrap();
-    ctx
+    let dockerfile = format!("FROM {image}\nRUN cat /etc/hostname > /dev/null || true\n");
+    super::dockerd::context(dir, name, &dockerfile)
 }
 
 /// The audit log's registry records.
