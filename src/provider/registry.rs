@@ -19,8 +19,8 @@
 //!   `Credentials` gives the same pair again. So every session asks at least once per host, and
 //!   the router declines both key methods where the helper answers.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use tonic::{Code, Status};
@@ -29,7 +29,7 @@ use super::Provider;
 use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::SecretValue;
 use crate::source::ecr::{self, Hosts, Passwords, Registry};
-use crate::source::ErrorKind;
+use crate::source::{ErrorKind, SourceError};
 
 /// A registry login, as `Auth/Credentials` carries it (the session's router converts): an empty
 /// user or password is no login at all.
@@ -46,6 +46,26 @@ impl Login {
     /// then (a 401).
     pub fn is_empty(&self) -> bool {
         self.username.is_empty() || self.secret.is_empty()
+    }
+}
+
+/// The ECR failures one build session has met, by ECR endpoint. BuildKit asks `Credentials`
+/// again at every resolve of a host (seven times in one `public.ecr.aws` build, whose pull goes
+/// on anonymously after a refusal), so a session that met a failure gets it again at once
+/// instead of another ECR call, each with the SDK's retries. The next session asks ECR again:
+/// a policy fixed between two builds is seen by the second.
+#[derive(Debug, Default)]
+pub struct SessionFailures(Mutex<HashMap<Registry, SourceError>>);
+
+impl SessionFailures {
+    fn of(&self, registry: &Registry) -> Option<SourceError> {
+        let failures = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.get(&registry.password_scope()).cloned()
+    }
+
+    fn remember(&self, registry: &Registry, error: &SourceError) {
+        let mut failures = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.insert(registry.password_scope(), error.clone());
     }
 }
 
@@ -115,12 +135,14 @@ impl Provider {
     /// Answers a session's `Auth/Credentials` for `host`, given the client's own answer: the
     /// client's credentials when it has some; for an ECR host this listener serves, `AWS` and
     /// ECR's password; otherwise the client's answer, whatever it was. Answers for ECR hosts
-    /// are recorded; other hosts are none of the helper's business.
+    /// are recorded; other hosts are none of the helper's business. `failures` are the
+    /// session's, answered again without an ECR call.
     pub async fn registry_credentials(
         &self,
         host: &str,
         caller: &Caller,
         client: Result<Login, Status>,
+        failures: &SessionFailures,
         started: Instant,
     ) -> Result<Login, Status> {
         let Some(registry) = self.registries.hosts.registry(host) else {
@@ -158,7 +180,13 @@ impl Provider {
                 .await?;
             return client;
         }
-        match passwords.password(&registry).await {
+        let password = match failures.of(&registry) {
+            Some(failed) => Err(failed),
+            None => passwords.password(&registry).await.inspect_err(|e| {
+                failures.remember(&registry, e);
+            }),
+        };
+        match password {
             Ok(password) => {
                 self.registry_answer(
                     caller,
@@ -234,21 +262,24 @@ mod tests {
     use futures_util::future::BoxFuture;
     use tonic::{Code, Status};
 
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
     use super::*;
     use crate::source::ecr::{Issuer, Token};
-    use crate::source::SourceError;
 
     const ECR_HOST: &str = "123456789012.dkr.ecr.us-east-1.amazonaws.com";
 
-    /// Issues `AWS:ecr-pw`, or refuses as a role without the permission does.
+    /// Issues `AWS:ecr-pw`, or refuses as a role without the permission does; counts calls.
     struct Fake {
         deny: bool,
+        calls: Arc<AtomicUsize>,
     }
 
     impl Issuer for Fake {
         fn issue<'a>(&'a self, _: &'a Registry) -> BoxFuture<'a, Result<Token, SourceError>> {
             use base64::Engine;
             Box::pin(async move {
+                self.calls.fetch_add(1, Ordering::SeqCst);
                 if self.deny {
                     return Err(SourceError::new(
                         ErrorKind::Denied,
@@ -265,10 +296,21 @@ mod tests {
     }
 
     fn provider(deny: bool, allowed: Option<&[&str]>) -> Provider {
+        counting_provider(deny, allowed).0
+    }
+
+    /// A provider on [`Fake`], and its count of ECR calls.
+    fn counting_provider(deny: bool, allowed: Option<&[&str]>) -> (Provider, Arc<AtomicUsize>) {
         let hosts = Hosts::new(&[format!("127.0.0.1:5000={ECR_HOST}")]).unwrap();
-        let passwords = Passwords::new(Box::new(Fake { deny }));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let fake = Fake {
+            deny,
+            calls: Arc::clone(&calls),
+        };
+        let passwords = Passwords::new(Box::new(fake));
         let allowed = allowed.map(|a| a.iter().map(|h| h.to_string()).collect());
-        Provider::new(Vec::new()).with_registries(Registries::new(hosts, Some(passwords), allowed))
+        let registries = Registries::new(hosts, Some(passwords), allowed);
+        (Provider::new(Vec::new()).with_registries(registries), calls)
     }
 
     fn creds(user: &str, secret: &str) -> Login {
@@ -279,7 +321,8 @@ mod tests {
     }
 
     async fn ask(p: &Provider, host: &str, client: Result<Login, Status>) -> Result<Login, Status> {
-        p.registry_credentials(host, &Caller::default(), client, Instant::now())
+        let failures = SessionFailures::default();
+        p.registry_credentials(host, &Caller::default(), client, &failures, Instant::now())
             .await
     }
 
@@ -365,5 +408,33 @@ mod tests {
             .await
             .unwrap();
         assert!(got.is_empty());
+    }
+
+    /// A session asks ECR once per endpoint however often BuildKit asks after a failure (both
+    /// hosts here are one endpoint); a new session asks again.
+    #[tokio::test]
+    async fn a_session_meets_an_ecr_failure_once_and_the_next_session_asks_again() {
+        let (p, calls) = counting_provider(true, None);
+        let session = SessionFailures::default();
+        for host in [ECR_HOST, "127.0.0.1:5000", ECR_HOST] {
+            let e = p
+                .registry_credentials(
+                    host,
+                    &Caller::default(),
+                    Ok(creds("", "")),
+                    &session,
+                    Instant::now(),
+                )
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied);
+            assert!(
+                e.message().contains("needs ecr:GetAuthorizationToken"),
+                "{e}"
+            );
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert!(ask(&p, ECR_HOST, Ok(creds("", ""))).await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "a new session asks ECR");
     }
 }

@@ -4,6 +4,7 @@
 //! to the build client as raw streams.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Instant;
 
 use http::{Request, Response, Uri};
@@ -15,7 +16,7 @@ use tower::Service;
 use super::SessionInfo;
 use crate::observe::metrics::Metrics;
 use crate::observe::Caller;
-use crate::provider::registry::Login;
+use crate::provider::registry::{Login, SessionFailures};
 use crate::provider::{ClientAnswer, Provider};
 use crate::secret::SecretValue;
 use crate::wire::h2::Peer;
@@ -52,6 +53,7 @@ impl Router {
                 provider: provider.clone(),
                 client: AuthClient::with_origin(to_client.clone(), origin()),
                 caller: info.caller(),
+                failures: Arc::default(),
             })
         });
         let secrets = SecretsServer::new(SessionSecrets {
@@ -151,6 +153,8 @@ struct SessionAuth {
     provider: Provider,
     client: AuthClient<Peer>,
     caller: Caller,
+    /// The ECR failures this session met, answered again without another ECR call.
+    failures: Arc<SessionFailures>,
 }
 
 impl SessionAuth {
@@ -193,7 +197,7 @@ impl Auth for SessionAuth {
         let client = self.client_credentials(&host).await;
         let answer = self
             .provider
-            .registry_credentials(&host, &self.caller, client, started)
+            .registry_credentials(&host, &self.caller, client, &self.failures, started)
             .await?;
         Ok(GrpcResponse::new(carrying(&answer)))
     }
