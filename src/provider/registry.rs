@@ -320,10 +320,27 @@ mod tests {
         }
     }
 
+    /// Asks as a new session would.
     async fn ask(p: &Provider, host: &str, client: Result<Login, Status>) -> Result<Login, Status> {
-        let failures = SessionFailures::default();
-        p.registry_credentials(host, &Caller::default(), client, &failures, Instant::now())
+        ask_in(&SessionFailures::default(), p, host, client).await
+    }
+
+    async fn ask_in(
+        session: &SessionFailures,
+        p: &Provider,
+        host: &str,
+        client: Result<Login, Status>,
+    ) -> Result<Login, Status> {
+        p.registry_credentials(host, &Caller::default(), client, session, Instant::now())
             .await
+    }
+
+    fn assert_names_the_ecr_fix(e: &Status) {
+        assert_eq!(e.code(), Code::PermissionDenied);
+        assert!(
+            e.message().contains("needs ecr:GetAuthorizationToken"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -394,11 +411,7 @@ mod tests {
         let e = ask(&provider(true, None), ECR_HOST, Ok(creds("", "")))
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Code::PermissionDenied);
-        assert!(
-            e.message().contains("needs ecr:GetAuthorizationToken"),
-            "{e}"
-        );
+        assert_names_the_ecr_fix(&e);
         assert!(e.message().contains(ECR_HOST), "{e}");
     }
 
@@ -417,21 +430,10 @@ mod tests {
         let (p, calls) = counting_provider(true, None);
         let session = SessionFailures::default();
         for host in [ECR_HOST, "127.0.0.1:5000", ECR_HOST] {
-            let e = p
-                .registry_credentials(
-                    host,
-                    &Caller::default(),
-                    Ok(creds("", "")),
-                    &session,
-                    Instant::now(),
-                )
+            let e = ask_in(&session, &p, host, Ok(creds("", "")))
                 .await
                 .unwrap_err();
-            assert_eq!(e.code(), Code::PermissionDenied);
-            assert!(
-                e.message().contains("needs ecr:GetAuthorizationToken"),
-                "{e}"
-            );
+            assert_names_the_ecr_fix(&e);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert!(ask(&p, ECR_HOST, Ok(creds("", ""))).await.is_err());
