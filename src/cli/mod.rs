@@ -476,20 +476,16 @@ impl ServedArgs {
     ) -> anyhow::Result<Vec<Arc<dyn Source>>> {
         let (ids, region) = (self.ids.ids(), self.region.region.clone());
         let github = identity == Identity::GithubOidc;
-        if self.sts.assume_role.is_some()
-            && matches!(
-                identity,
-                Identity::Irsa | Identity::GithubOidc | Identity::Mock
-            )
-        {
+        if self.sts.assume_role.is_some() && identity.platform().is_none() {
             anyhow::bail!(
                 "--assume-role narrows a credential identity (pod-identity, container, imds); \
                  the {identity} identity is a web identity token: narrow it with --sts and \
                  --session-policy or --policy-arn, for the role in --role-arn"
             );
         }
-        let platform = match identity {
-            Identity::Irsa | Identity::GithubOidc | Identity::Mock if self.sts.sts => {
+        let platform = match identity.platform() {
+            Some(platform) => platform,
+            None if self.sts.sts => {
                 let mut sources: Vec<Arc<dyn Source>> = vec![Arc::new(self.sts.source(
                     &self.identity,
                     github,
@@ -501,17 +497,12 @@ impl ServedArgs {
                 }
                 return Ok(sources);
             }
-            Identity::Irsa | Identity::Mock => {
-                return Ok(vec![self.identity.source(ids, region)?]);
-            }
-            Identity::GithubOidc => {
+            None if github => {
                 return Ok(vec![Arc::new(
                     self.identity.web_identity(true, ids, region)?,
                 )]);
             }
-            Identity::PodIdentity => Platform::PodIdentity,
-            Identity::Container => Platform::Container,
-            Identity::Imds => Platform::Imds,
+            None => return Ok(vec![self.identity.source(ids, region)?]),
         };
         if self.sts.sts {
             anyhow::bail!(
@@ -559,9 +550,10 @@ impl IdentityArgs {
         let identity = chosen.identity;
         let margin = self.token.expiry_margin;
         let region = region.unwrap_or(DEFAULT_REGION);
-        let credentials = match identity {
-            Identity::Mock => return Ok(None),
-            Identity::Irsa | Identity::GithubOidc => {
+        let credentials = match identity.platform() {
+            Some(platform) => Credentials::new(PlatformRole::new(platform), margin, None),
+            None if identity == Identity::Mock => return Ok(None),
+            None => {
                 let github = identity == Identity::GithubOidc;
                 let web = self.web_identity(github, IdentityIds::default(), None)?;
                 let scope = Scope {
@@ -574,13 +566,6 @@ impl IdentityArgs {
                 let exchange = Exchange::new(region, sts.sts_endpoint.as_deref());
                 Credentials::new(WebIdentity::new(web, scope, exchange), margin, None)
             }
-            Identity::PodIdentity => {
-                Credentials::new(PlatformRole::new(Platform::PodIdentity), margin, None)
-            }
-            Identity::Container => {
-                Credentials::new(PlatformRole::new(Platform::Container), margin, None)
-            }
-            Identity::Imds => Credentials::new(PlatformRole::new(Platform::Imds), margin, None),
         };
         Ok(Some(Aws::new(credentials, region, identity.name())))
     }

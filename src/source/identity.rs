@@ -5,6 +5,8 @@
 
 use std::fmt;
 
+use crate::source::platform::Platform;
+
 /// An identity the helper can serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Identity {
@@ -35,6 +37,18 @@ impl Identity {
             Identity::Imds => "imds",
             Identity::GithubOidc => "github-oidc",
             Identity::Mock => "mock",
+        }
+    }
+
+    /// The platform endpoint a credential identity's credentials come from; `None` for a web
+    /// identity token (IRSA, GitHub OIDC) and the mock, which are tokens rather than
+    /// credentials.
+    pub fn platform(self) -> Option<Platform> {
+        match self {
+            Identity::PodIdentity => Some(Platform::PodIdentity),
+            Identity::Container => Some(Platform::Container),
+            Identity::Imds => Some(Platform::Imds),
+            Identity::Irsa | Identity::GithubOidc | Identity::Mock => None,
         }
     }
 }
