@@ -47,12 +47,21 @@ const HEX_LINE_MAX: usize = 256;
 /// alphabet, padding and line breaks.
 const BASE64_RUN: [bool; 256] =
     class(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=\r\n");
+/// The standard base64 alphabet, without padding: the characters of an AWS secret key and of
+/// an ECR password.
+const BASE64_CHAR: [bool; 256] =
+    class(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/");
 /// Which bytes may make up a stretch of spaced hex (`od -An -tx1`): hex digits, spaces, breaks.
 const HEX_RUN: [bool; 256] = class(b"0123456789abcdefABCDEF \r\n");
 /// The gaps removed from runs, and those a hit must span to be reported from them.
 const LINE_BREAK: [bool; 256] = class(b"\r\n");
 const HEX_GAP: [bool; 256] = class(b" \r\n");
 const SPACE: [bool; 256] = class(b" ");
+
+/// Whether `b` is a character of standard base64, padding aside.
+fn b64(b: &u8) -> bool {
+    BASE64_CHAR[usize::from(*b)]
+}
 
 const fn class(members: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
@@ -549,7 +558,6 @@ fn confirm(
     end: usize,
 ) -> Option<(usize, usize, String)> {
     let upper_alnum = |b: &u8| b.is_ascii_uppercase() || b.is_ascii_digit();
-    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'/' || *b == b'+';
     match pattern {
         Pattern::Needle(label) => Some((start, end, label.clone())),
         Pattern::AccessKeyId => {
@@ -657,7 +665,6 @@ const STANDARD_ANY_PAD: GeneralPurpose = GeneralPurpose::new(
 /// included), decoded, and where it ends; none when it continues a longer run of base64 (its
 /// bytes would be misaligned) or is no valid base64.
 fn base64_value(hay: &[u8], start: usize) -> Option<(usize, Vec<u8>)> {
-    let b64 = |b: &u8| b.is_ascii_alphanumeric() || *b == b'/' || *b == b'+';
     if start > 0 && b64(&hay[start - 1]) {
         return None;
     }
