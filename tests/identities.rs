@@ -645,11 +645,7 @@ async fn a_pod_identity_agent_not_running_or_too_slow_is_a_clear_error_until_it_
     let r = Radioactive::default();
     let token_file = dir.path().join("eks-pod-identity-token");
     // A port nothing listens on, until the agent starts there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let base = format!("http://127.0.0.1:{port}");
     let placeholder = FakeEndpoint::start(|_: &Request| Reply::Hangup);
     let env: Vec<_> = pod_identity_env(dir.path(), &placeholder, &r)

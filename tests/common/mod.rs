@@ -24,6 +24,31 @@ pub const CREDENTIAL_IDS: [&str; 5] = [
     "aws-credentials-expiration",
 ];
 
+/// A free loopback port, for a server that takes its address from its arguments or
+/// configuration rather than handing back the one it bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP/1.1 exchange on `host` (`request` ends with its blank line and asks
+/// `Connection: close`): the status and the body, if the server answers within 5 s.
+pub fn http_exchange(host: &str, request: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(host).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(request.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    conn.read_to_end(&mut answer).ok()?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer.get(9..12)?.parse().ok()?;
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_string()))
+}
+
 /// Hex sha256, as `sha256sum` prints it inside a build step.
 pub fn sha(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -55,11 +55,7 @@ impl Moto {
     /// Starts `moto_server -H 127.0.0.1 -p PORT` logging to DIR/moto.log and waits until it
     /// answers.
     pub fn start(dir: &Path) -> Moto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let log = dir.join("moto.log");
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new("moto_server")

@@ -5,8 +5,7 @@
 //! challenge naming a token server, here `tests/python/token_server.py`, that takes the Basic
 //! credentials and hands out a signed JWT).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -14,7 +13,7 @@ use std::time::Duration;
 use base64::Engine;
 
 use super::dockerd::{docker_on, Dockerd, BASE_IMAGE};
-use super::eventually;
+use super::{eventually, free_port, http_exchange as exchange};
 
 /// Debian's distribution server (package docker-registry).
 pub const REGISTRY: &str = "/usr/bin/docker-registry";
@@ -42,29 +41,6 @@ pub fn available() -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// A free loopback port, for a server that takes its address from its configuration.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 exchange on `host` (`request` ends with its blank line and asks
-/// `Connection: close`): the status and the body, if the server answers at all.
-fn exchange(host: &str, request: &str) -> Option<(u16, String)> {
-    let mut conn = std::net::TcpStream::connect(host).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    conn.write_all(request.as_bytes()).ok()?;
-    let mut answer = Vec::new();
-    conn.read_to_end(&mut answer).ok()?;
-    let answer = String::from_utf8_lossy(&answer);
-    let status = answer.get(9..12)?.parse().ok()?;
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, body.to_string()))
 }
 
 /// `Authorization: Basic` of `user` and `password`.
@@ -105,10 +81,9 @@ impl TokenServer {
             .stderr(stderr)
             .spawn()
             .expect("python3: run scripts/deps-python and put target/pyenv/bin first on PATH");
+        // A failed read leaves the line empty, and the parse below stops the child.
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
         let port: u16 = line.trim().parse().unwrap_or_else(|_| {
             let _ = child.kill();
             let _ = child.wait();
