@@ -229,9 +229,13 @@ impl Helper {
         r
     }
 
-    /// The helper's log so far.
+    /// The helper's log so far, checked for watched values first: tests print it in their
+    /// assertion messages, which must not show a value the teardown check would catch later.
     pub fn log_text(&self) -> String {
-        log_of(&self.log)
+        let text = log_of(&self.log);
+        self.radioactive
+            .assert_absent("the helper's log", text.as_bytes());
+        text
     }
 
     /// Sends SIGTERM and waits for exit; returns the exit status.
