@@ -5,11 +5,14 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use http::header::{CONNECTION, UPGRADE};
+use http::{Request, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use tokio::net::{TcpStream, UnixStream};
 
-use super::docker;
 use super::Io;
 use crate::wire::tls::{Alpn, Tls};
 
@@ -169,7 +172,7 @@ pub enum Failure {
     },
     /// dockerd refused an upgrade.
     #[error("refused POST {0}: {1}")]
-    Upgrade(&'static str, docker::UpgradeError),
+    Upgrade(&'static str, UpgradeError),
     /// The connection broke before an answer came back.
     #[error("did not answer: {0}")]
     Exchange(hyper::Error),
@@ -293,7 +296,7 @@ impl Daemon {
     pub async fn connect_grpc(&self) -> Result<Box<dyn Io>, DaemonError> {
         if self.kind().await? == UpstreamKind::Docker {
             let io = self.connect_http1().await?;
-            return match tokio::time::timeout(DIAL_TIMEOUT, docker::upgrade(io, GRPC_PATH)).await {
+            return match tokio::time::timeout(DIAL_TIMEOUT, upgrade(io, GRPC_PATH)).await {
                 Ok(Ok(io)) => Ok(io),
                 Ok(Err(why)) => Err(self.error(Failure::Upgrade(GRPC_PATH, why))),
                 Err(_) => Err(self.error(Failure::UpgradeTimeout {
@@ -353,4 +356,65 @@ async fn ping(mut io: Box<dyn Io>) -> Result<UpstreamKind, Undetected> {
         Ok(Err(e)) => Err(Undetected::Read(e)),
         Err(_) => Err(Undetected::Timeout(PING_TIMEOUT)),
     }
+}
+
+/// Aborts a daemon connection's task when its owner (the client connection's task, or an
+/// upgrade that never completed) is dropped.
+pub(super) struct AbortOnDrop(pub(super) tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Why dockerd did not hand over an upgraded connection.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// HTTP/1.1 with dockerd failed (the handshake, the request or the upgrade itself).
+    #[error("{0}")]
+    Http(hyper::Error),
+    /// The request could not be built (a path that is no URI path).
+    #[error("{0}")]
+    Request(http::Error),
+    /// dockerd answered, but not `101 Switching Protocols`: it is too old or has no BuildKit.
+    #[error("dockerd answered {status} to POST {path} (it needs API 1.31+ with BuildKit)")]
+    Refused {
+        /// dockerd's answer.
+        status: StatusCode,
+        /// The upgrade's path.
+        path: String,
+    },
+}
+
+/// Opens an upgraded connection on `path` (dockerd's `/grpc` or `/session`) over `io`.
+pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, UpgradeError> {
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        UnsyncBoxBody<bytes::Bytes, hyper::Error>,
+    >(TokioIo::new(io))
+    .await
+    .map_err(UpgradeError::Http)?;
+    // Done once the upgrade is handed over; cut with the caller if it never is.
+    let conn = AbortOnDrop(tokio::spawn(conn.with_upgrades()).abort_handle());
+    let req = Request::post(path)
+        .header(http::header::HOST, "docker")
+        .header(CONNECTION, "Upgrade")
+        .header(UPGRADE, "h2c")
+        .body(
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        )
+        .map_err(UpgradeError::Request)?;
+    let res = send.send_request(req).await.map_err(UpgradeError::Http)?;
+    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
+        drop(conn);
+        return Err(UpgradeError::Refused {
+            status: res.status(),
+            path: path.to_string(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(res).await.map_err(UpgradeError::Http)?;
+    Ok(Box::new(TokioIo::new(upgraded)))
 }

@@ -17,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit};
 
-use super::daemon::{DaemonError, Failure, DIAL_TIMEOUT};
+use super::daemon::{AbortOnDrop, DaemonError, Failure, DIAL_TIMEOUT};
 use super::grpc;
 use super::{Context, Daemon, GateError, Io, UpstreamKind};
 use crate::session::{self, advertise_secrets, session_info, SessionInfo};
@@ -70,15 +70,6 @@ pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, ctx: Context
     // Everything spawned for an upgraded request lives here, inside this task.
     while let Ok(job) = upgraded.try_recv() {
         job.await;
-    }
-}
-
-/// Aborts the upstream connection's task when the client connection's task ends.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -282,54 +273,6 @@ impl Conn {
         };
         answer.map_err(|e| self.daemon.error(Failure::Exchange(e)))
     }
-}
-
-/// Why dockerd did not hand over an upgraded connection.
-#[derive(Debug, thiserror::Error)]
-pub enum UpgradeError {
-    /// HTTP/1.1 with dockerd failed (the handshake, the request or the upgrade itself).
-    #[error("{0}")]
-    Http(hyper::Error),
-    /// The request could not be built (a path that is no URI path).
-    #[error("{0}")]
-    Request(http::Error),
-    /// dockerd answered, but not `101 Switching Protocols`: it is too old or has no BuildKit.
-    #[error("dockerd answered {status} to POST {path} (it needs API 1.31+ with BuildKit)")]
-    Refused {
-        /// dockerd's answer.
-        status: StatusCode,
-        /// The upgrade's path.
-        path: String,
-    },
-}
-
-/// Opens an upgraded connection on `path` (dockerd's `/grpc` or `/session`) over `io`.
-pub async fn upgrade(io: Box<dyn Io>, path: &str) -> Result<Box<dyn Io>, UpgradeError> {
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(io))
-        .await
-        .map_err(UpgradeError::Http)?;
-    // Done once the upgrade is handed over; cut with the caller if it never is.
-    let conn = AbortOnDrop(tokio::spawn(conn.with_upgrades()).abort_handle());
-    let req = Request::post(path)
-        .header(http::header::HOST, "docker")
-        .header(CONNECTION, "Upgrade")
-        .header(UPGRADE, "h2c")
-        .body(
-            http_body_util::Empty::new()
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
-        .map_err(UpgradeError::Request)?;
-    let res = send.send_request(req).await.map_err(UpgradeError::Http)?;
-    if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-        drop(conn);
-        return Err(UpgradeError::Refused {
-            status: res.status(),
-            path: path.to_string(),
-        });
-    }
-    let upgraded = hyper::upgrade::on(res).await.map_err(UpgradeError::Http)?;
-    Ok(Box::new(TokioIo::new(upgraded)))
 }
 
 /// Answers every request on `client` with `status` and `message`, for clients the helper
