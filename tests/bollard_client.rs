@@ -1,7 +1,8 @@
 //! A real BuildKit client library through the helper: the `bollard` crate's `buildkitd` driver
 //! opens `moby.buildkit.v1.Control/Session` and calls `Control/Solve` with the dockerfile
-//! frontend, on the helper socket in front of a real dockerd (Debian's docker.io 20.10, whose
-//! BuildKit v0.8 API the helper bridges to `/grpc`). A `RUN` step mounts the IRSA token by id
+//! frontend, on the helper socket in front of a real dockerd on each engine (Debian's docker.io
+//! 20.10 with BuildKit v0.8, the current engine with either image store), whose BuildKit API
+//! the helper bridges to `/grpc`. A `RUN` step mounts the IRSA token by id
 //! with no client-side secret; the image is exported into dockerd (the `moby` exporter) and the
 //! step's output is read back from it.
 //!
@@ -17,6 +18,7 @@ use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
 use bollard::grpc::driver::Build as _;
 use common::bollard::{context, forward_to};
 use common::dockerd::{self, Dockerd, Stack, BASE_IMAGE};
+use common::engine::Engine;
 use common::tail;
 
 const IMAGE: &str = "irsa-test-bollard";
@@ -43,12 +45,13 @@ fn read_from_image(daemon: &Dockerd, image: &str, path: &str) -> Vec<u8> {
     bytes
 }
 
-#[test]
-fn bollard_buildkit_client_through_the_helper() {
+engines!(bollard_buildkit_client_through_the_helper);
+
+fn bollard_buildkit_client_through_the_helper(engine: Engine) {
     if dockerd::skip() {
         return;
     }
-    let s = Stack::start("irsa-bollard-");
+    let s = Stack::start_on(engine, "irsa-bollard-", "debug", |_| {});
     let (helper, daemon, r) = (&s.helper, &s.daemon, &s.r);
 
     let dockerfile = format!(

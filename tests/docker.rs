@@ -1,9 +1,10 @@
-//! The Docker front door against a real dockerd (Debian's docker.io, BuildKit v0.8 inside) and
-//! the real docker CLI: builds through the helper socket get the IRSA secrets with no
-//! `--secret` flag, everything else about the build is unchanged.
+//! The Docker front door against a real dockerd and the real docker CLI, on each engine
+//! (tests/common/engine.rs: Debian's docker.io 20.10 with BuildKit v0.8, and the current
+//! Docker Engine from sid with either image store): builds through the helper socket get the
+//! IRSA secrets with no `--secret` flag, everything else about the build is unchanged.
 //!
-//! One test drives every scenario on one private daemon, so the daemon starts once and is
-//! stopped (by `Drop`) whatever happens.
+//! One test per engine drives every scenario on one private daemon, so the daemon starts once
+//! and is stopped (by `Drop`) whatever happens.
 
 mod common;
 
@@ -11,19 +12,27 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::dockerd::{self, docker_on, start_long_build, wait_with_timeout, Stack, BASE_IMAGE};
+use common::engine::Engine;
 use common::{command, sha, Helper, ARN};
 
-#[test]
-fn docker_build_through_the_helper() {
+engines!(docker_build_through_the_helper);
+
+fn docker_build_through_the_helper(engine: Engine) {
     if dockerd::skip() {
         return;
     }
-    let s = Stack::start("irsa-docker-");
+    let s = Stack::start_on(engine, "irsa-docker-", "debug", |_| {});
 
     let started = Instant::now();
     let step = |name: &str| eprintln!("[{:>6.1}s] {name}", started.elapsed().as_secs_f64());
     secrets_arrive_without_flags_and_the_clients_own_secrets_still_work(&s);
     step("secrets arrive; the client's own secrets still work");
+    if engine.is_current() {
+        buildx_and_the_older_cli_build_through_the_helper(&s);
+        step("`docker buildx build` (docker driver) and the 20.10 CLI on the current engine");
+        bake_and_compose_build_every_target_with_the_secrets(&s);
+        step("`docker buildx bake` and `docker compose build`, two targets each");
+    }
     let baseline = s.helper_fds();
     a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries_on(&s);
     step("a missing required secret fails the build; optional ones are absent");
@@ -35,6 +44,8 @@ fn docker_build_through_the_helper() {
     step(
         "BuildKit API (HTTP/2) clients bridged to dockerd's /grpc; a Control/Session stays healthy",
     );
+    the_session_stays_healthy_over_a_long_step(&s);
+    step("a 35 s step: the session answers the daemon's health checks, the next step's secret arrives");
     let s = killed_client_and_restarted_daemon(s);
     step("killed client, restarted daemon");
     the_image_holds_neither_value(&s);
@@ -108,11 +119,119 @@ fn secrets_arrive_without_flags_and_the_clients_own_secrets_still_work(s: &Stack
         .contains("the client's own --secret wins"));
 }
 
+/// On the current engine: buildx's own `build` command (the docker driver) through the helper,
+/// and Debian's 20.10 CLI (its built-in BuildKit client) against the current daemon.
+fn buildx_and_the_older_cli_build_through_the_helper(s: &Stack) {
+    let ctx = s.context(
+        "buildx",
+        "RUN --mount=type=secret,id=aws-web-identity-token --mount=type=secret,id=aws-role-arn \
+         sha256sum /run/secrets/aws-web-identity-token /run/secrets/aws-role-arn",
+    );
+    for (what, mut cmd, sub) in [
+        ("docker buildx build", s.docker(), &["buildx", "build"][..]),
+        ("the 20.10 CLI", docker_on(&s.helper.socket), &["build"][..]),
+    ] {
+        let out = cmd
+            .args(sub)
+            .args(["--network=none", "--progress=plain", "--no-cache"])
+            .arg(&ctx)
+            .output()
+            .unwrap();
+        s.r.assert_absent("build output", &out.stdout);
+        s.r.assert_absent("build output", &out.stderr);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s.assert_built(out.status.success(), &format!("{what}:\n{text}"));
+        s.assert_step_saw_the_identity(&text);
+    }
+}
+
+/// `docker buildx bake` and `docker compose build` of two targets in one invocation, through
+/// the helper: each target's step gets the served identity.
+fn bake_and_compose_build_every_target_with_the_secrets(s: &Stack) {
+    let project = s.dir.join("project");
+    for t in ["one", "two"] {
+        common::dockerd::context(
+            &project,
+            t,
+            &format!(
+                "FROM {BASE_IMAGE}\nRUN --mount=type=secret,id=aws-role-arn,required \
+                 echo target-{t} && sha256sum /run/secrets/aws-role-arn\n"
+            ),
+        );
+    }
+    std::fs::write(
+        project.join("docker-bake.hcl"),
+        "group \"default\" { targets = [\"one\", \"two\"] }\n\
+         target \"one\" {\n  context = \"one\"\n  network = \"none\"\n  no-cache = true\n}\n\
+         target \"two\" {\n  context = \"two\"\n  network = \"none\"\n  no-cache = true\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        project.join("compose.yaml"),
+        "services:\n\
+         \x20 one:\n    image: irsa-test-compose-one\n    build:\n      context: one\n      network: none\n\
+         \x20 two:\n    image: irsa-test-compose-two\n    build:\n      context: two\n      network: none\n",
+    )
+    .unwrap();
+    let want = format!("{}  /run/secrets/aws-role-arn", sha(ARN.as_bytes()));
+    for (what, args) in [
+        (
+            "bake",
+            &[
+                "buildx",
+                "bake",
+                "-f",
+                "docker-bake.hcl",
+                "--progress=plain",
+            ][..],
+        ),
+        (
+            "compose",
+            &["compose", "--progress=plain", "build", "--no-cache"][..],
+        ),
+    ] {
+        let out = s
+            .docker()
+            .args(args)
+            .current_dir(&project)
+            .output()
+            .unwrap();
+        s.r.assert_absent("build output", &out.stdout);
+        s.r.assert_absent("build output", &out.stderr);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        s.assert_built(out.status.success(), &format!("{what}:\n{text}"));
+        for t in ["one", "two"] {
+            assert!(
+                text.contains(&format!("target-{t}")),
+                "{what}: no {t}:\n{text}"
+            );
+        }
+        assert_eq!(
+            text.matches(&want).count(),
+            2,
+            "{what}: both steps saw the ARN:\n{text}"
+        );
+    }
+}
+
 fn a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries_on(s: &Stack) {
     let ctx = s.context("missing", "RUN --mount=type=secret,id=nobody-has-this,required sha256sum /run/secrets/nobody-has-this");
     let (ok, out) = s.build(&ctx, &[]);
     assert!(!ok, "{out}");
-    assert!(out.contains("secret nobody-has-this not found"), "{out}");
+    // BuildKit's words: v0.8 says `secret ID not found`, current ones `secret ID: not found`.
+    assert!(
+        out.contains("secret nobody-has-this not found")
+            || out.contains("secret nobody-has-this: not found"),
+        "{out}"
+    );
     // An optional secret nobody has is simply absent, as with buildx.
     let ctx = s.context(
         "optional",
@@ -193,6 +312,18 @@ fn eight_parallel_builds(s: &Stack) {
         assert!(out.status.success(), "parallel build {i} failed:\n{text}");
         assert!(text.contains(&want), "parallel build {i}:\n{text}");
     }
+}
+
+/// A step longer than any BuildKit's health-check timeout (10 s for v0.8, 30 s for v0.10.4 to
+/// v0.29, 15 s from v0.30; protocol.md §8): the session stays alive through it, so the next
+/// step's secret still arrives.
+fn the_session_stays_healthy_over_a_long_step(s: &Stack) {
+    let ctx = s.context(
+        "long-step",
+        "RUN sleep 35\nRUN --mount=type=secret,id=aws-role-arn,required sha256sum /run/secrets/aws-role-arn",
+    );
+    let out = s.build_ok(&ctx, &[]);
+    assert!(out.contains(&sha(ARN.as_bytes())), "{out}");
 }
 
 fn killed_client_and_restarted_daemon(mut s: Stack) -> Stack {
@@ -426,7 +557,7 @@ fn sts_credentials_reach_a_build_step(s: &Stack) {
         &s.r,
     );
     let ctx = s.context("sts", &sts_build::dockerfile_step());
-    let out = docker_on(&helper.socket)
+    let out = common::dockerd::cli_on(s.daemon.engine, &helper.socket)
         .args(["build", "--network=none", "--progress=plain", "--no-cache"])
         .arg(&ctx)
         .output()
@@ -451,7 +582,7 @@ fn sts_credentials_reach_a_build_step(s: &Stack) {
 /// attach stream, start, wait), `exec` (an upgraded stream), `logs` and `inspect`.
 fn other_engine_calls_pass_through(s: &Stack) {
     let docker = |args: &[&str]| {
-        let out = docker_on(&s.helper.socket).args(args).output().unwrap();
+        let out = s.docker().args(args).output().unwrap();
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

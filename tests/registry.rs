@@ -3,11 +3,11 @@
 //! `--ecr-alias`, through the helper, whose password comes from moto's ECR
 //! (`123456789012-auth-token`) with the helper's own IRSA identity exchanged at moto's STS. ECR
 //! is reached through a switchable loopback relay, so the test can count the calls and make ECR
-//! go down or refuse.
+//! go down or refuse. The pulls run on each engine (tests/common/engine.rs).
 //!
-//! Pushes are not tested here: Debian's dockerd 20.10 has no BuildKit `image` exporter (Solve
-//! answers `exporter "image" could not be found`) and its `moby` exporter does not push; a push
-//! asks `Auth/Credentials` for the same host as a pull does.
+//! Pushes run on the current engine's containerd image store: Debian's dockerd 20.10 has no
+//! BuildKit `image` exporter (Solve answers `exporter "image" could not be found`) and its
+//! `moby` exporter does not push.
 
 mod common;
 
@@ -24,6 +24,7 @@ use bollard::grpc::driver::buildkitd::{BuildkitDaemon, Endpoint};
 use bollard::grpc::driver::Build as _;
 use common::bollard::{context as tar_context, forward_to};
 use common::dockerd::{self, docker_on, Stack};
+use common::engine::Engine;
 use common::moto::Moto;
 use common::registry::{self, client_login, context, error_line, registry_records, Registry};
 
@@ -162,7 +163,9 @@ struct World {
 }
 
 impl World {
-    fn start() -> World {
+    /// The world on `engine`; the registry listens where the daemon can reach it (in its
+    /// network namespace), so the helper starts again once the registry's host is known.
+    fn start(engine: Engine) -> World {
         registry::available().unwrap();
         let scratch = tempfile::Builder::new()
             .prefix("irsa-ecr")
@@ -170,13 +173,17 @@ impl World {
             .unwrap();
         let moto = Moto::start(scratch.path());
         let relay = Relay::start(&moto.url);
-        let reg = Registry::start(&scratch.path().join("registry"), USER, PASSWORD);
         let audit = scratch.path().join("audit.jsonl");
-        let host = reg.host.clone();
-        let s = Stack::start_with("irsa-ecr-stack", "debug", |cmd| {
-            configure(cmd, &moto, &relay, &host, &audit)
-        });
+        let mut s = Stack::start_on(engine, "irsa-ecr-stack", "debug", |_| {});
         s.r.watch(PASSWORD.as_bytes());
+        let reg = Registry::start_in(
+            s.daemon.netns_pid(),
+            &scratch.path().join("registry"),
+            USER,
+            PASSWORD,
+        );
+        let host = reg.host.clone();
+        s.restart_helper("debug", |cmd| configure(cmd, &moto, &relay, &host, &audit));
         let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
         World {
             s,
@@ -191,8 +198,12 @@ impl World {
     }
 }
 
-#[test]
-fn ecr_passwords_pull_through_the_helper() {
+engines!(
+    ecr_passwords_pull_through_the_helper,
+    a_buildkit_client_pulls_with_ecrs_password
+);
+
+fn ecr_passwords_pull_through_the_helper(engine: Engine) {
     if dockerd::skip() {
         return;
     }
@@ -205,7 +216,7 @@ fn ecr_passwords_pull_through_the_helper() {
         moto,
         reg: _reg,
         _scratch,
-    } = World::start();
+    } = World::start(engine);
     let ctx = context(&s.dir, "pull", &image);
 
     // The control: the daemon alone, with no credentials anywhere, gets the registry's 401.
@@ -332,12 +343,11 @@ fn ecr_passwords_pull_through_the_helper() {
 
 /// The BuildKit front door: bollard's BuildKit client (Control/Session and Solve, no
 /// credentials of its own) pulls `FROM` the registry image with ECR's password.
-#[test]
-fn a_buildkit_client_pulls_with_ecrs_password() {
+fn a_buildkit_client_pulls_with_ecrs_password(engine: Engine) {
     if dockerd::skip() {
         return;
     }
-    let w = World::start();
+    let w = World::start(engine);
     let dockerfile = format!("FROM {}\nRUN echo built > /built\n", w.image);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -378,4 +388,114 @@ fn a_buildkit_client_pulls_with_ecrs_password() {
         .filter(|r| r["source"] == "ecr" && r["outcome"] == "served")
         .count();
     assert!(served >= 1, "no record of ECR's password served");
+}
+
+/// On the containerd image store, with a `DOCKER_CONFIG` that holds no credentials:
+/// `docker buildx build --push` pulls `FROM` the ECR-aliased registry and pushes the image
+/// there, both with the password the helper got from ECR in one call; the registry holds the
+/// manifest, its log shows both directions authenticated as ECR's user, and no client file
+/// holds the password.
+#[test]
+fn buildx_pushes_with_ecrs_password_on_the_containerd_store() {
+    if dockerd::skip() {
+        return;
+    }
+    let w = World::start(Engine::CurrentContainerd);
+    let dockerfile = format!(
+        "FROM {}\nRUN --mount=type=secret,id=aws-role-arn sha256sum /run/secrets/aws-role-arn \
+         > /arn-digest\n",
+        w.image
+    );
+    let ctx = common::dockerd::context(&w.s.dir, "push", &dockerfile);
+    let target = format!("{}/app:1", w.host);
+    let push = |mut docker: Command| {
+        docker
+            .args([
+                "buildx",
+                "build",
+                "--push",
+                "--progress=plain",
+                "--network=none",
+            ])
+            .args(["-t", &target])
+            .arg(&ctx)
+            .output()
+            .unwrap()
+    };
+    // The control: the daemon alone, with no credentials anywhere, gets the registry's 401.
+    let out = push(w.s.daemon.docker());
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the control push passed:\n{text}");
+    assert!(text.contains("401"), "no 401 in the control push:\n{text}");
+
+    let started = Instant::now();
+    let out = push(w.s.docker());
+    w.s.r.assert_absent("the push's output", &out.stdout);
+    w.s.r.assert_absent("the push's output", &out.stderr);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    w.s.assert_built(out.status.success(), &text);
+    eprintln!("buildx build --push: {:?}", started.elapsed());
+    assert!(
+        w.reg.has("app", "1", USER, PASSWORD),
+        "no app:1 in the registry:\n{text}\nregistry:\n{}",
+        w.reg.log_text()
+    );
+
+    assert_eq!(w.relay.calls(), 1, "ECR calls for one pull and one push");
+    let records = registry_records(&w.audit);
+    assert!(!records.is_empty(), "no registry record");
+    for r in &records {
+        assert_eq!(r["source"], "ecr", "{r}");
+        assert_eq!(r["outcome"], "served", "{r}");
+        assert_eq!(r["host"], w.host.as_str(), "{r}");
+    }
+    eprintln!(
+        "Auth/Credentials answered for the pull and the push: {}",
+        records.len()
+    );
+    // Both directions reached the registry from BuildKit with the one login it admits (ECR's
+    // user and password): the base's manifest read, the app's written.
+    let log = w.reg.log_text();
+    let authorized = |method: &str, uri: &str| {
+        log.lines().any(|l| {
+            l.contains("msg=\"authorized request\"")
+                && l.contains("useragent=buildkit/")
+                && l.contains(&format!("http.request.method={method}"))
+                && l.contains(&format!("http.request.uri={uri} "))
+        })
+    };
+    assert!(
+        authorized("HEAD", "/v2/base/manifests/latest")
+            || authorized("GET", "/v2/base/manifests/latest"),
+        "the pull:\n{log}"
+    );
+    assert!(authorized("PUT", "/v2/app/manifests/1"), "the push:\n{log}");
+
+    // The client's DOCKER_CONFIG holds no credential: the helper answered from memory.
+    let encoded = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{USER}:{PASSWORD}"),
+    );
+    for file in walk(&w.s.dir.join("docker-config")) {
+        let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap_or_default()).into_owned();
+        assert!(
+            !text.contains(PASSWORD) && !text.contains(&encoded),
+            "{} holds the registry password",
+            file.display()
+        );
+    }
+}
+
+/// Every regular file under `dir` (links not followed).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let kind = entry.file_type().unwrap();
+        if kind.is_dir() {
+            files.extend(walk(&entry.path()));
+        } else if kind.is_file() {
+            files.push(entry.path());
+        }
+    }
+    files
 }

@@ -1,10 +1,12 @@
-//! A private Docker daemon for tests: its own data, exec root, pidfile and socket in a temp
-//! dir, no bridge, no iptables, no forwarding; stopped (and its mounts released) on drop.
+//! A private Docker daemon for tests, on one of the [`Engine`]s: its own data, exec root,
+//! pidfile and socket in a temp dir, no bridge, no iptables, no forwarding; stopped (and its
+//! mounts released) on drop.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use super::engine::Engine;
 use super::{Helper, Projected, Radioactive, ARN};
 
 /// The docker CLI with BuildKit built in (20.10 from Debian's docker.io).
@@ -16,6 +18,7 @@ pub const BASE_IMAGE: &str = "irsa-test-base";
 
 /// A running private dockerd.
 pub struct Dockerd {
+    pub engine: Engine,
     pub root: PathBuf,
     pub socket: PathBuf,
     child: Option<Child>,
@@ -58,9 +61,15 @@ pub fn skip() -> bool {
 }
 
 impl Dockerd {
-    /// Starts a daemon under `root` and imports the busybox base image.
+    /// Starts Debian's daemon under `root` and imports the busybox base image.
     pub fn start(root: &Path) -> Dockerd {
+        Self::start_on(Engine::Debian, root)
+    }
+
+    /// Starts `engine`'s daemon under `root` and imports the busybox base image.
+    pub fn start_on(engine: Engine, root: &Path) -> Dockerd {
         let mut d = Dockerd {
+            engine,
             root: root.to_path_buf(),
             socket: root.join("docker.sock"),
             child: None,
@@ -78,34 +87,45 @@ impl Dockerd {
             .open(self.root.join("dockerd.log"))
             .unwrap();
         let r = &self.root;
-        let child = Command::new(DOCKERD)
-            .arg("--data-root")
-            .arg(r.join("data"))
-            .arg("--exec-root")
-            .arg(r.join("exec"))
-            .arg("--pidfile")
-            .arg(r.join("dockerd.pid"))
-            .arg("--host")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args([
-                "--bridge=none",
-                "--iptables=false",
-                "--ip6tables=false",
-                "--ip-forward=false",
-                "--ip-masq=false",
-            ])
-            .args([
-                "--containerd-namespace",
-                "irsa-test",
-                "--containerd-plugins-namespace",
-                "irsa-test-plugins",
-            ])
+        // A pidfile left by a killed daemon names a PID that may be alive again (the current
+        // engine's dockerd is always PID 1 of its namespace): dockerd would refuse to start.
+        let _ = std::fs::remove_file(r.join("dockerd.pid"));
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "--data-root".into(),
+            r.join("data").into(),
+            "--exec-root".into(),
+            r.join("exec").into(),
+            "--pidfile".into(),
+            r.join("dockerd.pid").into(),
+            "--host".into(),
+            format!("unix://{}", self.socket.display()).into(),
+        ];
+        for flag in [
+            "--bridge=none",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--ip-forward=false",
+            "--ip-masq=false",
+            "--containerd-namespace=irsa-test",
+            "--containerd-plugins-namespace=irsa-test-plugins",
+        ] {
+            args.push(flag.into());
+        }
+        if let Some(json) = self.engine.daemon_json() {
+            let config = r.join("daemon.json");
+            std::fs::write(&config, json).unwrap();
+            args.extend(["--config-file".into(), config.into()]);
+        }
+        let child = self
+            .engine
+            .daemon_command(&r.join("run"), &args)
             .env_remove("DOCKER_HOST")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start dockerd");
         let Dockerd {
+            engine,
             root,
             socket,
             child: running,
@@ -118,7 +138,7 @@ impl Dockerd {
                 if let Some(status) = running.try_wait().unwrap() {
                     panic!("dockerd exited with {status}:\n{}", log_tail_of(root));
                 }
-                docker_on(socket)
+                cli_on(*engine, socket)
                     .arg("version")
                     .output()
                     .is_ok_and(|o| o.status.success())
@@ -132,9 +152,18 @@ impl Dockerd {
         log_tail_of(&self.root)
     }
 
-    /// A docker CLI command talking to this daemon directly.
+    /// A docker CLI command (the engine's own) talking to this daemon directly.
     pub fn docker(&self) -> Command {
-        docker_on(&self.socket)
+        cli_on(self.engine, &self.socket)
+    }
+
+    /// The process whose network namespace the daemon runs in, for a registry it must reach
+    /// ([`super::engine::in_netns`], `nsenter`): `None` for Debian's, which runs on the
+    /// machine's own.
+    pub fn netns_pid(&self) -> Option<u32> {
+        self.engine
+            .is_current()
+            .then(|| self.child.as_ref().expect("a running daemon").id())
     }
 
     fn import_base_image(&self) {
@@ -181,12 +210,23 @@ impl Dockerd {
         );
     }
 
-    /// Stops the daemon (SIGTERM, then SIGKILL after 20 s).
+    /// Stops the daemon (SIGTERM, then SIGKILL after 20 s). The current engine's dockerd is
+    /// the child of `unshare`; killing `unshare` ends its namespaces and all in them.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mut pid = child.id();
+        if self.engine.is_current() {
+            let children = format!("/proc/{pid}/task/{pid}/children");
+            if let Some(first) = std::fs::read_to_string(children)
+                .ok()
+                .and_then(|c| c.split_whitespace().next()?.parse().ok())
+            {
+                pid = first;
+            }
+        }
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
@@ -318,14 +358,20 @@ pub fn build_on(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
     )
 }
 
-/// A docker CLI command on `socket` (the daemon's or the helper's), with BuildKit on.
+/// Debian's docker CLI on `socket` (the daemon's or the helper's), with BuildKit on.
 pub fn docker_on(socket: &Path) -> Command {
-    let mut cmd = Command::new(DOCKER);
+    cli_on(Engine::Debian, socket)
+}
+
+/// `engine`'s docker CLI on `socket`, with BuildKit on and the `DOCKER_CONFIG` beside the
+/// socket (which holds the CLI plugins for the current engine, and no credentials).
+pub fn cli_on(engine: Engine, socket: &Path) -> Command {
+    let mut cmd = Command::new(engine.cli());
     cmd.env("DOCKER_HOST", format!("unix://{}", socket.display()))
         .env("DOCKER_BUILDKIT", "1")
         .env(
             "DOCKER_CONFIG",
-            socket.parent().unwrap().join("docker-config"),
+            engine.docker_config(socket.parent().unwrap()),
         )
         .env_remove("BUILDKIT_PROGRESS");
     cmd
@@ -356,6 +402,16 @@ impl Stack {
     /// Like [`Stack::start`], with the helper's log at `rust_log` and its command changed by
     /// `configure` (more flags, limits).
     pub fn start_with(prefix: &str, rust_log: &str, configure: impl FnOnce(&mut Command)) -> Stack {
+        Self::start_on(Engine::Debian, prefix, rust_log, configure)
+    }
+
+    /// Like [`Stack::start_with`], on `engine`.
+    pub fn start_on(
+        engine: Engine,
+        prefix: &str,
+        rust_log: &str,
+        configure: impl FnOnce(&mut Command),
+    ) -> Stack {
         let tmp = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let r = Radioactive::default();
@@ -363,7 +419,7 @@ impl Stack {
         r.watch(token.as_bytes());
         r.watch(ARN.as_bytes());
         let projected = Projected::new(&dir.join("sa"), &token);
-        let daemon = Dockerd::start(&dir.join("d"));
+        let daemon = Dockerd::start_on(engine, &dir.join("d"));
         let helper = spawn_helper(&dir, &daemon, &projected, &r, rust_log, configure);
         Stack {
             helper,
@@ -401,9 +457,14 @@ impl Stack {
         )
     }
 
-    /// `docker build` of `ctx` through the helper, output piped.
+    /// The engine's docker CLI through the helper.
+    pub fn docker(&self) -> Command {
+        cli_on(self.daemon.engine, &self.helper.socket)
+    }
+
+    /// `docker build` of `ctx` through the helper with the engine's CLI, output piped.
     pub fn build_cmd(&self, ctx: &Path, extra: &[&str]) -> Command {
-        let mut cmd = docker_on(&self.helper.socket);
+        let mut cmd = self.docker();
         cmd.args(["build", "--network=none", "--progress=plain", "--no-cache"])
             .args(extra)
             .arg(ctx);

@@ -449,6 +449,7 @@ impl Projected {
 }
 pub mod bollard;
 pub mod dockerd;
+pub mod engine;
 pub mod fake_daemon;
 pub mod fake_endpoints;
 pub mod fake_sts;

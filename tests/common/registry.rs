@@ -4,6 +4,9 @@
 //! htpasswd Basic auth, as private ECR answers; or token auth, as ECR Public answers (a Bearer
 //! challenge naming a token server, here `tests/python/token_server.py`, that takes the Basic
 //! credentials and hands out a signed JWT).
+//!
+//! For the current engine, which runs in its own network namespace, the registry (and its
+//! token server) run in that namespace (`nsenter --net`), and the test reaches them there.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -31,6 +34,28 @@ pub struct Registry {
     dir: PathBuf,
     child: Child,
     tokens: Option<TokenServer>,
+    /// The process whose network namespace the registry listens in, if not the machine's.
+    netns: Option<u32>,
+}
+
+/// `program` run in the network namespace of process `netns`, if any.
+fn command_in(netns: Option<u32>, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(pid) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/proc/{pid}/ns/net")).arg(program);
+            cmd
+        }
+    }
+}
+
+/// [`exchange`] from the network namespace of process `netns`, if any.
+fn exchange_in(netns: Option<u32>, host: &str, request: &str) -> Option<(u16, String)> {
+    match netns {
+        None => exchange(host, request),
+        Some(pid) => super::engine::in_netns(pid, || exchange(host, request)),
+    }
 }
 
 /// Whether this machine has the registry and htpasswd (`scripts/deps` installs both).
@@ -56,13 +81,14 @@ pub struct TokenServer {
     pub host: String,
     log: PathBuf,
     child: Child,
+    netns: Option<u32>,
 }
 
 impl TokenServer {
     /// Makes a P-256 key and a self-signed certificate under `dir` (the certificate is the
     /// registry's `rootcertbundle`), starts the server admitting `user` with `password`, and
     /// waits for it to say its port.
-    fn start(dir: &Path, user: &str, password: &str) -> TokenServer {
+    fn start(dir: &Path, user: &str, password: &str, netns: Option<u32>) -> TokenServer {
         let made = rcgen::generate_simple_self_signed(vec![TOKEN_ISSUER.to_string()]).unwrap();
         let (key, cert, secret) = (dir.join("token.key"), dir.join("token.crt"), dir.join("pw"));
         std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
@@ -71,7 +97,8 @@ impl TokenServer {
         let log = dir.join("token-requests.jsonl");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/token_server.py");
         let stderr = std::fs::File::create(dir.join("token-server.log")).unwrap();
-        let mut child = super::python::python3()
+        let python = super::python::python3().get_program().to_owned();
+        let mut child = command_in(netns, python)
             .arg(script)
             .args([&key, &cert])
             .args([TOKEN_ISSUER, TOKEN_SERVICE, user])
@@ -96,6 +123,7 @@ impl TokenServer {
             host: format!("127.0.0.1:{port}"),
             log,
             child,
+            netns,
         }
     }
 
@@ -116,7 +144,8 @@ impl TokenServer {
 
     /// A token for `scope` with Basic `user` and `password`, if the server gives one.
     fn token(&self, scope: &str, user: &str, password: &str) -> Option<String> {
-        let (status, body) = exchange(
+        let (status, body) = exchange_in(
+            self.netns,
             &self.host,
             &format!(
                 "GET /token?service={TOKEN_SERVICE}&scope={scope} HTTP/1.1\r\nHost: {}\r\n\
@@ -141,6 +170,12 @@ impl Registry {
     /// Starts a registry under `dir` that admits only `user` with `password` by htpasswd Basic
     /// auth, and waits until it answers `/v2/` with its Basic challenge.
     pub fn start(dir: &Path, user: &str, password: &str) -> Registry {
+        Self::start_in(None, dir, user, password)
+    }
+
+    /// Like [`Registry::start`], in the network namespace of process `netns` (a daemon's
+    /// [`Dockerd::netns_pid`]) if any.
+    pub fn start_in(netns: Option<u32>, dir: &Path, user: &str, password: &str) -> Registry {
         available().unwrap();
         std::fs::create_dir_all(dir).unwrap();
         let htpasswd = dir.join("htpasswd");
@@ -154,27 +189,38 @@ impl Registry {
             "  htpasswd:\n    realm: test-registry\n    path: {}\n",
             htpasswd.display()
         );
-        Self::launch(dir, &auth, None)
+        Self::launch(dir, &auth, None, netns)
     }
 
     /// Starts a registry under `dir` with token auth, as ECR Public answers: its challenge
     /// names a token server that gives tokens only to `user` with `password`. Waits until the
     /// registry answers `/v2/` with its Bearer challenge.
     pub fn start_with_tokens(dir: &Path, user: &str, password: &str) -> Registry {
+        Self::start_with_tokens_in(None, dir, user, password)
+    }
+
+    /// Like [`Registry::start_with_tokens`], in the network namespace of process `netns`.
+    pub fn start_with_tokens_in(
+        netns: Option<u32>,
+        dir: &Path,
+        user: &str,
+        password: &str,
+    ) -> Registry {
         available().unwrap();
         std::fs::create_dir_all(dir).unwrap();
-        let tokens = TokenServer::start(dir, user, password);
+        let tokens = TokenServer::start(dir, user, password, netns);
         let auth = format!(
             "  token:\n    realm: {}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    \
              rootcertbundle: {}\n",
             tokens.realm(),
             dir.join("token.crt").display()
         );
-        Self::launch(dir, &auth, Some(tokens))
+        Self::launch(dir, &auth, Some(tokens), netns)
     }
 
-    /// Runs the registry under `dir` with `auth` (the YAML under `auth:`).
-    fn launch(dir: &Path, auth: &str, tokens: Option<TokenServer>) -> Registry {
+    /// Runs the registry under `dir` with `auth` (the YAML under `auth:`), in `netns`'s
+    /// network namespace if any (where any port is free: it is new).
+    fn launch(dir: &Path, auth: &str, tokens: Option<TokenServer>, netns: Option<u32>) -> Registry {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let host = format!("127.0.0.1:{}", free_port());
         let config = dir.join("config.yml");
@@ -191,7 +237,7 @@ impl Registry {
         )
         .unwrap();
         let log = std::fs::File::create(dir.join("registry.log")).unwrap();
-        let child = Command::new(REGISTRY)
+        let child = command_in(netns, REGISTRY)
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
@@ -204,6 +250,7 @@ impl Registry {
             dir: dir.to_path_buf(),
             child,
             tokens,
+            netns,
         };
         eventually(
             Duration::from_secs(20),
@@ -229,7 +276,7 @@ impl Registry {
             "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             self.host
         );
-        exchange(&self.host, &request).map(|(status, _)| status)
+        exchange_in(self.netns, &self.host, &request).map(|(status, _)| status)
     }
 
     /// Whether `repo:tag` is in the registry, asked with `user` and `password` (through the
@@ -247,10 +294,11 @@ impl Registry {
         let request = format!(
             "HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {}\r\nAuthorization: \
              {authorization}\r\nAccept: application/vnd.docker.distribution.manifest.v2+json, \
-             application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n",
+             application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, \
+             application/vnd.docker.distribution.manifest.list.v2+json\r\nConnection: close\r\n\r\n",
             self.host
         );
-        exchange(&self.host, &request).is_some_and(|(status, _)| status == 200)
+        exchange_in(self.netns, &self.host, &request).is_some_and(|(status, _)| status == 200)
     }
 
     /// Pushes the daemon's base image as `HOST/repo:latest` with the docker CLI's own login
