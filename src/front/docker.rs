@@ -208,7 +208,7 @@ impl Conn {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         self.forward(req, kind).await.map_err(|e| {
-            tracing::warn!(%method, %path, upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
+            tracing::warn!(method = %crate::bound::quote(method.as_str()), path = %crate::bound::quote(&path), upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
             self.ctx
                 .provider
                 .metrics()
