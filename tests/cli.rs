@@ -657,3 +657,63 @@ fn unix_seconds() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// `irsa-secrets ARGS` with its output piped, which must end (in failure) within 10 s: the old
+/// helper started with such values and served nothing.
+fn refused_at_start(args: &[&str]) -> String {
+    let child = command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let what = format!("irsa-secrets {args:?}");
+    let out = common::output_within(
+        child,
+        std::time::Duration::from_secs(10),
+        &what,
+        String::new,
+    );
+    assert!(!out.status.success(), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_duration_past_a_week_is_refused_at_start_naming_the_flag_or_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unix://{}/helper.sock", dir.path().display());
+    let huge = "18446744073709551615s";
+    for flag in [
+        "--idle-timeout",
+        "--header-timeout",
+        "--shutdown-timeout",
+        "--expiry-margin",
+    ] {
+        let err = refused_at_start(&["proxy", "--mock", "--listen", &listen, flag, huge]);
+        assert!(
+            err.contains(&format!("invalid value '{huge}' for '{flag} <"))
+                && err.contains("longer than the longest accepted, 7days"),
+            "{err}"
+        );
+    }
+    let config = dir.path().join("irsa-secrets.toml");
+    std::fs::write(
+        &config,
+        format!("idle_timeout = \"{huge}\"\n[[listener]]\nlisten = \"{listen}\"\nmock = true\n"),
+    )
+    .unwrap();
+    let err = refused_at_start(&["proxy", "--config", &config.display().to_string()]);
+    assert!(
+        err.contains(&format!(
+            "top level: invalid value '{huge}' for `idle_timeout`: longer than the longest \
+             accepted, 7days"
+        )),
+        "{err}"
+    );
+    let ttl = format!("id=a,type=aws-sm,name=n,ttl={huge}");
+    let err = refused_at_start(&["serve", "--mock", "--listen", &listen, "--secret", &ttl]);
+    assert!(
+        err.contains("longer than the longest accepted, 7days"),
+        "{err}"
+    );
+}

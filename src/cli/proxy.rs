@@ -79,12 +79,11 @@ pub struct GlobalArgs {
     pub shutdown_timeout: Option<Duration>,
 }
 
-/// A positive duration such as `30s`, `2m` or `1m30s`.
+/// A positive duration such as `30s`, `2m` or `1m30s`, at most [`crate::bound::MAX_DURATION`].
 fn duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("{e} (write e.g. 30s, 2m or 1m30s)")),
+    match crate::bound::duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
     }
 }
 
