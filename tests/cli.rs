@@ -717,3 +717,31 @@ fn a_duration_past_a_week_is_refused_at_start_naming_the_flag_or_key() {
         "{err}"
     );
 }
+
+#[test]
+fn a_config_value_that_begins_with_a_dash_is_the_keys_and_a_nul_in_a_path_is_named() {
+    let err = config_error("idle_timeout = \"-5s\"\n[[listener]]\nmock = true\n");
+    assert!(
+        err.contains("top level: invalid value '-5s' for `idle_timeout`"),
+        "{err}"
+    );
+    let err = config_error("[[listener]]\nmock = true\nmax_sessions = -1\n");
+    assert!(
+        err.contains("[[listener]] 1: invalid value '-1' for `max_sessions`"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("irsa-secrets.toml");
+    let listen = format!("unix://{}/a\\u0000b.sock", dir.path().display());
+    std::fs::write(
+        &config,
+        format!("[[listener]]\nlisten = \"{listen}\"\nmock = true\n"),
+    )
+    .unwrap();
+    let err = refused_at_start(&["proxy", "--config", &config.display().to_string()]);
+    assert!(
+        !err.contains('\0') && err.contains("/a\\u{0}b.sock holds a NUL byte, which no path can"),
+        "{err:?}"
+    );
+}
