@@ -16,11 +16,14 @@
 //! - [`observe`]: the audit trail, metrics and probes, and the event types they share.
 //! - [`wire`]: HTTP/2 and raw stream forwarding, the session tunnel, protos, sniffing, TLS.
 //! - [`secret`]: the value type every layer passes along, zeroed on drop.
+//! - [`bound`]: bounds on what others choose (text a peer picked, as it may be printed), for
+//!   every layer.
 //! - [`scan`]: apart from the rest: finds served values in images.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, missing_docs)]
 
+pub mod bound;
 pub mod cli;
 pub mod front;
 pub mod observe;

@@ -657,3 +657,91 @@ fn unix_seconds() -> u64 {
         .unwrap()
         .as_secs()
 }
+
+/// `irsa-secrets ARGS` with its output piped, which must end (in failure) within 10 s: the old
+/// helper started with such values and served nothing.
+fn refused_at_start(args: &[&str]) -> String {
+    let child = command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let what = format!("irsa-secrets {args:?}");
+    let out = common::output_within(
+        child,
+        std::time::Duration::from_secs(10),
+        &what,
+        String::new,
+    );
+    assert!(!out.status.success(), "{args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_duration_past_a_week_is_refused_at_start_naming_the_flag_or_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("unix://{}/helper.sock", dir.path().display());
+    let huge = "18446744073709551615s";
+    for flag in [
+        "--idle-timeout",
+        "--header-timeout",
+        "--shutdown-timeout",
+        "--expiry-margin",
+    ] {
+        let err = refused_at_start(&["proxy", "--mock", "--listen", &listen, flag, huge]);
+        assert!(
+            err.contains(&format!("invalid value '{huge}' for '{flag} <"))
+                && err.contains("longer than the longest accepted, 7days"),
+            "{err}"
+        );
+    }
+    let config = dir.path().join("irsa-secrets.toml");
+    std::fs::write(
+        &config,
+        format!("idle_timeout = \"{huge}\"\n[[listener]]\nlisten = \"{listen}\"\nmock = true\n"),
+    )
+    .unwrap();
+    let err = refused_at_start(&["proxy", "--config", &config.display().to_string()]);
+    assert!(
+        err.contains(&format!(
+            "top level: invalid value '{huge}' for `idle_timeout`: longer than the longest \
+             accepted, 7days"
+        )),
+        "{err}"
+    );
+    let ttl = format!("id=a,type=aws-sm,name=n,ttl={huge}");
+    let err = refused_at_start(&["serve", "--mock", "--listen", &listen, "--secret", &ttl]);
+    assert!(
+        err.contains("longer than the longest accepted, 7days"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_config_value_that_begins_with_a_dash_is_the_keys_and_a_nul_in_a_path_is_named() {
+    let err = config_error("idle_timeout = \"-5s\"\n[[listener]]\nmock = true\n");
+    assert!(
+        err.contains("top level: invalid value '-5s' for `idle_timeout`"),
+        "{err}"
+    );
+    let err = config_error("[[listener]]\nmock = true\nmax_sessions = -1\n");
+    assert!(
+        err.contains("[[listener]] 1: invalid value '-1' for `max_sessions`"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("irsa-secrets.toml");
+    let listen = format!("unix://{}/a\\u0000b.sock", dir.path().display());
+    std::fs::write(
+        &config,
+        format!("[[listener]]\nlisten = \"{listen}\"\nmock = true\n"),
+    )
+    .unwrap();
+    let err = refused_at_start(&["proxy", "--config", &config.display().to_string()]);
+    assert!(
+        !err.contains('\0') && err.contains("/a\\u{0}b.sock holds a NUL byte, which no path can"),
+        "{err:?}"
+    );
+}

@@ -320,3 +320,74 @@ fn probe_says_permission_denied_with_the_socket_owner_and_the_fix() {
         "{text}"
     );
 }
+
+/// The status of a gRPC answer: trailers-only, or in the trailers after the body.
+async fn status_of(res: http::Response<hyper::body::Incoming>) -> tonic::Status {
+    if let Some(status) = tonic::Status::from_header_map(res.headers()) {
+        return status;
+    }
+    let whole = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap();
+    tonic::Status::from_header_map(whole.trailers().expect("trailers")).expect("a grpc-status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_secret_id_is_refused_by_its_length_and_leaves_bounded_records() {
+    use irsa_secrets::wire::proto::secrets::GetSecretRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let (_, token_file) = identity(dir.path(), &r);
+    let helper = proxy(
+        dir.path(),
+        &dir.path().join("no-daemon.sock"),
+        &token_file,
+        &r,
+    );
+    let audit = dir.path().join("audit.jsonl");
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let (log_before, audit_before) = (size(&helper.log), size(&audit));
+
+    let io = tokio::net::UnixStream::connect(&helper.socket)
+        .await
+        .unwrap();
+    let peer = common::tunnel_io::handshake(io).await;
+    let id = "x".repeat(1 << 20);
+    let req = common::tunnel_io::grpc_request(
+        irsa_secrets::wire::proto::GET_SECRET_PATH,
+        &GetSecretRequest {
+            id,
+            ..Default::default()
+        },
+    );
+    let res = peer.send(req).await.expect("an answer the client can read");
+    let status = status_of(res).await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("1048576 bytes, over the limit of 512"),
+        "{}",
+        status.message()
+    );
+    // One record, whose id is cut and says how long it was; both logs grew by little (the log
+    // by the HTTP/2 stack's lines for a megabyte's frames, and a few of the helper's own).
+    let grown = |p: &Path, before| size(p) - before;
+    let logged = grown(&helper.log, log_before);
+    let text = helper.log_text();
+    assert!(logged < 256 * 1024, "the log grew {logged} bytes");
+    assert!(text.lines().all(|l| l.len() < 4096));
+    // The helper goes on serving.
+    let want = [probed("aws-role-arn", ARN.as_bytes())];
+    probe_answers(&helper, &["aws-role-arn"], &want, &r).await;
+    let records = records(&audit, &r);
+    let refused: Vec<_> = records.iter().filter(|r| r["outcome"] == "error").collect();
+    assert_eq!(refused.len(), 1, "{records:?}");
+    let shown = refused[0]["id"].as_str().unwrap();
+    assert!(
+        shown.ends_with("…[1048576 bytes]") && shown.len() < 1024,
+        "{shown}"
+    );
+    let audited = grown(&audit, audit_before);
+    assert!(audited < 8 * 1024, "the audit trail grew {audited} bytes");
+}

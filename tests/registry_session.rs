@@ -214,3 +214,53 @@ async fn ecr_unreachable_is_an_error_for_the_pull_and_public_pulls_go_on_anonymo
     );
     assert!(log.contains("goes on anonymously"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_registry_host_goes_to_the_client_and_leaves_bounded_records() {
+    let trail = tempfile::tempdir().unwrap();
+    let audit = trail.path().join("audit.jsonl");
+    // Shaped like an ECR host, with a megabyte-long region.
+    let region = format!("{}-1", "a".repeat(1 << 20));
+    let host = format!("123456789012.dkr.ecr.{region}.amazonaws.com");
+    let host: &'static str = Box::leak(host.into_boxed_str());
+    let audit_flag = audit.display().to_string();
+    let (got, log) = session(
+        &["--audit-log", &audit_flag],
+        vec![
+            (TOKEN_AUTHORITY_PATH, host),
+            (CREDENTIALS_PATH, host),
+            (CREDENTIALS_PATH, "public.ecr.aws"),
+        ],
+    )
+    .await;
+    // No ECR registry has such a name: the client's answers, untouched.
+    assert_eq!(
+        got,
+        [
+            Got::Key(Ok(CLIENT_TOKEN_KEY.to_vec())),
+            Got::Credentials(Ok((String::new(), String::new()))),
+            Got::Credentials(Ok((String::new(), String::new()))),
+        ],
+    );
+    let trail = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(
+        trail.len() < 8 * 1024,
+        "the audit trail is {} bytes",
+        trail.len()
+    );
+    // Forwarding a megabyte leaves the HTTP/2 stack's lines by the frame; no line holds the
+    // host, and the helper's own lines stay few.
+    let long: Vec<_> = log
+        .lines()
+        .filter(|l| l.len() > 4096)
+        .map(|l| &l[..300])
+        .collect();
+    assert!(long.is_empty(), "{long:#?}");
+    let own: usize = log
+        .lines()
+        .filter(|l| l.contains("irsa_secrets"))
+        .map(str::len)
+        .sum();
+    assert!(own < 32 * 1024, "the helper logged {own} bytes");
+    assert!(!log.contains(&region[..4096]) && !trail.contains(&region[..4096]));
+}

@@ -204,8 +204,9 @@ impl Schema {
             .map_err(|(place, problem)| fail(place, problem))
     }
 
-    /// Turns TOML text into flags: `key = value` becomes `--key value` (underscores become
-    /// dashes), `key = true` becomes `--key`, `false` nothing, and arrays repeat the flag.
+    /// Turns TOML text into flags: `key = value` becomes `--key=value` (underscores become
+    /// dashes; one word, so a value that begins with `-` is the key's value, never a flag of
+    /// its own), `key = true` becomes `--key`, `false` nothing, and arrays repeat the flag.
     fn parse(&self, text: &str) -> Result<ConfigArgs, (Option<Place>, Problem)> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let line = e.span().map_or(1, |s| {
@@ -329,7 +330,7 @@ impl Schema {
                 Value::Integer(n) => n.to_string(),
                 _ => return Err(()),
             };
-            out.extend([flag.clone(), text]);
+            out.push(format!("{flag}={text}"));
             Ok(())
         };
         match (kind, value) {
@@ -539,24 +540,19 @@ mod tests {
             "#,
             )
             .unwrap();
-        assert_eq!(c.global, ["--audit-log", "-"]);
+        assert_eq!(c.global, ["--audit-log=-"]);
         assert_eq!(
             c.listeners[0],
             [
-                "--allow-uid",
-                "1000",
-                "--allow-uid",
-                "1001",
-                "--max-sessions",
-                "4",
+                "--allow-uid=1000",
+                "--allow-uid=1001",
+                "--max-sessions=4",
                 "--mock",
-                "--name",
-                "a",
-                "--socket-mode",
-                "660"
+                "--name=a",
+                "--socket-mode=660"
             ]
         );
-        assert_eq!(c.listeners[1], ["--listen", "unix:///b.sock"]);
+        assert_eq!(c.listeners[1], ["--listen=unix:///b.sock"]);
     }
 
     fn problem(text: &str) -> String {
@@ -616,5 +612,30 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains("--") && !err.contains("Usage"), "{err}");
+    }
+
+    #[test]
+    fn a_value_that_begins_with_a_dash_is_the_keys_value() {
+        for (text, want) in [
+            (
+                "[[listener]]\nmax_sessions = -4",
+                "[[listener]] 1: invalid value '-4' for `max_sessions`",
+            ),
+            (
+                "audit_log = \"-v\"\n[[listener]]\nmax_sessions = \"-x\"",
+                "[[listener]] 1: invalid value '-x' for `max_sessions`",
+            ),
+        ] {
+            let c = schema().parse(text).unwrap();
+            let err = schema()
+                .matches::<Matched>(Path::new("/f.toml"), Place::Listener(1), &c.listeners[0])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(!err.contains("unexpected argument"), "{err}");
+            schema()
+                .matches::<Matched>(Path::new("/f.toml"), Place::Top, &c.global)
+                .unwrap();
+        }
     }
 }

@@ -14,7 +14,7 @@ pub struct HealthArgs {
     pub socket: String,
 
     /// Give up after this long (e.g. 3s).
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = crate::bound::duration)]
     pub timeout: Duration,
 }
 

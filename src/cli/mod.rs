@@ -165,7 +165,7 @@ pub struct WebTokenArgs {
     pub audience: String,
 
     /// A token with less lifetime left is still served, with a warning (e.g. 5m, 1h).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, env = "IRSA_SECRETS_EXPIRY_MARGIN")]
+    #[arg(long, default_value = "5m", value_parser = crate::bound::duration, env = "IRSA_SECRETS_EXPIRY_MARGIN")]
     pub expiry_margin: Duration,
 }
 

@@ -79,12 +79,11 @@ pub struct GlobalArgs {
     pub shutdown_timeout: Option<Duration>,
 }
 
-/// A positive duration such as `30s`, `2m` or `1m30s`.
+/// A positive duration such as `30s`, `2m` or `1m30s`, at most [`crate::bound::MAX_DURATION`].
 fn duration(s: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(s) {
-        Ok(d) if d.is_zero() => Err("must be more than zero".into()),
-        Ok(d) => Ok(d),
-        Err(e) => Err(format!("{e} (write e.g. 30s, 2m or 1m30s)")),
+    match crate::bound::duration(s)? {
+        d if d.is_zero() => Err("must be more than zero".into()),
+        d => Ok(d),
     }
 }
 
@@ -328,13 +327,13 @@ fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings>
 /// already that). A listener with `allow_id` still serves only the ids it names.
 const INHERITED: [&str; 2] = ["ecr-alias", "secret"];
 
-/// The top level's values of the [`INHERITED`] flags, as listener flags.
+/// The top level's values of the [`INHERITED`] flags (`--flag=value`), as listener flags.
 fn inherited(global: &[String]) -> Vec<String> {
-    let flags: Vec<String> = INHERITED.iter().map(|f| format!("--{f}")).collect();
+    let flags: Vec<String> = INHERITED.iter().map(|f| format!("--{f}=")).collect();
     global
-        .windows(2)
-        .filter(|pair| flags.contains(&pair[0]))
-        .flat_map(|pair| pair.iter().cloned())
+        .iter()
+        .filter(|flag| flags.iter().any(|f| flag.starts_with(f.as_str())))
+        .cloned()
         .collect()
 }
 

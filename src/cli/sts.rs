@@ -57,8 +57,9 @@ pub struct StsArgs {
     #[arg(long, default_value = scope::DEFAULT_SESSION_NAME, value_name = "TEMPLATE", env = "IRSA_SECRETS_ROLE_SESSION_NAME")]
     pub role_session_name: SessionName,
 
-    /// STS endpoint URL; without it, the regional endpoint of --region.
-    #[arg(long, env = "AWS_ENDPOINT_URL_STS", value_name = "URL")]
+    /// STS endpoint URL; without it, the SDKs' endpoint settings (AWS_ENDPOINT_URL_STS, then
+    /// AWS_ENDPOINT_URL, then the shared config file's), else the regional endpoint of --region.
+    #[arg(long, value_name = "URL")]
     pub sts_endpoint: Option<String>,
 }
 

@@ -46,7 +46,7 @@ pub async fn serve_connection(client: impl Io, daemon: Arc<Daemon>, ctx: Context
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         // Runs from the end of one exchange until the next request's head is complete.
-        .header_read_timeout(idle)
+        .header_read_timeout(crate::bound::clamp(idle))
         .serve_connection(TokioIo::new(client), service)
         .with_upgrades();
     tokio::pin!(conn);
@@ -199,7 +199,7 @@ impl Conn {
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         self.forward(req, kind).await.map_err(|e| {
-            tracing::warn!(%method, %path, upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
+            tracing::warn!(method = %crate::bound::quote(method.as_str()), path = %crate::bound::quote(&path), upstream = %self.daemon.upstream, error = %e, "daemon did not answer");
             self.ctx
                 .provider
                 .metrics()

@@ -15,6 +15,12 @@ pub enum SocketError {
         "listen address {0:?} is not unix:///ABSOLUTE/PATH, e.g. unix:///run/irsa-secrets.sock"
     )]
     Address(String),
+    /// The path holds a NUL byte, which the kernel takes as its end.
+    #[error(
+        "listen address {} holds a NUL byte, which no path can: write it without one",
+        crate::bound::quote(.0)
+    )]
+    Nul(String),
     /// Another process answers on the path.
     #[error(
         "{} is in use by a running process; stop it or choose another --listen path",
@@ -175,6 +181,9 @@ impl Drop for SocketFile {
 /// Parses `unix:///PATH` (or a bare absolute path) into the socket path.
 pub fn parse_unix_address(address: &str) -> Result<PathBuf, SocketError> {
     let path = address.strip_prefix("unix://").unwrap_or(address);
+    if path.contains('\0') {
+        return Err(SocketError::Nul(address.to_string()));
+    }
     if path.is_empty() || !path.starts_with('/') {
         return Err(SocketError::Address(address.to_string()));
     }

@@ -21,6 +21,7 @@ use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 
 use super::event::{Answer, Caller, Outcome};
+use crate::bound::{quote, Quoted};
 use crate::secret::SecretValue;
 
 /// Records queued for the writer at most; when it is full, secret requests wait for room.
@@ -99,7 +100,7 @@ struct Job {
 #[serde(tag = "event", rename_all = "snake_case")]
 enum Event<'a> {
     Secret {
-        id: &'a str,
+        id: Quoted<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
         source: Option<&'a str>,
         #[serde(rename = "name", skip_serializing_if = "Option::is_none")]
@@ -108,17 +109,17 @@ enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<&'a str>,
+        error: Option<Quoted<'a>>,
     },
     RegistryCredentials {
-        host: &'a str,
+        host: Quoted<'a>,
         #[serde(skip_serializing_if = "Option::is_none")]
         source: Option<&'a str>,
         outcome: Outcome,
         #[serde(skip_serializing_if = "Option::is_none")]
         fingerprint: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<&'a str>,
+        error: Option<Quoted<'a>>,
         millis: u64,
     },
     SessionStart,
@@ -279,11 +280,11 @@ impl Audit {
 
     fn registry_event<'a>(&self, a: &Answer<'a>) -> Event<'a> {
         Event::RegistryCredentials {
-            host: a.id,
+            host: quote(a.id),
             source: a.source,
             outcome: a.outcome,
             fingerprint: a.value.map(|v| self.fingerprint(v)),
-            error: a.error,
+            error: a.error.map(quote),
             millis: u64::try_from(a.started.elapsed().as_millis()).unwrap_or(u64::MAX),
         }
     }
@@ -329,12 +330,12 @@ impl Audit {
 
     fn secret_event<'a>(&self, a: &Answer<'a>) -> Event<'a> {
         Event::Secret {
-            id: a.id,
+            id: quote(a.id),
             source: a.source,
             origin: a.origin,
             outcome: a.outcome,
             fingerprint: a.value.map(|v| self.fingerprint(v)),
-            error: a.error,
+            error: a.error.map(quote),
         }
     }
 

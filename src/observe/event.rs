@@ -23,8 +23,12 @@ pub enum Outcome {
 /// Who asked: the session and the connecting process, as far as they are known.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Caller {
-    /// The BuildKit session id.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The BuildKit session id, as the client sent it (written as [`crate::bound::quote`]
+    /// shows it).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "crate::bound::serialize_quoted"
+    )]
     pub session: Option<String>,
     /// The client process on the other end of the helper's socket.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -170,7 +170,8 @@ impl Metrics {
     /// [`OTHER`] for the rest; even so, at most [`MAX_ID_LABELS`] ids per listener are
     /// labelled by name, so the label set stays bounded whatever the caller passes.
     pub fn request(&self, listener: &str, id: &str, outcome: Outcome, latency: Duration) {
-        let id = self.id_label(listener, id);
+        let shown = crate::bound::quote(id).to_string();
+        let id = self.id_label(listener, &shown);
         let outcome = match outcome {
             Outcome::Served => "served",
             Outcome::NotFound => "not_found",

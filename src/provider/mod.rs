@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tonic::{Code, Status};
 
+use crate::bound::quote;
 use crate::observe::audit::Audit;
 use crate::observe::metrics::Metrics;
 use crate::observe::{Answer, Caller, Outcome};
@@ -19,6 +20,12 @@ mod precedence;
 pub mod registry;
 pub use precedence::ClientAnswer;
 pub use registry::Registries;
+
+/// Longest secret id answered, in bytes. BuildKit's ids are short: a Dockerfile's `id=` is a
+/// word, and the longest it makes itself is `GIT_AUTH_HEADER.` and a host name (at most 253
+/// bytes in DNS). A longer id is refused as `InvalidArgument` naming its length, before any
+/// source, client or record sees more of it than [`crate::bound::quote`] shows.
+pub const MAX_ID_BYTES: usize = 512;
 
 /// Answers `GetSecret` from a fixed table of ids built at start-up.
 #[derive(Debug, Clone)]
@@ -135,12 +142,41 @@ impl Provider {
     /// check.
     pub async fn get(&self, id: &str, caller: &Caller) -> Result<SecretValue, Status> {
         let started = Instant::now();
+        self.check_id(id, caller, started).await?;
         let source = self.route(id, caller, started).await?;
         let result = checked(id, source.name(), source.fetch(id).await);
         let mut answer = answer_of(id, source.name(), &result, started);
         answer.origin = source.origin(id);
         self.answer(caller, answer).await?;
         result
+    }
+
+    /// Refuses, recorded, an id over [`MAX_ID_BYTES`]: `InvalidArgument` with its length, never
+    /// its bytes. Sessions check before asking the build client, probes before the route.
+    pub async fn check_id(
+        &self,
+        id: &str,
+        caller: &Caller,
+        started: Instant,
+    ) -> Result<(), Status> {
+        if id.len() <= MAX_ID_BYTES {
+            return Ok(());
+        }
+        let message = format!(
+            "irsa-secrets: the secret id is {} bytes, over the limit of {MAX_ID_BYTES}",
+            id.len()
+        );
+        let refused = Answer {
+            id,
+            source: None,
+            origin: None,
+            outcome: Outcome::Error,
+            value: None,
+            error: Some(&message),
+            started,
+        };
+        self.answer(caller, refused).await?;
+        Err(Status::invalid_argument(message))
     }
 
     /// The source of `id` when this listener serves it; otherwise the refusal, recorded, as
@@ -163,13 +199,13 @@ impl Provider {
         let Some(source) = self.routes.get(id) else {
             self.answer(caller, refused(None, Outcome::NotFound))
                 .await?;
-            return Err(Status::not_found(format!("secret {id} not found")));
+            return Err(Status::not_found(format!("secret {} not found", quote(id))));
         };
         if !self.allows(id) {
-            tracing::warn!(listener = %self.listener, id, "secret refused: this listener does not serve it");
+            tracing::warn!(listener = %self.listener, id = %quote(id), "secret refused: this listener does not serve it");
             self.answer(caller, refused(Some(source.name()), Outcome::Denied))
                 .await?;
-            return Err(Status::not_found(format!("secret {id} not found")));
+            return Err(Status::not_found(format!("secret {} not found", quote(id))));
         }
         Ok(source)
     }
@@ -179,12 +215,12 @@ impl Provider {
     /// fails with `Unavailable`, so no value leaves without its record.
     async fn answer(&self, caller: &Caller, a: Answer<'_>) -> Result<(), Status> {
         if let Err(e) = self.audit.secret(&self.listener, caller, &a).await {
-            let session = caller.session.as_deref().unwrap_or("-");
-            tracing::error!(listener = %self.listener, session, id = a.id, error = %e, "secret refused: its audit record cannot be written");
+            let session = quote(caller.session.as_deref().unwrap_or("-"));
+            tracing::error!(listener = %self.listener, %session, id = %quote(a.id), error = %e, "secret refused: its audit record cannot be written");
             self.count(&a, Outcome::Error);
             return Err(Status::unavailable(format!(
                 "irsa-secrets: secret {} is not served: {e}",
-                a.id
+                quote(a.id)
             )));
         }
         self.observe(caller, &a);
@@ -200,27 +236,28 @@ impl Provider {
 
     /// The log line and the metrics of one answer.
     fn observe(&self, caller: &Caller, a: &Answer<'_>) {
-        let session = caller.session.as_deref().unwrap_or("-");
+        let session = quote(caller.session.as_deref().unwrap_or("-"));
+        let id = quote(a.id);
+        let error = a.error.map(quote);
         match a.outcome {
             Outcome::Served => {
-                tracing::info!(listener = %self.listener, session, probe = caller.probe, id = a.id, source = a.source, name = a.origin, bytes = a.value.map(SecretValue::len), "secret served")
+                tracing::info!(listener = %self.listener, %session, probe = caller.probe, %id, source = a.source, name = a.origin, bytes = a.value.map(SecretValue::len), "secret served")
             }
             Outcome::NotFound if caller.probe => {
-                tracing::info!(listener = %self.listener, id = a.id, "a probe asked for secret {}, which nobody serves here", a.id)
+                tracing::info!(listener = %self.listener, %id, "a probe asked for secret {id}, which nobody serves here")
             }
             Outcome::NotFound if is_buildkit_probe(a.id) => {
-                tracing::debug!(session, id = a.id, "secret not served here")
+                tracing::debug!(%session, %id, "secret not served here")
             }
             Outcome::NotFound => tracing::warn!(
                 listener = %self.listener,
-                session,
-                id = a.id,
-                "a build asked for secret {}, which nobody serves: a RUN --mount without required=true silently runs without it",
-                a.id
+                %session,
+                %id,
+                "a build asked for secret {id}, which nobody serves: a RUN --mount without required=true silently runs without it",
             ),
             Outcome::Denied => {}
             Outcome::Error => {
-                tracing::warn!(listener = %self.listener, session, id = a.id, source = a.source, name = a.origin, error = a.error, "secret refused")
+                tracing::warn!(listener = %self.listener, %session, %id, source = a.source, name = a.origin, error = error.map(tracing::field::display), "secret refused")
             }
         }
         self.count(a, a.outcome);

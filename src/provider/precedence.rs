@@ -6,6 +6,7 @@ use std::time::Instant;
 use tonic::{Code, Status};
 
 use super::Provider;
+use crate::bound::quote;
 use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::SecretValue;
 
@@ -44,7 +45,7 @@ impl Provider {
         client: Option<ClientAnswer>,
         started: Instant,
     ) -> Result<SecretValue, Status> {
-        let session = caller.session.as_deref().unwrap_or_default();
+        let session = quote(caller.session.as_deref().unwrap_or_default());
         let answer = |outcome, value, error| Answer {
             id,
             source: Some(CLIENT),
@@ -54,12 +55,13 @@ impl Provider {
             error,
             started,
         };
+        self.check_id(id, caller, started).await?;
         match client {
             Some(ClientAnswer::Value(value)) => {
                 if self.owns(id) {
                     tracing::info!(
-                        session,
-                        id,
+                        %session,
+                        id = %quote(id),
                         "the client's own --secret wins over the helper's value"
                     );
                 }
@@ -71,7 +73,7 @@ impl Provider {
                 return Err(status);
             }
             Some(ClientAnswer::Failed(status)) => {
-                tracing::warn!(session, id, code = ?status.code(), "the client's own secret failed; serving the helper's");
+                tracing::warn!(%session, id = %quote(id), code = ?status.code(), "the client's own secret failed; serving the helper's");
             }
             Some(ClientAnswer::Absent) | None => {}
         }

@@ -26,6 +26,7 @@ use std::time::Instant;
 use tonic::{Code, Status};
 
 use super::Provider;
+use crate::bound::quote;
 use crate::observe::{Answer, Caller, Outcome};
 use crate::secret::SecretValue;
 use crate::source::ecr::{self, Hosts, Passwords, Registry};
@@ -157,17 +158,18 @@ impl Provider {
             error,
             started,
         };
-        let session = caller.session.as_deref().unwrap_or("-");
+        let session = quote(caller.session.as_deref().unwrap_or("-"));
+        let shown = quote(host);
         match &client {
             Ok(answer) if !answer.is_empty() => {
-                tracing::info!(listener = %self.listener, session, host, "registry credentials: the client's own");
+                tracing::info!(listener = %self.listener, %session, host = %shown, "registry credentials: the client's own");
                 let a = record(Some(CLIENT), Outcome::Served, Some(&answer.secret), None);
                 self.audit.registry_queued(&self.listener, caller, &a);
                 self.registry_observe(&a);
                 return client;
             }
             Err(status) if status.code() != Code::Unimplemented => {
-                tracing::warn!(listener = %self.listener, session, host, code = ?status.code(), "the client's own registry credentials failed; answering for it");
+                tracing::warn!(listener = %self.listener, %session, host = %shown, code = ?status.code(), "the client's own registry credentials failed; answering for it");
             }
             _ => {}
         }
@@ -175,7 +177,7 @@ impl Provider {
             return client;
         };
         if !self.registries.allows(host) {
-            tracing::warn!(listener = %self.listener, session, host, "registry credentials refused: this listener's allow_registry does not name {host}");
+            tracing::warn!(listener = %self.listener, %session, host = %shown, "registry credentials refused: this listener's allow_registry does not name {shown}");
             self.registry_answer(caller, record(None, Outcome::Denied, None, None))
                 .await?;
             return client;
@@ -199,7 +201,7 @@ impl Provider {
                 })
             }
             Err(e) => {
-                let message = format!("irsa-secrets: registry credentials for {host}: {e}");
+                let message = format!("irsa-secrets: registry credentials for {shown}: {e}");
                 self.registry_answer(
                     caller,
                     record(Some(ECR), Outcome::Error, None, Some(&message)),
@@ -208,7 +210,7 @@ impl Provider {
                 // ECR Public serves pulls anonymously: a role without `ecr-public:` rights
                 // must not turn every `FROM public.ecr.aws/...` into an error.
                 if registry == Registry::Public {
-                    tracing::warn!(listener = %self.listener, session, host, error = %e, "no ECR Public password; the pull goes on anonymously");
+                    tracing::warn!(listener = %self.listener, %session, host = %shown, error = %e, "no ECR Public password; the pull goes on anonymously");
                     return client;
                 }
                 let code = match e.kind {
@@ -225,10 +227,10 @@ impl Provider {
     /// password leaves without its record.
     async fn registry_answer(&self, caller: &Caller, a: Answer<'_>) -> Result<(), Status> {
         if let Err(e) = self.audit.registry(&self.listener, caller, &a).await {
-            tracing::error!(listener = %self.listener, host = a.id, error = %e, "registry credentials refused: their audit record cannot be written");
+            let host = quote(a.id);
+            tracing::error!(listener = %self.listener, %host, error = %e, "registry credentials refused: their audit record cannot be written");
             return Err(Status::unavailable(format!(
-                "irsa-secrets: registry credentials for {} are not served: {e}",
-                a.id
+                "irsa-secrets: registry credentials for {host} are not served: {e}"
             )));
         }
         self.registry_observe(&a);
@@ -237,12 +239,13 @@ impl Provider {
 
     /// The log line and the metrics of one registry answer.
     fn registry_observe(&self, a: &Answer<'_>) {
+        let host = quote(a.id);
         match a.outcome {
             Outcome::Served if a.source == Some(ECR) => {
-                tracing::info!(listener = %self.listener, host = a.id, "registry credentials served from ECR")
+                tracing::info!(listener = %self.listener, %host, "registry credentials served from ECR")
             }
             Outcome::Error => {
-                tracing::warn!(listener = %self.listener, host = a.id, error = a.error, "registry credentials failed")
+                tracing::warn!(listener = %self.listener, %host, error = a.error.map(|e| tracing::field::display(quote(e))), "registry credentials failed")
             }
             _ => {}
         }

@@ -14,6 +14,7 @@ use tonic::{Request as GrpcRequest, Response as GrpcResponse, Status};
 use tower::Service;
 
 use super::SessionInfo;
+use crate::bound::quote;
 use crate::observe::metrics::Metrics;
 use crate::observe::Caller;
 use crate::provider::registry::{Login, SessionFailures};
@@ -94,7 +95,7 @@ impl Router {
                 return Ok(auth.call(req).await.unwrap_or_else(|never| match never {}));
             }
         }
-        tracing::trace!(path = req.uri().path(), "forwarding to the client");
+        tracing::trace!(path = %quote(req.uri().path()), "forwarding to the client");
         Ok(self
             .to_client
             .forward(req, "the build client", self.metrics.forwarded())
@@ -134,6 +135,10 @@ impl Secrets for SessionSecrets {
     ) -> Result<GrpcResponse<GetSecretResponse>, Status> {
         let request = request.into_inner();
         let started = Instant::now();
+        // A hostile id goes no further, not even to the client.
+        self.provider
+            .check_id(&request.id, &self.caller, started)
+            .await?;
         let client = self
             .ask_client(&request)
             .await
@@ -179,7 +184,8 @@ impl SessionAuth {
         if client.is_ok_and(|c| !c.is_empty()) {
             return Ok(());
         }
-        tracing::debug!(host, "declining {method}: BuildKit is to ask Credentials");
+        let host = quote(host);
+        tracing::debug!(%host, "declining {method}: BuildKit is to ask Credentials");
         Err(Status::unimplemented(format!(
             "irsa-secrets answers Credentials for {host}"
         )))

@@ -9,6 +9,8 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use aws_types::region::Region;
 use aws_types::sdk_config::{RetryConfig, SdkConfig, TimeoutConfig};
+use aws_types::service_config::ServiceConfigKey;
+use tokio::sync::OnceCell;
 
 use super::credentials::Credentials;
 
@@ -20,9 +22,11 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// timeouts).
 pub const ATTEMPTS: u32 = 3;
 
-/// An AWS service the helper calls for itself, with the SDK's standard endpoint override.
+/// An AWS service the helper calls for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Service {
+    /// AWS STS (the web identity exchange, `--assume-role`).
+    Sts,
     /// Amazon ECR (private registries).
     Ecr,
     /// Amazon ECR Public (`public.ecr.aws`), whose API lives in us-east-1.
@@ -34,23 +38,78 @@ pub enum Service {
 }
 
 impl Service {
-    /// The variable that overrides this service's endpoint (the SDKs' `AWS_ENDPOINT_URL_<ID>`,
-    /// the service id upper-cased with spaces as underscores).
-    pub fn endpoint_var(self) -> &'static str {
+    /// The SDK's service id, which names the service's own endpoint settings
+    /// (`AWS_ENDPOINT_URL_<ID>`, upper-cased with spaces as underscores, and the shared config
+    /// file's `services` section).
+    fn id(self) -> &'static str {
         match self {
-            Service::Ecr => "AWS_ENDPOINT_URL_ECR",
-            Service::EcrPublic => "AWS_ENDPOINT_URL_ECR_PUBLIC",
-            Service::SecretsManager => "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-            Service::Ssm => "AWS_ENDPOINT_URL_SSM",
+            Service::Sts => "STS",
+            Service::Ecr => "ECR",
+            Service::EcrPublic => "ECR PUBLIC",
+            Service::SecretsManager => "Secrets Manager",
+            Service::Ssm => "SSM",
         }
     }
 
-    /// The endpoint override in effect: the service's own variable, else `AWS_ENDPOINT_URL`.
-    pub fn endpoint_override(self) -> Option<String> {
-        [self.endpoint_var(), "AWS_ENDPOINT_URL"]
-            .into_iter()
-            .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+    /// The endpoint the SDK's settings give this service's clients, as the generated client
+    /// builders read them from [`shared`]: the service's own (`AWS_ENDPOINT_URL_<ID>`, the
+    /// shared config's `services` section), else the global one (`AWS_ENDPOINT_URL`,
+    /// `endpoint_url`); `None` for the SDK's default endpoint. For messages and checks; the
+    /// clients resolve it themselves.
+    pub async fn endpoint_override(self) -> Option<String> {
+        let shared = shared().await;
+        let key = ServiceConfigKey::builder()
+            .service_id(self.id())
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .ok()?;
+        shared
+            .service_config()
+            .and_then(|c| c.load_config(key))
+            .or_else(|| shared.endpoint_url().map(str::to_string))
     }
+}
+
+/// The SDK settings of the environment and the shared config files as aws-config reads them
+/// (endpoint overrides, `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`, FIPS, dual-stack), so every
+/// client of the helper's resolves its endpoint exactly as the SDKs and the AWS CLI do. Loaded
+/// once, with a region and no credentials given: loading reads files and variables, and calls
+/// nothing (no IMDS).
+async fn shared() -> &'static SdkConfig {
+    static SHARED: OnceCell<SdkConfig> = OnceCell::const_new();
+    SHARED
+        .get_or_init(|| {
+            aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(Region::from_static("us-east-1"))
+                .no_credentials()
+                .load()
+        })
+        .await
+}
+
+/// The SDK configuration of one client: [`shared`]'s settings, in `region`, signed with
+/// `credentials` (unsigned without), over the helper's rustls stack, with `retry` and `timeouts`.
+/// A client built from it (`Client::new`, `config::Builder::from`) applies its service's
+/// endpoint settings itself.
+pub(crate) async fn client_config(
+    region: &str,
+    credentials: Option<SharedCredentialsProvider>,
+    retry: RetryConfig,
+    timeouts: TimeoutConfig,
+) -> SdkConfig {
+    let https = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https();
+    let mut config = shared()
+        .await
+        .to_builder()
+        .region(Region::new(region.to_string()))
+        .http_client(https)
+        .retry_config(retry)
+        .timeout_config(timeouts);
+    config.set_credentials_provider(credentials);
+    config.build()
 }
 
 /// The helper's own credentials and default region, for the SDK clients it builds.
@@ -87,29 +146,20 @@ impl Aws {
         &self.credentials
     }
 
-    /// The SDK configuration for a `service` client in `region` (the default when `None`): the
-    /// helper's credentials and rustls stack, bounded attempts and timeouts, and the service's
-    /// endpoint override.
-    pub fn config(&self, service: Service, region: Option<&str>) -> SdkConfig {
-        let https = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut config = SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(Region::new(region.unwrap_or(&self.region).to_string()))
-            .credentials_provider(SharedCredentialsProvider::new(self.credentials.clone()))
-            .http_client(https)
-            .retry_config(RetryConfig::standard().with_max_attempts(ATTEMPTS))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(ATTEMPT_TIMEOUT)
-                    .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .operation_timeout(CALL_TIMEOUT)
-                    .build(),
-            );
-        if let Some(url) = service.endpoint_override() {
-            config = config.endpoint_url(url);
-        }
-        config.build()
+    /// The SDK configuration for a client in `region` (the default when `None`): the helper's
+    /// credentials, bounded attempts and timeouts, and the SDK's endpoint settings.
+    pub async fn config(&self, region: Option<&str>) -> SdkConfig {
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(ATTEMPT_TIMEOUT)
+            .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+            .operation_timeout(CALL_TIMEOUT)
+            .build();
+        client_config(
+            region.unwrap_or(&self.region),
+            Some(SharedCredentialsProvider::new(self.credentials.clone())),
+            RetryConfig::standard().with_max_attempts(ATTEMPTS),
+            timeouts,
+        )
+        .await
     }
 }

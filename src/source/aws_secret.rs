@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_secretsmanager::config::http::HttpResponse;
@@ -99,12 +99,47 @@ enum Client {
     Ssm(aws_sdk_ssm::Client),
 }
 
+/// The client of one service in one region, built at its first call: the SDK's settings it is
+/// built from are read asynchronously.
+#[derive(Debug)]
+struct Lazy {
+    aws: Aws,
+    service: Service,
+    region: String,
+    /// The client, and the endpoint override it was built with (for messages).
+    built: tokio::sync::OnceCell<(Client, Option<String>)>,
+}
+
+impl Lazy {
+    async fn client(&self) -> &Client {
+        let (client, _) = self
+            .built
+            .get_or_init(|| async {
+                let config = self.aws.config(Some(&self.region)).await;
+                let client = match self.service {
+                    Service::SecretsManager => {
+                        Client::SecretsManager(aws_sdk_secretsmanager::Client::new(&config))
+                    }
+                    _ => Client::Ssm(aws_sdk_ssm::Client::new(&config)),
+                };
+                (client, self.service.endpoint_override().await)
+            })
+            .await;
+        client
+    }
+
+    /// The endpoint override the client was built with, once it was.
+    fn endpoint(&self) -> Option<&str> {
+        self.built.get().and_then(|(_, e)| e.as_deref())
+    }
+}
+
 /// One declared value: what it is, where it is fetched, and its cache.
 #[derive(Debug)]
 struct Entry {
     secret: AwsSecret,
     region: String,
-    client: Client,
+    client: Arc<Lazy>,
     cache: Cache,
 }
 
@@ -119,7 +154,7 @@ impl AwsSecrets {
     /// A source for the `(id, declaration)` pairs of `service` (others are left out), calling
     /// with `aws`'s credentials: one client per region named.
     pub fn new(service: Service, declared: Vec<(String, AwsSecret)>, aws: &Aws) -> Self {
-        let mut clients: BTreeMap<String, Client> = BTreeMap::new();
+        let mut clients: BTreeMap<String, Arc<Lazy>> = BTreeMap::new();
         let mut entries = BTreeMap::new();
         for (id, secret) in declared {
             if secret.service() != service {
@@ -129,13 +164,12 @@ impl AwsSecrets {
             let client = clients
                 .entry(region.clone())
                 .or_insert_with(|| {
-                    let config = aws.config(service, Some(&region));
-                    match service {
-                        Service::SecretsManager => {
-                            Client::SecretsManager(aws_sdk_secretsmanager::Client::new(&config))
-                        }
-                        _ => Client::Ssm(aws_sdk_ssm::Client::new(&config)),
-                    }
+                    Arc::new(Lazy {
+                        aws: aws.clone(),
+                        service,
+                        region: region.clone(),
+                        built: tokio::sync::OnceCell::new(),
+                    })
                 })
                 .clone();
             let cache = Cache::new(secret.ttl);
@@ -158,7 +192,7 @@ impl AwsSecrets {
     /// One call to the service for `id`'s value, held to BuildKit's size limit.
     async fn call(&self, id: &str, entry: &Entry) -> Result<SecretValue, SourceError> {
         let name = entry.secret.name();
-        let value = match (&entry.client, &entry.secret.value) {
+        let value = match (entry.client.client().await, &entry.secret.value) {
             (
                 Client::SecretsManager(client),
                 AwsValue::SecretsManager {
@@ -372,11 +406,7 @@ where
             format!(
                 "{service} in {region} did not answer (endpoint override: {}); the cached value, \
                  if any, is served until it is twice its ttl old",
-                entry
-                    .secret
-                    .service()
-                    .endpoint_override()
-                    .unwrap_or_else(|| "none".into())
+                entry.client.endpoint().unwrap_or("none")
             ),
         ),
     };

@@ -170,22 +170,46 @@ pub fn decode(token: &[u8]) -> Result<Claims, TokenError> {
         .ok_or_else(|| TokenError::Malformed("its header is not a JSON object".into()))?;
     decode_part("signature", parts[2])?;
     let payload = decode_part("payload", parts[1])?;
-    let claims: Claims = serde_json::from_slice(&payload).map_err(|_| {
-        TokenError::Malformed("its claims are not a JSON object with a numeric exp".into())
-    })?;
-    for (name, time) in [
-        ("exp", Some(claims.exp)),
-        ("nbf", claims.nbf),
-        ("iat", claims.iat),
-    ] {
-        if time.is_some_and(|t| t > MAX_TIME) {
-            return Err(TokenError::Malformed(format!(
-                "its {name} claim is after {}, a time no clock reaches",
-                rfc3339(MAX_TIME)
-            )));
+    let payload: serde_json::Value = serde_json::from_slice(&payload)
+        .ok()
+        .filter(serde_json::Value::is_object)
+        .ok_or_else(|| TokenError::Malformed("its claims are not a JSON object".into()))?;
+    for name in ["exp", "nbf", "iat"] {
+        match payload.get(name) {
+            None | Some(serde_json::Value::Null) if name != "exp" => {}
+            Some(time) => time_claim(name, time).map_err(TokenError::Malformed)?,
+            None => return Err(TokenError::Malformed("it has no exp claim".into())),
         }
     }
-    Ok(claims)
+    serde_json::from_value(payload).map_err(|_| {
+        TokenError::Malformed(
+            "its claims do not have the types JWT gives them (iss and sub strings, aud a string \
+             or a list of strings)"
+                .into(),
+        )
+    })
+}
+
+/// Why the time claim `name` (`exp`, `nbf`, `iat`) is no time the helper can use: whole
+/// seconds since 1970, up to [`MAX_TIME`].
+fn time_claim(name: &str, time: &serde_json::Value) -> Result<(), String> {
+    let shown = || crate::bound::quote(&time.to_string()).to_string();
+    match time {
+        serde_json::Value::Number(n) if n.as_u64().is_some_and(|t| t > MAX_TIME) => Err(format!(
+            "its {name} claim is after {}, a time no clock reaches",
+            rfc3339(MAX_TIME)
+        )),
+        serde_json::Value::Number(n) if n.as_u64().is_some() => Ok(()),
+        serde_json::Value::Number(n) if n.as_i64().is_some() => Err(format!(
+            "its {name} claim is {}, a negative time (before 1970)",
+            shown()
+        )),
+        serde_json::Value::Number(_) => Err(format!(
+            "its {name} claim is {}, not a whole number of seconds",
+            shown()
+        )),
+        _ => Err(format!("its {name} claim is not a number of seconds")),
+    }
 }
 
 /// Decodes and checks a token against `want` at time `now`.
@@ -358,10 +382,7 @@ mod tests {
                 b"eyJhbGciOiJIUzI1NiJ9.bm90IGpzb24.c2ln",
                 "claims are not a JSON object",
             ),
-            (
-                b"eyJhbGciOiJIUzI1NiJ9.e30.c2ln",
-                "claims are not a JSON object",
-            ),
+            (b"eyJhbGciOiJIUzI1NiJ9.e30.c2ln", "it has no exp claim"),
             (b"bnVsbA.e30.c2ln", "header is not a JSON object"),
         ];
         for (input, reason) in cases {
@@ -402,6 +423,52 @@ mod tests {
                 human(Duration::from_secs(MAX_TIME - NOW))
             )
         );
+    }
+
+    #[test]
+    fn each_bad_time_claim_is_named_with_what_is_wrong() {
+        let payload = |claims: &str| {
+            let enc = |v: &str| URL_SAFE_NO_PAD.encode(v);
+            format!("{}.{}.{}", enc("{}"), enc(claims), enc("sig"))
+        };
+        let exp = NOW + 3600;
+        let cases = [
+            (
+                format!(r#"{{"exp":{exp},"nbf":1.5}}"#),
+                "its nbf claim is 1.5, not a whole number of seconds",
+            ),
+            (
+                format!(r#"{{"exp":{exp},"iat":-5}}"#),
+                "its iat claim is -5, a negative time (before 1970)",
+            ),
+            (
+                format!(r#"{{"exp":{exp},"nbf":"soon"}}"#),
+                "its nbf claim is not a number of seconds",
+            ),
+            (
+                r#"{"exp":1.25}"#.to_string(),
+                "its exp claim is 1.25, not a whole number of seconds",
+            ),
+            (
+                r#"{"exp":-1}"#.to_string(),
+                "its exp claim is -1, a negative time",
+            ),
+            (
+                r#"{"exp":null}"#.to_string(),
+                "its exp claim is not a number of seconds",
+            ),
+            (r#"{"nbf":1}"#.to_string(), "it has no exp claim"),
+            (
+                format!(r#"{{"exp":{exp},"aud":7}}"#),
+                "aud a string or a list of strings",
+            ),
+        ];
+        for (claims, want) in cases {
+            let err = decode(payload(&claims).as_bytes()).unwrap_err().to_string();
+            assert!(err.contains(want), "{claims}: {err}");
+        }
+        let fine = payload(&format!(r#"{{"exp":{exp},"nbf":null,"iat":{NOW}}}"#));
+        assert_eq!(decode(fine.as_bytes()).unwrap().iat, Some(NOW));
     }
 
     fn encode(c: &Claims) -> String {

@@ -6,9 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::SourceError;
-
-/// Longest text from the other side quoted in an error.
-pub(crate) const MAX_QUOTE: usize = 300;
+use crate::bound::quote;
 
 /// What a failed attempt means for the next one.
 pub(crate) enum Failure {
@@ -47,23 +45,14 @@ where
     }
 }
 
-/// Makes text from the other side safe to log: bounded, single-line, and never `secret`, even
-/// if the server echoed it back.
+/// Makes text from the other side safe to log: bounded and single-line as [`quote`] shows it,
+/// and never `secret`, even if the server echoed it back.
 pub(crate) fn scrub(text: &str, secret: &str) -> String {
-    let text = if secret.len() >= 8 {
-        text.replace(secret, "[redacted]")
+    if secret.len() >= 8 {
+        quote(&text.replace(secret, "[redacted]")).to_string()
     } else {
-        text.to_string()
-    };
-    let mut out: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_QUOTE)
-        .collect();
-    if text.chars().count() > MAX_QUOTE {
-        out.push('…');
+        quote(text).to_string()
     }
-    out
 }
 
 /// The error and its sources on one line: hyper's errors say little at the top level.
@@ -88,10 +77,10 @@ mod tests {
     fn scrub_bounds_flattens_and_hides_the_token() {
         assert_eq!(
             scrub("bad token eyJhbGciOi.x.y\nhere", "eyJhbGciOi.x.y"),
-            "bad token [redacted] here"
+            "bad token [redacted]\\nhere"
         );
-        let long = "x".repeat(1000);
-        assert_eq!(scrub(&long, "eyJhbGciOi").chars().count(), MAX_QUOTE + 1);
+        let long = "x".repeat(10_000);
+        assert!(scrub(&long, "eyJhbGciOi").ends_with("…[10000 bytes]"));
     }
 
     #[tokio::test]

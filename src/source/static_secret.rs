@@ -52,13 +52,15 @@ pub enum SpecError {
         /// The key.
         key: &'static str,
     },
-    /// A `ttl` that is not a positive duration.
-    #[error("--secret {spec:?} has ttl={ttl:?}, which is not a positive duration: write e.g. 30s, 5m or 1h")]
+    /// A `ttl` that is not a positive duration within [`crate::bound::MAX_DURATION`].
+    #[error("--secret {spec:?} has ttl={ttl:?}, which is not a positive duration: {why}")]
     Ttl {
         /// The whole declaration.
         spec: String,
         /// The value as given.
         ttl: String,
+        /// What is wrong with it.
+        why: String,
     },
     /// A `name` that is an ARN of another service.
     #[error("--secret {spec:?} has name={name:?}, which is not {expected} ARN: give a name or {expected} ARN")]
@@ -286,13 +288,14 @@ fn aws_secret(
     let (key, version_stage) = (optional("key")?, optional("version-stage")?);
     let ttl = match optional("ttl")? {
         None => DEFAULT_TTL,
-        Some(ttl) => humantime::parse_duration(&ttl)
-            .ok()
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| SpecError::Ttl {
-                spec: spec.to_string(),
-                ttl,
-            })?,
+        Some(ttl) => match crate::bound::duration(&ttl) {
+            Ok(d) if !d.is_zero() => d,
+            read => {
+                let why = read.err().unwrap_or_else(|| "it is zero".into());
+                let spec = spec.to_string();
+                return Err(SpecError::Ttl { spec, ttl, why });
+            }
+        },
     };
     let value = match kind {
         Kind::SecretsManager => AwsValue::SecretsManager {

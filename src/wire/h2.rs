@@ -395,7 +395,7 @@ impl Peer {
         match tower::ServiceExt::oneshot(self.clone(), req).await {
             Ok(res) => res.map(|body| counted(body, count)),
             Err(e) => {
-                let e = chain(&e);
+                let (e, path) = (chain(&e), crate::bound::quote(&path));
                 tracing::debug!(%path, error = %e, "{what} did not answer");
                 Status::unavailable(format!("irsa-secrets: {what} did not answer {path}: {e}"))
                     .into_http()

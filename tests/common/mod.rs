@@ -101,6 +101,11 @@ pub fn command_for(program: &Path) -> Command {
         "IRSA_SECRETS_LISTEN",
         "IRSA_SECRETS_STS",
         "AWS_ENDPOINT_URL_STS",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+        "AWS_ENDPOINT_URL_SSM",
+        "AWS_ENDPOINT_URL_ECR",
+        "AWS_ENDPOINT_URL_ECR_PUBLIC",
     ] {
         cmd.env_remove(var);
     }

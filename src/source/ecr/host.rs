@@ -73,8 +73,15 @@ impl Registry {
     }
 }
 
+/// Longest DNS name, in bytes (RFC 1035): a longer host names no ECR registry, and is left to
+/// the build client without a copy, a log line or an ECR call.
+const MAX_HOST: usize = 253;
+
 /// The registry an ECR host names, if it is one. Case does not matter (DNS names do not).
 pub fn parse(host: &str) -> Option<Registry> {
+    if host.len() > MAX_HOST {
+        return None;
+    }
     let host = host.to_ascii_lowercase();
     if host == PUBLIC_HOST {
         return Some(Registry::Public);

@@ -11,7 +11,7 @@ use aws_sdk_ecr::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use base64::Engine;
 use futures_util::future::BoxFuture;
 
-use super::aws::{Aws, Service};
+use super::aws::Aws;
 use super::flight::Flight;
 use super::remote::scrub;
 use super::{ErrorKind, SourceError};
@@ -182,7 +182,7 @@ impl Issuer for Ecr {
                 // No `registryIds`: deprecated, since a token opens every registry the
                 // principal may use; passwords are still cached per account and region.
                 Registry::Private { region, fips, .. } => {
-                    let config = self.aws.config(Service::Ecr, Some(region));
+                    let config = self.aws.config(Some(region)).await;
                     let mut config = aws_sdk_ecr::config::Builder::from(&config);
                     if *fips {
                         config = config.use_fips(true);
@@ -201,7 +201,7 @@ impl Issuer for Ecr {
                     token(registry, data.authorization_token, data.expires_at)
                 }
                 Registry::Public => {
-                    let config = self.aws.config(Service::EcrPublic, Some("us-east-1"));
+                    let config = self.aws.config(Some("us-east-1")).await;
                     let out = aws_sdk_ecrpublic::Client::new(&config)
                         .get_authorization_token()
                         .send()

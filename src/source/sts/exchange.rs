@@ -6,13 +6,12 @@ use std::time::{Duration, SystemTime};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_sts::config::retry::RetryConfig;
 use aws_sdk_sts::config::timeout::TimeoutConfig;
-use aws_sdk_sts::config::{BehaviorVersion, Region};
 use aws_sdk_sts::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::types::PolicyDescriptorType;
-use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 
 use super::scope::Scope;
 use crate::secret::SecretValue;
+use crate::source::aws::{client_config, Service};
 use crate::source::credentials::Issued;
 use crate::source::jwt::{self, Claims};
 use crate::source::remote::{retrying, scrub, Failure};
@@ -155,15 +154,20 @@ fn fill(template: &str, values: &[(&str, &str)]) -> String {
 /// An STS client for one region and endpoint.
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    client: aws_sdk_sts::Client,
-    /// Where requests go, for messages.
-    endpoint: String,
     region: String,
+    /// `--sts-endpoint`, which wins over the SDK's endpoint settings.
+    explicit: Option<String>,
+    credentials: Option<SharedCredentialsProvider>,
+    /// The client, built at the first call (the SDK's settings are read asynchronously), and
+    /// where its requests go, for messages.
+    built: tokio::sync::OnceCell<(aws_sdk_sts::Client, String)>,
 }
 
 impl Exchange {
     /// An unsigned client (AssumeRoleWithWebIdentity needs no credentials) for `region`,
-    /// sending to `endpoint` or, without one, to STS's regional endpoint.
+    /// sending to `endpoint` or, without one, where the SDK's endpoint settings say
+    /// (`AWS_ENDPOINT_URL_STS`, `AWS_ENDPOINT_URL`, the shared config file), else to STS's
+    /// regional endpoint.
     pub fn new(region: &str, endpoint: Option<&str>) -> Self {
         Self::build(region, endpoint, None)
     }
@@ -182,32 +186,47 @@ impl Exchange {
         endpoint: Option<&str>,
         credentials: Option<SharedCredentialsProvider>,
     ) -> Self {
-        let https = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
-        let mut config = aws_sdk_sts::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region.to_string()))
-            .http_client(https)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
+        Self {
+            region: region.to_string(),
+            explicit: endpoint.map(str::to_string),
+            credentials,
+            built: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The client, and where its requests go.
+    async fn client(&self) -> &(aws_sdk_sts::Client, String) {
+        self.built
+            .get_or_init(|| async {
+                let timeouts = TimeoutConfig::builder()
                     .connect_timeout(ATTEMPT_TIMEOUT)
                     .operation_attempt_timeout(ATTEMPT_TIMEOUT)
-                    .build(),
-            );
-        if let Some(url) = endpoint {
-            config = config.endpoint_url(url);
-        }
-        config.set_credentials_provider(credentials);
-        Self {
-            client: aws_sdk_sts::Client::from_conf(config.build()),
-            endpoint: endpoint.map_or_else(
-                || format!("https://sts.{region}.amazonaws.com"),
-                str::to_string,
-            ),
-            region: region.to_string(),
-        }
+                    .build();
+                let shared = client_config(
+                    &self.region,
+                    self.credentials.clone(),
+                    RetryConfig::disabled(),
+                    timeouts,
+                )
+                .await;
+                let mut config = aws_sdk_sts::config::Builder::from(&shared);
+                if let Some(url) = &self.explicit {
+                    config = config.endpoint_url(url);
+                }
+                let endpoint = match &self.explicit {
+                    Some(url) => Some(url.clone()),
+                    None => Service::Sts.endpoint_override().await,
+                };
+                let endpoint = endpoint
+                    .unwrap_or_else(|| format!("https://sts.{}.amazonaws.com", self.region));
+                (aws_sdk_sts::Client::from_conf(config.build()), endpoint)
+            })
+            .await
+    }
+
+    /// Where requests go, for messages (known once the first call built the client).
+    fn endpoint(&self) -> &str {
+        self.built.get().map_or("STS", |(_, e)| e.as_str())
     }
 
     /// Exchanges `token` (whose checked claims are `claims`) for credentials scoped by `scope`,
@@ -261,7 +280,7 @@ impl Exchange {
                     "STS at {} failed {ATTEMPTS} times, last: {why}; check that the endpoint is \
                      reachable from the helper (proxy, DNS, egress rules) and the AWS Health \
                      Dashboard",
-                    self.endpoint
+                    self.endpoint()
                 ),
             )),
         }
@@ -280,10 +299,10 @@ impl Exchange {
             .collect();
         let policy_arns = Some(policy_arns).filter(|v| !v.is_empty());
         let duration = scope.duration.as_secs() as i32;
+        let client = &self.client().await.0;
         let (creds, principal) = match asker {
             Asker::WebIdentity { token, .. } => {
-                let result = self
-                    .client
+                let result = client
                     .assume_role_with_web_identity()
                     .role_arn(&scope.role_arn)
                     .role_session_name(session_name)
@@ -297,8 +316,7 @@ impl Exchange {
                 (output.credentials.take(), output.assumed_role_user)
             }
             Asker::Role { external_id, .. } => {
-                let result = self
-                    .client
+                let result = client
                     .assume_role()
                     .role_arn(&scope.role_arn)
                     .role_session_name(session_name)
@@ -318,7 +336,7 @@ impl Exchange {
                 format!(
                     "STS at {} answered without {what}; check that --sts-endpoint is an STS \
                      endpoint",
-                    self.endpoint
+                    self.endpoint()
                 ),
             ))
         };
@@ -368,7 +386,7 @@ impl Exchange {
                     ErrorKind::Io,
                     format!(
                         "STS call to {} failed: {}; check --sts-endpoint and --region",
-                        self.endpoint,
+                        self.endpoint(),
                         scrub(&DisplayErrorContext(&err).to_string(), token)
                     ),
                 )
@@ -408,7 +426,7 @@ impl Exchange {
             ("trust", &trust),
             ("role", &scope.role_arn),
             ("region", &self.region),
-            ("endpoint", &self.endpoint),
+            ("endpoint", self.endpoint()),
             ("duration", &duration),
         ];
         let (kind, hint) = HINTS
