@@ -441,26 +441,6 @@ fn config_errors_name_the_key_its_table_and_what_is_allowed() {
     );
 }
 
-/// The README's config is examples/fleet/irsa-secrets.toml (less its opening comment), which
-/// tests/config_identity.rs starts: the README cannot show a file that does not run.
-#[test]
-fn the_readme_example_config_is_the_fleet_example() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let start = readme
-        .find("```toml\n")
-        .expect("the README has a TOML example")
-        + 8;
-    let shown = &readme[start..start + readme[start..].find("```").unwrap()];
-    let file = std::fs::read_to_string(format!("{root}/examples/fleet/irsa-secrets.toml")).unwrap();
-    let body: String = file
-        .lines()
-        .skip_while(|l| l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(shown, body);
-}
-
 /// A daemon stand-in on a unix socket: answers every HTTP/1.1 request with `200 OK` and body
 /// `OK`, with std's blocking sockets (no part of the helper's stack). Stops on drop.
 struct TinyDaemon {
