@@ -216,6 +216,34 @@ fn each_command_help_lists_only_the_flags_it_uses() {
     assert!(!mock.contains("irsa-secrets serve"), "{mock}");
 }
 
+/// What a runner with no identity is told to do, one phrase per identity the helper serves.
+const EVERY_IDENTITYS_FIX: [&str; 6] = [
+    "eks.amazonaws.com/role-arn (IRSA)",
+    "Pod Identity association",
+    "on ECS or CodeBuild, give the task or project a role",
+    "--identity github-oidc",
+    "--identity imds",
+    "--mock",
+];
+
+/// The top-level help speaks of every identity served and points at the platform pages.
+#[test]
+fn the_top_level_help_names_every_identity_and_the_platform_pages() {
+    let help = stdout(&["--help"]);
+    for needle in [
+        "IRSA",
+        "EKS Pod Identity",
+        "ECS or CodeBuild container role",
+        "GitHub Actions OIDC",
+        "--identity imds",
+        "--mock",
+        "README.md, Platforms",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    assert!(!help.contains("identity (IRSA)"), "{help}");
+}
+
 /// `doctor`'s output with `env` and `args`; every FAIL line is followed by a fix that names a
 /// next step, never "see the message".
 fn doctor(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
@@ -266,14 +294,28 @@ fn every_doctor_failure_names_the_next_step() {
         ]
     };
 
-    // No identity at all: the laptop's way out is named.
+    // No identity at all: one problem, and the fix of every identity the helper serves.
     let (code, text) = doctor(&[], &[]);
     assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL  no identity: none of"), "{text}");
+    assert!(text.contains("1 problem found"), "{text}");
+    for fix in EVERY_IDENTITYS_FIX {
+        assert!(text.contains(fix), "doctor does not name {fix:?}:\n{text}");
+    }
+    // An identity asked for and incomplete is named, with the same fixes (not IRSA's alone).
+    let (code, text) = doctor(&[], &["--identity", "pod-identity"]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("mock write") && text.contains("--mock"),
+        text.contains("FAIL  no identity: the pod-identity identity needs"),
         "{text}"
     );
-    assert!(text.contains("2 problems found"), "{text}");
+    assert!(
+        !text.contains("AWS_WEB_IDENTITY_TOKEN_FILE is not set"),
+        "{text}"
+    );
+    for fix in EVERY_IDENTITYS_FIX {
+        assert!(text.contains(fix), "doctor does not name {fix:?}:\n{text}");
+    }
 
     // (token file, extra args, what fails, the fix it names)
     let cases: Vec<(String, Vec<&str>, &str, &str)> = vec![
