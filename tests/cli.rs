@@ -216,6 +216,34 @@ fn each_command_help_lists_only_the_flags_it_uses() {
     assert!(!mock.contains("irsa-secrets serve"), "{mock}");
 }
 
+/// What a runner with no identity is told to do, one phrase per identity the helper serves.
+const EVERY_IDENTITYS_FIX: [&str; 6] = [
+    "eks.amazonaws.com/role-arn (IRSA)",
+    "Pod Identity association",
+    "on ECS or CodeBuild, give the task or project a role",
+    "--identity github-oidc",
+    "--identity imds",
+    "--mock",
+];
+
+/// The top-level help speaks of every identity served and points at the platform pages.
+#[test]
+fn the_top_level_help_names_every_identity_and_the_platform_pages() {
+    let help = stdout(&["--help"]);
+    for needle in [
+        "IRSA",
+        "EKS Pod Identity",
+        "ECS or CodeBuild container role",
+        "GitHub Actions OIDC",
+        "--identity imds",
+        "--mock",
+        "README.md, Platforms",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    assert!(!help.contains("identity (IRSA)"), "{help}");
+}
+
 /// `doctor`'s output with `env` and `args`; every FAIL line is followed by a fix that names a
 /// next step, never "see the message".
 fn doctor(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String) {
@@ -266,14 +294,28 @@ fn every_doctor_failure_names_the_next_step() {
         ]
     };
 
-    // No identity at all: the laptop's way out is named.
+    // No identity at all: one problem, and the fix of every identity the helper serves.
     let (code, text) = doctor(&[], &[]);
     assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("FAIL  no identity: none of"), "{text}");
+    assert!(text.contains("1 problem found"), "{text}");
+    for fix in EVERY_IDENTITYS_FIX {
+        assert!(text.contains(fix), "doctor does not name {fix:?}:\n{text}");
+    }
+    // An identity asked for and incomplete is named, with the same fixes (not IRSA's alone).
+    let (code, text) = doctor(&[], &["--identity", "pod-identity"]);
+    assert_eq!(code, Some(1), "{text}");
     assert!(
-        text.contains("mock write") && text.contains("--mock"),
+        text.contains("FAIL  no identity: the pod-identity identity needs"),
         "{text}"
     );
-    assert!(text.contains("2 problems found"), "{text}");
+    assert!(
+        !text.contains("AWS_WEB_IDENTITY_TOKEN_FILE is not set"),
+        "{text}"
+    );
+    for fix in EVERY_IDENTITYS_FIX {
+        assert!(text.contains(fix), "doctor does not name {fix:?}:\n{text}");
+    }
 
     // (token file, extra args, what fails, the fix it names)
     let cases: Vec<(String, Vec<&str>, &str, &str)> = vec![
@@ -439,26 +481,6 @@ fn config_errors_name_the_key_its_table_and_what_is_allowed() {
         err.contains("[[listener]] 1: `audit_log` is not valid here: it applies to every listener"),
         "{err}"
     );
-}
-
-/// The README's config is examples/fleet/irsa-secrets.toml (less its opening comment), which
-/// tests/config_identity.rs starts: the README cannot show a file that does not run.
-#[test]
-fn the_readme_example_config_is_the_fleet_example() {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
-    let start = readme
-        .find("```toml\n")
-        .expect("the README has a TOML example")
-        + 8;
-    let shown = &readme[start..start + readme[start..].find("```").unwrap()];
-    let file = std::fs::read_to_string(format!("{root}/examples/fleet/irsa-secrets.toml")).unwrap();
-    let body: String = file
-        .lines()
-        .skip_while(|l| l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert_eq!(shown, body);
 }
 
 /// A daemon stand-in on a unix socket: answers every HTTP/1.1 request with `200 OK` and body

@@ -197,7 +197,7 @@ fn stock_grpcio_clients_need_the_default_authority_on_serve_and_proxy() {
             "{}: {out}",
             socket.display()
         );
-        // Without the option the call fails as the README's Troubleshooting quotes it.
+        // Without the option the call fails as docs/troubleshooting.md quotes it.
         let (ok, out) = python_get_secret(socket, "aws-role-arn", None, &r);
         assert!(
             !ok && out.contains("INTERNAL")

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::sts::StsArgs;
 use super::{IdentityArgs, IdentityChoice, RegionArgs, SecretArgs, WebTokenArgs, NO_IDENTITY_HINT};
-use crate::source::identity::Identity;
+use crate::source::identity::{Identity, NoIdentity};
 use crate::source::irsa::{check_role_arn, check_token_file, read_token, token_hint};
 use crate::source::jwt::{self, Checked};
 use crate::source::platform::Platform;
@@ -307,7 +307,18 @@ const LAPTOP_FIX: &str = "on a laptop, run `irsa-secrets mock write ~/.irsa/iden
 pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let id = &args.identity;
     let mut r = Report { problems: 0 };
-    let chosen = id.choose(args.choice).ok().filter(|c| {
+    let choice = id.choose(args.choice);
+    // IRSA's own checks below name the IRSA setting that is missing; any other identity asked
+    // for and incomplete, or none at all, gets the fix of every identity the helper serves.
+    let irsa_started = id.token.token_file.is_some() || id.role_arn.is_some();
+    let missing = match &choice {
+        Err(e @ NoIdentity::NoneFound) if !irsa_started => Some(e.to_string()),
+        Err(e @ NoIdentity::Incomplete { identity, .. }) if *identity != Identity::Irsa => {
+            Some(e.to_string())
+        }
+        _ => None,
+    };
+    let chosen = choice.ok().filter(|c| {
         matches!(
             c.identity,
             Identity::PodIdentity | Identity::Container | Identity::Imds | Identity::GithubOidc
@@ -316,6 +327,8 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = &chosen {
         r.ok(&format!("identity {} ({})", c.identity, c.because));
         platform_check(&args, c.identity, &mut r).await;
+    } else if let Some(missing) = missing {
+        r.fail(&format!("no identity: {missing}"), NO_IDENTITY_HINT);
     } else if id.token.mock {
         r.ok("mock identity selected (--mock): builds get a fake token and role ARN");
     } else {

@@ -36,10 +36,17 @@ mod scan;
 mod serve;
 mod sts;
 
-/// Serve the runner's AWS identity (IRSA) to BuildKit builds as session secrets.
+/// Serve the runner's AWS identity to BuildKit builds as session secrets.
 ///
-/// Build steps read it with `RUN --mount=type=secret,id=aws-web-identity-token` and
-/// `--mount=type=secret,id=aws-role-arn`; no workflow passes --secret flags or static keys.
+/// The identity is whichever the runner has (--identity picks one): IRSA (a projected
+/// service-account token and its role), EKS Pod Identity, an ECS or CodeBuild container role,
+/// GitHub Actions OIDC, the EC2 instance role (--identity imds: never taken unless asked for),
+/// or a mock for laptops and tests (--mock). Build steps read it with
+/// `RUN --mount=type=secret,id=aws-web-identity-token` (and `aws-role-arn`) or, for credential
+/// identities, `id=aws-credentials`; no workflow passes --secret flags or static keys.
+///
+/// Set-up for each platform (ARC, GitLab Runner on Kubernetes, EC2, GitHub-hosted runners,
+/// laptops): the project's README.md, Platforms, and its docs/ pages.
 #[derive(Debug, Parser)]
 #[command(name = "irsa-secrets", version, propagate_version = true)]
 pub struct Cli {
@@ -197,9 +204,12 @@ pub struct IdentityArgs {
 
 /// What to do on a machine with no identity, for every message that reports one missing.
 pub const NO_IDENTITY_HINT: &str = "On EKS, annotate the runner's service account with \
-     eks.amazonaws.com/role-arn or give it a Pod Identity association; on EC2, pass --identity \
-     imds; on a laptop, pass --mock, or run `irsa-secrets mock write DIR` and \
-     `set -a; . DIR/env; set +a`";
+     eks.amazonaws.com/role-arn (IRSA) or give it a Pod Identity association; on ECS or \
+     CodeBuild, give the task or project a role; in GitHub Actions, grant the job \
+     `permissions: id-token: write`, set AWS_ROLE_ARN and pass --identity github-oidc; on EC2, \
+     pass --identity imds; on a laptop, pass --mock, or run `irsa-secrets mock write DIR` and \
+     `set -a; . DIR/env; set +a`. Each platform's set-up: docs/ in the project (README.md, \
+     Platforms)";
 
 /// The most expiry margin a GitHub Actions token gets: they live minutes, not IRSA's hours.
 const GITHUB_MARGIN: Duration = Duration::from_secs(60);

@@ -248,7 +248,7 @@ impl Ecr {
                      repository actions (pull: ecr:BatchGetImage, ecr:GetDownloadUrlForLayer; \
                      push: also ecr:InitiateLayerUpload, ecr:UploadLayerPart, \
                      ecr:CompleteLayerUpload, ecr:PutImage, ecr:BatchCheckLayerAvailability); \
-                     the policy is in the README, under Registry credentials"
+                     the policy is in docs/registry-credentials.md"
                 ),
             );
         }
