@@ -34,6 +34,7 @@ mod probe;
 mod proxy;
 mod scan;
 mod serve;
+mod signals;
 mod sts;
 
 /// Serve the runner's AWS identity (IRSA) to BuildKit builds as session secrets.

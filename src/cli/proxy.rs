@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
+use super::signals::Signals;
 use super::{RuntimeArgs, ServedArgs};
 use crate::cli::config::{Place, Schema};
 use crate::front::socket;
@@ -263,9 +264,10 @@ struct Ready {
 /// Runs `proxy`. `matches` are the command's own, which alone know where each value came from
 /// (command line, variable or default): the config file yields to the first two only.
 pub(super) async fn run(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    let signals = Signals::install()?;
     let settings = load(args, matches)?;
-    let prepared = prepare_all(settings)?;
-    spawn(prepared).await
+    let prepared = prepare_all(settings).await?;
+    spawn(prepared, signals).await
 }
 
 /// What the command line and the config file settle on together.
@@ -346,8 +348,9 @@ struct Prepared {
     ready: Vec<Ready>,
 }
 
-/// Opens the audit trail, builds each listener's provider and daemon, binds the sockets.
-fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
+/// Opens the audit trail, builds each listener's provider and daemon, binds the sockets (each
+/// waiting up to the shutdown timeout for a helper being stopped on its path to leave).
+async fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
     let Settings { global, listeners } = settings;
     let audit = match &global.audit_log {
         Some(target) => {
@@ -365,7 +368,10 @@ fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
                 l.name
             );
         }
-        ready.push(prepare(l, &audit, &metrics)?);
+        let wait = global
+            .shutdown_timeout
+            .unwrap_or(limits::DEFAULT_SHUTDOWN_TIMEOUT);
+        ready.push(prepare(l, &audit, &metrics, wait).await?);
     }
     Ok(Prepared {
         global,
@@ -375,8 +381,8 @@ fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
     })
 }
 
-/// Starts the metrics endpoint and the listeners, and stops them on SIGTERM or SIGINT.
-async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
+/// Starts the metrics endpoint and the listeners, and stops them at `signals`.
+async fn spawn(prepared: Prepared, signals: Signals) -> anyhow::Result<ExitCode> {
     let Prepared {
         global,
         audit: _audit,
@@ -425,7 +431,7 @@ async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
         let (stop, limits) = (stop.clone(), limits.clone());
         tasks.spawn(async move {
             crate::front::run(
-                bound.listener,
+                bound,
                 daemon,
                 provider,
                 gate,
@@ -433,10 +439,9 @@ async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
                 stop.cancelled_owned(),
             )
             .await;
-            drop(bound.file);
         });
     }
-    crate::front::secrets::shutdown_signal().await;
+    signals.stopped().await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
@@ -461,7 +466,12 @@ fn readiness(ready: &[Ready]) -> Checks {
     checks
 }
 
-fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<Ready> {
+async fn prepare(
+    l: ListenerArgs,
+    audit: &Audit,
+    metrics: &Metrics,
+    wait: Duration,
+) -> anyhow::Result<Ready> {
     let context = |e: String| anyhow::anyhow!("listener {}: {e}", l.name);
     let aws = l.served.own_aws().map_err(|e| context(format!("{e:#}")))?;
     let listen = l
@@ -481,7 +491,9 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         .load(l.upstream.host())
         .map_err(|e| context(e.to_string()))?;
     let path = socket::parse_unix_address(listen).map_err(|e| context(e.to_string()))?;
-    let bound = socket::bind(&path, &l.socket.options()).map_err(|e| context(e.to_string()))?;
+    let bound = socket::bind(&path, &l.socket.options(), wait)
+        .await
+        .map_err(|e| context(e.to_string()))?;
     Ok(Ready {
         bound,
         daemon: Daemon::new(l.upstream, tls, l.upstream_kind.into()),
