@@ -101,6 +101,13 @@ impl GlobalArgs {
             descriptor_limit = nofile,
             "serving at most {max} connections at once"
         );
+        if let Some(warning) = limits::descriptor_warning(max, nofile) {
+            tracing::warn!(
+                max_connections = max,
+                descriptor_limit = nofile,
+                "{warning}"
+            );
+        }
         let mut l = Limits::new(max);
         l.header_timeout = self.header_timeout.unwrap_or(l.header_timeout);
         l.idle_timeout = self.idle_timeout.unwrap_or(l.idle_timeout);
@@ -343,15 +350,19 @@ fn inherited(global: &[String]) -> Vec<String> {
 /// Everything bound and built, nothing running yet.
 struct Prepared {
     global: GlobalArgs,
+    limits: Limits,
     audit: Audit,
     metrics: Metrics,
     ready: Vec<Ready>,
 }
 
-/// Opens the audit trail, builds each listener's provider and daemon, binds the sockets (each
-/// waiting up to the shutdown timeout for a helper being stopped on its path to leave).
+/// Settles the limits (saying before any socket is bound when the cap exceeds the descriptor
+/// limit), opens the audit trail, builds each listener's provider and daemon, binds the
+/// sockets (each waiting up to the shutdown timeout for a helper being stopped on its path to
+/// leave).
 async fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
     let Settings { global, listeners } = settings;
+    let limits = global.limits();
     let audit = match &global.audit_log {
         Some(target) => {
             Audit::open(target, global.audit_key_file.as_deref()).map_err(anyhow::Error::msg)?
@@ -368,13 +379,11 @@ async fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
                 l.name
             );
         }
-        let wait = global
-            .shutdown_timeout
-            .unwrap_or(limits::DEFAULT_SHUTDOWN_TIMEOUT);
-        ready.push(prepare(l, &audit, &metrics, wait).await?);
+        ready.push(prepare(l, &audit, &metrics, limits.shutdown_timeout).await?);
     }
     Ok(Prepared {
         global,
+        limits,
         audit,
         metrics,
         ready,
@@ -385,11 +394,11 @@ async fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
 async fn spawn(prepared: Prepared, signals: Signals) -> anyhow::Result<ExitCode> {
     let Prepared {
         global,
+        limits,
         audit: _audit,
         metrics,
         ready,
     } = prepared;
-    let limits = global.limits();
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = global.metrics_listen {

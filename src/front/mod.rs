@@ -157,7 +157,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let socket::BoundSocket { listener, file } = socket;
-    let daemon = Arc::new(daemon);
+    let daemon = Arc::new(daemon.sharing(limits.slots.clone()));
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut errors = limits::AcceptErrors::default();
@@ -165,9 +165,13 @@ pub async fn run(
     'serve: loop {
         let stream = loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
+                // A request retrying its daemon connection for want of descriptors goes first.
+                accepted = async {
+                    limits.slots.no_dial_waiting().await;
+                    listener.accept().await
+                } => match accepted {
                     Ok((stream, _)) => break stream,
-                    Err(e) => errors.failed(&e).await,
+                    Err(e) => errors.failed(&e, &limits.slots).await,
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 () = &mut shutdown => break 'serve,
