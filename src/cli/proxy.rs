@@ -450,7 +450,7 @@ async fn spawn(prepared: Prepared, signals: Signals) -> anyhow::Result<ExitCode>
             .await;
         });
     }
-    signals.stopped().await;
+    signals.stopped(Some(limits.slots.clone())).await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");

@@ -64,6 +64,6 @@ pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let bound = socket::bind(&path, &args.socket.options(), DEFAULT_SHUTDOWN_TIMEOUT)
         .await
         .map_err(anyhow::Error::msg)?;
-    crate::front::secrets::run(provider, bound, signals.stopped()).await?;
+    crate::front::secrets::run(provider, bound, signals.stopped(None)).await?;
     Ok(ExitCode::SUCCESS)
 }

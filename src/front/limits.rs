@@ -167,6 +167,11 @@ impl Slots {
         }
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.max - self.0.free.available_permits()
+    }
+
     /// Closes the connection idle longest or waiting longest for its first request, if there
     /// is one: at the cap, and when descriptors run out. Its descriptors are free once its task
     /// has ended.
