@@ -247,13 +247,109 @@ const FLOOD: usize = 1500;
 
 /// Runs the command under a descriptor limit of [`NOFILE`], as `ulimit -n` would.
 fn limit_descriptors(cmd: &mut Command) {
+    limit_descriptors_to(cmd, NOFILE);
+}
+
+/// Runs the command under a descriptor limit of `n`, as `ulimit -n` would.
+fn limit_descriptors_to(cmd: &mut Command, n: u64) {
     use nix::sys::resource::{setrlimit, Resource};
     // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
     unsafe {
-        cmd.pre_exec(|| {
-            setrlimit(Resource::RLIMIT_NOFILE, NOFILE, NOFILE).map_err(std::io::Error::from)
+        cmd.pre_exec(move || {
+            setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(std::io::Error::from)
         });
     }
+}
+
+/// `proxy --mock` in `dir` before `daemon` with `args`, under a descriptor limit of `nofile`.
+fn limited_helper(
+    dir: &Path,
+    daemon: &StandIn,
+    nofile: u64,
+    args: &[&str],
+    r: &Radioactive,
+) -> Helper {
+    let socket = dir.join("helper.sock");
+    let mut cmd = command();
+    cmd.args(["proxy", "--mock", "--upstream-kind", "docker", "--listen"])
+        .arg(format!("unix://{}", socket.display()))
+        .arg("--upstream")
+        .arg(format!("unix://{}", daemon.path.display()))
+        .args(args);
+    limit_descriptors_to(&mut cmd, nofile);
+    Helper::spawn(cmd, socket, dir, &[], r)
+}
+
+/// A cap above what the descriptor limit allows is named at start, with the numbers; the
+/// default cap, taken from the limit, is not.
+#[test]
+fn a_cap_above_the_descriptor_limit_is_named_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon = StandIn::start(tmp.path());
+    let r = Radioactive::default();
+    let warning = "--max-connections 1000 is more than the descriptor limit (256) allows";
+    let mut h = limited_helper(tmp.path(), &daemon, 256, &["--max-connections", "1000"], &r);
+    let log = h.log_text();
+    assert!(log.contains(warning), "{log}");
+    assert!(log.contains("about 64 fit"), "{log}");
+    h.terminate();
+    let mut h = limited_helper(tmp.path(), &daemon, 256, &[], &r);
+    let log = h.log_text();
+    assert!(!log.contains("is more than the descriptor limit"), "{log}");
+    h.terminate();
+}
+
+/// Out of descriptors (a cap above the limit, peers that connect and stall), a real request
+/// is served at once: the stalled peer held longest is closed to make room for it, and for
+/// its daemon connection, long before the header timeout would cut the stalled ones.
+#[test]
+fn out_of_descriptors_a_request_is_served_at_once_through_stalled_peers() {
+    const LOW: u64 = 64;
+    const PEERS: usize = 200;
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon = StandIn::start(tmp.path());
+    let r = Radioactive::default();
+    let h = limited_helper(
+        tmp.path(),
+        &daemon,
+        LOW,
+        &["--max-connections", "1000", "--header-timeout", "60s"],
+        &r,
+    );
+    let pid = h.child.as_ref().unwrap().id();
+    let flood = Flood::start(&h.socket, PEERS);
+    eventually(
+        Duration::from_secs(30),
+        later(|| {
+            format!(
+                "the stalled peers take every descriptor of the helper (it holds {} of {LOW})",
+                common::open_fds(pid)
+            )
+        }),
+        || (common::open_fds(pid) as u64 >= LOW - 1).then_some(()),
+    );
+    let held = common::open_fds(pid);
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let mut conn = UnixStream::connect(&h.socket).unwrap();
+        exchange(&mut conn);
+        served.push(started.elapsed());
+    }
+    let dials = flood.stop();
+    let log = h.log_text();
+    eprintln!(
+        "{PEERS} stalled peers against ulimit -n {LOW} ({held} descriptors held, {dials} dials): \
+         requests served in {served:?}"
+    );
+    for took in &served {
+        assert!(
+            *took < Duration::from_secs(5),
+            "a request took {took:?} (the header timeout is 60 s):\n{}",
+            tail(&log)
+        );
+    }
+    assert!(log.contains("out of descriptors"), "{}", tail(&log));
 }
 
 /// Peers that connect, send part of a request (or a bare HTTP/2 preface, or nothing) and

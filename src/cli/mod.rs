@@ -34,6 +34,7 @@ mod probe;
 mod proxy;
 mod scan;
 mod serve;
+mod signals;
 mod sts;
 
 /// Serve the runner's AWS identity to BuildKit builds as session secrets.
@@ -59,8 +60,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Stand in front of the Docker daemon: builds through this socket get the secrets.
+    #[command(after_long_help = signals::HELP)]
     Proxy(Box<proxy::ProxyArgs>),
     /// Serve the Secrets service alone on a unix socket (for tests, embedding and debugging).
+    #[command(after_long_help = signals::HELP)]
     Serve(serve::ServeArgs),
     /// Ask a running helper for secrets and print their size and fingerprint, never the value.
     Probe(probe::ProbeArgs),

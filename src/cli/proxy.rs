@@ -12,6 +12,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 use tokio_util::sync::CancellationToken;
 
 use super::serve::SocketArgs;
+use super::signals::Signals;
 use super::{RuntimeArgs, ServedArgs};
 use crate::cli::config::{Place, Schema};
 use crate::front::socket;
@@ -99,6 +100,13 @@ impl GlobalArgs {
             descriptor_limit = nofile,
             "serving at most {max} connections at once"
         );
+        if let Some(warning) = limits::descriptor_warning(max, nofile) {
+            tracing::warn!(
+                max_connections = max,
+                descriptor_limit = nofile,
+                "{warning}"
+            );
+        }
         let mut l = Limits::new(max);
         l.header_timeout = self.header_timeout.unwrap_or(l.header_timeout);
         l.idle_timeout = self.idle_timeout.unwrap_or(l.idle_timeout);
@@ -262,9 +270,10 @@ struct Ready {
 /// Runs `proxy`. `matches` are the command's own, which alone know where each value came from
 /// (command line, variable or default): the config file yields to the first two only.
 pub(super) async fn run(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    let signals = Signals::install()?;
     let settings = load(args, matches)?;
-    let prepared = prepare_all(settings)?;
-    spawn(prepared).await
+    let prepared = prepare_all(settings).await?;
+    spawn(prepared, signals).await
 }
 
 /// What the command line and the config file settle on together.
@@ -340,14 +349,19 @@ fn inherited(global: &[String]) -> Vec<String> {
 /// Everything bound and built, nothing running yet.
 struct Prepared {
     global: GlobalArgs,
+    limits: Limits,
     audit: Audit,
     metrics: Metrics,
     ready: Vec<Ready>,
 }
 
-/// Opens the audit trail, builds each listener's provider and daemon, binds the sockets.
-fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
+/// Settles the limits (saying before any socket is bound when the cap exceeds the descriptor
+/// limit), opens the audit trail, builds each listener's provider and daemon, binds the
+/// sockets (each waiting up to the shutdown timeout for a helper being stopped on its path to
+/// leave).
+async fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
     let Settings { global, listeners } = settings;
+    let limits = global.limits();
     let audit = match &global.audit_log {
         Some(target) => {
             Audit::open(target, global.audit_key_file.as_deref()).map_err(anyhow::Error::msg)?
@@ -364,25 +378,26 @@ fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
                 l.name
             );
         }
-        ready.push(prepare(l, &audit, &metrics)?);
+        ready.push(prepare(l, &audit, &metrics, limits.shutdown_timeout).await?);
     }
     Ok(Prepared {
         global,
+        limits,
         audit,
         metrics,
         ready,
     })
 }
 
-/// Starts the metrics endpoint and the listeners, and stops them on SIGTERM or SIGINT.
-async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
+/// Starts the metrics endpoint and the listeners, and stops them at `signals`.
+async fn spawn(prepared: Prepared, signals: Signals) -> anyhow::Result<ExitCode> {
     let Prepared {
         global,
+        limits,
         audit: _audit,
         metrics,
         ready,
     } = prepared;
-    let limits = global.limits();
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = global.metrics_listen {
@@ -424,7 +439,7 @@ async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
         let (stop, limits) = (stop.clone(), limits.clone());
         tasks.spawn(async move {
             crate::front::run(
-                bound.listener,
+                bound,
                 daemon,
                 provider,
                 gate,
@@ -432,10 +447,9 @@ async fn spawn(prepared: Prepared) -> anyhow::Result<ExitCode> {
                 stop.cancelled_owned(),
             )
             .await;
-            drop(bound.file);
         });
     }
-    crate::front::secrets::shutdown_signal().await;
+    signals.stopped(Some(limits.slots.clone())).await;
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     tracing::info!("stopped");
@@ -460,7 +474,12 @@ fn readiness(ready: &[Ready]) -> Checks {
     checks
 }
 
-fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<Ready> {
+async fn prepare(
+    l: ListenerArgs,
+    audit: &Audit,
+    metrics: &Metrics,
+    wait: Duration,
+) -> anyhow::Result<Ready> {
     let context = |e: String| anyhow::anyhow!("listener {}: {e}", l.name);
     let aws = l.served.own_aws().map_err(|e| context(format!("{e:#}")))?;
     let listen = l
@@ -480,7 +499,9 @@ fn prepare(l: ListenerArgs, audit: &Audit, metrics: &Metrics) -> anyhow::Result<
         .load(l.upstream.host())
         .map_err(|e| context(e.to_string()))?;
     let path = socket::parse_unix_address(listen).map_err(|e| context(e.to_string()))?;
-    let bound = socket::bind(&path, &l.socket.options()).map_err(|e| context(e.to_string()))?;
+    let bound = socket::bind(&path, &l.socket.options(), wait)
+        .await
+        .map_err(|e| context(e.to_string()))?;
     Ok(Ready {
         bound,
         daemon: Daemon::new(l.upstream, tls, l.upstream_kind.into()),

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
+use super::signals::Signals;
 use super::{RuntimeArgs, ServedArgs};
+use crate::front::limits::DEFAULT_SHUTDOWN_TIMEOUT;
 use crate::front::socket::{self, SocketOptions};
 use crate::provider::Provider;
 
@@ -55,10 +57,13 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let signals = Signals::install()?;
     let aws = args.served.own_aws()?;
     let provider = Provider::new(args.served.sources(aws.as_ref())?);
     let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
-    let bound = socket::bind(&path, &args.socket.options()).map_err(anyhow::Error::msg)?;
-    crate::front::secrets::run(provider, bound, crate::front::secrets::shutdown_signal()).await?;
+    let bound = socket::bind(&path, &args.socket.options(), DEFAULT_SHUTDOWN_TIMEOUT)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    crate::front::secrets::run(provider, bound, signals.stopped(None)).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -227,6 +227,8 @@ pub struct Daemon {
     pub upstream: Upstream,
     tls: Option<Tls>,
     kind: tokio::sync::OnceCell<UpstreamKind>,
+    /// The connection places of the listener: out of descriptors, a dial sheds one.
+    slots: Option<super::limits::Slots>,
 }
 
 impl Daemon {
@@ -241,6 +243,16 @@ impl Daemon {
             upstream,
             tls,
             kind: cell,
+            slots: None,
+        }
+    }
+
+    /// This daemon dialed for connections in `slots`: out of descriptors, a dial sheds the
+    /// connection idle longest and tries again ([`super::limits::Slots::dial`]).
+    pub fn sharing(self, slots: super::limits::Slots) -> Self {
+        Self {
+            slots: Some(slots),
+            ..self
         }
     }
 
@@ -270,7 +282,11 @@ impl Daemon {
     /// Opens a connection, with TLS when configured, asking for `alpn`; each step within
     /// [`DIAL_TIMEOUT`].
     async fn dial(&self, alpn: Alpn) -> Result<(Box<dyn Io>, Option<Vec<u8>>), DaemonError> {
-        let io = self.upstream.connect().await.map_err(|e| {
+        let io = match &self.slots {
+            Some(slots) => slots.dial(|| self.upstream.connect()).await,
+            None => self.upstream.connect().await,
+        };
+        let io = io.map_err(|e| {
             self.error(match e.kind() {
                 std::io::ErrorKind::TimedOut => Failure::ConnectTimeout(DIAL_TIMEOUT),
                 _ => Failure::Connect(e),

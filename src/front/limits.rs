@@ -29,6 +29,10 @@ const FDS_PER_CONNECTION: u64 = 2;
 const RESERVED_FDS: u64 = 128;
 /// Repeated warnings (descriptors exhausted, connections shed) are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(60);
+/// Out of descriptors, a daemon connection is tried this often, this many times (a second),
+/// each after shedding a connection.
+const DIAL_RETRY: Duration = Duration::from_millis(10);
+const DIAL_RETRIES: u32 = 100;
 
 /// The serving path's timeouts and the connection cap.
 #[derive(Debug, Clone)]
@@ -68,6 +72,21 @@ pub fn descriptor_limit() -> u64 {
     soft
 }
 
+/// The warning due at start when `max` connections may need more descriptors than `nofile`
+/// allows: then, out of descriptors, idle and request-less connections are shed to make room.
+pub fn descriptor_warning(max: usize, nofile: u64) -> Option<String> {
+    let fits = default_max_connections(nofile);
+    (max > fits).then(|| {
+        format!(
+            "--max-connections {max} is more than the descriptor limit ({nofile}) allows: each \
+             connection takes up to {FDS_PER_CONNECTION} descriptors (its own and the daemon's) \
+             and {RESERVED_FDS} are kept for the rest, so about {fits} fit; past that, idle \
+             connections and ones without a request are closed to make room. Raise the limit \
+             (ulimit -n) or lower --max-connections"
+        )
+    })
+}
+
 /// The default cap for a descriptor limit of `nofile`: two descriptors per connection after a
 /// reserve for the rest of the process.
 pub fn default_max_connections(nofile: u64) -> usize {
@@ -89,6 +108,8 @@ struct SlotsInner {
     waiting: Mutex<BTreeMap<u64, CancellationToken>>,
     next: AtomicU64,
     shed: Tally,
+    /// Requests retrying their daemon connection for want of descriptors.
+    dialing: watch::Sender<usize>,
 }
 
 impl Slots {
@@ -100,6 +121,7 @@ impl Slots {
             waiting: Mutex::default(),
             next: AtomicU64::new(0),
             shed: Tally::default(),
+            dialing: watch::Sender::new(0),
         }))
     }
 
@@ -114,9 +136,7 @@ impl Slots {
         let permit = match Arc::clone(&inner.free).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
-                let stalled = inner.waiting.lock().expect("not poisoned").pop_first();
-                if let Some((_, stalled)) = stalled {
-                    stalled.cancel();
+                if self.shed_longest() {
                     if let Some(n) = inner.shed.hit() {
                         tracing::warn!(
                             max_connections = inner.max,
@@ -147,6 +167,49 @@ impl Slots {
         }
     }
 
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.0.max - self.0.free.available_permits()
+    }
+
+    /// Closes the connection idle longest or waiting longest for its first request, if there
+    /// is one: at the cap, and when descriptors run out. Its descriptors are free once its task
+    /// has ended.
+    fn shed_longest(&self) -> bool {
+        let stalled = self.0.waiting.lock().expect("not poisoned").pop_first();
+        stalled.map(|(_, stalled)| stalled.cancel()).is_some()
+    }
+
+    /// Runs `dial` (a connection to the daemon for a request being served); when descriptors
+    /// have run out, sheds the connection idle longest and tries again, for up to a second.
+    /// Meanwhile the accept loop takes no new clients ([`Slots::no_dial_waiting`]), so what
+    /// shedding frees goes to the request already made, not to the next stalled peer.
+    pub async fn dial<T, F>(&self, mut dial: impl FnMut() -> F) -> std::io::Result<T>
+    where
+        F: Future<Output = std::io::Result<T>>,
+    {
+        let mut result = dial().await;
+        if !result.as_ref().is_err_and(out_of_descriptors) {
+            return result;
+        }
+        let _waiting = DialWaiting::new(&self.0.dialing);
+        for _ in 0..DIAL_RETRIES {
+            if !result.as_ref().is_err_and(out_of_descriptors) {
+                break;
+            }
+            self.shed_longest();
+            tokio::time::sleep(DIAL_RETRY).await;
+            result = dial().await;
+        }
+        result
+    }
+
+    /// Resolves when no request waits for a descriptor to reach the daemon.
+    pub async fn no_dial_waiting(&self) {
+        let mut dialing = self.0.dialing.subscribe();
+        let _ = dialing.wait_for(|n| *n == 0).await;
+    }
+
     /// Lists a connection that may be shed under `shed`; returns its place in the list.
     fn enter_waiting(&self, shed: &CancellationToken) -> u64 {
         let id = self.0.next.fetch_add(1, Ordering::Relaxed);
@@ -160,6 +223,23 @@ impl Slots {
 
     fn leave_waiting(&self, id: u64) {
         self.0.waiting.lock().expect("not poisoned").remove(&id);
+    }
+}
+
+/// Counts a request among those waiting for a descriptor while it lives (also when its
+/// connection is dropped mid-retry).
+struct DialWaiting<'a>(&'a watch::Sender<usize>);
+
+impl<'a> DialWaiting<'a> {
+    fn new(dialing: &'a watch::Sender<usize>) -> Self {
+        dialing.send_modify(|n| *n += 1);
+        Self(dialing)
+    }
+}
+
+impl Drop for DialWaiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
     }
 }
 
@@ -281,9 +361,23 @@ impl Tally {
     }
 }
 
+/// Whether `e` says the process (or the system) is out of descriptors or socket memory.
+fn out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(nix::errno::Errno::from_raw),
+        Some(
+            nix::errno::Errno::EMFILE
+                | nix::errno::Errno::ENFILE
+                | nix::errno::Errno::ENOBUFS
+                | nix::errno::Errno::ENOMEM
+        )
+    )
+}
+
 /// What the accept loop does after `accept` fails: out of descriptors (`EMFILE`, `ENFILE`) it
-/// backs off, up to a second, until connections close; other errors (a client that gave up in
-/// the backlog) are passed over. Logged at most once a minute.
+/// sheds the connection idle longest (as at the cap) and tries again once that has closed;
+/// with none to shed, it backs off, up to a second, until connections close. Other errors (a
+/// client that gave up in the backlog) are passed over. Logged at most once a minute.
 #[derive(Debug, Default)]
 pub struct AcceptErrors {
     tally: Tally,
@@ -292,29 +386,28 @@ pub struct AcceptErrors {
 
 impl AcceptErrors {
     /// After a failed accept: logs (rate-limited) and waits as the error needs.
-    pub async fn failed(&mut self, e: &std::io::Error) {
-        let exhausted = matches!(
-            e.raw_os_error().map(nix::errno::Errno::from_raw),
-            Some(
-                nix::errno::Errno::EMFILE
-                    | nix::errno::Errno::ENFILE
-                    | nix::errno::Errno::ENOBUFS
-                    | nix::errno::Errno::ENOMEM
-            )
-        );
-        if !exhausted {
+    pub async fn failed(&mut self, e: &std::io::Error, slots: &Slots) {
+        if !out_of_descriptors(e) {
             return tracing::debug!(error = %e, "accept failed");
         }
+        let shed = slots.shed_longest();
         if let Some(n) = self.tally.hit() {
             tracing::error!(
                 error = %e,
                 failures = n,
-                "accept failed: out of descriptors; waiting for connections to close (failures \
-                 counted since the last such line). Raise the descriptor limit or lower \
+                shed,
+                "accept failed: out of descriptors; closing idle connections and ones without a \
+                 request to make room, or waiting for connections to close (failures counted \
+                 since the last such line). Raise the descriptor limit or lower \
                  --max-connections"
             );
         }
-        self.delay = (self.delay * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        if shed {
+            // The shed connection's task closes it at its next turn.
+            self.delay = DIAL_RETRY;
+        } else {
+            self.delay = (self.delay * 2).clamp(DIAL_RETRY, Duration::from_secs(1));
+        }
         tokio::time::sleep(self.delay).await;
     }
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -144,18 +144,20 @@ impl Context {
     }
 }
 
-/// Accepts clients on `listener` while `limits` has room, until `shutdown` resolves; then
-/// closes idle connections at once and gives busy ones `limits.shutdown_timeout` to finish
-/// before cutting them.
+/// Accepts clients on `socket` while `limits` has room, until `shutdown` resolves; then
+/// removes the socket file and stops accepting (so a helper started on the same path takes
+/// over at once), closes idle connections and gives busy ones `limits.shutdown_timeout` to
+/// finish before cutting them.
 pub async fn run(
-    listener: UnixListener,
+    socket: socket::BoundSocket,
     daemon: Daemon,
     provider: Provider,
     gate: Gate,
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let daemon = Arc::new(daemon);
+    let socket::BoundSocket { listener, file } = socket;
+    let daemon = Arc::new(daemon.sharing(limits.slots.clone()));
     let stop = CancellationToken::new();
     let mut connections = JoinSet::new();
     let mut errors = limits::AcceptErrors::default();
@@ -163,9 +165,13 @@ pub async fn run(
     'serve: loop {
         let stream = loop {
             tokio::select! {
-                accepted = listener.accept() => match accepted {
+                // A request retrying its daemon connection for want of descriptors goes first.
+                accepted = async {
+                    limits.slots.no_dial_waiting().await;
+                    listener.accept().await
+                } => match accepted {
                     Ok((stream, _)) => break stream,
-                    Err(e) => errors.failed(&e).await,
+                    Err(e) => errors.failed(&e, &limits.slots).await,
                 },
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 () = &mut shutdown => break 'serve,
@@ -191,6 +197,8 @@ pub async fn run(
         let (timeout, stop) = (limits.header_timeout, stop.clone());
         connections.spawn(async move { slot.run(timeout, &stop, client).await });
     }
+    // The path first: from here a new helper finds it free, never a socket that refuses.
+    drop(file);
     drop(listener);
     stop.cancel();
     tracing::info!(open = connections.len(), "draining connections");

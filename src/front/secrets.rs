@@ -15,7 +15,8 @@ use crate::provider::Provider;
 use crate::wire::proto::secrets::secrets_server::{Secrets, SecretsServer};
 use crate::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
 
-/// Serves `provider` on `socket` until `shutdown` resolves, then lets in-flight calls finish.
+/// Serves `provider` on `socket` until `shutdown` resolves, then removes the socket file (so a
+/// helper started on the same path takes over at once) and lets in-flight calls finish.
 pub async fn run(
     provider: Provider,
     socket: BoundSocket,
@@ -39,23 +40,15 @@ pub async fn run(
             }
         }
     });
+    let shutdown = async move {
+        shutdown.await;
+        drop(file);
+    };
     let result = tonic::transport::Server::builder()
         .serve_with_incoming_shutdown(routes, incoming, shutdown)
         .await;
-    drop(file);
     tracing::info!("stopped");
     result
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
 }
 
 /// The Secrets service asked directly on a socket: `serve`'s whole service, and what the

@@ -1,8 +1,11 @@
 //! Binding the helper's unix socket safely: never over a live socket or a non-socket file, with
-//! its mode and group set before the socket becomes visible at its path.
+//! its mode and group set before the socket becomes visible at its path. In a rolling restart
+//! on one path the old helper removes its socket as soon as it stops accepting and the new one
+//! waits for that, so the hand-over does not depend on which of the two is quicker.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use tokio::net::UnixListener;
 
@@ -21,12 +24,19 @@ pub enum SocketError {
         crate::bound::quote(.0)
     )]
     Nul(String),
-    /// Another process answers on the path.
+    /// Another process still answers on the path after the wait.
     #[error(
-        "{} is in use by a running process; stop it or choose another --listen path",
-        .0.display()
+        "{} is in use by a running process (still after waiting {}); stop it or choose \
+         another --listen path",
+        path.display(),
+        humantime::format_duration(*waited)
     )]
-    InUse(PathBuf),
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+        /// How long the helper waited for the other process to leave.
+        waited: Duration,
+    },
     /// The path is some other kind of file.
     #[error("{} exists and is not a socket; refusing to replace it", .0.display())]
     NotSocket(PathBuf),
@@ -167,7 +177,9 @@ impl Drop for SocketFile {
     fn drop(&mut self) {
         match std::fs::symlink_metadata(&self.path) {
             Ok(meta) if (meta.dev(), meta.ino()) == self.id => {
-                let _ = std::fs::remove_file(&self.path);
+                if std::fs::remove_file(&self.path).is_ok() {
+                    tracing::info!(path = %self.path.display(), "socket removed");
+                }
             }
             Ok(_) => tracing::info!(
                 path = %self.path.display(),
@@ -190,24 +202,69 @@ pub fn parse_unix_address(address: &str) -> Result<PathBuf, SocketError> {
     Ok(PathBuf::from(path))
 }
 
-/// Binds `path`: replaces a stale socket file (nobody answers on it), refuses a live one or any
-/// other kind of file, and applies `opts` on a temporary name before renaming it into place.
-pub fn bind(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, SocketError> {
+/// How often a new helper looks whether the process on its path has left.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Binds `path`: replaces a stale socket file (nobody answers on it), waits up to `wait` for a
+/// live one to go away (a helper being stopped removes its socket first thing) and refuses it
+/// after that, refuses any other kind of file, and applies `opts` on a temporary name before
+/// renaming it into place.
+pub async fn bind(
+    path: &Path,
+    opts: &SocketOptions,
+    wait: Duration,
+) -> Result<BoundSocket, SocketError> {
+    let started = Instant::now();
+    let mut said = false;
+    while is_live(path).await? {
+        if started.elapsed() >= wait {
+            return Err(SocketError::InUse {
+                path: path.to_path_buf(),
+                waited: wait,
+            });
+        }
+        if !said {
+            said = true;
+            tracing::info!(
+                path = %path.display(),
+                wait = %humantime::format_duration(wait),
+                "another process serves on the socket; waiting for it to leave (a helper being \
+                 stopped removes its socket at once)"
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    if said {
+        tracing::info!(path = %path.display(), waited = ?started.elapsed(), "the socket is free");
+    }
+    bind_now(path, opts)
+}
+
+/// Whether a process answers on `path`: false when nothing is there or a stale socket is (then
+/// replaced); an error for any other kind of file.
+async fn is_live(path: &Path) -> Result<bool, SocketError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(SocketError::InUse(path.to_path_buf()));
+            match tokio::net::UnixStream::connect(path).await {
+                // A full backlog (EAGAIN) is a live process too.
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(true),
+                Err(_) => Ok(false),
             }
-            tracing::info!(path = %path.display(), "replacing stale socket");
         }
-        Ok(_) => return Err(SocketError::NotSocket(path.to_path_buf())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(err) => {
-            return Err(SocketError::Inspect {
-                path: path.to_path_buf(),
-                err,
-            })
-        }
+        Ok(_) => Err(SocketError::NotSocket(path.to_path_buf())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(err) => Err(SocketError::Inspect {
+            path: path.to_path_buf(),
+            err,
+        }),
+    }
+}
+
+/// [`bind`] once `path` holds no live socket.
+fn bind_now(path: &Path, opts: &SocketOptions) -> Result<BoundSocket, SocketError> {
+    if std::fs::symlink_metadata(path).is_ok() {
+        tracing::info!(path = %path.display(), "replacing stale socket");
     }
     let file_name = path
         .file_name()
@@ -303,13 +360,17 @@ mod tests {
     async fn stale_sockets_are_replaced_live_ones_and_files_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let first = bind(&path, &SocketOptions::default()).unwrap();
+        let first = bind(&path, &SocketOptions::default(), Duration::ZERO)
+            .await
+            .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let err = bind(&path, &SocketOptions::default())
+        let err = bind(&path, &SocketOptions::default(), Duration::from_millis(100))
+            .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("in use"), "{err}");
+        assert!(err.contains("waiting 100ms"), "{err}");
         // A stale socket: the file stays but nobody listens.
         let std_listener =
             std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();
@@ -322,7 +383,9 @@ mod tests {
                 mode: 0o660,
                 group: Some("0".into()),
             },
+            Duration::ZERO,
         )
+        .await
         .unwrap();
         assert_eq!(
             std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777,
@@ -332,10 +395,38 @@ mod tests {
         assert!(!stale.exists(), "the socket file is removed on drop");
         let file = dir.path().join("file");
         std::fs::write(&file, "x").unwrap();
-        assert!(bind(&file, &SocketOptions::default())
+        assert!(bind(&file, &SocketOptions::default(), Duration::ZERO)
+            .await
             .unwrap_err()
             .to_string()
             .contains("not a socket"));
         drop(first);
+    }
+
+    /// A helper being stopped removes its socket a moment later: the new one waits for it
+    /// rather than refusing.
+    #[tokio::test]
+    async fn a_live_socket_that_goes_away_within_the_wait_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let old = bind(&path, &SocketOptions::default(), Duration::ZERO)
+            .await
+            .unwrap();
+        let leaving = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            drop(old);
+        });
+        let started = Instant::now();
+        let new = bind(&path, &SocketOptions::default(), Duration::from_secs(10))
+            .await
+            .expect("the path is free once the old socket is gone");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        leaving.await.unwrap();
+        assert!(
+            path.exists(),
+            "the old socket's drop left the new one in place"
+        );
+        drop(new);
+        assert!(!path.exists());
     }
 }
