@@ -226,10 +226,8 @@ fn a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries
     let ctx = s.context("missing", "RUN --mount=type=secret,id=nobody-has-this,required sha256sum /run/secrets/nobody-has-this");
     let (ok, out) = s.build(&ctx, &[]);
     assert!(!ok, "{out}");
-    // BuildKit's words: v0.8 says `secret ID not found`, current ones `secret ID: not found`.
     assert!(
-        out.contains("secret nobody-has-this not found")
-            || out.contains("secret nobody-has-this: not found"),
+        dockerd::says_secret_not_found(&out, "nobody-has-this"),
         "{out}"
     );
     // An optional secret nobody has is simply absent, as with buildx.

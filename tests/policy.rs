@@ -1,7 +1,8 @@
 //! Fleet features through real builds on a private dockerd: per-listener policy from a config
 //! file, a refused peer, the audit trail for every outcome (with no value in it), the metrics
 //! endpoint, readiness that follows the token and the daemon, and `probe` on each listener
-//! answering as that listener's builds are answered, with the daemon up and down.
+//! answering as that listener's builds are answered, with the daemon up and down. The
+//! policy-and-audit test runs on each engine (tests/common/engine.rs).
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
+use common::engine::Engine;
 use common::{command, probe, probed, sha, token, Helper, Projected, Radioactive, ARN};
 
 /// A build context on the base image with one `RUN run` step.
@@ -74,7 +76,7 @@ struct Fleet {
 
 impl Fleet {
     /// The fleet, or None where the dockerd tests are skipped.
-    fn start() -> Option<Fleet> {
+    fn start(engine: Engine) -> Option<Fleet> {
         if dockerd::skip() {
             return None;
         }
@@ -88,7 +90,7 @@ impl Fleet {
         r.watch(t.as_bytes());
         r.watch(ARN.as_bytes());
         let projected = Projected::new(&dir.join("sa"), &t);
-        let daemon = Dockerd::start(&dir.join("d"));
+        let daemon = Dockerd::start_on(engine, &dir.join("d"));
         // A stand-in daemon for the readiness check of a fourth listener: a socket the test controls.
         let canary_path = dir.join("canary.sock");
         let canary = std::os::unix::net::UnixListener::bind(&canary_path).unwrap();
@@ -198,7 +200,7 @@ identity = "process"
 
     /// A build of `ctx` through listener `name`: (success, output).
     fn build(&self, name: &str, ctx: &Path) -> (bool, String) {
-        dockerd::build_on(&self.sock(name), ctx, &self.r)
+        dockerd::build_with(self.daemon.engine, &self.sock(name), ctx, &self.r)
     }
 
     /// `probe IDS` on listener `name`: (success, output).
@@ -207,12 +209,15 @@ identity = "process"
     }
 }
 
-/// One test, as the metrics and the audit trail checked at its end are the record of the
-/// builds and probes before them: every outcome (served, denied, not found, a refused peer, a
-/// source error) on the listeners that gave it.
-#[test]
-fn builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and_audit() {
-    let Some(mut f) = Fleet::start() else {
+engines!(builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and_audit);
+
+/// One test per engine, as the metrics and the audit trail checked at its end are the record of
+/// the builds and probes before them: every outcome (served, denied, not found, a refused peer,
+/// a source error) on the listeners that gave it.
+fn builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and_audit(
+    engine: Engine,
+) {
+    let Some(mut f) = Fleet::start(engine) else {
         return;
     };
     let (t, addr) = (f.t.clone(), f.addr.clone());
@@ -222,7 +227,7 @@ fn builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and
     assert!(ok, "the trusted listener serves the token:\n{token_build}");
     let (ok, out) = f.build("untrusted", &f.token_step);
     assert!(
-        !ok && out.contains("secret aws-web-identity-token not found"),
+        !ok && dockerd::says_secret_not_found(&out, "aws-web-identity-token"),
         "the untrusted listener does not serve the token:\n{out}"
     );
     let (ok, out) = f.build("untrusted", &f.arn_step);
@@ -417,7 +422,7 @@ fn builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and
 
 #[test]
 fn past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_still_answer() {
-    let Some(f) = Fleet::start() else {
+    let Some(f) = Fleet::start(Engine::Debian) else {
         return;
     };
     // max_sessions is 1 on the untrusted listener.
@@ -462,7 +467,7 @@ fn past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_stil
 
 #[test]
 fn readiness_follows_the_token_and_the_daemon() {
-    let Some(mut f) = Fleet::start() else {
+    let Some(mut f) = Fleet::start(Engine::Debian) else {
         return;
     };
     let addr = f.addr.clone();
@@ -494,7 +499,7 @@ fn readiness_follows_the_token_and_the_daemon() {
 /// the same socket is told the daemon does not answer.
 #[test]
 fn with_the_daemon_down_a_probe_answers_and_a_build_is_told_why() {
-    let Some(mut f) = Fleet::start() else {
+    let Some(mut f) = Fleet::start(Engine::Debian) else {
         return;
     };
     f.daemon.stop();

@@ -390,64 +390,79 @@ fn a_buildkit_client_pulls_with_ecrs_password(engine: Engine) {
     assert!(served >= 1, "no record of ECR's password served");
 }
 
+/// `docker buildx build --push -t HOST/app:TAG` of `ctx` with `docker` (the engine's CLI, on
+/// the daemon or through the helper) and `extra` flags: success, and stderr, which must hold
+/// none of `s`'s values.
+fn push(
+    s: &Stack,
+    docker: Command,
+    ctx: &Path,
+    host: &str,
+    tag: &str,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut docker = docker;
+    let out = docker
+        .args([
+            "buildx",
+            "build",
+            "--push",
+            "--progress=plain",
+            "--network=none",
+        ])
+        .args(["-t", &format!("{host}/app:{tag}")])
+        .args(extra)
+        .arg(ctx)
+        .output()
+        .unwrap();
+    s.r.assert_absent("the push's output", &out.stdout);
+    s.r.assert_absent("the push's output", &out.stderr);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// On the containerd image store, with a `DOCKER_CONFIG` that holds no credentials:
 /// `docker buildx build --push` pulls `FROM` the ECR-aliased registry and pushes the image
 /// there, both with the password the helper got from ECR in one call; the registry holds the
-/// manifest, its log shows both directions authenticated as ECR's user, and no client file
-/// holds the password.
+/// manifest, its log shows both directions authorized, and no client file holds the password.
+/// A registry cache (`--cache-to`, `--cache-from`) goes through the same answers; a listener
+/// restricted to other ids gets the registry's 401.
 #[test]
 fn buildx_pushes_with_ecrs_password_on_the_containerd_store() {
     if dockerd::skip() {
         return;
     }
-    let w = World::start(Engine::CurrentContainerd);
+    let mut w = World::start(Engine::CurrentContainerd);
     let dockerfile = format!(
         "FROM {}\nRUN --mount=type=secret,id=aws-role-arn sha256sum /run/secrets/aws-role-arn \
          > /arn-digest\n",
         w.image
     );
     let ctx = common::dockerd::context(&w.s.dir, "push", &dockerfile);
-    let target = format!("{}/app:1", w.host);
-    let push = |mut docker: Command| {
-        docker
-            .args([
-                "buildx",
-                "build",
-                "--push",
-                "--progress=plain",
-                "--network=none",
-            ])
-            .args(["-t", &target])
-            .arg(&ctx)
-            .output()
-            .unwrap()
-    };
+    let host = w.host.clone();
     // The control: the daemon alone, with no credentials anywhere, gets the registry's 401.
-    let out = push(w.s.daemon.docker());
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the control push passed:\n{text}");
+    let (ok, text) = push(&w.s, w.s.daemon.docker(), &ctx, &host, "1", &[]);
+    assert!(!ok, "the control push passed:\n{text}");
     assert!(text.contains("401"), "no 401 in the control push:\n{text}");
 
     let started = Instant::now();
-    let out = push(w.s.docker());
-    w.s.r.assert_absent("the push's output", &out.stdout);
-    w.s.r.assert_absent("the push's output", &out.stderr);
-    let text = String::from_utf8_lossy(&out.stderr).into_owned();
-    w.s.assert_built(out.status.success(), &text);
+    let (ok, text) = push(&w.s, w.s.docker(), &ctx, &host, "1", &[]);
+    w.s.assert_built(ok, &text);
     eprintln!("buildx build --push: {:?}", started.elapsed());
     assert!(
         w.reg.has("app", "1", USER, PASSWORD),
         "no app:1 in the registry:\n{text}\nregistry:\n{}",
         w.reg.log_text()
     );
-
     assert_eq!(w.relay.calls(), 1, "ECR calls for one pull and one push");
     let records = registry_records(&w.audit);
     assert!(!records.is_empty(), "no registry record");
     for r in &records {
         assert_eq!(r["source"], "ecr", "{r}");
         assert_eq!(r["outcome"], "served", "{r}");
-        assert_eq!(r["host"], w.host.as_str(), "{r}");
+        assert_eq!(r["host"], host.as_str(), "{r}");
     }
     eprintln!(
         "Auth/Credentials answered for the pull and the push: {}",
@@ -470,6 +485,71 @@ fn buildx_pushes_with_ecrs_password_on_the_containerd_store() {
         "the pull:\n{log}"
     );
     assert!(authorized("PUT", "/v2/app/manifests/1"), "the push:\n{log}");
+
+    // A registry cache: exported with one push, imported by the next build, whose step is
+    // then cached; the same helper's password, no new ECR call.
+    let cache = format!("type=registry,ref={host}/cache");
+    let (ok, text) = push(
+        &w.s,
+        w.s.docker(),
+        &ctx,
+        &host,
+        "2",
+        &["--cache-to", &format!("{cache},mode=max")],
+    );
+    w.s.assert_built(ok, &text);
+    assert!(
+        w.reg.has("cache", "latest", USER, PASSWORD),
+        "no cache in the registry:\n{text}"
+    );
+    let (ok, text) = push(
+        &w.s,
+        w.s.docker(),
+        &ctx,
+        &host,
+        "3",
+        &["--cache-from", &cache],
+    );
+    w.s.assert_built(ok, &text);
+    assert!(
+        text.contains("CACHED"),
+        "the step did not come from the registry cache:\n{text}"
+    );
+    assert_eq!(
+        w.relay.calls(),
+        1,
+        "ECR calls after the cache export and import"
+    );
+    let served = registry_records(&w.audit).len();
+    eprintln!("Auth/Credentials answered up to the cache import: {served}");
+
+    // A listener restricted to other ids answers no registry credentials: the push gets the
+    // registry's 401, and the audit says the answer was denied.
+    let (moto, relay, audit) = (&w.moto, &w.relay, &w.audit);
+    w.s.restart_helper("debug", |cmd| {
+        configure(cmd, moto, relay, &host, audit);
+        cmd.args(["--allow-id", "aws-role-arn"]);
+    });
+    let (ok, text) = push(&w.s, w.s.docker(), &ctx, &host, "4", &[]);
+    assert!(!ok, "a restricted listener pushed:\n{text}");
+    assert!(
+        text.contains("401"),
+        "no 401 from a restricted listener:\n{text}"
+    );
+    eprintln!(
+        "restricted listener's push: {}",
+        text.lines()
+            .rfind(|l| l.contains("401"))
+            .unwrap_or_default()
+    );
+    assert!(!w.reg.has("app", "4", USER, PASSWORD), "app:4 was pushed");
+    assert_eq!(relay.calls(), 1, "a restricted listener called ECR");
+    assert!(
+        registry_records(audit)
+            .iter()
+            .any(|r| r["outcome"] == "denied"),
+        "no denied record"
+    );
 
     // The client's DOCKER_CONFIG holds no credential: the helper answered from memory.
     let encoded = base64::Engine::encode(

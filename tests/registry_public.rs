@@ -7,6 +7,7 @@
 //! What BuildKit (v0.8, in Debian's dockerd 20.10) does with the Bearer challenge: it asks the
 //! session's `Auth/GetTokenAuthority`, which the helper declines, then `Auth/Credentials`, and
 //! fetches the token from the realm itself with the answer; the token server's log says how.
+//! On the current engine's containerd store, a `docker buildx build --push` goes the same way.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::dockerd::{self, build_on, Stack};
+use common::engine::Engine;
 use common::fake_endpoints::FakeEcrPublic;
 use common::fake_sts::{FakeSts, Reply};
 use common::registry::{self, context, registry_records, Registry};
@@ -152,4 +154,75 @@ fn ecr_public_passwords_fetch_registry_tokens_through_the_helper() {
         log.contains("ecr-public:GetAuthorizationToken") && log.contains("goes on anonymously"),
         "the helper's log does not say ECR Public refused:\n{log}"
     );
+}
+
+/// On the current engine's containerd image store: `docker buildx build --push` to the
+/// registry aliased to ECR Public, with no credentials of the client's own, pulls `FROM` and
+/// pushes with tokens BuildKit fetched from the realm with the helper's password (one ECR
+/// Public call); the token server admitted a push scope.
+#[test]
+fn buildx_pushes_to_ecr_public_on_the_containerd_store() {
+    if dockerd::skip() {
+        return;
+    }
+    registry::available().unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("irsa-ecrpub-push")
+        .tempdir()
+        .unwrap();
+    let sts = FakeSts::start(Reply::ok());
+    let ecr = FakeEcrPublic::start(PASSWORD);
+    let audit = scratch.path().join("audit.jsonl");
+    let mut s = Stack::start_on(Engine::CurrentContainerd, "irsa-ecrpub-push", LOG, |_| {});
+    s.r.watch(PASSWORD.as_bytes());
+    let reg = Registry::start_with_tokens_in(
+        s.daemon.netns_pid(),
+        &scratch.path().join("registry"),
+        USER,
+        PASSWORD,
+    );
+    let host = reg.host.clone();
+    s.restart_helper(LOG, |cmd| configure(cmd, &sts, &ecr, &host, &audit));
+    let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+    let seeded = reg.tokens().requests().len();
+    let ctx = context(&s.dir, "push", &image);
+    let out = s
+        .docker()
+        .args([
+            "buildx",
+            "build",
+            "--push",
+            "--progress=plain",
+            "--network=none",
+        ])
+        .args(["-t", &format!("{host}/app:1")])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    s.r.assert_absent("the push's output", &out.stdout);
+    s.r.assert_absent("the push's output", &out.stderr);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    s.assert_built(out.status.success(), &text);
+    assert!(
+        reg.has("app", "1", USER, PASSWORD),
+        "no app:1 in the registry:\n{text}"
+    );
+    assert_eq!(ecr.calls(), 1, "ECR Public calls for one pull and one push");
+    let fetched: Vec<_> = reg.tokens().requests()[seeded..].to_vec();
+    eprintln!(
+        "token requests of the push: {:?}",
+        token_requests(&reg, seeded)
+    );
+    assert!(
+        fetched.iter().any(|r| r["admitted"] == true
+            && r["scopes"].to_string().contains("repository:app:")
+            && r["scopes"].to_string().contains("push")),
+        "no push token fetched with the helper's password: {fetched:?}"
+    );
+    let served = registry_records(&audit)
+        .into_iter()
+        .filter(|r| r["source"] == "ecr" && r["outcome"] == "served")
+        .count();
+    eprintln!("Auth/Credentials served from ECR Public for the push: {served}");
+    assert!(served >= 1, "no ECR record");
 }

@@ -340,7 +340,12 @@ fn spawn_helper(
 /// `docker build` of `ctx` on `socket` (the daemon's or a listener's): success and the
 /// combined output, which must hold none of `r`'s values.
 pub fn build_on(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
-    let out = docker_on(socket)
+    build_with(Engine::Debian, socket, ctx, r)
+}
+
+/// Like [`build_on`], with `engine`'s CLI.
+pub fn build_with(engine: Engine, socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
+    let out = cli_on(engine, socket)
         .args(["build", "--network=none", "--progress=plain", "--no-cache"])
         .arg(ctx)
         .stdin(Stdio::null())
@@ -537,6 +542,13 @@ impl Stack {
             assert!(out.contains(&line), "no `{line}` in:\n{out}");
         }
     }
+}
+
+/// Whether a build's output has BuildKit's error for a required secret `id` nobody gave:
+/// `secret ID not found` (v0.8), `secret ID: not found` (current BuildKit).
+pub fn says_secret_not_found(out: &str, id: &str) -> bool {
+    out.contains(&format!("secret {id} not found"))
+        || out.contains(&format!("secret {id}: not found"))
 }
 
 /// A build context `dir`/`name` whose Dockerfile is `dockerfile`, whole.

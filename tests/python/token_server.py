@@ -5,11 +5,14 @@ Usage: python3 token_server.py KEY_PEM CERT_PEM ISSUER SERVICE USER PASSWORD_FIL
 
 Listens on 127.0.0.1 on a free port and prints the port on stdout once it is listening.
 `GET /token?service=..&scope=..` with `Authorization: Basic` (what the docker daemon and
-BuildKit v0.8 send; an oauth2 POST, which BuildKit tries only after a failed GET, is not served)
-answers a token for USER and the password in PASSWORD_FILE; anything else is 401. The token
+BuildKit v0.8 send) answers a token for USER and the password in PASSWORD_FILE; anything else is 401. The token
 is ES256-signed by KEY_PEM and carries CERT_PEM in `x5c`, which distribution 2.8 checks
 against its `rootcertbundle`; its claims are the ones distribution verifies: `iss`, `aud`
 (= the service), `nbf` <= now <= `exp`, and `access` for every scope asked.
+
+An oauth2 `POST /token` is not served: it is answered 404, as registries without that endpoint
+answer, on which containerd's resolver (the current engine's pushes and pulls, which try the POST
+first) falls back to the GET.
 
 Every request is appended to LOG as one JSON line (method, how it authenticated, whether it was
 admitted, the scopes): never the password or the token.
@@ -153,6 +156,12 @@ def main():
                 "issued_at": issued_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
             }
             self.answer(200, body)
+
+        def do_POST(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            self.record({"method": "POST", "path": urllib.parse.urlsplit(self.path).path})
+            self.answer(404, {"errors": [{"code": "NOT_FOUND", "message": "use GET"}]})
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     print(server.server_address[1], flush=True)
