@@ -597,26 +597,16 @@ mod tests {
     #[test]
     fn top_level_aliases_and_secrets_become_listener_flags() {
         let global = [
-            "--audit-log",
-            "-",
-            "--ecr-alias",
-            "a=b",
-            "--secret",
-            "id=x,env=X",
-            "--ecr-alias",
-            "c=d",
+            "--audit-log=-",
+            "--ecr-alias=a=b",
+            "--secret=id=x,env=X",
+            "--secret-x=1",
+            "--ecr-alias=c=d",
         ]
         .map(String::from);
         assert_eq!(
             inherited(&global),
-            [
-                "--ecr-alias",
-                "a=b",
-                "--secret",
-                "id=x,env=X",
-                "--ecr-alias",
-                "c=d"
-            ]
+            ["--ecr-alias=a=b", "--secret=id=x,env=X", "--ecr-alias=c=d"]
         );
     }
 
