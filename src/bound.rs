@@ -48,13 +48,15 @@ pub fn quote(text: &str) -> Quoted<'_> {
     Quoted(text)
 }
 
-impl fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Quoted<'_> {
+    /// Writes the text cut at [`SHOWN`] characters, escaping control characters and those
+    /// `also` names.
+    fn write(&self, f: &mut fmt::Formatter<'_>, also: &[char]) -> fmt::Result {
         for (n, c) in self.0.chars().enumerate() {
             if n == SHOWN {
                 return write!(f, "…[{} bytes]", self.0.len());
             }
-            if c.is_control() {
+            if c.is_control() || also.contains(&c) {
                 write!(f, "{}", c.escape_default())?;
             } else {
                 f.write_char(c)?;
@@ -64,9 +66,19 @@ impl fmt::Display for Quoted<'_> {
     }
 }
 
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, &[])
+    }
+}
+
+/// In double quotes, as a string's own `Debug` shows it (and as log lines have always shown ids,
+/// hosts and sessions), with quotes and backslashes escaped too.
 impl fmt::Debug for Quoted<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "\"{self}\"")
+        f.write_char('"')?;
+        self.write(f, &['"', '\\'])?;
+        f.write_char('"')
     }
 }
 
@@ -115,6 +127,14 @@ mod tests {
         assert_eq!(quote("é").to_string(), "é");
         let longest = "i".repeat(SHOWN);
         assert_eq!(quote(&longest).to_string(), longest);
+    }
+
+    #[test]
+    fn in_log_fields_text_is_quoted_as_a_string_is() {
+        assert_eq!(format!("{:?}", quote("aws-role-arn")), "\"aws-role-arn\"");
+        assert_eq!(format!("{:?}", quote("a\"b\\c\n")), format!("{:?}", "a\"b\\c\n"));
+        let huge = "y".repeat(SHOWN + 1);
+        assert!(format!("{:?}", quote(&huge)).ends_with(&format!("…[{} bytes]\"", SHOWN + 1)));
     }
 
     #[test]

@@ -377,7 +377,7 @@ async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Resp
     let response = match tower::ServiceExt::oneshot(daemon, upstream_req).await {
         Ok(res) if res.status().is_success() && !is_trailers_only(res.headers()) => res,
         Ok(res) => {
-            tracing::warn!(session = %crate::bound::quote(&info.id), status = %res.status(), "the daemon refused the session");
+            tracing::warn!(session = ?crate::bound::quote(&info.id), status = %res.status(), "the daemon refused the session");
             return res.map(|b| {
                 Body::new(http_body_util::BodyExt::boxed_unsync(
                     http_body_util::BodyExt::map_err(b, h2::to_status),

@@ -134,7 +134,7 @@ impl Context {
         info: &SessionInfo,
     ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, GateError> {
         self.gate.session().inspect_err(|why| {
-            tracing::warn!(listener = self.provider.listener(), session = %crate::bound::quote(&info.id), "{why}");
+            tracing::warn!(listener = self.provider.listener(), session = ?crate::bound::quote(&info.id), "{why}");
             self.provider.audit().connection_denied(
                 self.provider.listener(),
                 &info.caller(),

@@ -202,7 +202,7 @@ impl Provider {
             return Err(Status::not_found(format!("secret {} not found", quote(id))));
         };
         if !self.allows(id) {
-            tracing::warn!(listener = %self.listener, id = %quote(id), "secret refused: this listener does not serve it");
+            tracing::warn!(listener = %self.listener, id = ?quote(id), "secret refused: this listener does not serve it");
             self.answer(caller, refused(Some(source.name()), Outcome::Denied))
                 .await?;
             return Err(Status::not_found(format!("secret {} not found", quote(id))));
@@ -216,7 +216,7 @@ impl Provider {
     async fn answer(&self, caller: &Caller, a: Answer<'_>) -> Result<(), Status> {
         if let Err(e) = self.audit.secret(&self.listener, caller, &a).await {
             let session = quote(caller.session.as_deref().unwrap_or("-"));
-            tracing::error!(listener = %self.listener, %session, id = %quote(a.id), error = %e, "secret refused: its audit record cannot be written");
+            tracing::error!(listener = %self.listener, ?session, id = ?quote(a.id), error = %e, "secret refused: its audit record cannot be written");
             self.count(&a, Outcome::Error);
             return Err(Status::unavailable(format!(
                 "irsa-secrets: secret {} is not served: {e}",
@@ -241,23 +241,23 @@ impl Provider {
         let error = a.error.map(quote);
         match a.outcome {
             Outcome::Served => {
-                tracing::info!(listener = %self.listener, %session, probe = caller.probe, %id, source = a.source, name = a.origin, bytes = a.value.map(SecretValue::len), "secret served")
+                tracing::info!(listener = %self.listener, ?session, probe = caller.probe, ?id, source = a.source, name = a.origin, bytes = a.value.map(SecretValue::len), "secret served")
             }
             Outcome::NotFound if caller.probe => {
-                tracing::info!(listener = %self.listener, %id, "a probe asked for secret {id}, which nobody serves here")
+                tracing::info!(listener = %self.listener, ?id, "a probe asked for secret {id}, which nobody serves here")
             }
             Outcome::NotFound if is_buildkit_probe(a.id) => {
-                tracing::debug!(%session, %id, "secret not served here")
+                tracing::debug!(?session, ?id, "secret not served here")
             }
             Outcome::NotFound => tracing::warn!(
                 listener = %self.listener,
-                %session,
+                ?session,
                 %id,
                 "a build asked for secret {id}, which nobody serves: a RUN --mount without required=true silently runs without it",
             ),
             Outcome::Denied => {}
             Outcome::Error => {
-                tracing::warn!(listener = %self.listener, %session, %id, source = a.source, name = a.origin, error = error.map(tracing::field::display), "secret refused")
+                tracing::warn!(listener = %self.listener, ?session, ?id, source = a.source, name = a.origin, error = error.map(tracing::field::display), "secret refused")
             }
         }
         self.count(a, a.outcome);

@@ -60,8 +60,8 @@ impl Provider {
             Some(ClientAnswer::Value(value)) => {
                 if self.owns(id) {
                     tracing::info!(
-                        %session,
-                        id = %quote(id),
+                        ?session,
+                        id = ?quote(id),
                         "the client's own --secret wins over the helper's value"
                     );
                 }
@@ -73,7 +73,7 @@ impl Provider {
                 return Err(status);
             }
             Some(ClientAnswer::Failed(status)) => {
-                tracing::warn!(%session, id = %quote(id), code = ?status.code(), "the client's own secret failed; serving the helper's");
+                tracing::warn!(?session, id = ?quote(id), code = ?status.code(), "the client's own secret failed; serving the helper's");
             }
             Some(ClientAnswer::Absent) | None => {}
         }

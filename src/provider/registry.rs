@@ -162,14 +162,14 @@ impl Provider {
         let shown = quote(host);
         match &client {
             Ok(answer) if !answer.is_empty() => {
-                tracing::info!(listener = %self.listener, %session, host = %shown, "registry credentials: the client's own");
+                tracing::info!(listener = %self.listener, ?session, host = ?shown, "registry credentials: the client's own");
                 let a = record(Some(CLIENT), Outcome::Served, Some(&answer.secret), None);
                 self.audit.registry_queued(&self.listener, caller, &a);
                 self.registry_observe(&a);
                 return client;
             }
             Err(status) if status.code() != Code::Unimplemented => {
-                tracing::warn!(listener = %self.listener, %session, host = %shown, code = ?status.code(), "the client's own registry credentials failed; answering for it");
+                tracing::warn!(listener = %self.listener, ?session, host = ?shown, code = ?status.code(), "the client's own registry credentials failed; answering for it");
             }
             _ => {}
         }
@@ -177,7 +177,7 @@ impl Provider {
             return client;
         };
         if !self.registries.allows(host) {
-            tracing::warn!(listener = %self.listener, %session, host = %shown, "registry credentials refused: this listener's allow_registry does not name {shown}");
+            tracing::warn!(listener = %self.listener, ?session, host = ?shown, "registry credentials refused: this listener's allow_registry does not name {shown}");
             self.registry_answer(caller, record(None, Outcome::Denied, None, None))
                 .await?;
             return client;
@@ -210,7 +210,7 @@ impl Provider {
                 // ECR Public serves pulls anonymously: a role without `ecr-public:` rights
                 // must not turn every `FROM public.ecr.aws/...` into an error.
                 if registry == Registry::Public {
-                    tracing::warn!(listener = %self.listener, %session, host = %shown, error = %e, "no ECR Public password; the pull goes on anonymously");
+                    tracing::warn!(listener = %self.listener, ?session, host = ?shown, error = %e, "no ECR Public password; the pull goes on anonymously");
                     return client;
                 }
                 let code = match e.kind {
@@ -228,7 +228,7 @@ impl Provider {
     async fn registry_answer(&self, caller: &Caller, a: Answer<'_>) -> Result<(), Status> {
         if let Err(e) = self.audit.registry(&self.listener, caller, &a).await {
             let host = quote(a.id);
-            tracing::error!(listener = %self.listener, %host, error = %e, "registry credentials refused: their audit record cannot be written");
+            tracing::error!(listener = %self.listener, ?host, error = %e, "registry credentials refused: their audit record cannot be written");
             return Err(Status::unavailable(format!(
                 "irsa-secrets: registry credentials for {host} are not served: {e}"
             )));
@@ -242,10 +242,10 @@ impl Provider {
         let host = quote(a.id);
         match a.outcome {
             Outcome::Served if a.source == Some(ECR) => {
-                tracing::info!(listener = %self.listener, %host, "registry credentials served from ECR")
+                tracing::info!(listener = %self.listener, ?host, "registry credentials served from ECR")
             }
             Outcome::Error => {
-                tracing::warn!(listener = %self.listener, %host, error = a.error.map(|e| tracing::field::display(quote(e))), "registry credentials failed")
+                tracing::warn!(listener = %self.listener, ?host, error = a.error.map(|e| tracing::field::display(quote(e))), "registry credentials failed")
             }
             _ => {}
         }

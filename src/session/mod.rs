@@ -57,15 +57,15 @@ where
     let caller = info.caller();
     let (audit, listener) = (provider.audit().clone(), provider.listener().to_string());
     let _open = provider.metrics().session(&listener);
-    tracing::info!(listener, session = %quote(&info.id), "build session joined");
+    tracing::info!(listener, session = ?quote(&info.id), "build session joined");
     audit.session_start(&listener, &caller);
     let result = splice(client, daemon, info, provider).await;
     let seconds = started.elapsed().as_secs_f64();
     let session = quote(caller.session.as_deref().unwrap_or_default());
     match &result {
-        Ok(()) => tracing::info!(listener, %session, seconds, "build session ended"),
+        Ok(()) => tracing::info!(listener, ?session, seconds, "build session ended"),
         Err(e) => {
-            tracing::warn!(listener, %session, seconds, error = %e, "build session ended abnormally")
+            tracing::warn!(listener, ?session, seconds, error = %e, "build session ended abnormally")
         }
     }
     let error = result.err().map(|e| e.to_string());
