@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use aws_sdk_secretsmanager::primitives::Blob;
 use aws_sdk_ssm::types::ParameterType;
+use common::engine::Engine;
 use common::fake_endpoints::{FakeEndpoint, Reply};
 use common::moto::Moto;
 use common::{command, eventually_async, later, run, tail, token, Helper, Radioactive, ARN};
@@ -573,18 +574,21 @@ async fn in_a_config_file_the_trusted_listener_gets_the_value_and_the_untrusted_
     assert_eq!(s.code(), Code::NotFound, "{s:?}");
 }
 
-/// Real builds on each listener, through a private dockerd: 50 concurrent trusted builds read
-/// the value with one Secrets Manager call among them, the untrusted one fails on `required`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build_fails_on_required()
-{
+engines!(async trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build_fails_on_required);
+
+/// Real builds on each listener, through a private dockerd of `engine` and its CLI: 50
+/// concurrent trusted builds read the value with one Secrets Manager call among them, the
+/// untrusted one fails on `required`.
+async fn trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build_fails_on_required(
+    engine: Engine,
+) {
     if common::dockerd::skip() {
         return;
     }
     let aws = Aws::start();
     let value = "npm-token-for-the-build-6666666";
     aws.secret("us-east-1", "ci/npm", value).await;
-    let daemon = common::dockerd::Dockerd::start(&aws.dir.path().join("d"));
+    let daemon = common::dockerd::Dockerd::start_on(engine, &aws.dir.path().join("d"));
     let h = two_listeners(&aws, &format!("unix://{}", daemon.socket.display()));
     let ctx = aws.dir.path().join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
@@ -598,7 +602,7 @@ async fn trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build
     .unwrap();
     let build = |listener: &str| {
         let socket = aws.dir.path().join(format!("{listener}.sock"));
-        common::dockerd::build_on(&socket, &ctx, &aws.r)
+        common::dockerd::build_with(engine, &socket, &ctx, &aws.r)
     };
     aws.moto.start_recording().await;
     let started = std::time::Instant::now();
@@ -612,7 +616,7 @@ async fn trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build
     }
     let calls = aws.moto.recorded("secretsmanager.GetSecretValue").await;
     println!(
-        "GetSecretValue calls for 50 concurrent builds: {} ({:.1} s for all 50)",
+        "{engine:?}: GetSecretValue calls for 50 concurrent builds: {} ({:.1} s for all 50)",
         calls.len(),
         started.elapsed().as_secs_f64()
     );

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::dockerd::{self, docker_on, Dockerd, BASE_IMAGE};
+use common::dockerd::{self, Dockerd, BASE_IMAGE};
 use common::engine::Engine;
 use common::{command, probe, probed, sha, token, Helper, Projected, Radioactive, ARN};
 
@@ -209,7 +209,12 @@ identity = "process"
     }
 }
 
-engines!(builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and_audit);
+engines!(
+    builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and_audit,
+    past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_still_answer,
+    readiness_follows_the_token_and_the_daemon,
+    with_the_daemon_down_a_probe_answers_and_a_build_is_told_why
+);
 
 /// One test per engine, as the metrics and the audit trail checked at its end are the record of
 /// the builds and probes before them: every outcome (served, denied, not found, a refused peer,
@@ -420,9 +425,10 @@ fn builds_and_probes_are_answered_by_listener_policy_and_recorded_in_metrics_and
     );
 }
 
-#[test]
-fn past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_still_answer() {
-    let Some(f) = Fleet::start(Engine::Debian) else {
+fn past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_still_answer(
+    engine: Engine,
+) {
+    let Some(f) = Fleet::start(engine) else {
         return;
     };
     // max_sessions is 1 on the untrusted listener.
@@ -433,7 +439,7 @@ fn past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_stil
     );
     let joined = || f.helper.log_text().matches("build session joined").count();
     let before = joined();
-    let first = docker_on(&f.sock("untrusted"))
+    let first = dockerd::cli_on(engine, &f.sock("untrusted"))
         .args(["build", "--network=none", "--progress=plain", "--no-cache"])
         .arg(&long)
         .stdout(Stdio::piped())
@@ -465,9 +471,8 @@ fn past_max_sessions_a_second_session_is_refused_with_the_reason_and_probes_stil
     );
 }
 
-#[test]
-fn readiness_follows_the_token_and_the_daemon() {
-    let Some(mut f) = Fleet::start(Engine::Debian) else {
+fn readiness_follows_the_token_and_the_daemon(engine: Engine) {
+    let Some(mut f) = Fleet::start(engine) else {
         return;
     };
     let addr = f.addr.clone();
@@ -497,9 +502,8 @@ fn readiness_follows_the_token_and_the_daemon() {
 
 /// The identity does not need the daemon: with it down a probe still answers, and a build on
 /// the same socket is told the daemon does not answer.
-#[test]
-fn with_the_daemon_down_a_probe_answers_and_a_build_is_told_why() {
-    let Some(mut f) = Fleet::start(Engine::Debian) else {
+fn with_the_daemon_down_a_probe_answers_and_a_build_is_told_why(engine: Engine) {
+    let Some(mut f) = Fleet::start(engine) else {
         return;
     };
     f.daemon.stop();

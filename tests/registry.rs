@@ -269,14 +269,29 @@ fn ecr_passwords_pull_through_the_helper(engine: Engine) {
     );
     eprintln!("{}", error_line(&text));
 
-    // ECR back: builds pass, several of them on one ECR call.
+    // ECR back: builds pass, several of them on one ECR call, which moto's recorder counts.
     relay.set(Mode::Forward);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(moto.start_recording());
+    let answered_before = registry_records(&audit).len();
     let builds = 3;
     for i in 0..builds {
         let (ok, text, took) = timed(&s, &ctx);
         s.assert_built(ok, &text);
         eprintln!("build {i} with ECR's password: {took:?}");
     }
+    let ecr_calls = rt
+        .block_on(moto.recorded("AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken"))
+        .len();
+    let answered = registry_records(&audit).len() - answered_before;
+    println!(
+        "{engine:?}: {builds} pulls through the helper: {answered} Auth/Credentials answers \
+         (audit), {ecr_calls} ECR calls (moto)"
+    );
+    assert_eq!(ecr_calls, 1, "ECR calls for {builds} builds");
     assert_eq!(relay.calls(), 1, "ECR calls for {builds} builds");
     let log = s.helper.log_text();
     assert!(

@@ -14,8 +14,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::dockerd::{self, build_on, Stack};
-use common::engine::Engine;
+use common::dockerd::{self, build_with, Stack};
+use common::engine::{in_netns, Engine};
 use common::fake_endpoints::FakeEcrPublic;
 use common::fake_sts::{FakeSts, Reply};
 use common::registry::{self, context, registry_records, Registry};
@@ -51,8 +51,11 @@ fn token_requests(reg: &Registry, from: usize) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn ecr_public_passwords_fetch_registry_tokens_through_the_helper() {
+engines!(ecr_public_passwords_fetch_registry_tokens_through_the_helper);
+
+/// On `engine`; the registry listens where the daemon can reach it (in its network
+/// namespace), so the helper starts again once the registry's host is known.
+fn ecr_public_passwords_fetch_registry_tokens_through_the_helper(engine: Engine) {
     if dockerd::skip() {
         return;
     }
@@ -63,21 +66,31 @@ fn ecr_public_passwords_fetch_registry_tokens_through_the_helper() {
         .unwrap();
     let sts = FakeSts::start(Reply::ok());
     let ecr = FakeEcrPublic::start(PASSWORD);
-    let reg = Registry::start_with_tokens(&scratch.path().join("registry"), USER, PASSWORD);
     let audit = scratch.path().join("audit.jsonl");
-    let host = reg.host.clone();
-    let mut s = Stack::start_with("irsa-ecrpub-stack", LOG, |cmd| {
-        configure(cmd, &sts, &ecr, &host, &audit)
-    });
+    let mut s = Stack::start_on(engine, "irsa-ecrpub-stack", LOG, |_| {});
     s.r.watch(PASSWORD.as_bytes());
+    let reg = Registry::start_with_tokens_in(
+        s.daemon.netns_pid(),
+        &scratch.path().join("registry"),
+        USER,
+        PASSWORD,
+    );
+    let host = reg.host.clone();
+    s.restart_helper(LOG, |cmd| configure(cmd, &sts, &ecr, &host, &audit));
     let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
     let seeded = reg.tokens().requests().len();
     assert!(seeded > 0, "the seed's login and push fetched no token");
     eprintln!("token requests of the seed: {:?}", token_requests(&reg, 0));
     let ctx = context(&s.dir, "pull", &image);
 
-    // The control: the daemon alone, with no credentials anywhere, gets no token.
-    let (ok, text) = build_on(&s.daemon.socket, &ctx, &s.r);
+    // The control: the daemon alone, with no credentials anywhere, gets no token. The current
+    // BuildKit has its client fetch the anonymous token (the session's `Auth/FetchToken`), so
+    // the CLI runs where the token server is.
+    let control = || build_with(engine, &s.daemon.socket, &ctx, &s.r);
+    let (ok, text) = match s.daemon.netns_pid() {
+        Some(pid) => in_netns(pid, control),
+        None => control(),
+    };
     assert!(!ok, "the control build passed:\n{text}");
     assert!(text.contains("401"), "no 401 in the control build:\n{text}");
     let control = token_requests(&reg, seeded);

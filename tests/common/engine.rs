@@ -21,21 +21,29 @@ pub enum Engine {
     CurrentContainerd,
 }
 
-/// Defines one `#[test]` per engine, each calling `$body(Engine)`, in a module per engine:
+/// Defines one test per engine, each calling `$body(Engine)`, in a module per engine:
 /// `engines!(body)` gives `debian_20_10::body`, `current::body` and `current_containerd::body`.
+/// `engines!(async body)` does the same for `async fn body(Engine)`, on tokio's multi-thread
+/// runtime with two workers (what the async daemon tests use).
 #[macro_export]
 macro_rules! engines {
-    ($($body:ident),+ $(,)?) => {
-        mod debian_20_10 {
-            $(#[test] fn $body() { super::$body($crate::common::engine::Engine::Debian) })+
+    (async $($body:ident),+ $(,)?) => { $crate::engines!(@mods async $($body),+); };
+    ($($body:ident),+ $(,)?) => { $crate::engines!(@mods sync $($body),+); };
+    (@mods $kind:tt $($body:ident),+) => {
+        mod debian_20_10 { $($crate::engines!(@test $kind $body Debian);)+ }
+        mod current { $($crate::engines!(@test $kind $body Current);)+ }
+        mod current_containerd { $($crate::engines!(@test $kind $body CurrentContainerd);)+ }
+    };
+    (@test sync $body:ident $engine:ident) => {
+        #[test]
+        fn $body() {
+            super::$body($crate::common::engine::Engine::$engine)
         }
-        mod current {
-            $(#[test] fn $body() { super::$body($crate::common::engine::Engine::Current) })+
-        }
-        mod current_containerd {
-            $(#[test] fn $body() {
-                super::$body($crate::common::engine::Engine::CurrentContainerd)
-            })+
+    };
+    (@test async $body:ident $engine:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $body() {
+            super::$body($crate::common::engine::Engine::$engine).await
         }
     };
 }
@@ -100,19 +108,22 @@ impl Engine {
     }
 
     /// A `DOCKER_CONFIG` under `dir` holding nothing but links to the current engine's CLI
-    /// plugins (buildx, compose): no `config.json`, no credentials.
+    /// plugins (buildx, compose): no `config.json`, no credentials. Safe to call from
+    /// concurrent builds: a link another build made first is kept.
     pub fn docker_config(self, dir: &Path) -> PathBuf {
         let config = dir.join("docker-config");
         if self.is_current() {
             let plugins = config.join("cli-plugins");
             std::fs::create_dir_all(&plugins).unwrap();
             for p in ["docker-buildx", "docker-compose"] {
-                let link = plugins.join(p);
-                if !link.exists() {
-                    let target = current_root()
-                        .join("usr/libexec/docker/cli-plugins")
-                        .join(p);
-                    std::os::unix::fs::symlink(target, link).unwrap();
+                let target = current_root()
+                    .join("usr/libexec/docker/cli-plugins")
+                    .join(p);
+                match std::os::unix::fs::symlink(target, plugins.join(p)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        panic!("link the {p} plugin: {e}")
+                    }
+                    _ => {}
                 }
             }
         }

@@ -194,12 +194,8 @@ impl Registry {
 
     /// Starts a registry under `dir` with token auth, as ECR Public answers: its challenge
     /// names a token server that gives tokens only to `user` with `password`. Waits until the
-    /// registry answers `/v2/` with its Bearer challenge.
-    pub fn start_with_tokens(dir: &Path, user: &str, password: &str) -> Registry {
-        Self::start_with_tokens_in(None, dir, user, password)
-    }
-
-    /// Like [`Registry::start_with_tokens`], in the network namespace of process `netns`.
+    /// registry answers `/v2/` with its Bearer challenge. Both run in the network namespace of
+    /// process `netns` (the daemon's), if given.
     pub fn start_with_tokens_in(
         netns: Option<u32>,
         dir: &Path,
@@ -260,7 +256,7 @@ impl Registry {
         registry
     }
 
-    /// The token server, for a registry started with [`Registry::start_with_tokens`].
+    /// The token server, for a registry started with [`Registry::start_with_tokens_in`].
     pub fn tokens(&self) -> &TokenServer {
         self.tokens.as_ref().expect("a registry with token auth")
     }
