@@ -257,6 +257,14 @@ fn wrong_commands(text: &str, help: &mut dyn FnMut(&[String]) -> Option<String>)
                     None => break,
                 }
             }
+            // `run FLAGS -- CMD`: the flags are the helper's (proxy's), CMD is not ours.
+            let args = if path == ["run"] {
+                text = help(&["proxy".to_string()]).expect("proxy --help");
+                let end = args.iter().position(|w| w == "--").unwrap_or(args.len());
+                &args[..end]
+            } else {
+                args
+            };
             for flag in args.iter().filter(|w| w.starts_with("--")) {
                 let flag = flag.split('=').next().unwrap();
                 if flag != "--help"
@@ -317,14 +325,16 @@ fn every_command_names_a_real_command_and_its_flags() {
 fn the_command_check_finds_a_wrong_command_flag_and_script() {
     let mut help = binary_help();
     let text = "```sh\nirsa-secrets proxy --listen unix:///x \\\n  --no-such-flag\n\
-                irsa-secrets frobnicate\nscripts/nope\nirsa-secrets mock write --force DIR\n```\n\
+                irsa-secrets frobnicate\nscripts/nope\nirsa-secrets mock write --force DIR\n\
+                irsa-secrets run --mock --no-such -- docker build --pull .\n```\n\
                 and `irsa-secrets probe --socket unix:///x --verbose-ish ID`\n";
     let wrong = wrong_commands(text, &mut help);
-    assert_eq!(wrong.len(), 4, "{wrong:#?}");
+    assert_eq!(wrong.len(), 5, "{wrong:#?}");
     assert!(wrong[0].contains("`irsa-secrets proxy` has no --no-such-flag"));
     assert!(wrong[1].contains("no command `frobnicate`"));
     assert!(wrong[2].contains("scripts/nope is not an executable script"));
-    assert!(wrong[3].contains("`irsa-secrets probe` has no --verbose-ish"));
+    assert!(wrong[3].contains("`irsa-secrets run` has no --no-such"));
+    assert!(wrong[4].contains("`irsa-secrets probe` has no --verbose-ish"));
 }
 
 #[test]
