@@ -257,6 +257,14 @@ fn wrong_commands(text: &str, help: &mut dyn FnMut(&[String]) -> Option<String>)
                     None => break,
                 }
             }
+            // `run FLAGS -- CMD`: the flags are the helper's (proxy's), CMD is not ours.
+            let args = if path == ["run"] {
+                text = help(&["proxy".to_string()]).expect("proxy --help");
+                let end = args.iter().position(|w| w == "--").unwrap_or(args.len());
+                &args[..end]
+            } else {
+                args
+            };
             for flag in args.iter().filter(|w| w.starts_with("--")) {
                 let flag = flag.split('=').next().unwrap();
                 if flag != "--help"
@@ -317,14 +325,16 @@ fn every_command_names_a_real_command_and_its_flags() {
 fn the_command_check_finds_a_wrong_command_flag_and_script() {
     let mut help = binary_help();
     let text = "```sh\nirsa-secrets proxy --listen unix:///x \\\n  --no-such-flag\n\
-                irsa-secrets frobnicate\nscripts/nope\nirsa-secrets mock write --force DIR\n```\n\
+                irsa-secrets frobnicate\nscripts/nope\nirsa-secrets mock write --force DIR\n\
+                irsa-secrets run --mock --no-such -- docker build --pull .\n```\n\
                 and `irsa-secrets probe --socket unix:///x --verbose-ish ID`\n";
     let wrong = wrong_commands(text, &mut help);
-    assert_eq!(wrong.len(), 4, "{wrong:#?}");
+    assert_eq!(wrong.len(), 5, "{wrong:#?}");
     assert!(wrong[0].contains("`irsa-secrets proxy` has no --no-such-flag"));
     assert!(wrong[1].contains("no command `frobnicate`"));
     assert!(wrong[2].contains("scripts/nope is not an executable script"));
-    assert!(wrong[3].contains("`irsa-secrets probe` has no --verbose-ish"));
+    assert!(wrong[3].contains("`irsa-secrets run` has no --no-such"));
+    assert!(wrong[4].contains("`irsa-secrets probe` has no --verbose-ish"));
 }
 
 #[test]
@@ -400,4 +410,134 @@ fn every_yaml_block_is_part_of_an_example_file() {
 fn the_readme_fits_on_a_few_screens() {
     let size = read(&root().join("README.md")).len();
     assert!(size <= 12 * 1024, "README.md is {size} bytes");
+}
+
+/// The `#[error("...")]` messages of the sources under `dir`: (file, message as written, with
+/// `\`-newline continuations joined and `\"` unescaped).
+fn error_messages(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    for file in files_under(dir, "rs") {
+        let text = read(&file);
+        for (at, _) in text.match_indices("#[error(") {
+            let rest = text[at + "#[error(".len()..].trim_start();
+            let Some(rest) = rest.strip_prefix('"') else {
+                continue;
+            };
+            let mut message = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next() {
+                        Some('\n') => {
+                            chars = chars.as_str().trim_start().chars();
+                        }
+                        Some(escaped) => message.push(escaped),
+                        None => break,
+                    },
+                    c => message.push(c),
+                }
+            }
+            out.push((file.clone(), message));
+        }
+    }
+    out
+}
+
+/// The words of `message` that hold whatever the placeholders are: its longest run between
+/// placeholders (`{...}`, not `{{`), trimmed of spaces and `:;,()=`; None when that is under three
+/// words (a message such as `{0}` or `cannot read {what}` has nothing to look for).
+fn fixed_words(message: &str) -> Option<String> {
+    let mut runs = vec![String::new()];
+    let mut chars = message.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('{', Some('{')) | ('}', Some('}')) => {
+                chars.next();
+                runs.last_mut().unwrap().push(c);
+            }
+            ('{', _) => {
+                for c in chars.by_ref() {
+                    if c == '}' {
+                        break;
+                    }
+                }
+                runs.push(String::new());
+            }
+            (c, _) => runs.last_mut().unwrap().push(c),
+        }
+    }
+    runs.into_iter()
+        .map(|r| {
+            r.trim_matches(|c: char| c.is_whitespace() || ":;,()=".contains(c))
+                .to_string()
+        })
+        .max_by_key(|r| r.split_whitespace().count())
+        .filter(|r| r.split_whitespace().count() >= 3)
+}
+
+/// Text as compared: backticks dropped, each run of white space one space.
+fn flat(text: &str) -> String {
+    text.replace('`', "")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The error messages (file, words) whose fixed words `page` does not hold.
+fn errors_not_in(page: &str, messages: &[(PathBuf, String)]) -> Vec<String> {
+    let page = flat(page);
+    messages
+        .iter()
+        .filter_map(|(file, message)| {
+            let words = flat(&fixed_words(message)?);
+            (!page.contains(&words)).then(|| format!("{}: {words:?}", file.display()))
+        })
+        .collect()
+}
+
+/// Every error the library can print has its entry in docs/troubleshooting.md: a new
+/// `#[error(...)]` with no entry fails here, naming the file and the words to document.
+#[test]
+fn every_error_message_has_a_troubleshooting_entry() {
+    let messages = error_messages(&root().join("src"));
+    let checked = messages
+        .iter()
+        .filter(|(_, m)| fixed_words(m).is_some())
+        .count();
+    assert!(checked > 80, "only {checked} messages to look for");
+    let missing = errors_not_in(&read(&root().join("docs/troubleshooting.md")), &messages);
+    assert!(
+        missing.is_empty(),
+        "docs/troubleshooting.md has no entry for:\n{}",
+        missing.join("\n")
+    );
+}
+
+#[test]
+fn the_troubleshooting_check_finds_a_missing_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("e.rs");
+    std::fs::write(
+        &src,
+        "#[error(\"the daemon at {upstream} did not \\\n     answer in time\")]\n\
+         #[error(\"{0}\")]\n#[error(\"cannot read {what}\")]\n\
+         #[error(\"{{x}} has no {{y}} at \\\"{at}\\\" here\")]\n",
+    )
+    .unwrap();
+    let messages = error_messages(dir.path());
+    let fixed: Vec<Option<String>> = messages.iter().map(|(_, m)| fixed_words(m)).collect();
+    assert_eq!(
+        fixed,
+        [
+            Some("did not answer in time".to_string()),
+            None,
+            None,
+            Some("{x} has no {y} at \"".to_string()),
+        ]
+    );
+    let page = "**`the daemon at X did not\nanswer in time`** means ...";
+    let missing = errors_not_in(page, &messages);
+    assert_eq!(missing.len(), 1, "{missing:?}");
+    assert!(missing[0].contains("{x} has no {y}"), "{missing:?}");
 }

@@ -32,6 +32,7 @@ pub mod logging;
 mod mock;
 mod probe;
 mod proxy;
+mod run;
 mod scan;
 mod serve;
 mod signals;
@@ -77,6 +78,11 @@ pub enum Command {
     /// Search an image for the secrets the helper serves and for AWS credentials; exit 0 when
     /// clean, 1 on findings, 2 on error.
     Scan(scan::ScanArgs),
+    /// Run CMD with a helper of its own: `run [FLAGS] -- CMD...` starts the helper on a private
+    /// socket before the current DOCKER_HOST (or the default socket), runs CMD with
+    /// DOCKER_HOST and BUILDKIT_HOST pointing at it, passes signals on, and exits with CMD's
+    /// code once the helper has stopped.
+    Run(run::RunArgs),
     /// Exit 0 when the helper's socket accepts connections: the image's HEALTHCHECK and a
     /// Kubernetes exec probe (the image has no shell).
     Health(health::HealthArgs),
@@ -112,6 +118,7 @@ impl Cli {
             Command::Doctor(args) => inspect::doctor(args).await,
             Command::Mock(cmd) => mock::run(cmd),
             Command::Scan(args) => scan::run(args).await,
+            Command::Run(args) => run::run(args).await,
             Command::Health(args) => health::run(args).await,
             Command::Completions(args) => docs::completions(args),
             Command::Man(args) => docs::man(args),
