@@ -1505,3 +1505,230 @@ fn a_served_value_is_a_finding_even_when_it_is_a_documentation_example() {
     let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
     assert_eq!(detectors, ["secret docs-key"], "{f:?}");
 }
+
+// The generic detectors in base64 and hex runs: what someone encoded is found, placed at its
+// encoded form and named with the encoding, and never shown.
+
+/// `text` with a line break after every `width` bytes, as `base64` and `xxd -p` write it.
+fn wrap(text: &str, width: usize, eol: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for line in text.as_bytes().chunks(width) {
+        out.extend_from_slice(line);
+        out.extend_from_slice(eol.as_bytes());
+    }
+    out
+}
+
+/// Scans an OCI layout of one layer of `files` with the generic detectors only, checking that
+/// the output holds neither credential nor any 16 bytes of an encoded file; returns the
+/// process output.
+fn scan_encoded(dir: &Path, files: Vec<(&str, Vec<u8>)>) -> Output {
+    let r = Radioactive::default();
+    r.watch(&HOSTILE_KEY.as_bytes()[4..]);
+    r.watch(HOSTILE_SECRET.as_bytes());
+    for (_, data) in &files {
+        for piece in data.chunks(16) {
+            r.watch(piece);
+        }
+    }
+    let oci = dir.join("oci");
+    let entries = files.into_iter().map(|(p, d)| E::File(p, d)).collect();
+    oci_image(&oci, &[gz_layer(entries)], &[], json!({}), &[]);
+    let mut cmd = common::command();
+    cmd.args(["scan", "--format", "json"]).arg(&oci);
+    common::run(&mut cmd, &r)
+}
+
+/// A finding's path, detector and offset.
+fn at(path: &str, detector: &str, offset: u64) -> (String, String, u64) {
+    (path.to_string(), detector.to_string(), offset)
+}
+
+/// Each finding's path, detector and offset.
+fn placed(f: &[Value]) -> Vec<(String, String, u64)> {
+    f.iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["detector"].as_str().unwrap().to_string(),
+                f["offset"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn base64_of_a_credentials_file_in_a_layer_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(credentials_file());
+    let f = findings(&scan_encoded(
+        dir.path(),
+        vec![("root/creds.b64", format!("{b64}\n").into_bytes())],
+    ));
+    let plain = String::from_utf8(credentials_file()).unwrap();
+    let pos = |value: &str| 4 * plain.find(value).unwrap() as u64 / 3;
+    assert_eq!(
+        placed(&f),
+        [
+            at(
+                "root/creds.b64",
+                "aws-access-key-id (base64)",
+                pos(HOSTILE_KEY)
+            ),
+            at(
+                "root/creds.b64",
+                "aws-secret-access-key (base64)",
+                pos(HOSTILE_SECRET)
+            ),
+        ]
+    );
+    assert_eq!(f[0]["snippet"], "AKIA…[redacted 16 bytes]", "{f:?}");
+}
+
+#[test]
+fn base64_of_a_credentials_file_wrapped_at_76_with_crlf_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    // `base64` wraps at 76 columns; a Windows checkout makes the line ends CRLF. A header
+    // line puts the secret key across a line break.
+    let plain = format!(
+        "# written by the provisioning job\n{}",
+        String::from_utf8(credentials_file()).unwrap()
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&plain);
+    let f = findings(&scan_encoded(
+        dir.path(),
+        vec![("opt/app/creds.txt", wrap(&b64, 76, "\r\n"))],
+    ));
+    let detectors: Vec<_> = f.iter().map(|f| f["detector"].as_str().unwrap()).collect();
+    assert_eq!(
+        detectors,
+        [
+            "aws-access-key-id (base64)",
+            "aws-secret-access-key (base64, wrapped)"
+        ],
+        "{f:?}"
+    );
+}
+
+#[test]
+fn a_kubernetes_secret_s_data_section_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ci-aws\ntype: Opaque\ndata:\n  \
+         AWS_ACCESS_KEY_ID: {}\n  AWS_SECRET_ACCESS_KEY: {}\n  AWS_REGION: {}\n",
+        b64(HOSTILE_KEY),
+        b64(HOSTILE_SECRET),
+        b64("eu-west-1")
+    );
+    let f = findings(&scan_encoded(
+        dir.path(),
+        vec![("deploy/secret.yaml", yaml.clone().into_bytes())],
+    ));
+    let pos = |value: &str| yaml.find(&b64(value)).unwrap() as u64;
+    assert_eq!(
+        placed(&f),
+        [
+            at(
+                "deploy/secret.yaml",
+                "aws-access-key-id (base64)",
+                pos(HOSTILE_KEY)
+            ),
+            at(
+                "deploy/secret.yaml",
+                "aws-secret-access-key (base64)",
+                pos(HOSTILE_SECRET)
+            ),
+        ]
+    );
+}
+
+#[test]
+fn hex_of_an_access_key_pair_is_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = format!("AWS_ACCESS_KEY_ID={HOSTILE_KEY}\nAWS_SECRET_ACCESS_KEY={HOSTILE_SECRET}\n");
+    // As `xxd -p` writes it (60 digits a line), and upper case on one line.
+    let f = findings(&scan_encoded(
+        dir.path(),
+        vec![
+            ("tmp/pair.hex", wrap(&hex::encode(&pair), 60, "\n")),
+            ("tmp/pair.HEX", hex::encode_upper(&pair).into_bytes()),
+        ],
+    ));
+    let pos = |value: &str| 2 * pair.find(value).unwrap() as u64;
+    let key_at = pos(HOSTILE_KEY);
+    let secret_at = pos(HOSTILE_SECRET);
+    let wrapped = |at: u64| at + at / 60;
+    assert_eq!(
+        placed(&f),
+        [
+            at(
+                "tmp/pair.hex",
+                "aws-access-key-id (hex, wrapped)",
+                wrapped(key_at)
+            ),
+            at(
+                "tmp/pair.hex",
+                "aws-secret-access-key (hex, wrapped)",
+                wrapped(secret_at)
+            ),
+            at("tmp/pair.HEX", "aws-access-key-id (hex)", key_at),
+            at("tmp/pair.HEX", "aws-secret-access-key (hex)", secret_at),
+        ]
+    );
+}
+
+#[test]
+fn encoded_credentials_crossing_a_read_boundary_are_found_once() {
+    let dir = tempfile::tempdir().unwrap();
+    // The scanner reads about 1 MiB at a time: one base64 text longer than that (as `base64`
+    // writes it) with a credentials file every 700 bytes of input from just before the first
+    // boundary to well after it, so some copy straddles it, whatever its exact place.
+    let mut plain = noise(((1 << 20) - (32 << 10)) * 3 / 4);
+    let mut copies = 0;
+    while plain.len() < (((1 << 20) + (32 << 10)) * 3 / 4) {
+        plain.extend_from_slice(&credentials_file());
+        plain.extend_from_slice(&noise(577));
+        copies += 1;
+    }
+    plain.extend_from_slice(&noise(1 << 20));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&plain);
+    let text = wrap(&b64, 76, "\n");
+    let f = findings(&scan_encoded(dir.path(), vec![("var/lib/blob.b64", text)]));
+    assert_eq!(f.len(), 2 * copies, "{}", f.len());
+    let offsets: Vec<u64> = f.iter().map(|f| f["offset"].as_u64().unwrap()).collect();
+    assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+    assert!(offsets[0] < 1 << 20 && offsets[offsets.len() - 1] > 1 << 20);
+}
+
+#[test]
+fn random_base64_and_hex_of_a_credentials_file_s_length_are_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let b64 = |v: &[u8]| base64::engine::general_purpose::STANDARD.encode(v);
+    let mut files = Vec::new();
+    let mut blobs = Vec::new();
+    for _ in 0..64 {
+        let mut blob = vec![0u8; credentials_file().len()];
+        rand::fill(&mut blob[..]);
+        blobs.push(blob);
+    }
+    for (i, blob) in blobs.iter().enumerate() {
+        files.push((format!("random/{i}.b64"), b64(blob).into_bytes()));
+        files.push((format!("random/{i}.hex"), hex::encode(blob).into_bytes()));
+    }
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let clean = scan_encoded(&dir.path().join("clean"), files.clone());
+    assert_eq!(
+        clean.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&clean.stdout)
+    );
+    // The same blobs with a credentials file after each are found, each of them.
+    let mut leaky = files;
+    for (i, blob) in blobs.iter().enumerate() {
+        leaky[2 * i].1 = b64(&[&blob[..], &credentials_file()].concat()).into_bytes();
+    }
+    let f = findings(&scan_encoded(&dir.path().join("leaky"), leaky));
+    assert_eq!(f.len(), 2 * blobs.len(), "{f:?}");
+}

@@ -14,6 +14,10 @@
 //! prefilter and judged by the bytes next to them, so binary data pays for little more than
 //! that search (scripts/bench-scan: the same speed as without the pass), text with short lines
 //! for a look at each line end, and only base64 or hex text for a second search of it.
+//!
+//! The generic detectors also search what base64 and hex runs decode to ([`decode`]): a
+//! credentials file someone encoded, a Kubernetes Secret's `data`. Their findings are placed
+//! at the encoded form and name the encoding (`aws-access-key-id (base64)`).
 
 use std::io::{self, Read};
 
@@ -25,7 +29,7 @@ use base64::Engine as _;
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest as _, Sha256};
 
-use super::Needles;
+use super::{decode, Needles};
 
 /// Shortest needle worth searching for: shorter values would match everywhere.
 pub const MIN_NEEDLE_LEN: usize = 8;
@@ -36,8 +40,9 @@ const SESSION_TOKEN_MAX: usize = 4096;
 /// Longest ECR registry password (or `AWS:` form of one) the detector decodes; real ones are
 /// about 1,800 and 2,400 characters. Bounds the look-ahead.
 const ECR_MAX: usize = 16 * 1024;
-/// Bytes kept before a window's resume point, for word-boundary checks.
-const LOOKBEHIND: usize = 8;
+/// Bytes kept before a window's resume point: word-boundary checks, and the line an encoded
+/// run starts on.
+const LOOKBEHIND: usize = decode::LOOKBEHIND;
 /// Bytes read per window, beyond the overlap.
 const CHUNK: usize = 1 << 20;
 /// Longest line of a spaced hex dump that is sure to be searched in full (`od` writes 48 bytes).
@@ -63,7 +68,8 @@ fn b64(b: &u8) -> bool {
     BASE64_CHAR[usize::from(*b)]
 }
 
-const fn class(members: &[u8]) -> [bool; 256] {
+/// A byte class: `table[b]` says whether `b` is among `members`.
+pub(super) const fn class(members: &[u8]) -> [bool; 256] {
     let mut table = [false; 256];
     let mut i = 0;
     while i < members.len() {
@@ -133,15 +139,43 @@ const EXAMPLE_SECRET_KEY_SUFFIX: &[u8] = b"EXAMPLEKEY";
 
 /// The compiled search: built once per scan, shared by every blob.
 pub struct Matcher {
-    ac: AhoCorasick,
-    patterns: Vec<Pattern>,
-    /// Longest pattern in bytes.
-    max_pattern: usize,
+    /// The needles and the generic detectors' anchors: what the text holds as it stands.
+    exact: Automaton,
+    /// The generic detectors' anchors alone: what decoded base64 and hex runs hold.
+    generic: Automaton,
     /// Bytes that must follow a match start in the window before it is judged.
     lookahead: usize,
     /// The needles' base64 and hex forms, searched in normalised wrapped stretches.
     wrapped: Option<Wrapped>,
 }
+
+/// Patterns and what they stand for.
+struct Automaton {
+    ac: AhoCorasick,
+    patterns: Vec<Pattern>,
+    /// Longest pattern in bytes.
+    max_pattern: usize,
+}
+
+/// The generic detectors' anchors: fixed starts of AWS credentials, confirmed by [`confirm`].
+const GENERIC: &[(&str, Pattern)] = &[
+    ("AKIA", Pattern::AccessKeyId),
+    ("ASIA", Pattern::AccessKeyId),
+    ("secret_access_key", Pattern::SecretKeyAssignment),
+    ("SECRET_ACCESS_KEY", Pattern::SecretKeyAssignment),
+    ("SecretAccessKey", Pattern::SecretKeyAssignment),
+    ("secretAccessKey", Pattern::SecretKeyAssignment),
+    ("secret-access-key", Pattern::SecretKeyAssignment),
+    ("session_token", Pattern::SessionTokenAssignment),
+    ("SESSION_TOKEN", Pattern::SessionTokenAssignment),
+    ("SessionToken", Pattern::SessionTokenAssignment),
+    ("sessionToken", Pattern::SessionTokenAssignment),
+    ("IQoJb3JpZ2luX2Vj", Pattern::SessionTokenPrefix),
+    ("FwoGZXIvYXdzE", Pattern::SessionTokenPrefix),
+    ("eyJ", Pattern::Jwt),
+    ("eyJwYXlsb2FkIjoi", Pattern::EcrPassword),
+    ("QVdTOmV5SndZWGxzYjJGa0lq", Pattern::EcrAuth),
+];
 
 /// The search for wrapped encodings: the forms, and the automaton that finds line breaks.
 struct Wrapped {
@@ -186,33 +220,15 @@ impl Matcher {
                 }
             }
         }
-        let generic: &[(&str, Pattern)] = &[
-            ("AKIA", Pattern::AccessKeyId),
-            ("ASIA", Pattern::AccessKeyId),
-            ("secret_access_key", Pattern::SecretKeyAssignment),
-            ("SECRET_ACCESS_KEY", Pattern::SecretKeyAssignment),
-            ("SecretAccessKey", Pattern::SecretKeyAssignment),
-            ("secretAccessKey", Pattern::SecretKeyAssignment),
-            ("secret-access-key", Pattern::SecretKeyAssignment),
-            ("session_token", Pattern::SessionTokenAssignment),
-            ("SESSION_TOKEN", Pattern::SessionTokenAssignment),
-            ("SessionToken", Pattern::SessionTokenAssignment),
-            ("sessionToken", Pattern::SessionTokenAssignment),
-            ("IQoJb3JpZ2luX2Vj", Pattern::SessionTokenPrefix),
-            ("FwoGZXIvYXdzE", Pattern::SessionTokenPrefix),
-            ("eyJ", Pattern::Jwt),
-            ("eyJwYXlsb2FkIjoi", Pattern::EcrPassword),
-            ("QVdTOmV5SndZWGxzYjJGa0lq", Pattern::EcrAuth),
-        ];
-        for (anchor, pattern) in generic {
+        for (anchor, pattern) in GENERIC {
             bytes.push(anchor.as_bytes().to_vec());
             patterns.push(pattern.clone());
         }
-        let max_pattern = bytes.iter().map(Vec::len).max().unwrap_or(1);
-        let ac = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&bytes)
-            .expect("patterns are plain byte strings within the automaton's limits");
+        let exact = Automaton::new(&bytes, patterns);
+        let generic = Automaton::new(
+            GENERIC.iter().map(|(anchor, _)| anchor.as_bytes()),
+            GENERIC.iter().map(|(_, pattern)| pattern.clone()).collect(),
+        );
         let wrapped = (!wrapped.is_empty()).then(|| {
             let longest = wrapped.iter().map(Vec::len).max().unwrap_or(0);
             Wrapped {
@@ -228,12 +244,11 @@ impl Matcher {
             }
         });
         let span = wrapped.as_ref().map_or(0, |w| w.max_span + HEX_LINE_MAX);
-        let lookahead = max_pattern.max(span) + JWT_MAX.max(ECR_MAX);
+        let lookahead = (exact.max_pattern.max(span) + JWT_MAX.max(ECR_MAX)).max(decode::LOOKAHEAD);
         (
             Matcher {
-                ac,
-                patterns,
-                max_pattern,
+                exact,
+                generic,
                 lookahead,
                 wrapped,
             },
@@ -311,27 +326,93 @@ impl Matcher {
         eof: bool,
         on_hit: &mut dyn FnMut(Hit),
     ) -> usize {
-        let mut wrapped = match &self.wrapped {
-            Some(w) => w.hits(hay, wrapped_from, if eof { hay.len() } else { end }, base),
-            None => Vec::new(),
+        let mut hits = Vec::new();
+        let resume = self
+            .exact
+            .search(hay, from, end, base, eof, &mut |h| hits.push(h));
+        let stop = if eof { hay.len() } else { end };
+        if let Some(w) = &self.wrapped {
+            hits.extend(w.hits(hay, wrapped_from, stop, base));
+            hits.sort_by_key(|h| h.offset); // stable: at one offset, the exact hit first
         }
-        .into_iter()
-        .peekable();
-        let resume = {
-            let mut in_order = |hit: Hit| {
-                while let Some(w) = wrapped.next_if(|w| w.offset < hit.offset) {
-                    on_hit(w);
-                }
-                on_hit(hit);
-            };
-            self.search_exact(hay, from, end, base, eof, &mut in_order)
-        };
-        wrapped.for_each(on_hit);
+        let decoded = self.decoded(hay, wrapped_from, stop, base);
+        add_decoded(&mut hits, decoded);
+        hits.into_iter().for_each(on_hit);
         resume
     }
 
-    /// The automaton's part of [`Matcher::search`].
-    fn search_exact(
+    /// The generic detectors' hits in the base64 and hex runs of `hay` whose encoded form
+    /// starts in `from..end`, placed at that form (line breaks included) and named with the
+    /// encoding. Needles are not searched there: their encoded forms are needles already.
+    fn decoded(&self, hay: &[u8], from: usize, end: usize, base: u64) -> Vec<Hit> {
+        let mut hits = Vec::new();
+        decode::decode(hay, from, end, base == 0, &mut |d| {
+            self.generic
+                .search(d.bytes, 0, d.bytes.len(), 0, true, &mut |mut hit| {
+                    let at = hit.offset as usize;
+                    if at < d.context {
+                        return; // in the plain text before the run: searched as such
+                    }
+                    let (start, len, wrapped) = d.span(at, hit.len);
+                    if start < from || start >= end {
+                        return; // another window's
+                    }
+                    let wrapped = if wrapped { ", wrapped" } else { "" };
+                    hit.offset = base + start as u64;
+                    hit.len = len;
+                    hit.detector = format!("{} ({}{wrapped})", hit.detector, d.encoding);
+                    hits.push(hit);
+                });
+        });
+        hits.sort_by_key(|h| h.offset);
+        hits
+    }
+}
+
+/// Adds to `hits` (in offset order) the `decoded` hits that overlap none of them, keeping the
+/// order: a stretch already reported as it stands is not reported again for what it decodes
+/// to (an ECR docker `auth` is base64 of the password the decoded search would find; a served
+/// value's base64 form is a needle).
+fn add_decoded(hits: &mut Vec<Hit>, decoded: Vec<Hit>) {
+    if decoded.is_empty() {
+        return;
+    }
+    let end = |h: &Hit| h.offset + h.len as u64;
+    // The furthest any of the first n hits reaches.
+    let reach: Vec<u64> = hits
+        .iter()
+        .scan(0, |r, h| {
+            *r = end(h).max(*r);
+            Some(*r)
+        })
+        .collect();
+    let fresh: Vec<Hit> = decoded
+        .into_iter()
+        .filter(|d| {
+            let before = hits.partition_point(|h| h.offset < end(d));
+            before == 0 || reach[before - 1] <= d.offset
+        })
+        .collect();
+    hits.extend(fresh);
+    hits.sort_by_key(|h| h.offset);
+}
+
+impl Automaton {
+    fn new<P: AsRef<[u8]>>(patterns: impl IntoIterator<Item = P>, meaning: Vec<Pattern>) -> Self {
+        let bytes: Vec<P> = patterns.into_iter().collect();
+        Automaton {
+            max_pattern: bytes.iter().map(|p| p.as_ref().len()).max().unwrap_or(1),
+            ac: AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(&bytes)
+                .expect("patterns are plain byte strings within the automaton's limits"),
+            patterns: meaning,
+        }
+    }
+
+    /// Judges every match starting in `from..end` of `hay`, reporting them in offset order;
+    /// returns where the next search resumes (see [`Matcher::search`]).
+    fn search(
         &self,
         hay: &[u8],
         from: usize,
@@ -1109,5 +1190,237 @@ mod tests {
         assert_eq!(url_encode(b"-._~!*'()AZaz09"), "-._~%21%2A%27%28%29AZaz09");
         assert_eq!(url_encode("\u{e9}".as_bytes()), "%C3%A9");
         assert_eq!(url_encode(b"\0\n\x7f\xff"), "%00%0A%7F%FF");
+    }
+
+    // The generic detectors in base64 and hex runs.
+
+    const KEY: &str = "AKIAZQ3HOSTILE7INPUT";
+    const SECRET_KEY: &str = "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";
+
+    /// A `~/.aws/credentials` file after `lead` bytes of something else.
+    fn credentials(lead: usize) -> String {
+        format!(
+            "{}[default]\naws_access_key_id = {KEY}\naws_secret_access_key = {SECRET_KEY}\n\
+             region = eu-west-1\n",
+            "#".repeat(lead)
+        )
+    }
+
+    fn detectors(hits: &[Hit]) -> Vec<&str> {
+        hits.iter().map(|h| h.detector.as_str()).collect()
+    }
+
+    /// Checks that `hits` are the key id and the secret key of [`credentials`], encoded in
+    /// `text`: each spans the characters that encode its value (line breaks removed, decoded at
+    /// the span's alignment in `flat`), shows no more than a snippet, and says `encoding`.
+    fn assert_credentials(hits: &[Hit], text: &[u8], encoding: &str) {
+        assert_eq!(hits.len(), 2, "{hits:?}");
+        for (hit, (detector, value)) in hits.iter().zip([
+            ("aws-access-key-id", KEY),
+            ("aws-secret-access-key", SECRET_KEY),
+        ]) {
+            assert!(
+                hit.detector.starts_with(&format!("{detector} ({encoding}")),
+                "{hits:?}"
+            );
+            let span: Vec<u8> = text[hit.offset as usize..][..hit.len]
+                .iter()
+                .copied()
+                .filter(|b| !b"\r\n".contains(b))
+                .collect();
+            let (lo, hi) = if encoding == "hex" {
+                (2 * value.len(), 2 * value.len())
+            } else {
+                (value.len() * 4 / 3, value.len() * 4 / 3 + 2)
+            };
+            assert!(
+                (lo..=hi).contains(&span.len()),
+                "{detector}: a span of {}",
+                span.len()
+            );
+            assert_eq!(hit.snippet, redact(value.as_bytes()));
+            assert_eq!(hit.value_digest, <[u8; 32]>::from(Sha256::digest(value)));
+            assert_eq!(
+                hit.detector.contains("wrapped"),
+                text[hit.offset as usize..][..hit.len].contains(&b'\n'),
+                "{hits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn base64_of_a_credentials_file_is_decoded_and_searched() {
+        let m = matcher(&[]);
+        let url_safe_pad = GeneralPurpose::new(&alphabet::URL_SAFE, Default::default());
+        for lead in 0..3 {
+            let plain = credentials(lead);
+            for engine in [&STANDARD, &STANDARD_NO_PAD, &url_safe_pad, &URL_SAFE_NO_PAD] {
+                let encoded = engine.encode(&plain);
+                // URL-safe base64 is told apart by its own two characters, when it has them.
+                let encoding = if encoded.contains(['-', '_']) {
+                    "base64url"
+                } else {
+                    "base64"
+                };
+                for hay in [
+                    format!("CREDS={encoded}\n"),
+                    format!("echo '{encoded}' | base64 -d > ~/.aws/credentials"),
+                    encoded.clone(),
+                ] {
+                    let hits = hits_bytes(&m, hay.as_bytes());
+                    assert_credentials(&hits, hay.as_bytes(), encoding);
+                    // Placed where the value's characters are.
+                    let key_at = plain.find(KEY).unwrap();
+                    assert_eq!(
+                        hits[0].offset as usize,
+                        hay.find(&encoded).unwrap() + 4 * key_at / 3,
+                        "{hay}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrapped_base64_of_a_credentials_file_is_decoded_at_every_phase() {
+        let m = matcher(&[]);
+        for width in [76, 64] {
+            for eol in ["\n", "\r\n"] {
+                for lead in 0..width {
+                    let text = wrap(STANDARD.encode(credentials(lead)).as_bytes(), width, eol);
+                    let hits = hits_bytes(&m, &text);
+                    assert_credentials(&hits, &text, "base64");
+                }
+            }
+        }
+        // `base64` wraps at 76: the finding says so when the value crosses a line.
+        let text = wrap(STANDARD.encode(credentials(0)).as_bytes(), 76, "\r\n");
+        let hits = hits_bytes(&m, &text);
+        assert!(
+            detectors(&hits).contains(&"aws-secret-access-key (base64, wrapped)"),
+            "{hits:?}"
+        );
+    }
+
+    /// A Kubernetes Secret as `kubectl create secret generic --dry-run -o yaml` writes it.
+    fn kubernetes_secret(data: &[(&str, &[u8])]) -> String {
+        let mut yaml = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: ci\ntype: Opaque\ndata:\n"
+            .to_string();
+        for (key, value) in data {
+            yaml.push_str(&format!("  {key}: {}\n", STANDARD.encode(value)));
+        }
+        yaml
+    }
+
+    #[test]
+    fn a_kubernetes_secret_s_data_is_decoded_and_searched() {
+        let m = matcher(&[]);
+        // Each value alone: the secret key is confirmed by its name, left plain.
+        let yaml = kubernetes_secret(&[
+            ("aws_access_key_id", KEY.as_bytes()),
+            ("aws_secret_access_key", SECRET_KEY.as_bytes()),
+        ]);
+        assert_credentials(&hits_bytes(&m, yaml.as_bytes()), yaml.as_bytes(), "base64");
+        // A whole file as one value.
+        let yaml = kubernetes_secret(&[("credentials", credentials(0).as_bytes())]);
+        assert_credentials(&hits_bytes(&m, yaml.as_bytes()), yaml.as_bytes(), "base64");
+        // A docker config with an ECR login: base64 of JSON holding base64 of `AWS:password`.
+        let auth = STANDARD.encode(format!("AWS:{}", synthetic_ecr_password(None)));
+        let config =
+            format!(r#"{{"auths":{{"1.dkr.ecr.eu-west-1.amazonaws.com":{{"auth":"{auth}"}}}}}}"#);
+        let yaml = kubernetes_secret(&[(".dockerconfigjson", config.as_bytes())]);
+        let hits = hits_bytes(&m, yaml.as_bytes());
+        assert_eq!(
+            detectors(&hits),
+            ["ecr-registry-password (docker auth: base64 of AWS:password) (base64)"]
+        );
+    }
+
+    #[test]
+    fn hex_of_a_key_pair_is_decoded_and_searched() {
+        let m = matcher(&[]);
+        let pair = format!("{KEY}:{SECRET_KEY}\n");
+        let env = format!("AWS_ACCESS_KEY_ID={KEY}\nAWS_SECRET_ACCESS_KEY={SECRET_KEY}\n");
+        // The pair as `KEY_ID:SECRET` (the secret key has no name to confirm it: the key id
+        // alone is found), then as the two variables, in either case and wrapped as `xxd -p`.
+        let hay = format!("blob = {}\n", hex::encode(&pair));
+        assert_eq!(
+            detectors(&hits_bytes(&m, hay.as_bytes())),
+            ["aws-access-key-id (hex)"]
+        );
+        for lead in 0..2 {
+            let plain = format!("{}{env}", "#".repeat(lead));
+            let lower = format!("x={}\n", hex::encode(&plain));
+            let upper = lower.to_ascii_uppercase();
+            let xxd = wrap(hex::encode(&plain).as_bytes(), 60, "\n");
+            for text in [lower.into_bytes(), upper.into_bytes(), xxd] {
+                assert_credentials(&hits_bytes(&m, &text), &text, "hex");
+            }
+        }
+    }
+
+    #[test]
+    fn encoded_credentials_crossing_a_read_boundary_are_found_once() {
+        let m = matcher(&[]);
+        // One long base64 text (as `base64 FILE` writes it, and unwrapped) of noise with a
+        // credentials file every 1000 bytes: some copy straddles each window boundary, at
+        // some phase, and the run itself is longer than a window.
+        let mut data = Vec::new();
+        let mut copies = 0;
+        while data.len() < 3 * CHUNK {
+            data.extend_from_slice(&noise_block(1000));
+            data.extend_from_slice(credentials(0).as_bytes());
+            copies += 1;
+        }
+        let encoded = STANDARD.encode(&data);
+        for text in [wrap(encoded.as_bytes(), 76, "\r\n"), encoded.into_bytes()] {
+            let all = hits_bytes(&m, &text);
+            assert_eq!(all.len(), 2 * copies, "in memory");
+            for read in [1 << 20, 4096] {
+                assert_eq!(hits_stream(&m, &text, read), all, "reads of {read}");
+            }
+        }
+        // Short runs at each place around the first window boundary, and around where the
+        // next window's look-behind starts: an encoded key id, and an encoded secret key after
+        // its encoded name (the boundary may fall between them).
+        let first = m.capacity() - m.lookahead;
+        for run in [
+            STANDARD.encode(KEY),
+            STANDARD.encode(format!("aws_secret_access_key = {SECRET_KEY}\n")),
+        ] {
+            let alone = hits_bytes(&m, run.as_bytes());
+            assert_eq!(alone.len(), 1, "{alone:?}");
+            for boundary in [first, first - LOOKBEHIND] {
+                for at in boundary - run.len() - 2..=boundary + 2 {
+                    let mut hay = vec![b' '; first + m.lookahead + 1000];
+                    hay[at..at + run.len()].copy_from_slice(run.as_bytes());
+                    let hits = hits_stream(&m, &hay, 1 << 20);
+                    assert_eq!(detectors(&hits), detectors(&alone), "at {at}");
+                    assert_eq!(hits[0].offset, at as u64 + alone[0].offset);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_base64_and_hex_of_a_credentials_file_s_length_are_clean() {
+        let m = matcher(&[]);
+        let len = credentials(0).len();
+        for _ in 0..200 {
+            let mut blob = vec![0u8; len];
+            rand::fill(&mut blob[..]);
+            for text in [
+                STANDARD.encode(&blob).into_bytes(),
+                URL_SAFE_NO_PAD.encode(&blob).into_bytes(),
+                wrap(STANDARD.encode(&blob).as_bytes(), 76, "\r\n"),
+                hex::encode(&blob).into_bytes(),
+                kubernetes_secret(&[("aws_secret_access_key", &blob[..])]).into_bytes(),
+            ] {
+                assert!(hits_bytes(&m, &text).is_empty(), "{text:?}");
+            }
+            // The same blob with a credentials file inside is found.
+            let hay = STANDARD.encode([&blob[..], credentials(0).as_bytes()].concat());
+            assert_eq!(hits_bytes(&m, hay.as_bytes()).len(), 2, "{hay}");
+        }
     }
 }

@@ -4,8 +4,9 @@
 //! the values the helper serves (in their usual encodings) and for AWS credentials of any origin.
 //!
 //! Layout: [`store`] reads the archive, [`image`] walks the formats, [`layer`] streams a blob,
-//! [`matcher`] searches bytes, [`json`] searches documents, [`report`] prints, [`docker`] fetches
-//! an image from the Docker Engine.
+//! [`matcher`] searches bytes, [`decode`] finds and decodes the base64 and hex runs the matcher
+//! searches again, [`json`] searches documents, [`report`] prints, [`docker`] fetches an image
+//! from the Docker Engine.
 
 use std::fs::File;
 use std::path::Path;
@@ -15,6 +16,7 @@ use serde::Serialize;
 
 use crate::secret::SecretValue;
 
+mod decode;
 pub mod docker;
 pub mod ignore;
 mod image;
