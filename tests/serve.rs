@@ -408,8 +408,8 @@ fn token_and_doctor_describe_without_revealing() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text.contains("AWS_ROLE_ARN is not set")
-            && text.contains("AWS_WEB_IDENTITY_TOKEN_FILE is not set"),
+        text.contains("FAIL  no identity: none of AWS_WEB_IDENTITY_TOKEN_FILE with AWS_ROLE_ARN")
+            && text.contains("fix:"),
         "{text}"
     );
 
