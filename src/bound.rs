@@ -132,7 +132,10 @@ mod tests {
     #[test]
     fn in_log_fields_text_is_quoted_as_a_string_is() {
         assert_eq!(format!("{:?}", quote("aws-role-arn")), "\"aws-role-arn\"");
-        assert_eq!(format!("{:?}", quote("a\"b\\c\n")), format!("{:?}", "a\"b\\c\n"));
+        assert_eq!(
+            format!("{:?}", quote("a\"b\\c\n")),
+            format!("{:?}", "a\"b\\c\n")
+        );
         let huge = "y".repeat(SHOWN + 1);
         assert!(format!("{:?}", quote(&huge)).ends_with(&format!("…[{} bytes]\"", SHOWN + 1)));
     }
