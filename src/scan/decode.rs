@@ -22,7 +22,16 @@ use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine as _;
 
-use super::matcher::class;
+/// A byte class: `table[b]` says whether `b` is among `members`.
+pub(super) const fn class(members: &[u8]) -> [bool; 256] {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < members.len() {
+        table[members[i] as usize] = true;
+        i += 1;
+    }
+    table
+}
 
 /// Characters of base64 in either alphabet, padding aside (hex digits are among them).
 const BASE64: [bool; 256] =

@@ -29,7 +29,8 @@ use base64::Engine as _;
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest as _, Sha256};
 
-use super::{decode, Needles};
+use super::decode::{self, class};
+use super::Needles;
 
 /// Shortest needle worth searching for: shorter values would match everywhere.
 pub const MIN_NEEDLE_LEN: usize = 8;
@@ -66,17 +67,6 @@ const SPACE: [bool; 256] = class(b" ");
 /// Whether `b` is a character of standard base64, padding aside.
 fn b64(b: &u8) -> bool {
     BASE64_CHAR[usize::from(*b)]
-}
-
-/// A byte class: `table[b]` says whether `b` is among `members`.
-pub(super) const fn class(members: &[u8]) -> [bool; 256] {
-    let mut table = [false; 256];
-    let mut i = 0;
-    while i < members.len() {
-        table[members[i] as usize] = true;
-        i += 1;
-    }
-    table
 }
 
 /// What a pattern of the automaton stands for.
