@@ -131,20 +131,12 @@ fn buildx_and_the_older_cli_build_through_the_helper(s: &Stack) {
         ("docker buildx build", s.docker(), &["buildx", "build"][..]),
         ("the 20.10 CLI", docker_on(&s.helper.socket), &["build"][..]),
     ] {
-        let out = cmd
-            .args(sub)
-            .args(["--network=none", "--progress=plain", "--no-cache"])
-            .arg(&ctx)
-            .output()
-            .unwrap();
-        s.r.assert_absent("build output", &out.stdout);
-        s.r.assert_absent("build output", &out.stderr);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let text = s.run_ok(
+            what,
+            cmd.args(sub)
+                .args(["--network=none", "--progress=plain", "--no-cache"])
+                .arg(&ctx),
         );
-        s.assert_built(out.status.success(), &format!("{what}:\n{text}"));
         s.assert_step_saw_the_identity(&text);
     }
 }
@@ -194,20 +186,7 @@ fn bake_and_compose_build_every_target_with_the_secrets(s: &Stack) {
             &["compose", "--progress=plain", "build", "--no-cache"][..],
         ),
     ] {
-        let out = s
-            .docker()
-            .args(args)
-            .current_dir(&project)
-            .output()
-            .unwrap();
-        s.r.assert_absent("build output", &out.stdout);
-        s.r.assert_absent("build output", &out.stderr);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        s.assert_built(out.status.success(), &format!("{what}:\n{text}"));
+        let text = s.run_ok(what, s.docker().args(args).current_dir(&project));
         for t in ["one", "two"] {
             assert!(
                 text.contains(&format!("target-{t}")),

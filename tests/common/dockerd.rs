@@ -343,6 +343,19 @@ pub fn build_on(socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
     build_with(Engine::Debian, socket, ctx, r)
 }
 
+/// A finished build's success and its stdout and stderr as one text, checked for watched values
+/// before anything can print it.
+pub fn build_output(out: &Output, r: &Radioactive) -> (bool, String) {
+    r.assert_absent("build output", &out.stdout);
+    r.assert_absent("build output", &out.stderr);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Like [`build_on`], with `engine`'s CLI.
 pub fn build_with(engine: Engine, socket: &Path, ctx: &Path, r: &Radioactive) -> (bool, String) {
     let out = cli_on(engine, socket)
@@ -351,16 +364,7 @@ pub fn build_with(engine: Engine, socket: &Path, ctx: &Path, r: &Radioactive) ->
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    r.assert_absent("build output", &out.stdout);
-    r.assert_absent("build output", &out.stderr);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    build_output(&out, r)
 }
 
 /// Debian's docker CLI on `socket` (the daemon's or the helper's), with BuildKit on.
@@ -485,14 +489,15 @@ impl Stack {
     /// Like [`Stack::build`], failing the test when the build takes longer than `limit`.
     pub fn build_within(&self, ctx: &Path, extra: &[&str], limit: Duration) -> (bool, String) {
         let out = wait_with_timeout(self.build_cmd(ctx, extra).spawn().unwrap(), limit);
-        self.r.assert_absent("build output", &out.stdout);
-        self.r.assert_absent("build output", &out.stderr);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        build_output(&out, &self.r)
+    }
+
+    /// Runs a client command of the test's own (buildx, bake, compose) through the helper and
+    /// fails the test, naming `what`, when it fails; returns the combined output.
+    pub fn run_ok(&self, what: &str, cmd: &mut Command) -> String {
+        let (ok, text) = build_output(&cmd.output().unwrap(), &self.r);
+        self.assert_built(ok, &format!("{what}:\n{text}"));
+        text
     }
 
     /// Builds through the helper and fails the test with both logs when the build fails.
