@@ -11,7 +11,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::dockerd::{self, build_with, Stack};
@@ -40,6 +40,53 @@ fn configure(cmd: &mut Command, sts: &FakeSts, ecr: &FakeEcrPublic, host: &str, 
 /// The helper's log level: the router's trace names every call it forwards to the client.
 const LOG: &str = "debug,irsa_secrets::session=trace";
 
+/// The parts of an ECR Public test, in the order they are set up (and dropped in reverse: the
+/// registry before the daemon, the scratch folder last).
+struct World {
+    _scratch: tempfile::TempDir,
+    sts: FakeSts,
+    ecr: FakeEcrPublic,
+    audit: PathBuf,
+    s: Stack,
+    reg: Registry,
+    host: String,
+    image: String,
+}
+
+impl World {
+    /// A stack on `engine`, the token registry in the daemon's network namespace aliased to ECR
+    /// Public, the helper started again once the registry's host is known, and a base image
+    /// seeded there.
+    fn start(engine: Engine, prefix: &str) -> World {
+        registry::available().unwrap();
+        let scratch = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let sts = FakeSts::start(Reply::ok());
+        let ecr = FakeEcrPublic::start(PASSWORD);
+        let audit = scratch.path().join("audit.jsonl");
+        let mut s = Stack::start_on(engine, &format!("{prefix}-stack"), LOG, |_| {});
+        s.r.watch(PASSWORD.as_bytes());
+        let reg = Registry::start_with_tokens_in(
+            s.daemon.netns_pid(),
+            &scratch.path().join("registry"),
+            USER,
+            PASSWORD,
+        );
+        let host = reg.host.clone();
+        s.restart_helper(LOG, |cmd| configure(cmd, &sts, &ecr, &host, &audit));
+        let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+        World {
+            _scratch: scratch,
+            sts,
+            ecr,
+            audit,
+            s,
+            reg,
+            host,
+            image,
+        }
+    }
+}
+
 /// The token server's requests since `from`, as `METHOD auth admitted` strings.
 fn token_requests(reg: &Registry, from: usize) -> Vec<String> {
     reg.tokens().requests()[from..]
@@ -59,25 +106,16 @@ fn ecr_public_passwords_fetch_registry_tokens_through_the_helper(engine: Engine)
     if dockerd::skip() {
         return;
     }
-    registry::available().unwrap();
-    let scratch = tempfile::Builder::new()
-        .prefix("irsa-ecrpub")
-        .tempdir()
-        .unwrap();
-    let sts = FakeSts::start(Reply::ok());
-    let ecr = FakeEcrPublic::start(PASSWORD);
-    let audit = scratch.path().join("audit.jsonl");
-    let mut s = Stack::start_on(engine, "irsa-ecrpub-stack", LOG, |_| {});
-    s.r.watch(PASSWORD.as_bytes());
-    let reg = Registry::start_with_tokens_in(
-        s.daemon.netns_pid(),
-        &scratch.path().join("registry"),
-        USER,
-        PASSWORD,
-    );
-    let host = reg.host.clone();
-    s.restart_helper(LOG, |cmd| configure(cmd, &sts, &ecr, &host, &audit));
-    let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+    let World {
+        _scratch,
+        sts,
+        ecr,
+        audit,
+        mut s,
+        reg,
+        host,
+        image,
+    } = World::start(engine, "irsa-ecrpub");
     let seeded = reg.tokens().requests().len();
     assert!(seeded > 0, "the seed's login and push fetched no token");
     eprintln!("token requests of the seed: {:?}", token_requests(&reg, 0));
@@ -178,25 +216,16 @@ fn buildx_pushes_to_ecr_public_on_the_containerd_store() {
     if dockerd::skip() {
         return;
     }
-    registry::available().unwrap();
-    let scratch = tempfile::Builder::new()
-        .prefix("irsa-ecrpub-push")
-        .tempdir()
-        .unwrap();
-    let sts = FakeSts::start(Reply::ok());
-    let ecr = FakeEcrPublic::start(PASSWORD);
-    let audit = scratch.path().join("audit.jsonl");
-    let mut s = Stack::start_on(Engine::CurrentContainerd, "irsa-ecrpub-push", LOG, |_| {});
-    s.r.watch(PASSWORD.as_bytes());
-    let reg = Registry::start_with_tokens_in(
-        s.daemon.netns_pid(),
-        &scratch.path().join("registry"),
-        USER,
-        PASSWORD,
-    );
-    let host = reg.host.clone();
-    s.restart_helper(LOG, |cmd| configure(cmd, &sts, &ecr, &host, &audit));
-    let image = reg.seed(&s.daemon, "base", USER, PASSWORD);
+    let World {
+        _scratch,
+        sts: _sts,
+        ecr,
+        audit,
+        s,
+        reg,
+        host,
+        image,
+    } = World::start(Engine::CurrentContainerd, "irsa-ecrpub-push");
     let seeded = reg.tokens().requests().len();
     let ctx = context(&s.dir, "push", &image);
     let out = s
