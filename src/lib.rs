@@ -2,7 +2,7 @@
 //! answering BuildKit's session `GetSecret` calls, so no workflow plumbs `--secret` flags or
 //! static keys.
 //!
-//! One folder per layer; each uses only the layers below it (`tests/layers.rs` checks):
+//! One folder per layer; each uses only the layers below it (`tests/it/layers.rs` checks):
 //!
 //! - [`cli`]: flags, the config file and logging set-up; wires the layers below together.
 //! - [`front`]: accepts build clients on the helper's socket (socket, gate, accept loop), the

@@ -8,7 +8,7 @@ use irsa_secrets::cli::Cli;
 /// jemalloc, for memory that comes back: glibc's malloc keeps what thousands of closed
 /// connections freed (RSS only ever grows after bursts) unless trimmed, and the shipped image is
 /// static musl, whose malloc is another story again; one bundled allocator behaves the same in
-/// every build. Measured with `tests/memory.rs`; the figures are in docs/benchmarks.md.
+/// every build. Measured with `tests/it/memory.rs`; the figures are in docs/benchmarks.md.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -11,7 +11,7 @@
 //!   which is why ECR failures are errors here, not empty answers.
 //! - Bearer challenge (`public.ecr.aws`): `GetTokenAuthority` first. Given a key, the client
 //!   fetches the tokens (`FetchToken`); on `Unimplemented` or `Unavailable` BuildKit calls
-//!   `Credentials` and fetches the token from the realm itself (v0.8, in tests/registry_public.rs:
+//!   `Credentials` and fetches the token from the realm itself (v0.8, in tests/it/registry_public.rs:
 //!   one GET with the Basic credentials; the token is then cached across sessions).
 //! - A later session is offered the cached fetchers of the host: one made with a key if the
 //!   client proves it (`VerifyTokenAuthority`; a client without credentials proves the
