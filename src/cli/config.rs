@@ -71,18 +71,18 @@ pub struct ConfigArgs {
 
 /// Where in the file a key is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Place {
+pub enum Section {
     /// Outside any table.
     Top,
     /// The N-th `[[listener]]` table, counted from 1.
     Listener(usize),
 }
 
-impl fmt::Display for Place {
+impl fmt::Display for Section {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Place::Top => f.write_str("top level"),
-            Place::Listener(n) => write!(f, "[[listener]] {n}"),
+            Section::Top => f.write_str("top level"),
+            Section::Listener(n) => write!(f, "[[listener]] {n}"),
         }
     }
 }
@@ -94,7 +94,7 @@ pub struct ConfigError {
     /// The file.
     pub path: PathBuf,
     /// The table, when the problem is in one.
-    pub place: Option<Place>,
+    pub place: Option<Section>,
     /// What is wrong.
     pub problem: Problem,
 }
@@ -185,10 +185,10 @@ impl Schema {
         Self { top, listener }
     }
 
-    fn command(&self, place: Place) -> &Command {
+    fn command(&self, place: Section) -> &Command {
         match place {
-            Place::Top => &self.top,
-            Place::Listener(_) => &self.listener,
+            Section::Top => &self.top,
+            Section::Listener(_) => &self.listener,
         }
     }
 
@@ -207,7 +207,7 @@ impl Schema {
     /// Turns TOML text into flags: `key = value` becomes `--key=value` (underscores become
     /// dashes; one word, so a value that begins with `-` is the key's value, never a flag of
     /// its own), `key = true` becomes `--key`, `false` nothing, and arrays repeat the flag.
-    fn parse(&self, text: &str) -> Result<ConfigArgs, (Option<Place>, Problem)> {
+    fn parse(&self, text: &str) -> Result<ConfigArgs, (Option<Section>, Problem)> {
         let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             let line = e.span().map_or(1, |s| {
                 text[..s.start.min(text.len())].lines().count().max(1)
@@ -219,10 +219,10 @@ impl Schema {
         for (key, value) in &table {
             if key == "listener" {
                 let Value::Array(listeners) = value else {
-                    return Err((Some(Place::Top), Problem::ListenerShape));
+                    return Err((Some(Section::Top), Problem::ListenerShape));
                 };
                 for (i, l) in listeners.iter().enumerate() {
-                    let place = Place::Listener(i + 1);
+                    let place = Section::Listener(i + 1);
                     let Value::Table(l) = l else {
                         return Err((Some(place), Problem::ListenerShape));
                     };
@@ -238,8 +238,8 @@ impl Schema {
                     out.listeners.push(args);
                 }
             } else {
-                self.flags(Place::Top, key, value, &mut out.global)
-                    .map_err(|p| (Some(Place::Top), p))?;
+                self.flags(Section::Top, key, value, &mut out.global)
+                    .map_err(|p| (Some(Section::Top), p))?;
             }
         }
         Ok(out)
@@ -251,7 +251,7 @@ impl Schema {
     pub fn matches<T: FromArgMatches>(
         &self,
         path: &Path,
-        place: Place,
+        place: Section,
         flags: &[String],
     ) -> Result<T, ConfigError> {
         let fail = |problem| ConfigError {
@@ -262,8 +262,8 @@ impl Schema {
         let mut command = self.command(place).clone().no_binary_name(true);
         let process = flags.iter().any(|f| f == PROCESS_IDENTITY_FLAG);
         let identity_ids = match place {
-            Place::Top => Vec::new(),
-            Place::Listener(_) => ids_of(&command, &IDENTITY_FLAGS),
+            Section::Top => Vec::new(),
+            Section::Listener(_) => ids_of(&command, &IDENTITY_FLAGS),
         };
         if !process {
             for (id, _) in &identity_ids {
@@ -297,7 +297,7 @@ impl Schema {
         T::from_arg_matches(&matches).map_err(|e| fail(Problem::Invalid(in_file_terms(&e))))
     }
 
-    fn kind(&self, place: Place, key: &str) -> Option<Kind> {
+    fn kind(&self, place: Section, key: &str) -> Option<Kind> {
         self.command(place)
             .get_arguments()
             .find(|a| a.get_long().is_some_and(|l| key_of(l) == key) && !is_builtin(a))
@@ -310,7 +310,7 @@ impl Schema {
 
     fn flags(
         &self,
-        place: Place,
+        place: Section,
         key: &str,
         value: &Value,
         out: &mut Vec<String>,
@@ -353,15 +353,15 @@ impl Schema {
 
     /// Why `key` is refused at `place`: it belongs to the other kind of table, or it is unknown
     /// (with the nearest key, or the list of keys allowed here).
-    fn not_here(&self, place: Place, key: &str) -> Problem {
+    fn not_here(&self, place: Section, key: &str) -> Problem {
         let other = match place {
-            Place::Top => Place::Listener(1),
-            Place::Listener(_) => Place::Top,
+            Section::Top => Section::Listener(1),
+            Section::Listener(_) => Section::Top,
         };
         if self.kind(other, key).is_some() {
             let where_ = match place {
-                Place::Top => "it is a listener's setting: move it into a [[listener]] table",
-                Place::Listener(_) => {
+                Section::Top => "it is a listener's setting: move it into a [[listener]] table",
+                Section::Listener(_) => {
                     "it applies to every listener: move it to the top level, before the first \
                      [[listener]]"
                 }
@@ -381,11 +381,11 @@ impl Schema {
                     .filter_map(|a| a.get_long().map(key_of))
                     .collect();
                 match place {
-                    Place::Top => format!(
+                    Section::Top => format!(
                         "the top level takes {} and [[listener]] tables",
                         keys.join(", ")
                     ),
-                    Place::Listener(_) => {
+                    Section::Listener(_) => {
                         format!("a [[listener]] takes {IDENTITY_KEY}, {}", keys.join(", "))
                     }
                 }
@@ -398,7 +398,7 @@ impl Schema {
     }
 
     /// The key clap would suggest for `key` as a flag at `place`.
-    fn nearest(&self, place: Place, key: &str) -> Option<String> {
+    fn nearest(&self, place: Section, key: &str) -> Option<String> {
         let flag = format!("--{}", key.replace('_', "-"));
         let err = self
             .command(place)
@@ -604,7 +604,7 @@ mod tests {
             .parse("[[listener]]\nmax_sessions = \"lots\"")
             .unwrap();
         let err = schema()
-            .matches::<Matched>(Path::new("/f.toml"), Place::Listener(1), &c.listeners[0])
+            .matches::<Matched>(Path::new("/f.toml"), Section::Listener(1), &c.listeners[0])
             .unwrap_err()
             .to_string();
         assert!(
@@ -628,13 +628,13 @@ mod tests {
         ] {
             let c = schema().parse(text).unwrap();
             let err = schema()
-                .matches::<Matched>(Path::new("/f.toml"), Place::Listener(1), &c.listeners[0])
+                .matches::<Matched>(Path::new("/f.toml"), Section::Listener(1), &c.listeners[0])
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(want), "{err}");
             assert!(!err.contains("unexpected argument"), "{err}");
             schema()
-                .matches::<Matched>(Path::new("/f.toml"), Place::Top, &c.global)
+                .matches::<Matched>(Path::new("/f.toml"), Section::Top, &c.global)
                 .unwrap();
         }
     }

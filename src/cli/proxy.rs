@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::serve::SocketArgs;
 use super::signals::Signals;
 use super::{RuntimeArgs, ServedArgs};
-use crate::cli::config::{Place, Schema};
+use crate::cli::config::{Schema, Section};
 use crate::front::socket;
 use crate::front::{limits, Daemon, Gate, Limits, Upstream};
 use crate::observe::audit::Audit;
@@ -308,14 +308,14 @@ fn load(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<Settings>
     let file = schema.load(path)?;
     let inherited = inherited(&file.global);
     let mut global = schema
-        .matches::<GlobalFlags>(path, Place::Top, &file.global)?
+        .matches::<GlobalFlags>(path, Section::Top, &file.global)?
         .global;
     // Only values the command line or the environment gave are in `matches`: they replace the
     // file's, the rest of the file's stay.
     global.update_from_arg_matches(matches)?;
     let mut listeners = Vec::new();
     for (i, own) in file.listeners.iter().enumerate() {
-        let place = Place::Listener(i + 1);
+        let place = Section::Listener(i + 1);
         // The table is checked on its own first: one that names no identity stays refused
         // whatever the top level declares for every listener.
         schema.matches::<ListenerFlags>(path, place, own)?;

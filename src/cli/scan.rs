@@ -12,7 +12,7 @@ use clap::Args;
 use super::SearchArgs;
 use crate::scan::ignore::Ignore;
 use crate::scan::report;
-use crate::scan::{docker, Limits, Needles, Options, Progress, Report};
+use crate::scan::{docker, ImageLimits, Needles, Options, Progress, Report};
 use crate::source::Source;
 
 /// Flags of `scan`.
@@ -63,10 +63,10 @@ pub(super) async fn run(args: ScanArgs) -> anyhow::Result<ExitCode> {
 async fn scan(args: ScanArgs) -> anyhow::Result<Report> {
     let ignore = args.ignore.as_deref().map(Ignore::load).transpose()?;
     let (needles, notes) = needles(&args.identity).await?;
-    let limits = Limits {
+    let limits = ImageLimits {
         max_layer_bytes: args.max_layer_size,
         max_ratio: args.max_ratio,
-        ..Limits::default()
+        ..ImageLimits::default()
     };
     let spooled = match args.image.strip_prefix("docker://") {
         Some(name) => {

@@ -144,12 +144,12 @@ pub struct DaemonError {
     /// Which daemon.
     pub upstream: Upstream,
     /// What went wrong.
-    pub failure: Failure,
+    pub failure: DialFailure,
 }
 
 /// What went wrong in reaching a daemon.
 #[derive(Debug, thiserror::Error)]
-pub enum Failure {
+pub enum DialFailure {
     /// No connection within [`DIAL_TIMEOUT`].
     #[error("did not accept a connection within {}", seconds(*.0))]
     ConnectTimeout(Duration),
@@ -257,7 +257,7 @@ impl Daemon {
     }
 
     /// `failure`, naming this daemon.
-    pub fn error(&self, failure: Failure) -> DaemonError {
+    pub fn error(&self, failure: DialFailure) -> DaemonError {
         DaemonError {
             upstream: self.upstream.clone(),
             failure,
@@ -288,8 +288,8 @@ impl Daemon {
         };
         let io = io.map_err(|e| {
             self.error(match e.kind() {
-                std::io::ErrorKind::TimedOut => Failure::ConnectTimeout(DIAL_TIMEOUT),
-                _ => Failure::Connect(e),
+                std::io::ErrorKind::TimedOut => DialFailure::ConnectTimeout(DIAL_TIMEOUT),
+                _ => DialFailure::Connect(e),
             })
         })?;
         let Some(tls) = &self.tls else {
@@ -297,8 +297,8 @@ impl Daemon {
         };
         match tokio::time::timeout(DIAL_TIMEOUT, tls.connect(io, alpn)).await {
             Ok(Ok(pair)) => Ok(pair),
-            Ok(Err(e)) => Err(self.error(Failure::Tls(e))),
-            Err(_) => Err(self.error(Failure::TlsTimeout(DIAL_TIMEOUT))),
+            Ok(Err(e)) => Err(self.error(DialFailure::Tls(e))),
+            Err(_) => Err(self.error(DialFailure::TlsTimeout(DIAL_TIMEOUT))),
         }
     }
 
@@ -314,8 +314,8 @@ impl Daemon {
             let io = self.connect_http1().await?;
             return match tokio::time::timeout(DIAL_TIMEOUT, upgrade(io, GRPC_PATH)).await {
                 Ok(Ok(io)) => Ok(io),
-                Ok(Err(why)) => Err(self.error(Failure::Upgrade(GRPC_PATH, why))),
-                Err(_) => Err(self.error(Failure::UpgradeTimeout {
+                Ok(Err(why)) => Err(self.error(DialFailure::Upgrade(GRPC_PATH, why))),
+                Err(_) => Err(self.error(DialFailure::UpgradeTimeout {
                     path: GRPC_PATH,
                     timeout: DIAL_TIMEOUT,
                 })),
@@ -334,7 +334,7 @@ impl Daemon {
         }
         ping(io)
             .await
-            .map_err(|why| self.error(Failure::Undetected(why)))
+            .map_err(|why| self.error(DialFailure::Undetected(why)))
     }
 }
 

@@ -17,7 +17,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit};
 
-use super::daemon::{AbortOnDrop, DaemonError, Failure, DIAL_TIMEOUT};
+use super::daemon::{AbortOnDrop, DaemonError, DialFailure, DIAL_TIMEOUT};
 use super::grpc;
 use super::{Context, Daemon, GateError, Io, UpstreamKind};
 use crate::session::{self, advertise_secrets, session_info, SessionInfo};
@@ -77,7 +77,7 @@ async fn connect(daemon: &Daemon) -> Result<(SendRequest<Body>, AbortOnDrop), Da
     let io = daemon.connect_http1().await?;
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| daemon.error(Failure::Exchange(e)))?;
+        .map_err(|e| daemon.error(DialFailure::Exchange(e)))?;
     let task = tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!(error = %e, "daemon connection ended with an error");
@@ -264,14 +264,14 @@ impl Conn {
             Some(kind) => tokio::time::timeout(DIAL_TIMEOUT, exchange)
                 .await
                 .map_err(|_| {
-                    self.daemon.error(Failure::UpgradeTimeout {
+                    self.daemon.error(DialFailure::UpgradeTimeout {
                         path: kind.path(),
                         timeout: DIAL_TIMEOUT,
                     })
                 })?,
             None => exchange.await,
         };
-        answer.map_err(|e| self.daemon.error(Failure::Exchange(e)))
+        answer.map_err(|e| self.daemon.error(DialFailure::Exchange(e)))
     }
 }
 

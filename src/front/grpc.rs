@@ -25,7 +25,7 @@ use tower::Service;
 
 use super::{Context, Daemon, Io};
 use crate::session::{self, advertise_secrets, session_info};
-use crate::wire::h2::{self, Peer};
+use crate::wire::h2::{self, Client};
 use crate::wire::proto::secrets::secrets_server::SecretsServer;
 use crate::wire::proto::GET_SECRET_PATH;
 use crate::wire::tunnel::{self, Outgoing};
@@ -74,7 +74,7 @@ enum State {
     /// To be dialed.
     Dial(Arc<Daemon>),
     /// Up (or gone, which `failure` says).
-    Up(Peer),
+    Up(Client),
     /// The given connection failed its handshake: why.
     Broken(String),
 }
@@ -97,7 +97,7 @@ impl Link {
     }
 
     /// The daemon connection, opened on first use.
-    async fn peer(&self) -> Result<Peer, Status> {
+    async fn peer(&self) -> Result<Client, Status> {
         let mut state = self.state.lock().await;
         let unavailable = |reason: String| {
             tracing::warn!(error = %reason, "daemon connection failed");
@@ -362,7 +362,7 @@ async fn route(link: Arc<Link>, req: Request<Incoming>) -> Result<Response<Body>
 
 /// Re-originates the client's session call upstream with the same metadata (plus GetSecret in
 /// the method list) and splices the two tunnels.
-async fn join_session(daemon: Peer, link: &Link, req: Request<Incoming>) -> Response<Body> {
+async fn join_session(daemon: Client, link: &Link, req: Request<Incoming>) -> Response<Body> {
     let ctx = &link.ctx;
     let info = session_info(req.headers(), ctx.peer);
     let permit = match ctx.admit_session(&info) {

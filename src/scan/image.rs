@@ -10,7 +10,7 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
 use super::store::{Section, Store};
-use super::{Limits, ScanError};
+use super::{ImageLimits, ScanError};
 
 /// How deep indexes may nest (an index of indexes of manifests is already unusual).
 const MAX_DEPTH: usize = 4;
@@ -59,7 +59,7 @@ struct DockerManifest {
 }
 
 /// Lists an image's documents and blobs, verifying the documents.
-pub fn plan(store: &Store, name: &str, limits: &Limits) -> Result<Plan, ScanError> {
+pub fn plan(store: &Store, name: &str, limits: &ImageLimits) -> Result<Plan, ScanError> {
     let mut walk = Walk {
         store,
         limits,
@@ -88,7 +88,7 @@ pub fn plan(store: &Store, name: &str, limits: &Limits) -> Result<Plan, ScanErro
 
 struct Walk<'a> {
     store: &'a Store,
-    limits: &'a Limits,
+    limits: &'a ImageLimits,
     plan: Plan,
     seen: HashSet<String>,
 }

@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 use super::image::Blob;
 use super::matcher::{Hit, Matcher, Window};
 use super::store::Section;
-use super::{printable, tarx, Finding, Limits, Progress, ScanError};
+use super::{printable, tarx, Finding, ImageLimits, Progress, ScanError};
 
 /// Bytes per read of the blob.
 const CHUNK: usize = 1 << 20;
@@ -133,7 +133,7 @@ impl<R: Read> Read for Capped<'_, R> {
 pub fn scan(
     blob: &Blob,
     matcher: &Matcher,
-    limits: &Limits,
+    limits: &ImageLimits,
     progress: Option<&Progress>,
     on_finding: &mut dyn FnMut(Finding),
 ) -> Result<(), ScanError> {
@@ -192,7 +192,7 @@ fn search(
     blob: &Blob,
     reader: &mut ChunkReader<'_>,
     matcher: &Matcher,
-    limits: &Limits,
+    limits: &ImageLimits,
     on_finding: &mut dyn FnMut(Finding),
 ) -> Result<(), ScanError> {
     let head = reader.fill_buf().map_err(|source| ScanError::Io {
@@ -247,7 +247,7 @@ fn search_stream<R: Read>(
     mut stream: R,
     what: &str,
     matcher: &Matcher,
-    limits: &Limits,
+    limits: &ImageLimits,
     on_finding: &mut dyn FnMut(Finding),
 ) -> Result<(), ScanError> {
     let io_err = |source| ScanError::Io {

@@ -182,7 +182,7 @@ impl Needles {
 
 /// Bounds on what a hostile image may cost.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct ImageLimits {
     /// Most decompressed bytes of one layer.
     pub max_layer_bytes: u64,
     /// Most decompressed bytes per compressed byte of one layer (beyond a 16 MiB floor).
@@ -195,7 +195,7 @@ pub struct Limits {
     pub max_findings: usize,
 }
 
-impl Default for Limits {
+impl Default for ImageLimits {
     fn default() -> Self {
         Self {
             max_layer_bytes: 64 << 30,
@@ -283,7 +283,7 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// Findings an ignore file accepted.
     pub ignored: usize,
-    /// Findings past [`Limits::max_findings`]: counted, not listed.
+    /// Findings past [`ImageLimits::max_findings`]: counted, not listed.
     pub omitted: u64,
     /// Things the user should know (skipped platforms, unsearched needles).
     pub notes: Vec<String>,
@@ -297,7 +297,7 @@ pub struct Report {
 #[derive(Default)]
 pub struct Options<'a> {
     /// Bounds on what a hostile image may cost.
-    pub limits: Limits,
+    pub limits: ImageLimits,
     /// Where to count bytes read, for a progress display.
     pub progress: Option<&'a Progress>,
     /// Known false positives: counted as ignored, not listed.
@@ -332,7 +332,7 @@ pub fn scan_file(
 }
 
 /// Where findings go as they are found: those the ignore file accepts are counted, the first
-/// [`Limits::max_findings`] others kept, the rest counted. A hostile image full of matches
+/// [`ImageLimits::max_findings`] others kept, the rest counted. A hostile image full of matches
 /// costs a counter, not memory.
 struct Findings<'a> {
     report: Report,

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{tarx, Limits, ScanError};
+use super::{tarx, ImageLimits, ScanError};
 
 /// Most links followed to reach one member.
 const MAX_LINKS: usize = 16;
@@ -100,7 +100,7 @@ pub enum Store {
 
 impl Store {
     /// Opens a directory or indexes a tar file.
-    pub fn open(path: &Path, limits: &Limits) -> Result<Store, ScanError> {
+    pub fn open(path: &Path, limits: &ImageLimits) -> Result<Store, ScanError> {
         let what = path.display().to_string();
         let meta = std::fs::metadata(path).map_err(|source| ScanError::Io {
             what: what.clone(),
@@ -117,7 +117,7 @@ impl Store {
     }
 
     /// Indexes an open tar file (`what` names it in errors), seeking over member data.
-    pub fn index(file: File, what: &str, limits: &Limits) -> Result<Store, ScanError> {
+    pub fn index(file: File, what: &str, limits: &ImageLimits) -> Result<Store, ScanError> {
         Self::index_tar(file, what, limits).map_err(|e| match e {
             // The first header is not one: this is no tar at all (and no layout directory).
             ScanError::Tar { place, .. } if place.member == 0 => ScanError::NotAnArchive {
@@ -128,7 +128,7 @@ impl Store {
         })
     }
 
-    fn index_tar(file: File, what: &str, limits: &Limits) -> Result<Store, ScanError> {
+    fn index_tar(file: File, what: &str, limits: &ImageLimits) -> Result<Store, ScanError> {
         let mut magic = [0u8; 4];
         let n = file.read_at(&mut magic, 0).unwrap_or(0);
         if n >= 2 && (magic[..2] == [0x1f, 0x8b] || magic == [0x28, 0xb5, 0x2f, 0xfd]) {

@@ -20,7 +20,7 @@ use crate::observe::Caller;
 use crate::provider::registry::{Login, SessionFailures};
 use crate::provider::{ClientAnswer, Provider};
 use crate::secret::SecretValue;
-use crate::wire::h2::Peer;
+use crate::wire::h2::Client;
 use crate::wire::proto::auth::auth_client::AuthClient;
 use crate::wire::proto::auth::auth_server::{Auth, AuthServer};
 use crate::wire::proto::auth::{
@@ -38,7 +38,7 @@ use crate::wire::proto::{
 /// Auth methods that decide who hands them out) to the typed services, the rest to the client.
 #[derive(Clone)]
 pub(super) struct Router {
-    to_client: Peer,
+    to_client: Client,
     secrets: SecretsServer<SessionSecrets>,
     auth: Option<AuthServer<SessionAuth>>,
     metrics: Metrics,
@@ -46,7 +46,7 @@ pub(super) struct Router {
 
 impl Router {
     /// The router of one session whose client side is `to_client`.
-    pub(super) fn new(to_client: Peer, info: &SessionInfo, provider: Provider) -> Self {
+    pub(super) fn new(to_client: Client, info: &SessionInfo, provider: Provider) -> Self {
         let metrics = provider.metrics().clone();
         let origin = || Uri::from_static("http://localhost");
         let auth = provider.registries().active().then(|| {
@@ -108,7 +108,7 @@ impl Router {
 #[derive(Clone)]
 struct SessionSecrets {
     provider: Provider,
-    client: Option<SecretsClient<Peer>>,
+    client: Option<SecretsClient<Client>>,
     caller: Caller,
 }
 
@@ -156,7 +156,7 @@ impl Secrets for SessionSecrets {
 #[derive(Clone)]
 struct SessionAuth {
     provider: Provider,
-    client: AuthClient<Peer>,
+    client: AuthClient<Client>,
     caller: Caller,
     /// The ECR failures this session met, answered again without another ECR call.
     failures: Arc<SessionFailures>,

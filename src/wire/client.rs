@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::net::UnixStream;
 use tonic::body::Body;
 
-use super::h2::{self, Peer};
+use super::h2::{self, Client};
 use super::proto::secrets::secrets_client::SecretsClient;
 use super::proto::secrets::GetSecretRequest;
 use crate::secret::SecretValue;
@@ -136,11 +136,11 @@ pub async fn secrets(path: &Path) -> Result<SecretsClient<Connection>, ConnectEr
 #[derive(Clone)]
 pub struct Connection {
     path: Arc<PathBuf>,
-    peer: Arc<tokio::sync::Mutex<Peer>>,
+    peer: Arc<tokio::sync::Mutex<Client>>,
 }
 
 /// Opens an HTTP/2 connection to the socket at `path`, its connection task spawned.
-async fn dial(path: &Path) -> io::Result<Peer> {
+async fn dial(path: &Path) -> io::Result<Client> {
     let stream = UnixStream::connect(path).await?;
     let (peer, connection) = h2::handshake(stream).await.map_err(io::Error::other)?;
     tokio::spawn(async move {

@@ -353,7 +353,7 @@ pub async fn handshake<T>(
     io: T,
 ) -> Result<
     (
-        Peer,
+        Client,
         Connection<TokioIo<Coalesce<Buffers<T>>>, Body, TokioExecutor>,
     ),
     hyper::Error,
@@ -368,14 +368,14 @@ where
         .max_send_buf_size(SEND_BUFFER)
         .handshake(buffered(io))
         .await?;
-    Ok((Peer(send), conn))
+    Ok((Client(send), conn))
 }
 
 /// The far end of an HTTP/2 client connection, as a tower service (what tonic clients need).
 #[derive(Clone)]
-pub struct Peer(SendRequest<Body>);
+pub struct Client(SendRequest<Body>);
 
-impl Peer {
+impl Client {
     /// Whether the connection has closed: no call can go through it any more.
     pub fn is_closed(&self) -> bool {
         self.0.is_closed()
@@ -404,7 +404,7 @@ impl Peer {
     }
 }
 
-impl tower::Service<Request<Body>> for Peer {
+impl tower::Service<Request<Body>> for Client {
     type Response = Response<Incoming>;
     type Error = hyper::Error;
     type Future = BoxFuture<'static, Result<Response<Incoming>, hyper::Error>>;
