@@ -261,30 +261,41 @@ fn search_stream<R: Read>(
     };
     if blob.tar {
         {
-            let mut archive = tar::Archive::new(&mut stream);
+            let (watched, seen) = tarx::watch(&mut stream);
+            let mut archive = tar::Archive::new(watched);
             let entries = archive.entries().map_err(io_err)?.raw(true);
-            tarx::for_each(entries, what, limits.max_header_bytes, |meta, _, entry| {
-                let mut name_hits = Vec::new();
-                matcher.scan_bytes(&meta.path, &mut |h| name_hits.push(h));
-                let path = redact_spans(&meta.path, &name_hits);
-                for hit in name_hits {
-                    on_finding(finding(&path, "file name", hit));
-                }
-                if let Some(link) = &meta.link {
-                    matcher.scan_bytes(link, &mut |h| on_finding(finding(&path, "link target", h)));
-                }
-                for value in &meta.pax_values {
-                    matcher.scan_bytes(value, &mut |h| on_finding(finding(&path, "PAX header", h)));
-                }
-                if meta.kind.is_file() || meta.kind == tar::EntryType::Continuous {
-                    matcher
-                        .scan_stream(entry, &mut window, &mut |h| {
-                            on_finding(finding(&path, "content", h))
-                        })
-                        .map_err(io_err)?;
-                }
-                Ok(())
-            })?;
+            tarx::for_each(
+                entries,
+                &seen,
+                what,
+                limits.max_header_bytes,
+                |meta, _, entry| {
+                    let mut name_hits = Vec::new();
+                    matcher.scan_bytes(&meta.path, &mut |h| name_hits.push(h));
+                    let path = redact_spans(&meta.path, &name_hits);
+                    for hit in name_hits {
+                        on_finding(finding(&path, "file name", hit));
+                    }
+                    if let Some(link) = &meta.link {
+                        matcher.scan_bytes(link, &mut |h| {
+                            on_finding(finding(&path, "link target", h))
+                        });
+                    }
+                    for value in &meta.pax_values {
+                        matcher.scan_bytes(value, &mut |h| {
+                            on_finding(finding(&path, "PAX header", h))
+                        });
+                    }
+                    if meta.kind.is_file() || meta.kind == tar::EntryType::Continuous {
+                        matcher
+                            .scan_stream(entry, &mut window, &mut |h| {
+                                on_finding(finding(&path, "content", h))
+                            })
+                            .map_err(io_err)?;
+                    }
+                    Ok(())
+                },
+            )?;
         }
         matcher
             .scan_stream(&mut stream, &mut window, &mut |h| {

@@ -139,7 +139,8 @@ impl Store {
         }
         let file = Arc::new(file);
         let mut members = HashMap::new();
-        let mut archive = tar::Archive::new(&*file);
+        let (watched, seen) = tarx::watch(&*file);
+        let mut archive = tar::Archive::new(watched);
         let entries = archive
             .entries_with_seek()
             .map_err(|source| ScanError::Io {
@@ -149,6 +150,7 @@ impl Store {
             .raw(true);
         tarx::for_each(
             entries,
+            &seen,
             what,
             limits.max_header_bytes,
             |meta, place, entry| {
