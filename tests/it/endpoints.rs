@@ -2,7 +2,8 @@
 //! own setting (`AWS_ENDPOINT_URL_<SERVICE>`, the shared config file's `services` section) over
 //! the global one (`AWS_ENDPOINT_URL`, the file's `endpoint_url`). Each case starts two loopback
 //! fakes and sees which one is asked; every service a case calls has a loopback endpoint, so no
-//! case reaches an AWS host.
+//! case reaches an AWS host. ECR's and ECR Public's cases run in a session, in
+//! tests/it/registry_session.rs.
 
 use crate::common;
 

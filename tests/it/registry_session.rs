@@ -1,7 +1,8 @@
 //! Registry credentials inside a session, against a fake buildkitd that calls the client's `Auth`
 //! service as BuildKit does, through the real binary with an identity of its own: which calls
-//! the helper answers, which reach the client untouched. No ECR call is made (its endpoint is a
-//! closed loopback port): the client's own login answers where it has one.
+//! the helper answers, which reach the client untouched. No ECR call succeeds (its endpoint is a
+//! closed loopback port, or a fake that refuses and records where it was asked): the client's
+//! own login answers where it has one.
 
 use crate::common;
 
@@ -11,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_daemon::FakeBuildkitd;
+use common::fake_endpoints::{FakeEndpoint, Reply, ECR_PUBLIC_TOKEN_TARGET};
+use common::fake_sts::{self, FakeSts};
 use common::session_client::{
     client_session, connect, CLIENT_LOGINS, CLIENT_TOKEN_KEY, CLIENT_TOKEN_PROOF,
 };
@@ -36,7 +39,22 @@ enum Got {
     Credentials(Result<(String, String), Code>),
 }
 
-fn start_helper(dir: &Path, daemon: &Path, r: &Radioactive, extra: &[&str]) -> Helper {
+/// Closed loopback ports: any STS or ECR call fails at once, and nothing leaves the host.
+const CLOSED: [(&str, &str); 3] = [
+    ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9"),
+    ("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9"),
+    ("AWS_ENDPOINT_URL_ECR_PUBLIC", "http://127.0.0.1:9"),
+];
+
+/// Starts `proxy` in front of `daemon` with an IRSA identity, `extra` flags and the endpoint
+/// settings `endpoints`.
+fn start_helper(
+    dir: &Path,
+    daemon: &Path,
+    r: &Radioactive,
+    extra: &[&str],
+    endpoints: &[(&str, &str)],
+) -> Helper {
     let t = token(3600, -10);
     r.watch(t.as_bytes());
     let token_file = dir.join("token");
@@ -50,19 +68,26 @@ fn start_helper(dir: &Path, daemon: &Path, r: &Radioactive, extra: &[&str]) -> H
         .arg(format!("unix://{}", daemon.display()))
         .args(extra);
     let tf = token_file.display().to_string();
-    // Closed loopback ports: any STS or ECR call fails at once, and nothing leaves the host.
-    let env = [
+    let mut env = vec![
         ("AWS_WEB_IDENTITY_TOKEN_FILE", tf.as_str()),
         ("AWS_ROLE_ARN", ARN),
-        ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:9"),
-        ("AWS_ENDPOINT_URL_ECR", "http://127.0.0.1:9"),
-        ("AWS_ENDPOINT_URL_ECR_PUBLIC", "http://127.0.0.1:9"),
     ];
+    env.extend_from_slice(endpoints);
     Helper::spawn(cmd, socket, dir, &env, r)
 }
 
 /// Runs one session whose daemon asks, in order, `calls` (path, host); returns the answers.
+/// STS and ECR are closed ports.
 async fn session(extra: &[&str], calls: Vec<(&'static str, &'static str)>) -> (Vec<Got>, String) {
+    session_with(extra, &CLOSED, calls).await
+}
+
+/// [`session`] with the endpoint settings `endpoints`.
+async fn session_with(
+    extra: &[&str],
+    endpoints: &[(&str, &str)],
+    calls: Vec<(&'static str, &'static str)>,
+) -> (Vec<Got>, String) {
     let dir = tempfile::tempdir().unwrap();
     let r = Radioactive::default();
     let daemon_sock = dir.path().join("buildkitd.sock");
@@ -106,7 +131,7 @@ async fn session(extra: &[&str], calls: Vec<(&'static str, &'static str)>) -> (V
         })
     });
     let _daemon = FakeBuildkitd::start(&daemon_sock, script);
-    let helper = start_helper(dir.path(), &daemon_sock, &r, extra);
+    let helper = start_helper(dir.path(), &daemon_sock, &r, extra, endpoints);
     let control = connect(&helper.socket).await;
     let client = tokio::spawn(client_session(
         control,
@@ -263,4 +288,49 @@ async fn a_huge_registry_host_goes_to_the_client_and_leaves_bounded_records() {
         .sum();
     assert!(own < 32 * 1024, "the helper logged {own} bytes");
     assert!(!log.contains(&region[..4096]) && !trail.contains(&region[..4096]));
+}
+
+/// ECR's and ECR Public's endpoints resolve as every SDK's do (the rest are in
+/// tests/it/endpoints.rs): the service's own variable, else `AWS_ENDPOINT_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ecr_and_ecr_public_take_their_own_variable_then_the_global_one() {
+    let sts = FakeSts::start(fake_sts::Reply::ok());
+    for (host, var, target) in [
+        (
+            "123456789012.dkr.ecr.us-east-1.amazonaws.com",
+            "AWS_ENDPOINT_URL_ECR",
+            "AmazonEC2ContainerRegistry_V20150921.GetAuthorizationToken",
+        ),
+        (
+            "public.ecr.aws",
+            "AWS_ENDPOINT_URL_ECR_PUBLIC",
+            ECR_PUBLIC_TOKEN_TARGET,
+        ),
+    ] {
+        let asked = |fake: &FakeEndpoint| {
+            fake.requests()
+                .iter()
+                .any(|r| r.header("x-amz-target") == Some(target))
+        };
+        let refusing = || FakeEndpoint::start(|_| Reply::Status(400, "{}".into()));
+        let calls = vec![(CREDENTIALS_PATH, host)];
+
+        let global = refusing();
+        let env = [
+            ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
+            ("AWS_ENDPOINT_URL", &global.base()),
+        ];
+        session_with(&[], &env, calls.clone()).await;
+        assert!(asked(&global), "{target} was not asked at AWS_ENDPOINT_URL");
+
+        let (global, own) = (refusing(), refusing());
+        let env = [
+            ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
+            ("AWS_ENDPOINT_URL", &global.base()),
+            (var, &own.base()),
+        ];
+        session_with(&[], &env, calls).await;
+        assert!(asked(&own), "{target} was not asked at {var}");
+        assert!(!asked(&global), "AWS_ENDPOINT_URL won over {var}");
+    }
 }
