@@ -8,11 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::dockerd::{self, docker_on, Dockerd};
-use common::{command, grpc_call, Helper, Radioactive};
-use irsa_secrets::wire::h2;
+use common::{command, session_client, tunnel_io, Helper, Radioactive};
 use tokio::task::JoinHandle;
 use tonic::Code;
-use tower::ServiceExt;
 
 /// Well past every deadline of the helper (10 s each), well short of the operating system's
 /// connect timeout (over two minutes): a call that takes longer hangs.
@@ -30,17 +28,13 @@ fn proxy(dir: &Path, name: &str, upstream: &str, flags: &[&str], r: &Radioactive
     Helper::spawn(cmd, socket, dir, &[], r)
 }
 
-/// A BuildKit call through the helper (it goes to the daemon): the gRPC status it ends with,
-/// within [`BOUND`].
+/// A BuildKit call through the helper (it goes to the daemon), from the tests' own HTTP/2
+/// client: the gRPC status it ends with, within [`BOUND`].
 async fn daemon_call(helper: &Helper) -> tonic::Status {
     let call = async {
-        let io = tokio::net::UnixStream::connect(&helper.socket)
-            .await
-            .unwrap();
-        let (peer, conn) = h2::handshake(io).await.unwrap();
-        tokio::spawn(conn);
-        let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
-        let res = peer.oneshot(req).await.unwrap();
+        let peer = session_client::connect(&helper.socket).await;
+        let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
+        let res = peer.send(req).await.unwrap();
         tonic::Status::from_header_map(res.headers()).expect("a trailers-only gRPC status")
     };
     let started = Instant::now();

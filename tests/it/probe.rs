@@ -15,10 +15,11 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::fake_daemon::fake_daemon;
-use common::{command, grpc_call, probe, probed, token, Helper, Radioactive, ARN};
+use common::{command, probe, probed, session_client, token, tunnel_io, Helper, Radioactive, ARN};
+use irsa_secrets::wire::proto::secrets::{GetSecretRequest, GetSecretResponse};
+use irsa_secrets::wire::proto::GET_SECRET_PATH;
 use tokio::task::JoinSet;
 use tonic::Code;
-use tower::{Service, ServiceExt};
 
 /// A BuildKit API daemon on `path`: the tests' fake, which answers every call but sessions
 /// with an empty OK (so a GetSecret it were sent would fail the probe). Dropped, it stops
@@ -65,24 +66,42 @@ fn identity(dir: &Path, r: &Radioactive) -> (String, PathBuf) {
     (t, file)
 }
 
-/// A `Control/ListWorkers` call on a new HTTP/2 connection to the helper.
+/// A `Control/ListWorkers` call on a new HTTP/2 connection to the helper, from the tests' own
+/// HTTP/2 client.
 async fn list_workers(helper: &Path) -> http::Response<hyper::body::Incoming> {
-    let io = tokio::net::UnixStream::connect(helper).await.unwrap();
-    let (mut peer, conn) = irsa_secrets::wire::h2::handshake(io).await.unwrap();
-    tokio::spawn(conn);
-    let req = grpc_call("/moby.buildkit.v1.Control/ListWorkers", b"");
-    peer.ready().await.unwrap().call(req).await.unwrap()
+    let peer = session_client::connect(helper).await;
+    let req = tunnel_io::call("/moby.buildkit.v1.Control/ListWorkers", b"");
+    peer.send(req).await.unwrap()
 }
 
-/// Runs `probe` (a blocking child process) off the runtime and checks that every id got the
-/// expected size and fingerprint.
-async fn probe_answers(helper: &Helper, ids: &[&'static str], want: &[String], r: &Radioactive) {
+/// Checks that the helper answers each `(id, value)` with the value, asked twice: by `probe`
+/// (a blocking child process, run off the runtime), whose lines give each value's size and
+/// fingerprint, and by the tests' own HTTP/2 client, so an answer no stock peer could read
+/// cannot pass by the crate's client reading it the same wrong way.
+async fn probe_answers(helper: &Helper, answers: &[(&'static str, &[u8])], r: &Radioactive) {
     let socket = helper.socket.clone();
-    let (ids, r) = (ids.to_vec(), r.clone());
-    let (ok, out) = tokio::task::spawn_blocking(move || probe(&socket, &ids, &r))
+    let ids: Vec<_> = answers.iter().map(|(id, _)| *id).collect();
+    let rc = r.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || probe(&socket, &ids, &rc))
         .await
         .unwrap();
-    assert!(ok && want.iter().all(|w| out.contains(w)), "{out}");
+    let seen = |(id, value): &(&str, &[u8])| out.contains(&probed(id, value));
+    assert!(ok && answers.iter().all(seen), "{out}");
+
+    let peer = session_client::connect(&helper.socket).await;
+    for (id, value) in answers {
+        let req = GetSecretRequest {
+            id: id.to_string(),
+            ..Default::default()
+        };
+        let got = tunnel_io::unary::<GetSecretResponse>(&peer, GET_SECRET_PATH, &req).await;
+        let got = got.unwrap_or_else(|code| panic!("{id}: {code:?}"));
+        assert!(
+            got.data == *value,
+            "{id}: {} bytes, not the value",
+            got.data.len()
+        );
+    }
 }
 
 /// The audit trail's records.
@@ -104,13 +123,12 @@ async fn a_probe_through_proxy_is_answered_with_the_buildkit_daemon_up_or_down()
     let daemon_sock = dir.path().join("buildkitd.sock");
     let daemon = buildkitd(&daemon_sock);
     let helper = proxy(dir.path(), &daemon_sock, &token_file, &r);
-    let ids = ["aws-web-identity-token", "aws-role-arn"];
-    let want = [
-        probed("aws-web-identity-token", t.as_bytes()),
-        probed("aws-role-arn", ARN.as_bytes()),
+    let answers = [
+        ("aws-web-identity-token", t.as_bytes()),
+        ("aws-role-arn", ARN.as_bytes()),
     ];
 
-    probe_answers(&helper, &ids, &want, &r).await;
+    probe_answers(&helper, &answers, &r).await;
     // Everything else still goes to the daemon.
     let res = list_workers(&helper.socket).await;
     assert_eq!(res.headers()["x-fake-daemon"], "yes");
@@ -118,7 +136,7 @@ async fn a_probe_through_proxy_is_answered_with_the_buildkit_daemon_up_or_down()
     // The daemon goes away: probes are still answered, other calls say the daemon is gone.
     drop(daemon);
     std::fs::remove_file(&daemon_sock).unwrap();
-    probe_answers(&helper, &ids, &want, &r).await;
+    probe_answers(&helper, &answers, &r).await;
     let res = list_workers(&helper.socket).await;
     let status = tonic::Status::from_header_map(res.headers()).expect("a trailers-only error");
     assert_eq!(status.code(), Code::Unavailable);
@@ -130,10 +148,11 @@ async fn a_probe_through_proxy_is_answered_with_the_buildkit_daemon_up_or_down()
         status.message()
     );
 
-    // Each answer is in the audit trail as a build's would be, marked as a probe.
+    // Each answer is in the audit trail as a build's would be, marked as a probe: two ids,
+    // each asked by `probe` and by the tests' client, with the daemon up and down.
     let records = records(&dir.path().join("audit.jsonl"), &r);
     let probes: Vec<_> = records.iter().filter(|r| r["probe"] == true).collect();
-    assert_eq!(probes.len(), 4, "{records:?}");
+    assert_eq!(probes.len(), 8, "{records:?}");
     for p in probes {
         assert_eq!(p["event"], "secret");
         assert_eq!(p["outcome"], "served");
@@ -334,7 +353,6 @@ async fn status_of(res: http::Response<hyper::body::Incoming>) -> tonic::Status 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_secret_id_is_refused_by_its_length_and_leaves_bounded_records() {
-    use irsa_secrets::wire::proto::secrets::GetSecretRequest;
     let dir = tempfile::tempdir().unwrap();
     let r = Radioactive::default();
     let (_, token_file) = identity(dir.path(), &r);
@@ -348,13 +366,10 @@ async fn a_huge_secret_id_is_refused_by_its_length_and_leaves_bounded_records() 
     let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
     let (log_before, audit_before) = (size(&helper.log), size(&audit));
 
-    let io = tokio::net::UnixStream::connect(&helper.socket)
-        .await
-        .unwrap();
-    let peer = common::tunnel_io::handshake(io).await;
+    let peer = session_client::connect(&helper.socket).await;
     let id = "x".repeat(1 << 20);
-    let req = common::tunnel_io::grpc_request(
-        irsa_secrets::wire::proto::GET_SECRET_PATH,
+    let req = tunnel_io::grpc_request(
+        GET_SECRET_PATH,
         &GetSecretRequest {
             id,
             ..Default::default()
@@ -378,8 +393,7 @@ async fn a_huge_secret_id_is_refused_by_its_length_and_leaves_bounded_records() 
     assert!(logged < 256 * 1024, "the log grew {logged} bytes");
     assert!(text.lines().all(|l| l.len() < 4096));
     // The helper goes on serving.
-    let want = [probed("aws-role-arn", ARN.as_bytes())];
-    probe_answers(&helper, &["aws-role-arn"], &want, &r).await;
+    probe_answers(&helper, &[("aws-role-arn", ARN.as_bytes())], &r).await;
     let records = records(&audit, &r);
     let refused: Vec<_> = records.iter().filter(|r| r["outcome"] == "error").collect();
     assert_eq!(refused.len(), 1, "{records:?}");
