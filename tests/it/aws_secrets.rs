@@ -403,7 +403,7 @@ async fn a_value_is_fetched_again_after_its_ttl_and_once_for_fifty_concurrent_re
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..50 {
         let mut c = h.client().await;
-        tasks.spawn(async move { irsa_secrets::wire::client::get_secret(&mut c, "pip").await });
+        tasks.spawn(async move { common::get_secret(&mut c, "pip").await });
     }
     while let Some(got) = tasks.join_next().await {
         assert_eq!(got.unwrap().unwrap().expose(), b"pip-token-shared-5555555");
@@ -564,9 +564,7 @@ async fn in_a_config_file_the_trusted_listener_gets_the_value_and_the_untrusted_
     let h = two_listeners(&aws, &up);
     assert_eq!(value(&h, "npm").await, b"npm-token-trusted-4444444");
     let untrusted = aws.dir.path().join("untrusted.sock");
-    let mut c = irsa_secrets::wire::client::secrets(&untrusted)
-        .await
-        .unwrap();
+    let mut c = common::secrets(&untrusted).await;
     let s = h
         .get(&mut c, "npm")
         .await

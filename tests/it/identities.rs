@@ -72,7 +72,7 @@ async fn assert_serves(h: &Helper, c: &FakeCredentials) {
     for id in CREDENTIAL_IDS {
         // The expiry is no secret (the log names it): it is not watched.
         let v = if id == "aws-credentials-expiration" {
-            irsa_secrets::wire::client::get_secret(&mut client, id).await
+            common::get_secret(&mut client, id).await
         } else {
             h.get(&mut client, id).await
         };
@@ -188,7 +188,7 @@ async fn pod_identity_is_served_cached_in_one_flight_and_follows_the_token_rotat
     for i in 0..10 {
         let mut client = h.client().await;
         reads.push(tokio::spawn(async move {
-            irsa_secrets::wire::client::get_secret(&mut client, CREDENTIAL_IDS[i % 5]).await
+            common::get_secret(&mut client, CREDENTIAL_IDS[i % 5]).await
         }));
     }
     for read in reads {
@@ -545,7 +545,7 @@ async fn github_oidc_with_sts_serves_the_credentials_moto_issued_for_the_job_tok
         secret_access_key: issued[0].secret_access_key.clone(),
         token: issued[0].session_token.clone(),
         expiration: String::from_utf8(
-            irsa_secrets::wire::client::get_secret(&mut client, "aws-credentials-expiration")
+            common::get_secret(&mut client, "aws-credentials-expiration")
                 .await
                 .unwrap()
                 .expose()
@@ -562,9 +562,7 @@ async fn github_oidc_with_sts_serves_the_credentials_moto_issued_for_the_job_tok
 /// read is checked (so a failure message cannot print them unwatched).
 async fn key_id_and_issued(
     h: &Helper,
-    client: &mut irsa_secrets::wire::proto::secrets::secrets_client::SecretsClient<
-        irsa_secrets::wire::client::Connection,
-    >,
+    client: &mut common::Secrets,
     moto: &common::moto::Moto,
     r: &Radioactive,
 ) -> (irsa_secrets::secret::SecretValue, Vec<common::moto::Issued>) {
@@ -781,9 +779,7 @@ async fn imds_credentials_that_already_expired_are_refused() {
     let env = [("AWS_EC2_METADATA_SERVICE_ENDPOINT", metadata.base())];
     let h = serve(dir.path(), &["--identity", "imds"], &env, &r);
     let mut client = h.client().await;
-    if let Ok(served) =
-        irsa_secrets::wire::client::get_secret(&mut client, "aws-credentials-expiration").await
-    {
+    if let Ok(served) = common::get_secret(&mut client, "aws-credentials-expiration").await {
         panic!(
             "credentials IMDS said expired at {} were served as expiring at {}",
             expired.expiration,
@@ -891,14 +887,14 @@ async fn assume_role_narrows_pod_identity_credentials_through_sts() {
     assert!(key_id.expose() != pod.access_key_id.as_bytes());
     assert!(issued[0].session_name.starts_with("irsa-secrets-"));
     assert_eq!(fake.requests().len(), 1, "the agent signs the one STS call");
-    let got = irsa_secrets::wire::client::get_secret(&mut client, "npmrc").await;
+    let got = common::get_secret(&mut client, "npmrc").await;
     assert_eq!(got.unwrap().expose(), npm.as_bytes());
     assert_eq!(
         fake.requests().len(),
         1,
         "the helper's own call is signed with the same cached agent answer"
     );
-    let region = irsa_secrets::wire::client::get_secret(&mut client, "aws-region").await;
+    let region = common::get_secret(&mut client, "aws-region").await;
     assert_eq!(region.unwrap().expose(), b"us-east-1");
     assert!(h
         .log_text()

@@ -177,9 +177,7 @@ async fn rotation_by_symlink_swap_is_seen_between_and_never_torn_during_calls() 
         tasks.push(tokio::spawn(async move {
             let mut got = Vec::new();
             for _ in 0..150 {
-                got.push(
-                    irsa_secrets::wire::client::get_secret(&mut c, "aws-web-identity-token").await,
-                );
+                got.push(common::get_secret(&mut c, "aws-web-identity-token").await);
             }
             got
         }));
@@ -327,7 +325,7 @@ async fn a_thousand_concurrent_calls_all_succeed() {
         } else {
             "aws-role-arn"
         };
-        set.spawn(async move { (id, irsa_secrets::wire::client::get_secret(&mut c, id).await) });
+        set.spawn(async move { (id, common::get_secret(&mut c, id).await) });
     }
     let mut ok = 0;
     while let Some(joined) = set.join_next().await {

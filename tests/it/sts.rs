@@ -88,7 +88,7 @@ async fn moto_issued_credentials_are_served_and_sign_s3_requests() {
     assert_eq!(ini["aws_session_token"], text(&session));
     assert!(text(&key_id).starts_with("ASIA"));
     // The expiry is no credential (and is logged): fetched unwatched.
-    let expiration = irsa_secrets::wire::client::get_secret(&mut c, "aws-credentials-expiration")
+    let expiration = common::get_secret(&mut c, "aws-credentials-expiration")
         .await
         .unwrap();
     let expiration = text(&expiration);
@@ -187,7 +187,7 @@ async fn sts_hides_the_raw_identity_unless_asked() {
     }
     // The region is no credential (and the SDK logs it): fetched unwatched.
     assert_eq!(
-        irsa_secrets::wire::client::get_secret(&mut c, "aws-region")
+        common::get_secret(&mut c, "aws-region")
             .await
             .unwrap()
             .expose(),
@@ -501,7 +501,7 @@ async fn two_hundred_simultaneous_requests_cause_one_sts_call() {
     for i in 0..200 {
         let mut c = c.clone();
         let id = CREDENTIAL_IDS[i % CREDENTIAL_IDS.len()];
-        set.spawn(async move { (id, irsa_secrets::wire::client::get_secret(&mut c, id).await) });
+        set.spawn(async move { (id, common::get_secret(&mut c, id).await) });
     }
     let mut keys = std::collections::HashSet::new();
     let mut n = 0;
