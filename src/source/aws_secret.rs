@@ -643,7 +643,11 @@ mod tests {
             age(&cache, Duration::from_millis(20));
             elapsed += Duration::from_millis(20);
         }
-        assert!(elapsed >= Duration::from_secs(2), "not within the ttl");
+        assert_eq!(
+            elapsed,
+            Duration::from_secs(2),
+            "at the first request after the ttl, not before"
+        );
         let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
         assert!(
             (1..=3).contains(&calls),
