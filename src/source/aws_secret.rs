@@ -570,6 +570,7 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::testing::capture_log;
 
     const WHAT: Described<'static> = Described {
         id: "npm",
@@ -618,6 +619,65 @@ mod tests {
         // Back: a fresh value.
         let got = cache.get(&WHAT, async { Ok(value("two")) }).await.unwrap();
         assert_eq!(got.expose(), b"two");
+    }
+
+    /// Moved from an end-to-end test that polled the helper until the ttl passed.
+    #[tokio::test]
+    async fn a_new_value_is_served_once_the_ttl_has_passed_with_a_call_per_ttl_not_per_request() {
+        let cache = Cache::new(Duration::from_secs(2));
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let stored = Mutex::new("npm-token-first-0000000");
+        let get = || {
+            let (calls, stored) = (&calls, &stored);
+            cache.get(&WHAT, async move {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(value(*stored.lock().unwrap()))
+            })
+        };
+        assert_eq!(get().await.unwrap().expose(), b"npm-token-first-0000000");
+        // Rotated: a request every 20 ms until the new value is served.
+        *stored.lock().unwrap() = "npm-token-second-1111111";
+        let mut elapsed = Duration::ZERO;
+        while get().await.unwrap().expose() != b"npm-token-second-1111111" {
+            assert!(elapsed < Duration::from_secs(20), "the new value is served");
+            age(&cache, Duration::from_millis(20));
+            elapsed += Duration::from_millis(20);
+        }
+        assert_eq!(
+            elapsed,
+            Duration::from_secs(2),
+            "at the first request after the ttl, not before"
+        );
+        let calls = calls.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            (1..=3).contains(&calls),
+            "a call per ttl, not per request: {calls}"
+        );
+    }
+
+    /// Moved from an end-to-end test that waited for the ttl with the service down.
+    #[tokio::test]
+    async fn while_the_service_is_down_the_cached_value_is_served_then_it_fails_clearly() {
+        let (log, _guard) = capture_log();
+        let cache = Cache::new(Duration::from_secs(2));
+        let cached = "npm-token-cached-7777777";
+        let got = cache.get(&WHAT, async { Ok(value(cached)) }).await;
+        assert_eq!(got.unwrap().expose(), cached.as_bytes());
+        // The service goes away: past the ttl, the cached value is served and the failure logged.
+        age(&cache, Duration::from_secs(2));
+        let got = cache.get(&WHAT, async { Err(down()) }).await;
+        assert_eq!(got.unwrap().expose(), cached.as_bytes());
+        assert!(log.contains("fetching the secret failed; serving the value fetched"));
+        // Past twice the ttl: the request fails, saying why, without the value.
+        age(&cache, Duration::from_secs(2));
+        let err = cache.get(&WHAT, async { Err(down()) }).await.unwrap_err();
+        assert!(!err.message.contains(cached), "{err}");
+        assert_eq!(err.kind, ErrorKind::Io, "{err}");
+        assert!(
+            err.message
+                .contains("past twice its ttl of 2s, so it is no longer served"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

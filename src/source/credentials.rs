@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 use aws_credential_types::provider::{self, ProvideCredentials};
 use futures_util::future::BoxFuture;
 
+use super::clock;
 use super::flight::Flight;
 use super::{jwt, Source, SourceError};
 use crate::secret::SecretValue;
@@ -95,6 +96,7 @@ type Outcome = Result<Arc<Issued>, SourceError>;
 struct Inner {
     mint: Box<dyn Mint>,
     margin: Duration,
+    clock: clock::Shared,
     cached: Mutex<Option<Cached>>,
     flight: Flight<Outcome>,
 }
@@ -114,10 +116,22 @@ impl Credentials {
         margin: Duration,
         region: Option<(String, String)>,
     ) -> Self {
+        Self::with_clock(mint, margin, region, clock::system())
+    }
+
+    /// [`Credentials::new`], deciding freshness and expiry by `clock` (the credentials'
+    /// `received` and `expiration` come from the mint).
+    pub fn with_clock(
+        mint: impl Mint + 'static,
+        margin: Duration,
+        region: Option<(String, String)>,
+        clock: clock::Shared,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 mint: Box::new(mint),
                 margin,
+                clock,
                 cached: Mutex::new(None),
                 flight: Flight::default(),
             }),
@@ -140,7 +154,7 @@ impl Credentials {
         let inner = &self.inner;
         // Before the cache is read: a call that finishes after this answers the question.
         let asked = Instant::now();
-        let now = SystemTime::now();
+        let now = inner.clock.now();
         if let Some(c) = inner.cached() {
             if now < c.refresh_at {
                 return Ok(c.issued);
@@ -178,7 +192,7 @@ impl Inner {
         let error = match self.mint.mint().await {
             Ok(issued) => {
                 let issued = Arc::new(issued);
-                let now = SystemTime::now();
+                let now = self.clock.now();
                 tracing::info!(
                     issuer,
                     principal = %issued.principal,
@@ -202,7 +216,7 @@ impl Inner {
             }
             Err(e) => e,
         };
-        let now = SystemTime::now();
+        let now = self.clock.now();
         match self.cached() {
             Some(c) if c.issued.valid_for(now) >= self.margin => {
                 tracing::warn!(
@@ -313,7 +327,107 @@ impl Source for Credentials {
 }
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
     use super::*;
+    use crate::source::clock::Clock;
+    use crate::source::testing::{capture_log, settle};
+    use crate::source::ErrorKind;
+
+    /// Issues `ASIAKEY<n>` credentials that live `life` from its clock's now, or fails the way
+    /// an STS exchange does after its retries while `down`.
+    #[derive(Debug)]
+    struct Scripted {
+        clock: Arc<clock::Manual>,
+        life: Duration,
+        calls: AtomicUsize,
+        down: AtomicBool,
+    }
+
+    impl Mint for Arc<Scripted> {
+        fn name(&self) -> &'static str {
+            "sts"
+        }
+
+        fn mint(&self) -> BoxFuture<'_, Result<Issued, SourceError>> {
+            Box::pin(async move {
+                let n = self.calls.fetch_add(1, Ordering::SeqCst);
+                if self.down.load(Ordering::SeqCst) {
+                    return Err(SourceError::new(
+                        ErrorKind::Io,
+                        "STS failed 3 times: ServiceUnavailable",
+                    ));
+                }
+                let received = self.clock.now();
+                Ok(Issued {
+                    access_key_id: SecretValue::from(format!("ASIAKEY{n}")),
+                    secret_access_key: SecretValue::from(format!("secret{n}")),
+                    session_token: SecretValue::from(format!("token{n}")),
+                    expiration: received + self.life,
+                    received,
+                    principal: String::new(),
+                })
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn credentials_refresh_ahead_of_expiry_and_outlive_an_outage_only_within_the_margin() {
+        let (log, _guard) = capture_log();
+        let clock = clock::Manual::shared();
+        // 10 s credentials with a 1 s margin: refresh due at 6.5..7.5 s, unusable from 9 s.
+        let mint = Arc::new(Scripted {
+            clock: Arc::clone(&clock),
+            life: Duration::from_secs(10),
+            calls: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+        });
+        let calls = || mint.calls.load(Ordering::SeqCst);
+        let creds = Credentials::with_clock(
+            Arc::clone(&mint),
+            Duration::from_secs(1),
+            None,
+            clock.clone(),
+        );
+        let key = |c: &Credentials| {
+            let c = c.clone();
+            async move {
+                let issued = c.current().await.unwrap();
+                String::from_utf8(issued.access_key_id.expose().to_vec()).unwrap()
+            }
+        };
+        let first = key(&creds).await;
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(key(&creds).await, first, "fresh: cached");
+        assert_eq!(calls(), 1);
+
+        // Past the refresh point: still served at once, refreshed in the background.
+        clock.advance(Duration::from_millis(5700)); // 7.7 s
+        assert_eq!(key(&creds).await, first);
+        settle("the background refresh", || calls() == 2).await;
+        let second = key(&creds).await;
+        assert_ne!(second, first, "refreshed credentials are served");
+        assert_eq!(calls(), 2, "one background refresh");
+
+        // STS goes down: the cached credentials are served while valid for the margin...
+        mint.down.store(true, Ordering::SeqCst);
+        clock.advance(Duration::from_millis(7700)); // 7.7 s after the refresh
+        assert_eq!(key(&creds).await, second);
+        settle("the failed refresh is logged", || {
+            log.contains("serving the cached credentials meanwhile")
+        })
+        .await;
+        // ...and no longer once within it: a clear error.
+        clock.advance(Duration::from_millis(1600)); // 9.3 s after it
+        let err = creds.current().await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Io, "{err}");
+        assert!(
+            err.message
+                .contains("within the 1s margin, so they are no longer served")
+                && err.message.contains("ServiceUnavailable"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn refresh_is_planned_at_about_70_percent_and_before_the_margin() {

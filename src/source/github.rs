@@ -17,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use super::flight::Flight;
 use super::remote::{error_chain, retrying, scrub, Failure};
 use super::{ErrorKind, SourceError};
 use crate::secret::SecretValue;
@@ -71,9 +72,8 @@ struct Inner {
     authorization: SecretValue,
     want: Expectations,
     state: Mutex<State>,
-    /// Held for the duration of a request: the single flight. Records when the last request
-    /// finished and how, so callers who queued behind it share its outcome.
-    flight: tokio::sync::Mutex<Option<(Instant, Result<SecretValue, SourceError>)>>,
+    /// One request at a time; callers who queued behind it share its outcome.
+    flight: Flight<Result<SecretValue, SourceError>>,
 }
 
 /// Requests, checks and caches GitHub Actions OIDC tokens for one audience. Cheap to clone:
@@ -122,7 +122,7 @@ impl GitHubOidc {
                 authorization,
                 want,
                 state: Mutex::default(),
-                flight: tokio::sync::Mutex::new(None),
+                flight: Flight::default(),
             }),
         })
     }
@@ -136,16 +136,7 @@ impl GitHubOidc {
             return inner.check(issued.value);
         }
         let asked = Instant::now();
-        let mut flight = inner.flight.lock().await;
-        let outcome = match &*flight {
-            Some((finished, outcome)) if *finished >= asked => outcome.clone(),
-            _ => {
-                let outcome = inner.refresh().await;
-                *flight = Some((Instant::now(), outcome.clone()));
-                outcome
-            }
-        };
-        drop(flight);
+        let outcome = inner.flight.join_or_call(asked, || inner.refresh()).await;
         inner.check(outcome?)
     }
 

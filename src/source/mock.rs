@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
+use super::clock;
 use super::{IdentityIds, Part, Source, SourceError};
 use crate::secret::SecretValue;
 use crate::source::jwt::{self, Audience, Claims};
@@ -28,6 +29,7 @@ pub struct Mock {
     audience: String,
     margin: Duration,
     region: Option<String>,
+    clock: clock::Shared,
     current: Mutex<Option<(u64, SecretValue)>>,
 }
 
@@ -44,13 +46,19 @@ impl Mock {
             audience,
             margin,
             region,
+            clock: clock::system(),
             current: Mutex::new(None),
         }
     }
 
+    /// The same, minting and aging tokens by `clock`.
+    pub fn with_clock(self, clock: clock::Shared) -> Self {
+        Self { clock, ..self }
+    }
+
     /// The current token, minted on first use and again when it nears expiry.
     pub fn token(&self) -> SecretValue {
-        let now = now_secs();
+        let now = secs(self.clock.now());
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         match &*current {
             Some((exp, value)) if *exp > now + self.margin.as_secs() => value.clone(),
@@ -76,7 +84,9 @@ impl Source for Mock {
         self.token();
         let current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let exp = current.as_ref().map(|(exp, _)| *exp).unwrap_or_default();
-        Some(Ok(Duration::from_secs(exp.saturating_sub(now_secs()))))
+        Some(Ok(Duration::from_secs(
+            exp.saturating_sub(secs(self.clock.now())),
+        )))
     }
 
     fn fetch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SecretValue>, SourceError>> {
@@ -91,11 +101,9 @@ impl Source for Mock {
     }
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
+/// `t` in whole seconds since the epoch, as tokens count time.
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
 /// Mints a token issued at `now`; returns its expiry and the token.
@@ -133,7 +141,7 @@ pub fn write_files(
     std::fs::create_dir_all(dir)?;
     let dir = std::fs::canonicalize(dir)?;
     let token_path = dir.join("token");
-    let (_, token) = mint(audience, now_secs());
+    let (_, token) = mint(audience, secs(SystemTime::now()));
     let tmp = dir.join(".token.tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -160,13 +168,13 @@ mod tests {
 
     #[test]
     fn minted_tokens_validate_like_real_ones() {
-        let now = now_secs();
-        let (exp, token) = mint("sts.amazonaws.com", now);
+        let now = SystemTime::now();
+        let (exp, token) = mint("sts.amazonaws.com", secs(now));
         let want = Expectations {
             audience: "sts.amazonaws.com".into(),
             expiry_margin: Duration::from_secs(300),
         };
-        let checked = jwt::check(token.expose(), &want, SystemTime::now()).unwrap();
+        let checked = jwt::check(token.expose(), &want, now).unwrap();
         assert_eq!(checked.claims.exp, exp);
         assert_eq!(
             checked.claims.sub.as_deref(),
@@ -191,8 +199,10 @@ mod tests {
             MOCK_LIFETIME * 2,
             None,
         );
+        let clock = clock::Manual::shared();
+        let short = short.with_clock(clock.clone());
         let first = short.token();
-        std::thread::sleep(Duration::from_millis(1100));
+        clock.advance(Duration::from_secs(1));
         assert_ne!(
             first,
             short.token(),

@@ -10,6 +10,7 @@ use crate::secret::SecretValue;
 pub mod arn;
 pub mod aws;
 pub mod aws_secret;
+pub mod clock;
 pub mod credentials;
 pub mod ecr;
 pub mod flight;
@@ -22,6 +23,8 @@ pub mod platform;
 pub(crate) mod remote;
 pub mod static_secret;
 pub mod sts;
+#[cfg(test)]
+mod testing;
 
 /// The default id of the web identity token.
 pub const TOKEN_ID: &str = "aws-web-identity-token";

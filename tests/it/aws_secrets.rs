@@ -13,7 +13,7 @@ use aws_sdk_ssm::types::ParameterType;
 use common::engine::Engine;
 use common::fake_endpoints::{FakeEndpoint, Reply};
 use common::moto::Moto;
-use common::{command, eventually_async, later, run, tail, token, Helper, Radioactive, ARN};
+use common::{command, run, tail, token, Helper, Radioactive, ARN};
 use tonic::Code;
 
 /// moto, a token for its STS, and the values the tests create there.
@@ -382,8 +382,12 @@ async fn a_denied_call_names_the_permissions_the_role_needs() {
     );
 }
 
+/// Fetching a value again once its ttl has passed (a call per ttl, not per request) is
+/// unit-tested under paused time in `source::aws_secret`; end to end, without waiting for the
+/// ttl: fifty concurrent requests make one call, and a rotated value is not fetched within the
+/// ttl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_value_is_fetched_again_after_its_ttl_and_once_for_fifty_concurrent_requests() {
+async fn a_value_is_cached_for_its_ttl_and_fetched_once_for_fifty_concurrent_requests() {
     let aws = Aws::start();
     aws.secret("us-east-1", "ci/npm", "npm-token-first-0000000")
         .await;
@@ -391,7 +395,7 @@ async fn a_value_is_fetched_again_after_its_ttl_and_once_for_fifty_concurrent_re
         .await;
     let h = aws.serve(
         &[
-            "id=npm,type=aws-sm,name=ci/npm,ttl=2s",
+            "id=npm,type=aws-sm,name=ci/npm,ttl=1h",
             "id=pip,type=aws-sm,name=ci/pip",
         ],
         &[],
@@ -416,74 +420,40 @@ async fn a_value_is_fetched_again_after_its_ttl_and_once_for_fifty_concurrent_re
     assert_eq!(calls.len(), 1, "{calls:?}");
     assert_eq!(calls[0]["SecretId"], "ci/pip");
 
-    // A new value is served once the 2s ttl has passed, not before the first request after it.
+    // Rotated within the ttl: the cached value, no call.
     aws.rotate("ci/npm", "npm-token-second-1111111").await;
-    eventually_async(
-        Duration::from_secs(20),
-        later(|| format!("the new value is served; log:\n{}", tail(&h.log_text()))),
-        || async { (value(&h, "npm").await == b"npm-token-second-1111111").then_some(()) },
-    )
-    .await;
-    let npm_calls = aws
-        .moto
-        .recorded("secretsmanager.GetSecretValue")
-        .await
-        .into_iter()
-        .filter(|c| c["SecretId"] == "ci/npm")
-        .count();
-    assert!(
-        (1..=3).contains(&npm_calls),
-        "a call per ttl, not per request: {npm_calls}"
-    );
+    assert_eq!(value(&h, "npm").await, b"npm-token-first-0000000");
+    let calls = aws.moto.recorded("secretsmanager.GetSecretValue").await;
+    assert_eq!(calls.len(), 1, "{calls:?}");
 }
 
+/// The cached value served while the service is down until it is twice its ttl old, then a
+/// clear error: unit-tested under paused time in `source::aws_secret`. End to end, without
+/// waiting for the ttl: a service that cannot be reached is an outage (Unavailable, the kind
+/// the cached value covers), not a refusal, and the cached value is served within the ttl.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_the_service_is_down_the_cached_value_is_served_then_it_fails_clearly() {
+async fn while_the_service_is_down_the_cached_value_is_served_and_others_are_unavailable() {
     let mut aws = Aws::start();
     aws.secret("us-east-1", "ci/npm", "npm-token-cached-7777777")
         .await;
-    let h = aws.serve(&["id=npm,type=aws-sm,name=ci/npm,ttl=2s"], &[]);
+    aws.secret("us-east-1", "ci/pip", "pip-token-not-cached-3333333")
+        .await;
+    let h = aws.serve(
+        &[
+            "id=npm,type=aws-sm,name=ci/npm",
+            "id=pip,type=aws-sm,name=ci/pip",
+        ],
+        &[],
+    );
     assert_eq!(value(&h, "npm").await, b"npm-token-cached-7777777");
     // The service goes away (the STS credentials are cached: moto is not needed for them).
     aws.moto.stop();
-    eventually_async(
-        Duration::from_secs(20),
-        later(|| {
-            format!(
-                "the cached value is served while down; log:\n{}",
-                tail(&h.log_text())
-            )
-        }),
-        || async {
-            assert_eq!(value(&h, "npm").await, b"npm-token-cached-7777777");
-            h.log_text()
-                .contains("fetching the secret failed; serving the value fetched")
-                .then_some(())
-        },
-    )
-    .await;
-    let s = eventually_async(
-        Duration::from_secs(30),
-        later(|| {
-            format!(
-                "the request fails past twice the ttl; log:\n{}",
-                tail(&h.log_text())
-            )
-        }),
-        || async {
-            let mut c = h.client().await;
-            h.get(&mut c, "npm").await.err()
-        },
-    )
-    .await;
+    assert_eq!(value(&h, "npm").await, b"npm-token-cached-7777777");
+    let mut c = h.client().await;
+    let s = h.get(&mut c, "pip").await.unwrap_err();
     h.radioactive
         .assert_absent("an error message", s.message().as_bytes());
     assert_eq!(s.code(), Code::Unavailable, "{s:?}");
-    assert!(
-        s.message()
-            .contains("past twice its ttl of 2s, so it is no longer served"),
-        "{s:?}"
-    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use base64::Engine;
 use futures_util::future::BoxFuture;
 
 use super::aws::Aws;
+use super::clock;
 use super::flight::Flight;
 use super::remote::scrub;
 use super::{ErrorKind, SourceError};
@@ -61,6 +62,7 @@ struct Slot {
 /// ECR passwords per endpoint, cached.
 pub struct Passwords {
     issuer: Box<dyn Issuer>,
+    clock: clock::Shared,
     slots: Mutex<HashMap<Registry, Arc<Slot>>>,
 }
 
@@ -80,8 +82,14 @@ impl Passwords {
     pub fn new(issuer: Box<dyn Issuer>) -> Self {
         Self {
             issuer,
+            clock: clock::system(),
             slots: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same, deciding freshness by `clock`.
+    pub fn with_clock(self, clock: clock::Shared) -> Self {
+        Self { clock, ..self }
     }
 
     /// The password of `registry` (user [`USER`]): the cached one while it is fresh, else a new
@@ -93,7 +101,7 @@ impl Passwords {
             Arc::clone(slots.entry(registry.password_scope()).or_default())
         };
         let asked = Instant::now();
-        if let Some(password) = slot.fresh(SystemTime::now()) {
+        if let Some(password) = slot.fresh(self.clock.now()) {
             return Ok(password);
         }
         slot.flight
@@ -104,7 +112,7 @@ impl Passwords {
     /// One ECR call for `registry`, stored in `slot`.
     async fn fetch(&self, registry: &Registry, slot: &Slot) -> Result<SecretValue, SourceError> {
         tracing::debug!(%registry, "asking ECR for a registry password");
-        let now = SystemTime::now();
+        let now = self.clock.now();
         let token = self.issuer.issue(registry).await?;
         let password = decode(&token.encoded)?;
         let (refresh_at, claimed_expired) = refresh_at(now, token.expires_at);
@@ -282,6 +290,7 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     use super::*;
+    use crate::source::clock::Clock;
 
     fn encoded(text: &str) -> SecretValue {
         SecretValue::from(base64::engine::general_purpose::STANDARD.encode(text))
@@ -312,6 +321,7 @@ mod tests {
 
     /// Counts calls; each answer is held until `release` lets it go, so calls overlap.
     struct Counting {
+        clock: Arc<clock::Manual>,
         calls: AtomicU32,
         release: tokio::sync::Semaphore,
         /// `expiresAt`, as an offset from now (negative: in the past).
@@ -332,9 +342,9 @@ mod tests {
                     expires_at: self.expires_in.map(|s| {
                         let d = Duration::from_millis(s.unsigned_abs());
                         if s < 0 {
-                            SystemTime::now() - d
+                            self.clock.now() - d
                         } else {
-                            SystemTime::now() + d
+                            self.clock.now() + d
                         }
                     }),
                 })
@@ -344,11 +354,17 @@ mod tests {
 
     fn counting(expires_in: Option<i64>, fail_first: bool) -> Arc<Counting> {
         Arc::new(Counting {
+            clock: clock::Manual::shared(),
             calls: AtomicU32::new(0),
             release: tokio::sync::Semaphore::new(0),
             expires_in,
             fail_first,
         })
+    }
+
+    /// Passwords from `issuer`, on its clock.
+    fn passwords_from(issuer: &Arc<Counting>) -> Passwords {
+        Passwords::new(Box::new(Arc::clone(issuer))).with_clock(issuer.clock.clone())
     }
 
     fn registry(account: &str) -> Registry {
@@ -358,7 +374,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_share_one_call_and_the_answer_is_cached() {
         let issuer = counting(Some(3_600_000), false);
-        let passwords = Arc::new(Passwords::new(Box::new(Arc::clone(&issuer))));
+        let passwords = Arc::new(passwords_from(&issuer));
         let r = registry("123456789012");
         let asks: Vec<_> = (0..8)
             .map(|_| {
@@ -379,16 +395,18 @@ mod tests {
 
     #[tokio::test]
     async fn regions_are_cached_apart_and_stale_passwords_fetched_again() {
-        // 1 ms of validity: refreshed at 0.7 ms, so the next request fetches again.
-        let issuer = counting(Some(1), false);
+        // 1000 s of validity: refreshed at 700 s.
+        let issuer = counting(Some(1_000_000), false);
         issuer.release.add_permits(10);
-        let passwords = Passwords::new(Box::new(Arc::clone(&issuer)));
+        let passwords = passwords_from(&issuer);
         let a = registry("123456789012");
         let b = host::parse("123456789012.dkr.ecr.eu-west-1.amazonaws.com").unwrap();
         passwords.password(&a).await.unwrap();
         passwords.password(&b).await.unwrap();
         assert_eq!(issuer.calls.load(Ordering::SeqCst), 2);
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        issuer.clock.advance(Duration::from_secs(699));
+        assert_eq!(passwords.password(&a).await.unwrap().expose(), b"pw0");
+        issuer.clock.advance(Duration::from_secs(1));
         assert_eq!(passwords.password(&a).await.unwrap().expose(), b"pw2");
     }
 
@@ -396,7 +414,7 @@ mod tests {
     async fn accounts_of_one_region_share_one_password() {
         let issuer = counting(Some(3_600_000), false);
         issuer.release.add_permits(10);
-        let passwords = Passwords::new(Box::new(Arc::clone(&issuer)));
+        let passwords = passwords_from(&issuer);
         for account in ["123456789012", "210987654321", "111111111111"] {
             assert_eq!(
                 passwords
@@ -414,7 +432,7 @@ mod tests {
     async fn a_failure_is_not_cached() {
         let issuer = counting(Some(3_600_000), true);
         issuer.release.add_permits(10);
-        let passwords = Passwords::new(Box::new(Arc::clone(&issuer)));
+        let passwords = passwords_from(&issuer);
         let r = registry("123456789012");
         assert!(passwords.password(&r).await.is_err());
         assert_eq!(passwords.password(&r).await.unwrap().expose(), b"pw1");
@@ -427,7 +445,7 @@ mod tests {
         // As moto answers: an `expiresAt` years in the past.
         let issuer = counting(Some(-300_000_000_000), false);
         issuer.release.add_permits(10);
-        let passwords = Passwords::new(Box::new(Arc::clone(&issuer)));
+        let passwords = passwords_from(&issuer);
         let r = registry("123456789012");
         assert_eq!(passwords.password(&r).await.unwrap().expose(), b"pw0");
         assert_eq!(passwords.password(&r).await.unwrap().expose(), b"pw0");
