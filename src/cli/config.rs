@@ -31,8 +31,10 @@ use std::path::{Path, PathBuf};
 
 use clap::error::{ContextKind, ContextValue};
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, Command, FromArgMatches};
+use clap::{ArgAction, ArgMatches, Command, FromArgMatches, ValueEnum};
 use toml::Value;
+
+use crate::source::identity::Identity;
 
 /// The `[[listener]]` key that opts a listener into the process's identity (on the command
 /// line the one listener is the process's): `"process"` for whichever `--identity` settles on,
@@ -40,15 +42,6 @@ use toml::Value;
 const IDENTITY_KEY: &str = "identity";
 /// The value of [`IDENTITY_KEY`] that takes the process's identity as `--identity` finds it.
 const PROCESS: &str = "process";
-/// The identities [`IDENTITY_KEY`] may name.
-const NAMED_IDENTITIES: [&str; 6] = [
-    "irsa",
-    "pod-identity",
-    "container",
-    "imds",
-    "github-oidc",
-    "mock",
-];
 /// The `--identity` flag, which a listener that did not opt in gets as `own`: only its own keys.
 const IDENTITY_CHOICE_FLAG: &str = "identity";
 /// How `identity = "process"` travels among a table's flags, to be taken out before clap sees
@@ -421,7 +414,7 @@ fn identity(value: &Value, out: &mut Vec<String>) -> Result<(), Problem> {
             out.push(PROCESS_IDENTITY_FLAG.into());
             Ok(())
         }
-        Value::String(s) if NAMED_IDENTITIES.contains(&s.as_str()) => {
+        Value::String(s) if Identity::from_str(s, false).is_ok() => {
             out.extend([
                 PROCESS_IDENTITY_FLAG.into(),
                 format!("--{IDENTITY_CHOICE_FLAG}"),
@@ -433,7 +426,11 @@ fn identity(value: &Value, out: &mut Vec<String>) -> Result<(), Problem> {
             "`{IDENTITY_KEY}` takes \"{PROCESS}\" (serve the helper's own identity) or one of \
              {}; for one of this listener's own, set token_file and role_arn (or mock = true) \
              instead",
-            NAMED_IDENTITIES.map(|n| format!("\"{n}\"")).join(", ")
+            Identity::value_variants()
+                .iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }
