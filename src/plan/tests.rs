@@ -428,3 +428,37 @@ fn every_listener_is_checked_and_the_problem_names_it() {
     let names: Vec<&str> = plan.listeners.iter().map(|l| l.name.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
 }
+
+/// What the exchange and the narrowing need travels in the plan: STS's region, the role to
+/// assume, and whether the raw token is served too.
+#[test]
+fn the_plan_carries_the_region_the_role_and_serve_identity() {
+    let sts = Asked {
+        sts: true,
+        serve_identity: true,
+        ..case("irsa")
+    };
+    assert_eq!(outcome(&sts), "sts and token; own web");
+    assert_eq!(
+        sts.serving().unwrap().builds,
+        Some(Builds::Sts {
+            github: false,
+            serve_identity: true,
+            region: "eu-west-1".into()
+        })
+    );
+    let narrowed = Asked {
+        assume_role: Some(ROLE.into()),
+        ..case("imds")
+    };
+    assert_eq!(
+        narrowed.serving().unwrap().builds,
+        Some(Builds::Credentials {
+            platform: Platform::Imds,
+            assume_role: Some(AssumeRole {
+                role: ROLE.into(),
+                region: "eu-west-1".into()
+            })
+        })
+    );
+}
