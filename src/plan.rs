@@ -298,6 +298,46 @@ pub enum ServeError {
     },
 }
 
+/// Whether a config file's `[[listener]]` table settles its identity: `process` when it takes
+/// the helper's (`identity = "process"` or a named one), `own_keys` the identity keys of its
+/// own it sets (`token_file`, `role_arn`, `mock`), `secrets` when it declares any. The
+/// environment's identity never reaches a listener that did not ask for it.
+pub fn table_identity(
+    process: bool,
+    own_keys: &[&str],
+    secrets: bool,
+) -> Result<(), TableIdentity> {
+    match (process, own_keys.is_empty()) {
+        (true, false) => Err(TableIdentity::Two {
+            keys: own_keys.join(" and "),
+        }),
+        (false, true) if !secrets => Err(TableIdentity::None),
+        _ => Ok(()),
+    }
+}
+
+/// A `[[listener]]` table whose identity would be a guess.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TableIdentity {
+    /// It names no identity and declares no secret.
+    #[error(
+        "this listener names no identity, and a listener never takes the helper's own \
+         silently: write identity = \"process\" to serve the helper's (AWS_WEB_IDENTITY_TOKEN_FILE \
+         and AWS_ROLE_ARN, or IRSA_SECRETS_MOCK), token_file and role_arn (or mock = true) to \
+         serve one of its own, or only secret = [...] declarations to serve just those"
+    )]
+    None,
+    /// It both opts into the helper's identity and names one of its own.
+    #[error(
+        "identity = \"process\" and {keys} each name an identity: keep identity = \"process\" \
+         for the helper's own, or drop it to serve this listener's own"
+    )]
+    Two {
+        /// The listener's own identity keys.
+        keys: String,
+    },
+}
+
 /// What one `proxy` listener asks for.
 #[derive(Debug, Clone, Default)]
 pub struct ListenerAsked {

@@ -462,3 +462,28 @@ fn the_plan_carries_the_region_the_role_and_serve_identity() {
         })
     );
 }
+
+/// A config table's identity: `identity = "process"` (or a named one), its own keys, or only
+/// secrets; none of these, or the process's with its own, is refused.
+#[test]
+fn a_config_table_settles_its_identity() {
+    #[rustfmt::skip]
+    let rows: &[(bool, Ids, bool, Result<(), TableIdentity>)] = &[
+        // process  own keys                 secrets  verdict
+        (true,  &[],                         false, Ok(())),
+        (true,  &[],                         true,  Ok(())),
+        (false, &["token_file", "role_arn"], false, Ok(())),
+        (false, &["mock"],                   true,  Ok(())),
+        (false, &[],                         true,  Ok(())),
+        (false, &[],                         false, Err(TableIdentity::None)),
+        (true,  &["mock"],                   false, Err(TableIdentity::Two { keys: "mock".into() })),
+        (true,  &["token_file", "role_arn"], true,  Err(TableIdentity::Two { keys: "token_file and role_arn".into() })),
+    ];
+    for (process, keys, secrets, want) in rows {
+        assert_eq!(
+            &table_identity(*process, keys, *secrets),
+            want,
+            "{process} {keys:?} {secrets}"
+        );
+    }
+}
