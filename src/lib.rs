@@ -5,6 +5,7 @@
 //! One folder per layer; each uses only the layers below it (`tests/it/layers.rs` checks):
 //!
 //! - [`cli`]: flags, the config file and logging set-up; wires the layers below together.
+//! - [`plan`]: what the flags and the config file ask for, decided and checked without I/O.
 //! - [`front`]: accepts build clients on the helper's socket (socket, gate, accept loop), the
 //!   Docker and BuildKit front doors, and dialing the daemon.
 //! - [`session`]: joins one build session: where GetSecret is answered and every other call
@@ -27,6 +28,7 @@ pub mod bound;
 pub mod cli;
 pub mod front;
 pub mod observe;
+pub mod plan;
 pub mod provider;
 pub mod scan;
 pub mod secret;

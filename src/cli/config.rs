@@ -31,8 +31,11 @@ use std::path::{Path, PathBuf};
 
 use clap::error::{ContextKind, ContextValue};
 use clap::parser::ValueSource;
-use clap::{ArgAction, ArgMatches, Command, FromArgMatches};
+use clap::{ArgAction, ArgMatches, Command, FromArgMatches, ValueEnum};
 use toml::Value;
+
+use crate::plan::{self, TableIdentity};
+use crate::source::identity::Identity;
 
 /// The `[[listener]]` key that opts a listener into the process's identity (on the command
 /// line the one listener is the process's): `"process"` for whichever `--identity` settles on,
@@ -40,15 +43,6 @@ use toml::Value;
 const IDENTITY_KEY: &str = "identity";
 /// The value of [`IDENTITY_KEY`] that takes the process's identity as `--identity` finds it.
 const PROCESS: &str = "process";
-/// The identities [`IDENTITY_KEY`] may name.
-const NAMED_IDENTITIES: [&str; 6] = [
-    "irsa",
-    "pod-identity",
-    "container",
-    "imds",
-    "github-oidc",
-    "mock",
-];
 /// The `--identity` flag, which a listener that did not opt in gets as `own`: only its own keys.
 const IDENTITY_CHOICE_FLAG: &str = "identity";
 /// How `identity = "process"` travels among a table's flags, to be taken out before clap sees
@@ -145,23 +139,9 @@ pub enum Problem {
     /// The value parsed but the setting refused it (the flag's own check).
     #[error("{0}")]
     Invalid(String),
-    /// A listener names no identity, so which one it serves would be a guess.
-    #[error(
-        "this listener names no identity, and a listener never takes the helper's own \
-         silently: write identity = \"process\" to serve the helper's (AWS_WEB_IDENTITY_TOKEN_FILE \
-         and AWS_ROLE_ARN, or IRSA_SECRETS_MOCK), token_file and role_arn (or mock = true) to \
-         serve one of its own, or only secret = [...] declarations to serve just those"
-    )]
-    NoIdentity,
-    /// A listener both opts into the process's identity and names one of its own.
-    #[error(
-        "identity = \"process\" and {keys} each name an identity: keep identity = \"process\" \
-         for the helper's own, or drop it to serve this listener's own"
-    )]
-    TwoIdentities {
-        /// The listener's own identity keys.
-        keys: String,
-    },
+    /// The table's identity keys do not settle which identity it serves.
+    #[error(transparent)]
+    Identity(#[from] TableIdentity),
 }
 
 /// What a key takes, from its flag's action.
@@ -286,13 +266,7 @@ impl Schema {
             let secrets = ids_of(&command, &[SECRET_FLAG])
                 .iter()
                 .any(|(id, _)| given(&matches, id));
-            if process && !named.is_empty() {
-                let keys = named.join(" and ");
-                return Err(fail(Problem::TwoIdentities { keys }));
-            }
-            if !process && named.is_empty() && !secrets {
-                return Err(fail(Problem::NoIdentity));
-            }
+            plan::table_identity(process, &named, secrets).map_err(|e| fail(e.into()))?;
         }
         T::from_arg_matches(&matches).map_err(|e| fail(Problem::Invalid(in_file_terms(&e))))
     }
@@ -421,7 +395,7 @@ fn identity(value: &Value, out: &mut Vec<String>) -> Result<(), Problem> {
             out.push(PROCESS_IDENTITY_FLAG.into());
             Ok(())
         }
-        Value::String(s) if NAMED_IDENTITIES.contains(&s.as_str()) => {
+        Value::String(s) if Identity::from_str(s, false).is_ok() => {
             out.extend([
                 PROCESS_IDENTITY_FLAG.into(),
                 format!("--{IDENTITY_CHOICE_FLAG}"),
@@ -433,7 +407,11 @@ fn identity(value: &Value, out: &mut Vec<String>) -> Result<(), Problem> {
             "`{IDENTITY_KEY}` takes \"{PROCESS}\" (serve the helper's own identity) or one of \
              {}; for one of this listener's own, set token_file and role_arn (or mock = true) \
              instead",
-            NAMED_IDENTITIES.map(|n| format!("\"{n}\"")).join(", ")
+            Identity::value_variants()
+                .iter()
+                .map(|i| format!("\"{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         ))),
     }
 }

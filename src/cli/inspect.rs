@@ -5,12 +5,13 @@ use std::time::SystemTime;
 
 use clap::Args;
 
+use super::assemble::{asked, credential_source, secret_sources};
 use super::sts::StsArgs;
-use super::{IdentityArgs, IdentityChoice, RegionArgs, SecretArgs, WebTokenArgs, NO_IDENTITY_HINT};
+use super::{ChoiceArgs, IdentityArgs, RegionArgs, SecretArgs, WebTokenArgs};
+use crate::plan::{Asked, NO_IDENTITY_HINT};
 use crate::source::identity::{Identity, NoIdentity};
 use crate::source::irsa::{check_role_arn, check_token_file, read_token, token_hint};
 use crate::source::jwt::{self, Checked};
-use crate::source::platform::Platform;
 use crate::source::static_secret::Origin;
 use crate::source::IdentityIds;
 use crate::source::Source;
@@ -47,6 +48,7 @@ pub struct TokenArgs {
     mut_arg("sts", |a| a
         .help("Also exchange the token with STS once, as `serve --sts` would, and show the assumed role and expiry (never the keys)")
         .long_help(None::<&str>)),
+    mut_arg("choice", |a| a.help("Which identity to check (as for `serve`)")),
 )]
 pub struct DoctorArgs {
     #[command(flatten)]
@@ -61,20 +63,30 @@ pub struct DoctorArgs {
     #[command(flatten)]
     pub sts: StsArgs,
 
-    /// Which identity to check (as for `serve`).
-    #[arg(long = "identity", value_enum, default_value_t = IdentityChoice::Auto, env = "IRSA_SECRETS_IDENTITY", value_name = "IDENTITY")]
-    pub choice: IdentityChoice,
+    #[command(flatten)]
+    pub choice: ChoiceArgs,
+}
+
+impl DoctorArgs {
+    /// What these flags ask for, as the plan reads it.
+    fn asked(&self) -> Asked {
+        asked(
+            &self.identity,
+            self.choice.choice,
+            &self.sts,
+            &self.region,
+            &self.secrets,
+        )
+    }
 }
 
 /// Checks a credential identity or GitHub's token by asking for it once: credentials show
 /// their principal and expiry, a token its lifetime and subject, never a value.
 async fn platform_check(args: &DoctorArgs, identity: Identity, r: &mut Report) {
     let region = args.region.region.clone();
-    let platform = match identity {
-        Identity::PodIdentity => Platform::PodIdentity,
-        Identity::Container => Platform::Container,
-        Identity::Imds => Platform::Imds,
-        _ => {
+    let platform = match identity.platform() {
+        Some(platform) => platform,
+        None => {
             let checked = match args
                 .identity
                 .web_identity(true, IdentityIds::default(), region)
@@ -94,13 +106,20 @@ async fn platform_check(args: &DoctorArgs, identity: Identity, r: &mut Report) {
         }
     };
     let served = region.map(|r| (String::new(), r));
-    let credentials = match super::credential_source(
-        platform,
-        &args.sts,
-        args.identity.token.expiry_margin,
-        served,
-        None,
-    ) {
+    let credentials = match args
+        .asked()
+        .narrowing()
+        .map_err(anyhow::Error::from)
+        .and_then(|narrowing| {
+            credential_source(
+                platform,
+                narrowing.as_ref(),
+                &args.sts,
+                args.identity.token.expiry_margin,
+                served,
+                None,
+            )
+        }) {
         Ok(c) => c,
         Err(e) => {
             return r.fail(
@@ -139,12 +158,16 @@ async fn sts_check(args: &DoctorArgs, r: &mut Report) {
         println!("skip  the STS exchange (fix the identity first)");
         return;
     }
-    let region = args.region.region.clone();
-    let no_region = region.is_none();
-    let sts = match args
-        .sts
-        .source(&args.identity, false, &IdentityIds::default(), region)
-    {
+    let no_region = args.region.region.is_none();
+    let asked = args.asked();
+    let identity = asked.choose().map_or(Identity::Irsa, |c| c.identity);
+    let sts = match asked
+        .exchange(identity)
+        .map_err(anyhow::Error::from)
+        .and_then(|region| {
+            args.sts
+                .source(&args.identity, false, &IdentityIds::default(), &region)
+        }) {
         Ok(sts) => sts,
         Err(e) => {
             let fix = if args.identity.token.mock {
@@ -232,13 +255,8 @@ fn print_claims(source: &str, c: &Checked) {
 /// Reads each `aws-sm` and `aws-ssm` secret once with the helper's own credentials, as `serve`
 /// would, and shows its size and SHA-256 (as `probe` does), never the value.
 async fn aws_secrets_check(args: &DoctorArgs, r: &mut Report) {
-    let declared: Vec<_> = args
-        .secrets
-        .secrets
-        .iter()
-        .filter(|s| matches!(s.origin, Origin::Aws(_)))
-        .cloned()
-        .collect();
+    let asked = args.asked();
+    let (_, declared) = asked.declared();
     if declared.is_empty() {
         return;
     }
@@ -247,7 +265,7 @@ async fn aws_secrets_check(args: &DoctorArgs, r: &mut Report) {
     let aws =
         match args
             .identity
-            .own_aws(args.choice, args.region.region.as_deref(), &args.sts)
+            .own_aws(asked.own(), args.region.region.as_deref(), &args.sts)
         {
             Ok(Some(aws)) => aws,
             Ok(None) => return r.fail(
@@ -257,7 +275,7 @@ async fn aws_secrets_check(args: &DoctorArgs, r: &mut Report) {
             ),
             Err(e) => return r.fail(&format!("{e:#}"), fix),
         };
-    let sources = match (SecretArgs { secrets: declared }).sources(Some(&aws)) {
+    let sources = match secret_sources(&[], &declared, Some(&aws)) {
         Ok(sources) => sources,
         Err(e) => return r.fail(&format!("{e:#}"), fix),
     };
@@ -307,7 +325,7 @@ const LAPTOP_FIX: &str = "on a laptop, run `irsa-secrets mock write ~/.irsa/iden
 pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let id = &args.identity;
     let mut r = Report { problems: 0 };
-    let choice = id.choose(args.choice);
+    let choice = args.asked().choose();
     // IRSA's own checks below name the IRSA setting that is missing; any other identity asked
     // for and incomplete, or none at all, gets the fix of every identity the helper serves.
     let irsa_started = id.token.token_file.is_some() || id.role_arn.is_some();
@@ -318,12 +336,11 @@ pub(super) async fn doctor(args: DoctorArgs) -> anyhow::Result<ExitCode> {
         }
         _ => None,
     };
-    let chosen = choice.ok().filter(|c| {
-        matches!(
-            c.identity,
-            Identity::PodIdentity | Identity::Container | Identity::Imds | Identity::GithubOidc
-        )
-    });
+    // Credentials and GitHub's token are checked by asking for them once; IRSA's settings and
+    // the mock below, one by one.
+    let chosen = choice
+        .ok()
+        .filter(|c| c.identity.platform().is_some() || c.identity == Identity::GithubOidc);
     if let Some(c) = &chosen {
         r.ok(&format!("identity {} ({})", c.identity, c.because));
         platform_check(&args, c.identity, &mut r).await;

@@ -1,7 +1,6 @@
 //! `irsa-secrets proxy`: one or more listeners in front of daemons, with the audit trail and
 //! the metrics endpoint shared between them.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,14 +14,15 @@ use super::serve::SocketArgs;
 use super::signals::Signals;
 use super::{RuntimeArgs, ServedArgs};
 use crate::cli::config::{Schema, Section};
-use crate::front::socket;
-use crate::front::{limits, Daemon, Gate, Limits, Upstream};
+use crate::front::socket::{self, SocketOptions};
+use crate::front::{limits, Daemon, Gate, Limits, Upstream, UpstreamKind};
 use crate::observe::audit::Audit;
 use crate::observe::metrics::Metrics;
 use crate::observe::ready::Checks;
+use crate::plan::{Listener, ListenerAsked, Plan};
 use crate::provider::{Provider, Registries};
 use crate::source::aws::Aws;
-use crate::source::ecr::{Hosts, Passwords};
+use crate::source::ecr::Passwords;
 use crate::wire::tls::TlsFiles;
 
 /// Flags of `proxy`.
@@ -222,27 +222,6 @@ impl From<TlsArgs> for TlsFiles {
     }
 }
 
-/// What kind of daemon the upstream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum UpstreamKind {
-    /// Find out by asking `GET /_ping` (dockerd answers it; buildkitd speaks only HTTP/2).
-    Auto,
-    /// The Docker Engine API (dockerd, Docker-in-Docker).
-    Docker,
-    /// BuildKit's gRPC API (buildkitd).
-    Buildkit,
-}
-
-impl From<UpstreamKind> for crate::front::UpstreamKind {
-    fn from(k: UpstreamKind) -> Self {
-        match k {
-            UpstreamKind::Auto => Self::Auto,
-            UpstreamKind::Docker => Self::Docker,
-            UpstreamKind::Buildkit => Self::Buildkit,
-        }
-    }
-}
-
 /// Parses one `[[listener]]` table's flags.
 #[derive(Debug, Parser)]
 #[command(name = "listener", no_binary_name = true)]
@@ -272,7 +251,8 @@ struct Ready {
 pub(super) async fn run(args: ProxyArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let signals = Signals::install()?;
     let settings = load(args, matches)?;
-    let prepared = prepare_all(settings).await?;
+    let plan = Plan::new(settings.listeners.iter().map(ListenerArgs::asked).collect())?;
+    let prepared = prepare_all(settings, plan).await?;
     spawn(prepared, signals).await
 }
 
@@ -356,10 +336,10 @@ struct Prepared {
 }
 
 /// Settles the limits (saying before any socket is bound when the cap exceeds the descriptor
-/// limit), opens the audit trail, builds each listener's provider and daemon, binds the
-/// sockets (each waiting up to the shutdown timeout for a helper being stopped on its path to
-/// leave).
-async fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
+/// limit), opens the audit trail, builds each listener of `plan` (its provider and daemon),
+/// and only then binds the sockets (each waiting up to the shutdown timeout for a helper being
+/// stopped on its path to leave): a listener that cannot be built leaves no socket behind.
+async fn prepare_all(settings: Settings, plan: Plan) -> anyhow::Result<Prepared> {
     let Settings { global, listeners } = settings;
     let limits = global.limits();
     let audit = match &global.audit_log {
@@ -369,16 +349,21 @@ async fn prepare_all(settings: Settings) -> anyhow::Result<Prepared> {
         None => Audit::default(),
     };
     let metrics = Metrics::default();
-    let mut names = BTreeSet::new();
+    let mut built = Vec::new();
+    for (args, listener) in listeners.into_iter().zip(plan.listeners) {
+        built.push(build(args, listener, &audit, &metrics)?);
+    }
     let mut ready = Vec::new();
-    for l in listeners {
-        if !names.insert(l.name.clone()) {
-            anyhow::bail!(
-                "two listeners are named {:?}; give each a distinct name",
-                l.name
-            );
-        }
-        ready.push(prepare(l, &audit, &metrics, limits.shutdown_timeout).await?);
+    for built in built {
+        let bound = socket::bind(&built.socket, &built.options, limits.shutdown_timeout)
+            .await
+            .map_err(|e| anyhow::anyhow!("listener {}: {e}", built.provider.listener()))?;
+        ready.push(Ready {
+            bound,
+            daemon: built.daemon,
+            provider: built.provider,
+            gate: built.gate,
+        });
     }
     Ok(Prepared {
         global,
@@ -474,52 +459,67 @@ fn readiness(ready: &[Ready]) -> Checks {
     checks
 }
 
-async fn prepare(
+/// A listener built, its socket not yet bound.
+struct Built {
+    socket: PathBuf,
+    options: SocketOptions,
+    daemon: Daemon,
+    provider: Provider,
+    gate: Gate,
+}
+
+/// Builds the parts of `listener` from its flags `l`: the sources, the helper's own AWS
+/// access, the registry answers, TLS to the daemon and the options its socket takes.
+fn build(
     l: ListenerArgs,
+    listener: Listener,
     audit: &Audit,
     metrics: &Metrics,
-    wait: Duration,
-) -> anyhow::Result<Ready> {
-    let context = |e: String| anyhow::anyhow!("listener {}: {e}", l.name);
-    let aws = l.served.own_aws().map_err(|e| context(format!("{e:#}")))?;
-    let listen = l
-        .listen
-        .as_deref()
-        .ok_or_else(|| context("--listen unix:///PATH is required".into()))?;
-    let allowed = (!l.allow_ids.is_empty()).then(|| l.allow_ids.iter().cloned().collect());
-    let provider = Provider::new(
-        l.served
-            .sources(aws.as_ref())
-            .map_err(|e| context(format!("{e:#}")))?,
-    )
-    .with_policy(&l.name, allowed)
-    .with_registries(registries(&l, aws).map_err(context)?)
-    .with_observers(audit.clone(), metrics.clone());
+) -> anyhow::Result<Built> {
+    let context = |e: String| anyhow::anyhow!("listener {}: {e}", listener.name);
+    let serving = &listener.serving;
+    let aws = l
+        .served
+        .own_aws(serving)
+        .map_err(|e| context(format!("{e:#}")))?;
+    let sources = l
+        .served
+        .sources(serving, aws.as_ref())
+        .map_err(|e| context(format!("{e:#}")))?;
     let tls = TlsFiles::from(l.tls)
         .load(l.upstream.host())
         .map_err(|e| context(e.to_string()))?;
-    let path = socket::parse_unix_address(listen).map_err(|e| context(e.to_string()))?;
-    let bound = socket::bind(&path, &l.socket.options(), wait)
-        .await
-        .map_err(|e| context(e.to_string()))?;
-    Ok(Ready {
-        bound,
-        daemon: Daemon::new(l.upstream, tls, l.upstream_kind.into()),
+    let provider = Provider::new(sources)
+        .with_policy(&listener.name, listener.allowed_ids.clone())
+        .with_registries(registries(&listener, aws))
+        .with_observers(audit.clone(), metrics.clone());
+    Ok(Built {
+        socket: listener.socket,
+        options: l.socket.options(),
+        daemon: Daemon::new(l.upstream, tls, l.upstream_kind),
         provider,
         gate: Gate::new(l.allow_uids, l.allow_gids, l.max_sessions),
     })
 }
 
+impl ListenerArgs {
+    /// What this listener asks for, as the plan reads it.
+    fn asked(&self) -> ListenerAsked {
+        ListenerAsked {
+            name: self.name.clone(),
+            listen: self.listen.clone(),
+            asked: self.served.asked(),
+            ecr_aliases: self.ecr_aliases.clone(),
+            allow_ids: self.allow_ids.clone(),
+            allow_registries: self.allow_registries.clone(),
+        }
+    }
+}
+
 /// The listener's registry credentials: ECR's hosts and the aliases, answered with the
-/// helper's own AWS access when it has one, limited by `allow_registry` (and to none on a
-/// listener with `allow_id` that does not name them).
-fn registries(l: &ListenerArgs, aws: Option<Aws>) -> Result<Registries, String> {
-    let hosts = Hosts::new(&l.ecr_aliases).map_err(|e| e.to_string())?;
-    let allowed: Option<BTreeSet<String>> = if !l.allow_registries.is_empty() {
-        Some(l.allow_registries.iter().cloned().collect())
-    } else {
-        (!l.allow_ids.is_empty()).then(BTreeSet::new)
-    };
+/// helper's own AWS access when it has one, for the registries the plan allows.
+fn registries(l: &Listener, aws: Option<Aws>) -> Registries {
+    let allowed = l.allowed_registries.clone();
     let listener = &l.name;
     match (&aws, &allowed) {
         (None, _) => tracing::info!(
@@ -533,7 +533,7 @@ fn registries(l: &ListenerArgs, aws: Option<Aws>) -> Result<Registries, String> 
              allow_registry names the hosts)"
         ),
         (Some(aws), _) => {
-            let aliases: Vec<String> = hosts.aliases().map(|(h, r)| format!("{h}={r}")).collect();
+            let aliases: Vec<String> = l.hosts.aliases().map(|(h, r)| format!("{h}={r}")).collect();
             tracing::info!(
                 listener,
                 identity = aws.identity(),
@@ -543,11 +543,7 @@ fn registries(l: &ListenerArgs, aws: Option<Aws>) -> Result<Registries, String> 
             );
         }
     }
-    Ok(Registries::new(
-        hosts,
-        aws.map(Passwords::from_aws),
-        allowed,
-    ))
+    Registries::new(l.hosts.clone(), aws.map(Passwords::from_aws), allowed)
 }
 
 #[cfg(test)]

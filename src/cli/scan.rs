@@ -7,13 +7,121 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Parser};
 
-use super::SearchArgs;
+use super::assemble::{asked, secret_sources};
+use super::sts::StsArgs;
+use super::{IdentityArgs, IdsArgs, RegionArgs, SecretArgs};
+use crate::plan::{fetchable, Asked};
 use crate::scan::ignore::Ignore;
 use crate::scan::report;
 use crate::scan::{docker, ImageLimits, Needles, Options, Progress, Report};
+use crate::source::identity::Choice;
+use crate::source::static_secret::Origin;
 use crate::source::Source;
+
+/// What `scan` looks for: the values the helper would serve with the same flags. The STS
+/// flags are left out (fresh credentials cannot be in an image, and the generic detectors find
+/// STS keys of any origin), and so is the region (no credential, and in every AWS SDK); the
+/// expiry margin and the region's id, which change nothing here, are hidden.
+#[derive(Debug, Clone, Args)]
+#[command(
+    mut_arg("mock", |a| a
+        .help("Look for the mock identity's values instead of IRSA's")
+        .long_help(None::<&str>)),
+    mut_arg("token_file", |a| a
+        .help("Look for the token in this file (the projected service-account token)")
+        .long_help(None::<&str>)),
+    mut_arg("role_arn", |a| a.help("Look for this IAM role ARN")),
+    mut_arg("audience", |a| a.help("The audience the token in --token-file must carry")),
+    mut_arg("expiry_margin", |a| a.hide(true)),
+    mut_arg("token_id", |a| a.help("The id a token finding is reported under")),
+    mut_arg("role_arn_id", |a| a.help("The id a role ARN finding is reported under")),
+    mut_arg("region_id", |a| a.hide(true)),
+    mut_arg("secrets", |a| a
+        .help("Also look for this secret, declared as for `serve`: id=ID,src=FILE, id=ID,env=VAR or id=ID,type=aws-sm|aws-ssm,name=NAME (repeatable)")
+        .long_help(None::<&str>)),
+    mut_arg("region", |a| a.help("The region of aws-sm and aws-ssm secrets not named by ARN")),
+)]
+pub struct SearchArgs {
+    /// The token and the role.
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    /// The ids the identity is served under.
+    #[command(flatten)]
+    pub ids: IdsArgs,
+
+    /// The `--secret` declarations.
+    #[command(flatten)]
+    pub secrets: SecretArgs,
+
+    /// The region of the AWS declarations.
+    #[command(flatten)]
+    pub region: RegionArgs,
+}
+
+impl SearchArgs {
+    /// True when an identity (IRSA or mock) is configured at all.
+    pub fn has_identity(&self) -> bool {
+        self.identity.has_identity()
+    }
+
+    /// The raw identity, as a source (without the region, which is no credential).
+    pub fn identity_source(&self) -> anyhow::Result<Arc<dyn Source>> {
+        self.identity.source(self.ids.ids(), None)
+    }
+
+    /// The `--secret` declarations of files and variables, as sources.
+    pub fn local_sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let (local, _) = self.asked(false)?.declared();
+        secret_sources(&local, &[], None)
+    }
+
+    /// The `aws-sm` and `aws-ssm` declarations, as sources fetching with the helper's own
+    /// access as `serve` would have it with these flags (the STS settings from their variables
+    /// or defaults, the region from `--region`).
+    pub fn aws_sources(&self) -> anyhow::Result<Vec<Arc<dyn Source>>> {
+        let (asked, sts) = (self.asked(true)?, default_sts()?);
+        let (_, remote) = asked.declared();
+        if remote.is_empty() {
+            return Ok(Vec::new());
+        }
+        let own = asked.own();
+        fetchable(own, &remote)?;
+        let aws = self
+            .identity
+            .own_aws(own, self.region.region.as_deref(), &sts)?;
+        secret_sources(&[], &remote, aws.as_ref())
+    }
+
+    /// What these flags ask for with `serve`'s defaults, with the declarations of AWS values
+    /// (`aws`) or of the others.
+    fn asked(&self, aws: bool) -> anyhow::Result<Asked> {
+        let mut secrets = self.secrets.clone();
+        secrets
+            .secrets
+            .retain(|s| matches!(s.origin, Origin::Aws(_)) == aws);
+        Ok(asked(
+            &self.identity,
+            Choice::Auto,
+            &default_sts()?,
+            &self.region,
+            &secrets,
+        ))
+    }
+}
+
+/// The STS settings from their variables or defaults: `scan` has no STS flags.
+fn default_sts() -> anyhow::Result<StsArgs> {
+    #[derive(Parser)]
+    #[command(no_binary_name = true)]
+    struct Defaults {
+        #[command(flatten)]
+        sts: StsArgs,
+    }
+    Ok(Defaults::try_parse_from(std::iter::empty::<String>())?.sts)
+}
 
 /// Flags of `scan`.
 #[derive(Debug, Args)]

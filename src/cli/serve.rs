@@ -58,8 +58,9 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 
 pub(super) async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let signals = Signals::install()?;
-    let aws = args.served.own_aws()?;
-    let provider = Provider::new(args.served.sources(aws.as_ref())?);
+    let serving = args.served.asked().serving()?;
+    let aws = args.served.own_aws(&serving)?;
+    let provider = Provider::new(args.served.sources(&serving, aws.as_ref())?);
     let path = socket::parse_unix_address(&args.listen).map_err(anyhow::Error::msg)?;
     let bound = socket::bind(&path, &args.socket.options(), DEFAULT_SHUTDOWN_TIMEOUT)
         .await

@@ -72,29 +72,18 @@ impl StsArgs {
         identity: &IdentityArgs,
         github: bool,
         ids: &IdentityIds,
-        region: Option<String>,
+        region: &str,
     ) -> anyhow::Result<Credentials> {
-        if identity.token.mock {
-            anyhow::bail!(
-                "--sts exchanges the real IRSA token and --mock has none STS would accept: drop \
-                 --mock and point --token-file and --role-arn at an identity"
-            );
-        }
-        let web = identity.web_identity(github, ids.clone(), region.clone())?;
-        let Some(region) = region else {
-            anyhow::bail!(
-                "--sts needs a region for STS's regional endpoint: set AWS_REGION or pass --region"
-            );
-        };
+        let web = identity.web_identity(github, ids.clone(), Some(region.to_string()))?;
         let role_arn = identity.role_arn.as_deref().unwrap_or_default();
         Ok(Credentials::new(
             WebIdentity::new(
                 web,
                 self.scope(role_arn)?,
-                Exchange::new(&region, self.sts_endpoint.as_deref()),
+                Exchange::new(region, self.sts_endpoint.as_deref()),
             ),
             identity.token.expiry_margin,
-            Some((ids.region.clone(), region)),
+            Some((ids.region.clone(), region.to_string())),
         ))
     }
 

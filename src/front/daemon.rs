@@ -209,8 +209,8 @@ fn seconds(d: Duration) -> humantime::FormattedDuration {
 /// The path of dockerd's BuildKit gRPC upgrade.
 const GRPC_PATH: &str = "/grpc";
 
-/// What kind of daemon the upstream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What kind of daemon the upstream is (the variants' lines are `--upstream-kind`'s help).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UpstreamKind {
     /// Find out by asking `GET /_ping` (dockerd answers it; buildkitd speaks only HTTP/2).
     Auto,

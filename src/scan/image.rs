@@ -41,7 +41,7 @@ pub struct Blob {
 
 /// Everything an image holds, in the order it is searched.
 #[derive(Default)]
-pub struct Plan {
+pub struct Contents {
     /// Indexes, manifests and configs.
     pub docs: Vec<Doc>,
     /// Layers and other blobs.
@@ -59,11 +59,11 @@ struct DockerManifest {
 }
 
 /// Lists an image's documents and blobs, verifying the documents.
-pub fn plan(store: &Store, name: &str, limits: &ImageLimits) -> Result<Plan, ScanError> {
+pub fn contents(store: &Store, name: &str, limits: &ImageLimits) -> Result<Contents, ScanError> {
     let mut walk = Walk {
         store,
         limits,
-        plan: Plan::default(),
+        contents: Contents::default(),
         seen: HashSet::new(),
     };
     if store.exists("index.json") {
@@ -83,19 +83,19 @@ pub fn plan(store: &Store, name: &str, limits: &ImageLimits) -> Result<Plan, Sca
                 .into(),
         });
     }
-    Ok(walk.plan)
+    Ok(walk.contents)
 }
 
 struct Walk<'a> {
     store: &'a Store,
     limits: &'a ImageLimits,
-    plan: Plan,
+    contents: Contents,
     seen: HashSet<String>,
 }
 
 impl Walk<'_> {
     fn doc(&mut self, name: String, kind: &'static str, bytes: Vec<u8>) {
-        self.plan.docs.push(Doc { name, kind, bytes });
+        self.contents.docs.push(Doc { name, kind, bytes });
     }
 
     /// Follows a descriptor (`field` names it in errors); `optional` ones (an index's children)
@@ -124,7 +124,7 @@ impl Walk<'_> {
                     format!(" ({}/{})", word(&os), word(&arch))
                 })
                 .unwrap_or_default();
-            self.plan
+            self.contents
                 .notes
                 .push(format!("{digest}{platform} is not in the archive: skipped"));
             return Ok(());
@@ -136,7 +136,7 @@ impl Walk<'_> {
         } else if media_type.contains("manifest") {
             "manifest"
         } else {
-            self.plan.blobs.push(Blob {
+            self.contents.blobs.push(Blob {
                 digest,
                 size: desc.size(),
                 tar: media_type.contains(".tar"),
@@ -198,7 +198,7 @@ impl Walk<'_> {
             let bytes = match &hex {
                 Some(hex) => self.verified(&section, hex, &label)?,
                 None => {
-                    self.plan.notes.push(format!(
+                    self.contents.notes.push(format!(
                         "the config {label} names is not named after its digest: not verified"
                     ));
                     section.read_all(self.limits.max_json_bytes, &label)?
@@ -237,7 +237,7 @@ impl Walk<'_> {
                     continue;
                 }
                 let section = self.store.section(layer, &label)?;
-                self.plan.blobs.push(Blob {
+                self.contents.blobs.push(Blob {
                     digest,
                     size: section.len(),
                     media_type: "application/vnd.docker.image.rootfs.diff.tar".into(),

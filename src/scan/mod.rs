@@ -370,9 +370,9 @@ fn scan_store(
 ) -> Result<Report, ScanError> {
     let (limits, progress) = (&options.limits, options.progress);
     let (matcher, mut notes) = matcher::Matcher::new(needles);
-    let plan = image::plan(store, &name, limits)?;
-    notes.extend(plan.notes);
-    let total = plan.blobs.iter().map(|b| b.size).sum();
+    let contents = image::contents(store, &name, limits)?;
+    notes.extend(contents.notes);
+    let total = contents.blobs.iter().map(|b| b.size).sum();
     if let Some(p) = progress {
         p.total.store(total, Ordering::Relaxed);
     }
@@ -380,7 +380,7 @@ fn scan_store(
         report: Report {
             image: name,
             notes,
-            blobs: plan.docs.len() + plan.blobs.len(),
+            blobs: contents.docs.len() + contents.blobs.len(),
             bytes: total,
             ..Report::default()
         },
@@ -388,10 +388,10 @@ fn scan_store(
         used: Default::default(),
         max: limits.max_findings,
     };
-    for doc in &plan.docs {
+    for doc in &contents.docs {
         search_document(&doc.bytes, &doc.name, doc.kind, &matcher, &mut findings);
     }
-    for blob in &plan.blobs {
+    for blob in &contents.blobs {
         // Small JSON blobs (attestations) are searched field by field, after their digest check.
         let json =
             !blob.tar && blob.media_type.contains("json") && blob.size <= limits.max_json_bytes;

@@ -7,24 +7,66 @@ use std::fmt;
 
 use crate::source::platform::Platform;
 
-/// An identity the helper can serve.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// An identity the helper can serve. The variants' first lines are `--identity`'s help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Identity {
-    /// The projected service-account token and role ARN (`AWS_WEB_IDENTITY_TOKEN_FILE`,
-    /// `AWS_ROLE_ARN`).
+    /// AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN.
     Irsa,
-    /// The EKS Pod Identity agent (`AWS_CONTAINER_CREDENTIALS_FULL_URI` with
-    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`).
+    /// The EKS Pod Identity agent (AWS_CONTAINER_CREDENTIALS_FULL_URI and
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE).
     PodIdentity,
-    /// A container credentials endpoint: ECS task roles, CodeBuild, or a full URI with a token.
+    /// An ECS task role, CodeBuild's, or another container credentials endpoint.
     Container,
-    /// The EC2 instance role, from IMDSv2.
+    /// The EC2 instance role, IMDSv2 only (AWS_EC2_METADATA_SERVICE_ENDPOINT overrides where).
     Imds,
-    /// GitHub Actions' OIDC token (`ACTIONS_ID_TOKEN_REQUEST_URL`,
-    /// `ACTIONS_ID_TOKEN_REQUEST_TOKEN`) for `AWS_ROLE_ARN`.
+    /// GitHub Actions OIDC (the job needs `permissions: id-token: write`) for AWS_ROLE_ARN.
     GithubOidc,
-    /// The mock identity, for laptops and tests.
+    /// The mock identity (as --mock).
     Mock,
+}
+
+/// Which identity `--identity` asks for: one by name, the first present, or (in the config
+/// file) only what the listener's own keys name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Choice {
+    /// The first present (its help, below, says which).
+    #[default]
+    Auto,
+    /// This identity, whether or not another is present.
+    Named(Identity),
+    /// Only what the listener's own keys name (its help, below, says when).
+    Own,
+}
+
+impl clap::ValueEnum for Choice {
+    fn value_variants<'a>() -> &'a [Self] {
+        static ALL: std::sync::OnceLock<Vec<Choice>> = std::sync::OnceLock::new();
+        ALL.get_or_init(|| {
+            let named = Identity::value_variants()
+                .iter()
+                .copied()
+                .map(Choice::Named);
+            std::iter::once(Choice::Auto)
+                .chain(named)
+                .chain([Choice::Own])
+                .collect()
+        })
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        use clap::builder::PossibleValue;
+        Some(match self {
+            Choice::Auto => PossibleValue::new("auto").help(
+                "The first present of IRSA, the container endpoint (Pod Identity, ECS, \
+                 CodeBuild) and GitHub Actions OIDC; never the EC2 instance role",
+            ),
+            Choice::Named(identity) => return identity.to_possible_value(),
+            Choice::Own => PossibleValue::new("own").hide(true).help(
+                "Only what the listener's own keys name: how the config file marks a listener \
+                 that did not opt into the helper's identity",
+            ),
+        })
+    }
 }
 
 impl Identity {
@@ -181,6 +223,22 @@ pub fn choose(asked: Option<Identity>, present: &Present) -> Result<Chosen, NoId
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::ValueEnum;
+
+    /// The logs' names are the flag's: one spelling of each identity.
+    #[test]
+    fn names_are_the_flags_values() {
+        for identity in Identity::value_variants() {
+            let value = identity.to_possible_value().unwrap();
+            assert_eq!(value.get_name(), identity.name());
+            assert_eq!(
+                Choice::from_str(identity.name(), false),
+                Ok(Choice::Named(*identity))
+            );
+        }
+        assert_eq!(Choice::from_str("auto", false), Ok(Choice::Auto));
+        assert_eq!(Choice::from_str("own", false), Ok(Choice::Own));
+    }
 
     fn auto(present: Present) -> Result<Identity, NoIdentity> {
         choose(None, &present).map(|c| c.identity)

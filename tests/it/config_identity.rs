@@ -149,6 +149,51 @@ fn a_listener_that_names_no_identity_is_refused_with_how_to_write_it() {
     assert!(err.contains("a [[listener]] takes identity, "), "{err}");
 }
 
+/// Every listener is checked and built before any socket is bound: a config whose second
+/// listener cannot be served touches nothing on the first one's path. A stale socket left
+/// there by a helper that crashed stays as it is (a helper that bound the path first would
+/// have replaced it, then removed its own on the way out), and a free path stays free.
+#[test]
+fn an_invalid_second_listener_leaves_the_first_ones_path_untouched() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let env = Env::new(dir);
+    let first = dir.join("first.sock");
+    // A socket file with no process behind it, as a killed helper leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&first).unwrap());
+    let stale = std::fs::symlink_metadata(&first).unwrap().ino();
+    let seconds = [
+        // Refused by the plan: --sts has no token to exchange with the mock identity.
+        (
+            "mock = true\nsts = true\nregion = \"us-east-1\"",
+            "listener second: --sts exchanges the real IRSA token and --mock has none",
+        ),
+        // Refused while building: the CA file is not there.
+        (
+            "mock = true\ntlscacert = \"/nonexistent/ca.pem\"",
+            "listener second: ",
+        ),
+    ];
+    for (body, want) in seconds {
+        let text = [
+            listener(dir, "first", "mock = true"),
+            listener(dir, "free", "mock = true"),
+            listener(dir, "second", body),
+        ]
+        .concat();
+        let err = refused(dir, &text, &env);
+        assert!(err.contains(want), "{err}");
+        let now = std::fs::symlink_metadata(&first).map(|m| m.ino());
+        assert_eq!(
+            now.ok(),
+            Some(stale),
+            "the first listener's path was bound before the second was checked"
+        );
+        assert!(!dir.join("free.sock").exists());
+    }
+}
+
 #[test]
 fn listen_from_the_environment_does_not_conflict_with_config() {
     let tmp = tempfile::tempdir().unwrap();

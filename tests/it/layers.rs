@@ -1,4 +1,4 @@
-//! The layers point one way: `cli → front → session → provider → {source, observe} → secret`,
+//! The layers point one way: `cli → plan → front → session → provider → {source, observe} → secret`,
 //! with `wire` below `front` and `session` only, `scan` apart, and `bound` (bounds on what
 //! others choose) below everything. This reads every file under
 //! `src/` and fails on an import that points up or sideways (which is also what an import cycle
@@ -26,9 +26,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("scan", &["secret", "bound"]),
     (
+        "plan",
+        &["front", "provider", "source", "observe", "secret", "bound"],
+    ),
+    (
         "cli",
         &[
-            "front", "session", "provider", "source", "observe", "wire", "scan", "secret", "bound",
+            "plan", "front", "session", "provider", "source", "observe", "wire", "scan", "secret",
+            "bound",
         ],
     ),
 ];
