@@ -451,3 +451,34 @@ fn wraps(hay: &[u8], at: usize, class: &[bool; 256]) -> bool {
             .iter()
             .all(|b| class[usize::from(*b)])
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+
+    use super::*;
+
+    /// The shortest runs decoded are found wherever they lie against the samples: at every
+    /// offset across two blocks, and one after another (the search resumes past a run).
+    #[test]
+    fn the_shortest_runs_are_found_at_every_offset() {
+        let plain = b"0123456789abcdefgh";
+        let run = STANDARD_NO_PAD.encode(plain);
+        assert_eq!(run.len(), MIN_BASE64);
+        for at in 0..2 * SPAN {
+            let next = at + run.len() + 1 + at % STRIDE;
+            let mut hay = vec![b' '; 3 * SPAN];
+            for start in [at, next] {
+                hay[start..start + run.len()].copy_from_slice(run.as_bytes());
+            }
+            let mut found = Vec::new();
+            decode(&hay, 0, hay.len(), true, &mut |d| {
+                if d.span(d.context, 1).0 == next || d.span(d.context, 1).0 == at {
+                    found.push((d.span(d.context, 1).0, d.bytes[d.context..].to_vec()));
+                }
+            });
+            found.retain(|(_, bytes)| bytes == plain);
+            assert_eq!(found.len(), 2, "runs at {at} and {next}: {found:?}");
+        }
+    }
+}
