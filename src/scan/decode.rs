@@ -5,10 +5,13 @@
 //! [`decode`] and searches every decoding it gets back.
 //!
 //! Finding runs costs little where there are none (binaries, compressed data): only every
-//! [`STRIDE`]th byte is looked at, and a run is walked only where two samples in a row may
-//! belong to one; a run worth decoding is at least two strides long, so it always holds two.
-//! Each byte is then walked once (twice where a run's start is found from its middle), and
-//! each run is decoded once per window: no rescans.
+//! [`STRIDE`]th byte is looked at, and a run is walked only where two samples in a row and the
+//! bytes between them may belong to one; a run worth decoding is at least two strides long, so
+//! it always holds two. The samples are classed 64 at a time without a branch ([`Pairs`]): in
+//! random data a quarter of the bytes are run characters, and a branch on each sample, taken
+//! at random, would cost more than the look itself (scripts/bench-scan). Each byte is then
+//! walked once (twice where a run's start is found from its middle), and each run is decoded
+//! once per window: no rescans.
 //!
 //! Bounds: a run is decoded one window at a time (the matcher's read of about 1 MiB plus
 //! [`LOOKAHEAD`]), so the decoded bytes held never exceed about 800 KiB, however long the run (a
@@ -193,23 +196,11 @@ pub fn decode(
 ) {
     let limit = hay.len().min(end.saturating_add(LOOKAHEAD));
     // A run starting before `end` and long enough holds two samples before `end + 2 * STRIDE`.
-    let sample_to = hay.len().min(end + 2 * STRIDE);
+    let mut pairs = Pairs::new(hay, from, hay.len().min(end + 2 * STRIDE));
     let mut scratch = Scratch::default();
-    let mut at = from + STRIDE;
-    while at < sample_to {
-        let (before, here) = (hay[at - STRIDE], hay[at]);
-        if !SAMPLE[usize::from(here)] {
-            at += 2 * STRIDE;
-            continue;
-        }
-        let seed = match (BASE64[usize::from(before)], BASE64[usize::from(here)]) {
-            _ if !SAMPLE[usize::from(before)] => None,
-            (true, _) => Some(at - STRIDE),
-            (false, true) => Some(at),
-            (false, false) => None,
-        };
-        let Some(seed) = seed else {
-            at += STRIDE;
+    while let Some(at) = pairs.next() {
+        // Blank lines pass the test too: the run starts at a base64 character, if any.
+        let Some(seed) = (at..=at + STRIDE).find(|&i| BASE64[usize::from(hay[i])]) else {
             continue;
         };
         let (start, stop) = extent(hay, seed, limit, &BASE64);
@@ -234,7 +225,91 @@ pub fn decode(
                 i += 1;
             }
         }
-        at = stop + 1 + STRIDE;
+        pairs.skip_to(stop + 1);
+    }
+}
+
+/// Samples per block: one bit each in a `u64`.
+const BLOCK: usize = 64;
+/// Bytes from a block's first sample to its last.
+const SPAN: usize = (BLOCK - 1) * STRIDE + 1;
+
+/// The places a run may be, in order: samples `at` (every [`STRIDE`]th byte from a start)
+/// where `hay[at..=at + STRIDE]` are all [`SAMPLE`] bytes, as they are when both samples lie
+/// in one run. The samples of a block are classed without a branch, and only the pairs of
+/// sample hits have the bytes between them looked at: random data, where a quarter of the
+/// bytes are run characters, would otherwise mispredict a branch at every other sample.
+struct Pairs<'a> {
+    hay: &'a [u8],
+    /// Samples lie before this.
+    to: usize,
+    /// The block's first sample.
+    block: usize,
+    /// Bit `k`: samples `k` and `k + 1` of the block hit, and are still to be judged.
+    hits: u64,
+}
+
+impl<'a> Pairs<'a> {
+    fn new(hay: &'a [u8], from: usize, to: usize) -> Self {
+        let mut pairs = Pairs {
+            hay,
+            to,
+            block: from,
+            hits: 0,
+        };
+        pairs.sample();
+        pairs
+    }
+
+    /// Classes the samples of the block at `self.block`.
+    fn sample(&mut self) {
+        let bit = |k: usize, b: &u8| u64::from(SAMPLE[usize::from(*b)]) << k;
+        let samples = self.hay.get(self.block..self.to).unwrap_or_default();
+        let mask = match samples.first_chunk::<SPAN>() {
+            // A whole block: an array, so the loop unrolls without bounds checks.
+            Some(span) => (0..BLOCK).fold(0, |mask, k| mask | bit(k, &span[k * STRIDE])),
+            None => (samples.iter().step_by(STRIDE).enumerate())
+                .fold(0, |mask, (k, b)| mask | bit(k, b)),
+        };
+        self.hits = mask & (mask >> 1);
+    }
+
+    /// Passes over the samples before `at`: a run walked up to there; the next starts after.
+    fn skip_to(&mut self, at: usize) {
+        let skipped = at.saturating_sub(self.block).div_ceil(STRIDE);
+        if skipped < BLOCK - 1 {
+            self.hits &= !0u64 << skipped;
+        } else {
+            self.block = at;
+            self.sample();
+        }
+    }
+}
+
+impl Iterator for Pairs<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        loop {
+            while self.hits != 0 {
+                let at = self.block + STRIDE * self.hits.trailing_zeros() as usize;
+                self.hits &= self.hits - 1;
+                let between = &self.hay[at + 1..at + STRIDE];
+                if between
+                    .iter()
+                    .fold(true, |all, b| all & SAMPLE[usize::from(*b)])
+                {
+                    return Some(at);
+                }
+            }
+            // The next block starts at this one's last sample, the first of its last pair.
+            let next = self.block + (BLOCK - 1) * STRIDE;
+            if next >= self.to {
+                return None;
+            }
+            self.block = next;
+            self.sample();
+        }
     }
 }
 
@@ -375,4 +450,35 @@ fn wraps(hay: &[u8], at: usize, class: &[bool; 256]) -> bool {
         && hay[at - MIN_LINE..at]
             .iter()
             .all(|b| class[usize::from(*b)])
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
+
+    use super::*;
+
+    /// The shortest runs decoded are found wherever they lie against the samples: at every
+    /// offset across two blocks, and one after another (the search resumes past a run).
+    #[test]
+    fn the_shortest_runs_are_found_at_every_offset() {
+        let plain = b"0123456789abcdefgh";
+        let run = STANDARD_NO_PAD.encode(plain);
+        assert_eq!(run.len(), MIN_BASE64);
+        for at in 0..2 * SPAN {
+            let next = at + run.len() + 1 + at % STRIDE;
+            let mut hay = vec![b' '; 3 * SPAN];
+            for start in [at, next] {
+                hay[start..start + run.len()].copy_from_slice(run.as_bytes());
+            }
+            let mut found = Vec::new();
+            decode(&hay, 0, hay.len(), true, &mut |d| {
+                if d.span(d.context, 1).0 == next || d.span(d.context, 1).0 == at {
+                    found.push((d.span(d.context, 1).0, d.bytes[d.context..].to_vec()));
+                }
+            });
+            found.retain(|(_, bytes)| bytes == plain);
+            assert_eq!(found.len(), 2, "runs at {at} and {next}: {found:?}");
+        }
+    }
 }
