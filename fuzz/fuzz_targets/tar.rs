@@ -8,11 +8,12 @@ use irsa_secrets::scan::tarx;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let mut archive = tar::Archive::new(data);
+    let (watched, seen) = tarx::watch(data);
+    let mut archive = tar::Archive::new(watched);
     let Ok(entries) = archive.entries() else {
         return;
     };
-    let result = tarx::for_each(entries.raw(true), "fuzz", 64 << 10, |meta, _, entry| {
+    let result = tarx::for_each(entries.raw(true), &seen, "fuzz", 64 << 10, |meta, _, entry| {
         let _ = (meta.path.len(), meta.link.as_ref().map(Vec::len), meta.size);
         let _ = meta.pax_values.iter().map(Vec::len).sum::<usize>();
         let mut sink = Vec::new();
