@@ -9,14 +9,9 @@ use crate::common;
 
 use std::path::Path;
 
-use common::fake_endpoints::{FakeEndpoint, Reply};
+use common::fake_endpoints::FakeEndpoint;
 use common::fake_sts::{self, FakeSts};
 use common::{token, Helper, Radioactive, ARN};
-
-/// A fake that refuses every call at once (HTTP 400: no retry).
-fn refusing() -> FakeEndpoint {
-    FakeEndpoint::start(|_| Reply::Status(400, "{}".into()))
-}
 
 /// Starts `serve` with the IRSA identity, an `aws-sm` secret `db` and an `aws-ssm` secret
 /// `param`, and `env` (no other endpoint setting: `common::command` clears them; no shared
@@ -56,7 +51,7 @@ async fn ask(dir: &Path, env: &[(&str, &str)], id: &str) {
 async fn sts_takes_its_own_variable_then_the_global_one() {
     // The global variable alone: the helper's own STS exchange follows it.
     let dir = tempfile::tempdir().unwrap();
-    let global = refusing();
+    let global = FakeEndpoint::refusing();
     ask(dir.path(), &[("AWS_ENDPOINT_URL", &global.base())], "db").await;
     assert!(
         !global.requests().is_empty(),
@@ -65,7 +60,7 @@ async fn sts_takes_its_own_variable_then_the_global_one() {
 
     // Both: STS's own wins.
     let dir = tempfile::tempdir().unwrap();
-    let (global, own) = (refusing(), refusing());
+    let (global, own) = (FakeEndpoint::refusing(), FakeEndpoint::refusing());
     let env = [
         ("AWS_ENDPOINT_URL", global.base()),
         ("AWS_ENDPOINT_URL_STS", own.base()),
@@ -85,7 +80,7 @@ async fn sts_takes_its_own_variable_then_the_global_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sts_follows_the_shared_config_file() {
     let dir = tempfile::tempdir().unwrap();
-    let (global, own) = (refusing(), refusing());
+    let (global, own) = (FakeEndpoint::refusing(), FakeEndpoint::refusing());
     let config = dir.path().join("aws-config");
     std::fs::write(
         &config,
@@ -126,7 +121,7 @@ async fn secrets_manager_and_parameter_store_take_their_own_variable_then_the_gl
                 .any(|r| r.header("x-amz-target") == Some(target))
         };
         let dir = tempfile::tempdir().unwrap();
-        let global = refusing();
+        let global = FakeEndpoint::refusing();
         let env = [
             ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
             ("AWS_ENDPOINT_URL", &global.base()),
@@ -135,7 +130,7 @@ async fn secrets_manager_and_parameter_store_take_their_own_variable_then_the_gl
         assert!(asked(&global), "{target} was not asked at AWS_ENDPOINT_URL");
 
         let dir = tempfile::tempdir().unwrap();
-        let (global, own) = (refusing(), refusing());
+        let (global, own) = (FakeEndpoint::refusing(), FakeEndpoint::refusing());
         let env = [
             ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
             ("AWS_ENDPOINT_URL", &global.base()),

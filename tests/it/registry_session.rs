@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::fake_daemon::FakeBuildkitd;
-use common::fake_endpoints::{FakeEndpoint, Reply, ECR_PUBLIC_TOKEN_TARGET};
+use common::fake_endpoints::{FakeEndpoint, ECR_PUBLIC_TOKEN_TARGET};
 use common::fake_sts::{self, FakeSts};
 use common::session_client::{
     client_session, connect, CLIENT_LOGINS, CLIENT_TOKEN_KEY, CLIENT_TOKEN_PROOF,
@@ -312,10 +312,9 @@ async fn ecr_and_ecr_public_take_their_own_variable_then_the_global_one() {
                 .iter()
                 .any(|r| r.header("x-amz-target") == Some(target))
         };
-        let refusing = || FakeEndpoint::start(|_| Reply::Status(400, "{}".into()));
         let calls = vec![(CREDENTIALS_PATH, host)];
 
-        let global = refusing();
+        let global = FakeEndpoint::refusing();
         let env = [
             ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
             ("AWS_ENDPOINT_URL", &global.base()),
@@ -323,7 +322,7 @@ async fn ecr_and_ecr_public_take_their_own_variable_then_the_global_one() {
         session_with(&[], &env, calls.clone()).await;
         assert!(asked(&global), "{target} was not asked at AWS_ENDPOINT_URL");
 
-        let (global, own) = (refusing(), refusing());
+        let (global, own) = (FakeEndpoint::refusing(), FakeEndpoint::refusing());
         let env = [
             ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
             ("AWS_ENDPOINT_URL", &global.base()),

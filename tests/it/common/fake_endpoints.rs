@@ -61,6 +61,12 @@ pub struct FakeEndpoint {
 }
 
 impl FakeEndpoint {
+    /// A fake that refuses every call at once (HTTP 400: no retry) and records where it was
+    /// asked: for checking which endpoint a call goes to.
+    pub fn refusing() -> FakeEndpoint {
+        Self::start(|_| Reply::Status(400, "{}".into()))
+    }
+
     /// Listens on 127.0.0.1:0 and answers with `handler` until told otherwise.
     pub fn start(handler: impl Fn(&Request) -> Reply + Send + Sync + 'static) -> FakeEndpoint {
         Self::start_on(0, handler)
