@@ -67,8 +67,8 @@ pub enum Command {
     Scan(scan::ScanArgs),
     /// Run CMD with a helper of its own: `run [FLAGS] -- CMD...` starts the helper on a private
     /// socket before the current DOCKER_HOST (or the default socket), runs CMD with
-    /// DOCKER_HOST and BUILDKIT_HOST pointing at it, passes signals on, and exits with CMD's
-    /// code once the helper has stopped.
+    /// DOCKER_HOST and BUILDKIT_HOST pointing at it (and DOCKER_BUILDKIT=1 unless set), passes
+    /// signals on, and exits with CMD's code once the helper has stopped.
     Run(run::RunArgs),
     /// Exit 0 when the helper's socket accepts connections: the image's HEALTHCHECK and a
     /// Kubernetes exec probe (the image has no shell).

@@ -1,8 +1,8 @@
 //! `irsa-secrets run [FLAGS] -- CMD...`: the helper for one command, as `aws-vault exec` and
 //! `op run` do for theirs. A helper (`proxy`, started from this binary) listens on a private
 //! socket in front of the daemon CMD would have used; CMD runs with DOCKER_HOST and
-//! BUILDKIT_HOST pointing at it, gets the signals this process gets, and its exit code is this
-//! process's. The helper stops when CMD ends.
+//! BUILDKIT_HOST pointing at it (and DOCKER_BUILDKIT=1 unless set), gets the signals this
+//! process gets, and its exit code is this process's. The helper stops when CMD ends.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::Path;
@@ -75,11 +75,16 @@ pub(super) async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
 
-    let child = Command::new(program)
-        .args(rest)
+    let mut cmd = Command::new(program);
+    cmd.args(rest)
         .env("DOCKER_HOST", &address)
-        .env("BUILDKIT_HOST", &address)
-        .spawn();
+        .env("BUILDKIT_HOST", &address);
+    // Only BuildKit builds open a session: a 20.10 CLI's legacy builder would get no secrets.
+    // A DOCKER_BUILDKIT the caller set (even to 0) is theirs to keep.
+    if std::env::var_os("DOCKER_BUILDKIT").is_none() {
+        cmd.env("DOCKER_BUILDKIT", "1");
+    }
+    let child = cmd.spawn();
     let status = match child {
         Ok(child) => forward_signals_until_exit(child, &mut signals).await,
         Err(e) => Err(anyhow::anyhow!("cannot start {program}: {e}")),

@@ -21,7 +21,7 @@ fn run(daemon: &Dockerd, args: &[&str]) -> Command {
     cmd.arg("run")
         .args(args)
         .env("DOCKER_HOST", format!("unix://{}", daemon.socket.display()))
-        .env("DOCKER_BUILDKIT", "1")
+        .env_remove("DOCKER_BUILDKIT")
         .env("DOCKER_CONFIG", daemon.root.join("docker-config"))
         .env_remove("BUILDKIT_HOST")
         .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
@@ -54,6 +54,17 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// How many children `pid` has: the helper, then CMD too once it runs.
+fn children(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .map(|list| list.split_whitespace().count())
+        .sum()
+}
+
 #[test]
 fn run_gives_cmd_the_secrets_its_exit_code_and_its_signals() {
     if dockerd::skip() {
@@ -84,11 +95,47 @@ fn run_gives_cmd_the_secrets_its_exit_code_and_its_signals() {
         .unwrap();
     assert!(!direct.status.success(), "{}", text(&direct));
 
-    // CMD's exit code is run's: a command's own, and a failing build's.
-    let out = run(&daemon, &["--mock", "--", "sh", "-c", "exit 7"])
+    // CMD's exit code is run's: a command's own, and a failing build's. CMD sees buildctl's
+    // variable at the helper too, and BuildKit on (the 20.10 CLI's legacy builder has no
+    // session); a DOCKER_BUILDKIT of the caller's is kept.
+    let check =
+        "test \"$BUILDKIT_HOST\" = \"$DOCKER_HOST\" && test \"$DOCKER_BUILDKIT\" = 1 && exit 7";
+    let out = run(&daemon, &["--mock", "--", "sh", "-c", check])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    let out = run(
+        &daemon,
+        &["--mock", "--", "sh", "-c", "exit \"$DOCKER_BUILDKIT\""],
+    )
+    .env("DOCKER_BUILDKIT", "0")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = run(
+        &daemon,
+        &["--mock", "--listen", "unix:///tmp/x.sock", "--", "true"],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("drop --listen"), "{}", text(&out));
+
+    // A signal that ends CMD gives the shell's code for it: SIGTERM, passed on to CMD, is 143.
+    let mut child = run(&daemon, &["--mock", "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::eventually(Duration::from_secs(10), "run has started sleep", || {
+        (children(child.id()) == 2).then_some(())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
     let failing = context(
         dir.path(),
         "fails",
