@@ -168,11 +168,17 @@ fn the_workflow_check_rejects_a_bad_permission_and_flag() {
     assert_eq!(proxy_lacks(&["--identity", "--stss"]), ["--stss"]);
 }
 
-/// The `--` words of `words` that `irsa-secrets proxy --help` does not define (on a line of
-/// its own, as `-s, --flag <VALUE>` or `--flag`; a mention in prose does not count).
+/// The `--` words of `words` that `irsa-secrets proxy --help` does not define.
 fn proxy_lacks(words: &[&str]) -> Vec<String> {
+    lacks("proxy", words)
+}
+
+/// The `--` words of `words` (`--flag` or `--flag=VALUE`) that `irsa-secrets COMMAND --help`
+/// does not define (on a line of its own, as `-s, --flag <VALUE>` or `--flag`; a mention in
+/// prose does not count).
+fn lacks(command: &str, words: &[&str]) -> Vec<String> {
     let help = std::process::Command::new(env!("CARGO_BIN_EXE_irsa-secrets"))
-        .args(["proxy", "--help"])
+        .args([command, "--help"])
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
@@ -186,9 +192,73 @@ fn proxy_lacks(words: &[&str]) -> Vec<String> {
         .collect();
     words
         .iter()
+        .map(|w| w.split('=').next().unwrap())
         .filter(|w| w.starts_with("--") && !defined.contains(w))
         .map(|w| w.to_string())
         .collect()
+}
+
+/// The helper's command lines in a pod spec, values file or pipeline: each `- proxy` list item
+/// with the `- --flag` items under it, and each inline `["/irsa-secrets", "COMMAND", ...]`.
+fn helper_command_lines(text: &str) -> Vec<Vec<String>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() == "- proxy" {
+            let indent = line.len() - line.trim_start().len();
+            let flags = lines[i + 1..]
+                .iter()
+                .take_while(|l| l.len() - l.trim_start().len() == indent)
+                .filter_map(|l| l.trim().strip_prefix("- "))
+                .map(|w| w.trim_matches('"').to_string());
+            found.push(std::iter::once("proxy".to_string()).chain(flags).collect());
+        } else if let Some(start) = line.find("[\"/irsa-secrets\"") {
+            let words: Vec<String> = serde_json::from_str(&line[start..]).unwrap();
+            found.push(words[1..].to_vec());
+        }
+    }
+    found
+}
+
+#[test]
+fn the_deployment_files_give_the_helper_flags_it_has() {
+    let files = [
+        "arc/dind-values.yaml",
+        "arc/dind-experimental-values.yaml",
+        "arc/buildkitd-values.yaml",
+        "kubernetes/dind-runner.yaml",
+        "kubernetes/buildkitd-runner.yaml",
+        "kubernetes/pod-identity-runner.yaml",
+        "gitlab-runner/.gitlab-ci.yml",
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(examples().join(file)).unwrap();
+        let lines = helper_command_lines(&text);
+        assert!(
+            lines.iter().any(|l| l[0] == "proxy" && l.len() > 2),
+            "{file}: no helper command line found: {lines:?}"
+        );
+        for words in lines {
+            let words: Vec<&str> = words.iter().map(String::as_str).collect();
+            assert_eq!(lacks(words[0], &words[1..]), Vec::<String>::new(), "{file}");
+        }
+    }
+    // The reader finds both forms, and the check names a flag proxy lacks.
+    let lines = helper_command_lines(
+        "  args:\n    - proxy\n    - --listn=unix:///x\n  other: 1\n  command: [\"/irsa-secrets\", \"health\", \"--socket=unix:///x\"]\n",
+    );
+    assert_eq!(
+        lines,
+        [
+            vec!["proxy", "--listn=unix:///x"],
+            vec!["health", "--socket=unix:///x"]
+        ]
+    );
+    assert_eq!(lacks("proxy", &["--listn=unix:///x"]), ["--listn"]);
+    assert_eq!(
+        lacks("health", &["--socket=unix:///x"]),
+        Vec::<String>::new()
+    );
 }
 
 /// Checks examples/github-actions/NAME against GitHub's workflow schema and that it holds
