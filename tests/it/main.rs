@@ -1,6 +1,6 @@
 //! The integration tests: one binary, a module per area (as ripgrep's tests are), so the shared
 //! helpers in `common` and the AWS SDK are compiled and linked once. Select an area or a test by
-//! name: `cargo test --test it docker::`, `cargo test --test it -- --skip current`.
+//! name: `cargo test --test it docker::`, `cargo test --test it -- --skip ::current`.
 //!
 //! The tests that start a private dockerd need root; each engine's tests sit in a module named
 //! for it (`debian_20_10::`, `current::`, `current_containerd::`; see `common::engine`).
