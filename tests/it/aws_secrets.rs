@@ -558,24 +558,31 @@ async fn trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build
     aws.secret("us-east-1", "ci/npm", value).await;
     let daemon = common::dockerd::Dockerd::start_on(engine, &aws.dir.path().join("d"));
     let h = two_listeners(&aws, &format!("unix://{}", daemon.socket.display()));
-    let ctx = aws.dir.path().join("ctx");
-    std::fs::create_dir_all(&ctx).unwrap();
-    std::fs::write(
-        ctx.join("Dockerfile"),
-        format!(
-            "FROM {}\nRUN --mount=type=secret,id=npm,required sha256sum /run/secrets/npm\n",
-            common::dockerd::BASE_IMAGE
-        ),
-    )
-    .unwrap();
-    let build = |listener: &str| {
+    // Each build writes its own number: builds that commit identical layers at once race in
+    // the classic image store's overlay2 snapshotter (moby/buildkit#5469), whatever the client.
+    let contexts: Vec<_> = (0..=50)
+        .map(|i| {
+            common::dockerd::context(
+                aws.dir.path(),
+                &format!("ctx-{i}"),
+                &format!(
+                    "FROM {}\nRUN --mount=type=secret,id=npm,required sha256sum /run/secrets/npm \
+                     && echo {i} > /build-number\n",
+                    common::dockerd::BASE_IMAGE
+                ),
+            )
+        })
+        .collect();
+    let build = |listener: &str, i: usize| {
         let socket = aws.dir.path().join(format!("{listener}.sock"));
-        common::dockerd::build_with(engine, &socket, &ctx, &aws.r)
+        common::dockerd::build_with(engine, &socket, &contexts[i], &aws.r)
     };
     aws.moto.start_recording().await;
     let started = std::time::Instant::now();
     let builds: Vec<(bool, String)> = std::thread::scope(|scope| {
-        let running: Vec<_> = (0..50).map(|_| scope.spawn(|| build("trusted"))).collect();
+        let running: Vec<_> = (0..50)
+            .map(|i| scope.spawn(move || build("trusted", i)))
+            .collect();
         running.into_iter().map(|b| b.join().unwrap()).collect()
     });
     for (ok, out) in &builds {
@@ -589,7 +596,7 @@ async fn trusted_builds_read_the_aws_secret_with_one_call_and_an_untrusted_build
         started.elapsed().as_secs_f64()
     );
     assert_eq!(calls.len(), 1, "{calls:?}");
-    let (ok, out) = build("untrusted");
+    let (ok, out) = build("untrusted", 50);
     assert!(!ok, "{out}");
     assert!(out.contains("npm"), "{out}");
     drop(daemon);
