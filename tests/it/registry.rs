@@ -293,6 +293,7 @@ fn ecr_passwords_pull_through_the_helper(engine: Engine) {
     );
     assert_eq!(ecr_calls, 1, "ECR calls for {builds} builds");
     assert_eq!(relay.calls(), 1, "ECR calls for {builds} builds");
+    assert_eq!(answered, builds, "one Credentials answer per pull");
     let log = s.helper.log_text();
     assert!(
         log.contains("says it has already expired"),
