@@ -85,6 +85,97 @@ fn deps_python_names_what_it_could_not_install() {
 /// The README's first command: a real docker build through the helper on the mock identity. It
 /// says that it is building before cargo starts, shows cargo's own progress, and checks that the
 /// step saw what the helper serves.
+/// `scripts/deps-engine --archive` with `etc` as /etc/apt: what it prints, or its error.
+fn engine_archive(etc: &Path) -> (bool, String) {
+    let out = Command::new(repo().join("scripts/deps-engine"))
+        .arg("--archive")
+        .env("IRSA_SECRETS_APT_ETC", etc)
+        .env_remove("IRSA_SECRETS_DEBIAN_ARCHIVE")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    (out.status.success(), format!("{stdout}{stderr}"))
+}
+
+/// The current engine comes from Debian's own archive, whichever way the machine's sources are
+/// written: a vendor's repository (Docker's, with its own key and no `main`) or a security suite
+/// listed first is passed over, and no Debian source at all is an error that says what to set.
+#[test]
+fn deps_engine_takes_debians_archive_from_the_machines_sources() {
+    let etc = tempfile::tempdir().unwrap();
+    let parts = etc.path().join("sources.list.d");
+    std::fs::create_dir_all(&parts).unwrap();
+    let (ok, text) = engine_archive(etc.path());
+    assert!(
+        !ok && text.contains("IRSA_SECRETS_DEBIAN_ARCHIVE="),
+        "{text}"
+    );
+
+    // One-line sources.
+    std::fs::write(
+        etc.path().join("sources.list"),
+        "# a comment\n\
+         deb [arch=amd64 signed-by=/etc/apt/keyrings/docker.gpg] https://download.docker.com/linux/debian bookworm stable\n\
+         deb [signed-by=/etc/apt/keyrings/vendor.gpg] https://vendor.example/debian bookworm main\n\
+         deb http://security.debian.org/debian-security bookworm-security main\n\
+         deb http://mirror.example/debian/ bookworm main contrib\n",
+    )
+    .unwrap();
+    assert_eq!(
+        engine_archive(etc.path()),
+        (true, "http://mirror.example/debian\n".to_string())
+    );
+
+    // deb822 sources come first, in name order: Docker's sorts before Debian's.
+    std::fs::write(
+        parts.join("docker.sources"),
+        "Types: deb\nURIs: https://download.docker.com/linux/debian\nSuites: bookworm\n\
+         Components: stable\nSigned-By: /etc/apt/keyrings/docker.asc\n",
+    )
+    .unwrap();
+    std::fs::write(
+        parts.join("debian.sources"),
+        "Types: deb\n# a snapshot address\nURIs: http://deb.debian.org/debian-security\n\
+         Suites: bookworm-security\nComponents: main\n\
+         Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+         Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n\
+         Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+    )
+    .unwrap();
+    assert_eq!(
+        engine_archive(etc.path()),
+        (true, "http://deb.debian.org/debian\n".to_string())
+    );
+}
+
+/// A download that fails (the archive on a closed loopback port) ends `scripts/deps-engine`
+/// with the step named: the tests never fall back to the system's engine in silence.
+#[test]
+fn deps_engine_names_a_failed_download() {
+    let engine = tempfile::tempdir().unwrap();
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let archive = format!("http://127.0.0.1:{closed}/debian");
+    let out = Command::new(repo().join("scripts/deps-engine"))
+        .env("IRSA_SECRETS_ENGINE_DIR", engine.path())
+        .env("IRSA_SECRETS_DEBIAN_ARCHIVE", &archive)
+        .env_remove("http_proxy")
+        .env_remove("HTTP_PROXY")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "scripts/deps-engine: failed (100): reading sid's package lists from {archive}\n"
+        )),
+        "{stderr}"
+    );
+    assert!(!engine.path().join("versions.txt").exists());
+}
+
 #[test]
 fn demo_runs_and_shows_its_progress() {
     let out = Command::new(repo().join("scripts/demo"))
