@@ -1,6 +1,6 @@
 //! What ships, built offline with a private dockerd: the container image's `local` target from
 //! a freshly built static binary (non-root, labelled, healthy by its own HEALTHCHECK), and the
-//! example Dockerfiles built through the helper, directly and with the laptop script.
+//! example Dockerfiles built through the helper, directly and with `irsa-secrets run --mock`.
 //!
 //! One test drives every scenario on one daemon, which starts once and is stopped by `Drop`.
 
@@ -100,8 +100,8 @@ fn the_image_and_the_examples_build_offline() {
 
     the_sccache_examples_get_the_identity_through_the_helper(&daemon, &helper, &r);
     step("examples/sccache: Dockerfile and Dockerfile.sts through the helper");
-    the_laptop_script_builds_with_the_mock_identity(&daemon, &r);
-    step("examples/laptop/build.sh");
+    the_laptop_build_gets_the_mock_identity(&daemon, &r);
+    step("examples/laptop: irsa-secrets run --mock -- docker build");
 }
 
 fn the_local_image_is_static_nonroot_labelled_and_healthy(
@@ -271,19 +271,19 @@ fn the_sccache_examples_get_the_identity_through_the_helper(
     );
 }
 
-fn the_laptop_script_builds_with_the_mock_identity(daemon: &Dockerd, r: &Radioactive) {
-    let out = Command::new(repo().join("examples/laptop/build.sh"))
-        .args(example_build_args("Dockerfile").into_iter().skip(1))
-        .env("IRSA_SECRETS", bin())
-        .env("DOCKER", dockerd::DOCKER)
+fn the_laptop_build_gets_the_mock_identity(daemon: &Dockerd, r: &Radioactive) {
+    let out = Command::new(bin())
+        .args(["run", "--mock", "--", dockerd::DOCKER])
+        .args(example_build_args("Dockerfile"))
         .env("DOCKER_HOST", format!("unix://{}", daemon.socket.display()))
+        .env_remove("DOCKER_BUILDKIT")
         .env("DOCKER_CONFIG", daemon.root.join("docker-config"))
         .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
         .env_remove("AWS_ROLE_ARN")
         .output()
         .unwrap();
     let log = text(&out);
-    r.assert_absent("the laptop script's output", log.as_bytes());
+    r.assert_absent("the laptop build's output", log.as_bytes());
     assert!(out.status.success(), "{log}");
     assert!(
         log.contains("identity: aws-web-identity-token is a JWT (three parts)"),
