@@ -9,20 +9,21 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::dockerd::{self, context, Dockerd, BASE_IMAGE, DOCKER};
+use common::dockerd::{self, context, Dockerd, BASE_IMAGE};
+use common::engine::Engine;
 
 /// The mock identity's role ARN, which a step checks it was given.
 const MOCK_ARN: &str = "arn:aws:iam::111122223333:role/irsa-secrets-mock";
 
-/// `irsa-secrets run ARGS...` with the daemon at `daemon` as DOCKER_HOST, as a user's shell
-/// would have it.
+/// `irsa-secrets run ARGS...` with the daemon at `daemon` as DOCKER_HOST and its engine's CLI
+/// plugins, as a user's shell would have them.
 fn run(daemon: &Dockerd, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_irsa-secrets"));
     cmd.arg("run")
         .args(args)
         .env("DOCKER_HOST", format!("unix://{}", daemon.socket.display()))
         .env_remove("DOCKER_BUILDKIT")
-        .env("DOCKER_CONFIG", daemon.root.join("docker-config"))
+        .env("DOCKER_CONFIG", daemon.engine.docker_config(&daemon.root))
         .env_remove("BUILDKIT_HOST")
         .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
         .env_remove("AWS_ROLE_ARN")
@@ -30,11 +31,13 @@ fn run(daemon: &Dockerd, args: &[&str]) -> Command {
     cmd
 }
 
-fn build_args(ctx: &Path) -> Vec<String> {
+/// `--mock -- DOCKER build ... ctx` with `engine`'s CLI.
+fn build_args(engine: Engine, ctx: &Path) -> Vec<String> {
+    let docker = engine.cli().display().to_string();
     [
         "--mock",
         "--",
-        DOCKER,
+        &docker,
         "build",
         "--network=none",
         "--progress=plain",
@@ -65,13 +68,15 @@ fn children(pid: u32) -> usize {
         .sum()
 }
 
-#[test]
-fn run_gives_cmd_the_secrets_its_exit_code_and_its_signals() {
+engines!(run_gives_cmd_the_secrets_its_exit_code_and_its_signals);
+
+/// On each engine with its own CLI: what a laptop or a GitHub-hosted runner has.
+fn run_gives_cmd_the_secrets_its_exit_code_and_its_signals(engine: Engine) {
     if dockerd::skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Dockerd::start(&dir.path().join("d"));
+    let daemon = Dockerd::start_on(engine, &dir.path().join("d"));
 
     // A build through `run` gets the identity; the same build on the daemon itself does not.
     let ctx = context(
@@ -82,7 +87,7 @@ fn run_gives_cmd_the_secrets_its_exit_code_and_its_signals() {
              test \"$(cat /run/secrets/aws-role-arn)\" = {MOCK_ARN} && echo role-served\n"
         ),
     );
-    let args = build_args(&ctx);
+    let args = build_args(engine, &ctx);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run(&daemon, &args).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -141,7 +146,7 @@ fn run_gives_cmd_the_secrets_its_exit_code_and_its_signals() {
         "fails",
         &format!("FROM {BASE_IMAGE}\nRUN exit 3\n"),
     );
-    let args = build_args(&failing);
+    let args = build_args(engine, &failing);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run(&daemon, &args).output().unwrap();
     assert_eq!(
@@ -161,7 +166,8 @@ fn run_gives_cmd_the_secrets_its_exit_code_and_its_signals() {
         ),
     );
     let script = format!(
-        "echo \"$DOCKER_HOST\"; exec {DOCKER} build --network=none --progress=plain --no-cache {} 2>&1",
+        "echo \"$DOCKER_HOST\"; exec {} build --network=none --progress=plain --no-cache {} 2>&1",
+        engine.cli().display(),
         long.display()
     );
     let started = Instant::now();
