@@ -216,14 +216,16 @@ fn each_command_help_lists_only_the_flags_it_uses() {
     assert!(!mock.contains("irsa-secrets serve"), "{mock}");
 }
 
-/// What a runner with no identity is told to do, one phrase per identity the helper serves.
-const EVERY_IDENTITYS_FIX: [&str; 6] = [
+/// What a runner with no identity is told to do, one phrase per identity the helper serves,
+/// and where each platform's set-up is.
+const EVERY_IDENTITYS_FIX: [&str; 7] = [
     "eks.amazonaws.com/role-arn (IRSA)",
     "Pod Identity association",
     "on ECS or CodeBuild, give the task or project a role",
     "--identity github-oidc",
     "--identity imds",
     "--mock",
+    "Each platform's set-up: docs/ in the project (README.md, Platforms)",
 ];
 
 /// The top-level help speaks of every identity served and points at the platform pages.
