@@ -452,6 +452,53 @@ async fn github_oidc_serves_the_job_token_and_names_the_permission_when_refused(
     assert!(err.contains("id-token: write"), "{err}");
 }
 
+/// The GitHub-hosted workflow's step, `irsa-secrets run --identity github-oidc -- CMD`: CMD
+/// reaches a helper serving the job's token and role at $DOCKER_HOST.
+#[test]
+fn run_with_github_oidc_gives_cmd_the_jobs_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let jwt = token(600, -10);
+    let bearer = format!("gh-request-token-{:016x}", rand::random::<u64>());
+    r.watch(jwt.as_bytes());
+    r.watch(bearer.as_bytes());
+    let fake = FakeEndpoint::start(github(bearer.clone(), jwt.clone()));
+    let no_daemon = format!("unix://{}", dir.path().join("no-daemon.sock").display());
+    let out = isolated()
+        .args([
+            "run",
+            "--identity",
+            "github-oidc",
+            "--upstream",
+            &no_daemon,
+            "--",
+        ])
+        .args([
+            "sh",
+            "-c",
+            r#"exec "$0" probe --socket "$DOCKER_HOST" aws-web-identity-token aws-role-arn"#,
+        ])
+        .arg(env!("CARGO_BIN_EXE_irsa-secrets"))
+        .envs(github_env(&fake, &bearer))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.assert_absent("run's output", text.as_bytes());
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&common::probed("aws-web-identity-token", jwt.as_bytes())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&common::probed("aws-role-arn", ARN.as_bytes())),
+        "{text}"
+    );
+}
+
 #[test]
 fn the_audit_trail_names_the_identity_that_served() {
     let r = Radioactive::default();
