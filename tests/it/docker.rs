@@ -35,7 +35,9 @@ fn docker_build_through_the_helper(engine: Engine) {
     }
     let baseline = s.helper_fds();
     a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries_on(&s);
-    step("a missing required secret fails the build; optional ones are absent");
+    step(
+        "a missing required secret fails the build; optional ones are absent; a long id is refused",
+    );
     a_large_context_arrives_intact(&s);
     step("a 210 MB context in 5,000 files arrives intact");
     eight_parallel_builds(&s);
@@ -215,6 +217,23 @@ fn a_missing_required_secret_fails_with_buildkits_message_and_the_helper_carries
         "RUN --mount=type=secret,id=nobody-has-this test ! -e /run/secrets/nobody-has-this",
     );
     s.build_ok(&ctx, &[]);
+
+    // A Dockerfile's overlong id is refused by its length, and the helper's log holds a
+    // bounded quote of it, not the id.
+    let id = format!("long-{}", "x".repeat(1995));
+    let ctx = s.context(
+        "long-id",
+        &format!("RUN --mount=type=secret,id={id},required true"),
+    );
+    let (ok, out) = s.build(&ctx, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("the secret id is 2000 bytes, over the limit of 512"),
+        "{out}"
+    );
+    let log = s.helper.log_text();
+    assert!(!log.contains(&id), "the whole id is in the log");
+    assert!(log.contains("…[2000 bytes]"), "{}", common::tail(&log));
 }
 
 /// Deterministic, incompressible file contents.
