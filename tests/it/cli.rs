@@ -721,19 +721,33 @@ fn a_duration_past_a_week_is_refused_at_start_naming_the_flag_or_key() {
         );
     }
     let config = dir.path().join("irsa-secrets.toml");
-    std::fs::write(
-        &config,
-        format!("idle_timeout = \"{huge}\"\n[[listener]]\nlisten = \"{listen}\"\nmock = true\n"),
-    )
-    .unwrap();
-    let err = refused_at_start(&["proxy", "--config", &config.display().to_string()]);
-    assert!(
-        err.contains(&format!(
-            "top level: invalid value '{huge}' for `idle_timeout`: longer than the longest \
-             accepted, 7days"
-        )),
-        "{err}"
-    );
+    // (key, whether it is a listener's, where the error says it is)
+    for (key, listeners, place) in [
+        ("idle_timeout", false, "top level"),
+        ("header_timeout", false, "top level"),
+        ("shutdown_timeout", false, "top level"),
+        ("expiry_margin", true, "[[listener]] 1"),
+    ] {
+        let setting = format!("{key} = \"{huge}\"\n");
+        let (top, listener) = if listeners {
+            ("", setting.as_str())
+        } else {
+            (setting.as_str(), "")
+        };
+        std::fs::write(
+            &config,
+            format!("{top}[[listener]]\nlisten = \"{listen}\"\nmock = true\n{listener}"),
+        )
+        .unwrap();
+        let err = refused_at_start(&["proxy", "--config", &config.display().to_string()]);
+        assert!(
+            err.contains(&format!(
+                "{place}: invalid value '{huge}' for `{key}`: longer than the longest \
+                 accepted, 7days"
+            )),
+            "{err}"
+        );
+    }
     let ttl = format!("id=a,type=aws-sm,name=n,ttl={huge}");
     let err = refused_at_start(&["serve", "--mock", "--listen", &listen, "--secret", &ttl]);
     assert!(
