@@ -15,8 +15,8 @@ use common::{token, Helper, Radioactive, ARN};
 
 /// Starts `serve` with the IRSA identity, an `aws-sm` secret `db` and an `aws-ssm` secret
 /// `param`, and `env` (no other endpoint setting: `common::command` clears them; no shared
-/// config file unless `env` names one); asks for `id` and lets the call fail.
-async fn ask(dir: &Path, env: &[(&str, &str)], id: &str) {
+/// config file unless `env` names one) and `extra` flags; asks for `id` and lets the call fail.
+async fn ask(dir: &Path, env: &[(&str, &str)], extra: &[&str], id: &str) {
     let r = Radioactive::default();
     let t = token(3600, -10);
     r.watch(t.as_bytes());
@@ -30,7 +30,7 @@ async fn ask(dir: &Path, env: &[(&str, &str)], id: &str) {
     ];
     all.retain(|(k, _)| !env.iter().any(|(e, _)| e == k));
     all.extend_from_slice(env);
-    let args = [
+    let mut args = vec![
         "--token-file",
         &tf,
         "--role-arn",
@@ -42,6 +42,7 @@ async fn ask(dir: &Path, env: &[(&str, &str)], id: &str) {
         "--secret",
         "id=param,type=aws-ssm,name=/ci/param",
     ];
+    args.extend_from_slice(extra);
     let helper = Helper::serve(dir, &args, &all, &r);
     let mut client = helper.client().await;
     let _ = helper.get(&mut client, id).await;
@@ -52,7 +53,13 @@ async fn sts_takes_its_own_variable_then_the_global_one() {
     // The global variable alone: the helper's own STS exchange follows it.
     let dir = tempfile::tempdir().unwrap();
     let global = FakeEndpoint::refusing();
-    ask(dir.path(), &[("AWS_ENDPOINT_URL", &global.base())], "db").await;
+    ask(
+        dir.path(),
+        &[("AWS_ENDPOINT_URL", &global.base())],
+        &[],
+        "db",
+    )
+    .await;
     assert!(
         !global.requests().is_empty(),
         "STS was not asked at AWS_ENDPOINT_URL"
@@ -66,7 +73,7 @@ async fn sts_takes_its_own_variable_then_the_global_one() {
         ("AWS_ENDPOINT_URL_STS", own.base()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    ask(dir.path(), &env, "db").await;
+    ask(dir.path(), &env, &[], "db").await;
     assert!(
         !own.requests().is_empty(),
         "STS was not asked at AWS_ENDPOINT_URL_STS"
@@ -78,7 +85,7 @@ async fn sts_takes_its_own_variable_then_the_global_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sts_follows_the_shared_config_file() {
+async fn sts_follows_the_shared_config_file_under_the_variables_and_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let (global, own) = (FakeEndpoint::refusing(), FakeEndpoint::refusing());
     let config = dir.path().join("aws-config");
@@ -93,7 +100,7 @@ async fn sts_follows_the_shared_config_file() {
     )
     .unwrap();
     let config = config.display().to_string();
-    ask(dir.path(), &[("AWS_CONFIG_FILE", &config)], "db").await;
+    ask(dir.path(), &[("AWS_CONFIG_FILE", &config)], &[], "db").await;
     assert!(
         !own.requests().is_empty(),
         "STS was not asked at the file's sts endpoint_url"
@@ -101,6 +108,32 @@ async fn sts_follows_the_shared_config_file() {
     assert!(
         global.requests().is_empty(),
         "the file's global endpoint_url won"
+    );
+
+    // A variable wins over the file, and --sts-endpoint over both.
+    let (variable, flag) = (FakeEndpoint::refusing(), FakeEndpoint::refusing());
+    let variable_base = variable.base();
+    let env = [
+        ("AWS_CONFIG_FILE", config.as_str()),
+        ("AWS_ENDPOINT_URL", variable_base.as_str()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    ask(dir.path(), &env, &[], "db").await;
+    assert!(
+        !variable.requests().is_empty(),
+        "the file won over AWS_ENDPOINT_URL"
+    );
+    let seen = (own.requests().len(), variable.requests().len());
+    let dir = tempfile::tempdir().unwrap();
+    ask(dir.path(), &env, &["--sts-endpoint", &flag.base()], "db").await;
+    assert!(
+        !flag.requests().is_empty(),
+        "STS was not asked at --sts-endpoint"
+    );
+    assert_eq!(
+        (own.requests().len(), variable.requests().len()),
+        seen,
+        "a setting won over --sts-endpoint"
     );
 }
 
@@ -126,7 +159,7 @@ async fn secrets_manager_and_parameter_store_take_their_own_variable_then_the_gl
             ("AWS_ENDPOINT_URL_STS", sts.url.as_str()),
             ("AWS_ENDPOINT_URL", &global.base()),
         ];
-        ask(dir.path(), &env, id).await;
+        ask(dir.path(), &env, &[], id).await;
         assert!(asked(&global), "{target} was not asked at AWS_ENDPOINT_URL");
 
         let dir = tempfile::tempdir().unwrap();
@@ -136,7 +169,7 @@ async fn secrets_manager_and_parameter_store_take_their_own_variable_then_the_gl
             ("AWS_ENDPOINT_URL", &global.base()),
             (var, &own.base()),
         ];
-        ask(dir.path(), &env, id).await;
+        ask(dir.path(), &env, &[], id).await;
         assert!(asked(&own), "{target} was not asked at {var}");
         assert!(!asked(&global), "AWS_ENDPOINT_URL won over {var}");
     }
