@@ -304,8 +304,6 @@ fn a_cap_above_the_descriptor_limit_is_named_at_start() {
 /// its daemon connection, long before the header timeout would cut the stalled ones.
 #[test]
 fn out_of_descriptors_a_request_is_served_at_once_through_stalled_peers() {
-    const LOW: u64 = 64;
-    const PEERS: usize = 200;
     let tmp = tempfile::tempdir().unwrap();
     let daemon = StandIn::start(tmp.path());
     let r = Radioactive::default();
@@ -316,6 +314,34 @@ fn out_of_descriptors_a_request_is_served_at_once_through_stalled_peers() {
         &["--max-connections", "1000", "--header-timeout", "60s"],
         &r,
     );
+    served_at_once_through_stalled_peers(&h);
+}
+
+/// The same when the limit is lowered under a running helper (`prlimit`, as an operator or a
+/// supervisor may): its cap, taken from the limit at start, no longer fits.
+#[test]
+fn a_limit_lowered_while_running_is_met_the_same_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let daemon = StandIn::start(tmp.path());
+    let r = Radioactive::default();
+    let h = limited_helper(tmp.path(), &daemon, 4096, &["--header-timeout", "60s"], &r);
+    let pid = h.child.as_ref().unwrap().id();
+    let out = std::process::Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={LOW}:{LOW}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    served_at_once_through_stalled_peers(&h);
+}
+
+/// The descriptor limit of the out-of-descriptors tests.
+const LOW: u64 = 64;
+
+/// Floods `h` (whose descriptor limit is [`LOW`]) with stalled peers until they hold every
+/// descriptor, then checks that three requests are each served within seconds.
+fn served_at_once_through_stalled_peers(h: &Helper) {
+    const PEERS: usize = 200;
     let pid = h.child.as_ref().unwrap().id();
     let flood = Flood::start(&h.socket, PEERS);
     eventually(
