@@ -126,7 +126,7 @@ enum Event<'a> {
     SessionEnd {
         seconds: f64,
         #[serde(skip_serializing_if = "Option::is_none")]
-        error: Option<&'a str>,
+        error: Option<Quoted<'a>>,
     },
     ConnectionDenied {
         reason: &'a str,
@@ -346,6 +346,7 @@ impl Audit {
 
     /// Records a session's end and how long it lasted.
     pub fn session_end(&self, listener: &str, caller: &Caller, seconds: f64, error: Option<&str>) {
+        let error = error.map(quote);
         self.queue(listener, caller, Event::SessionEnd { seconds, error });
     }
 

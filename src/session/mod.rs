@@ -65,7 +65,8 @@ where
     match &result {
         Ok(()) => tracing::info!(listener, ?session, seconds, "build session ended"),
         Err(e) => {
-            tracing::warn!(listener, ?session, seconds, error = %e, "build session ended abnormally")
+            let error = e.to_string();
+            tracing::warn!(listener, ?session, seconds, error = %quote(&error), "build session ended abnormally")
         }
     }
     let error = result.err().map(|e| e.to_string());
