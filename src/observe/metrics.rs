@@ -706,4 +706,36 @@ mod tests {
         let past_the_bound = 5000 - MAX_ID_LABELS;
         assert!(other.ends_with(&format!(" {past_the_bound}")), "{other}");
     }
+
+    /// docs/metrics-health-audit.md names every family `/metrics` serves, as `irsa_secrets_NAME`
+    /// or `_NAME` (the page's shorthand after the first).
+    #[test]
+    fn the_metrics_page_names_every_family() {
+        let page = include_str!("../../docs/metrics-health-audit.md");
+        let m = Metrics::default();
+        let _open = m.session("ci");
+        m.request("ci", "aws", Outcome::Served, Duration::from_millis(1));
+        m.registry_request("ci", "ecr", Outcome::Served, Duration::from_millis(1));
+        m.forwarded()(1);
+        m.upstream_error("ci");
+        m.expiry("ci", "irsa", 60.0);
+        let text = m.encode();
+        let families: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| match l.split_once(' ') {
+                Some((name, "counter")) => format!("{name}_total"),
+                Some((name, _)) => name.to_string(),
+                None => l.to_string(),
+            })
+            .collect();
+        assert_eq!(families.len(), 9, "{text}");
+        for family in families {
+            let short = family.trim_start_matches("irsa_secrets");
+            assert!(
+                page.contains(&format!("`{family}")) || page.contains(&format!("`{short}")),
+                "docs/metrics-health-audit.md does not name {family}"
+            );
+        }
+    }
 }
