@@ -62,14 +62,14 @@ where
     let result = splice(client, daemon, info, provider).await;
     let seconds = started.elapsed().as_secs_f64();
     let session = quote(caller.session.as_deref().unwrap_or_default());
-    match &result {
-        Ok(()) => tracing::info!(listener, ?session, seconds, "build session ended"),
-        Err(e) => {
-            let error = e.to_string();
-            tracing::warn!(listener, ?session, seconds, error = %quote(&error), "build session ended abnormally")
+    let error = result.err().map(|e| e.to_string());
+    match &error {
+        None => tracing::info!(listener, ?session, seconds, "build session ended"),
+        Some(e) => {
+            let error = quote(e);
+            tracing::warn!(listener, ?session, seconds, %error, "build session ended abnormally")
         }
     }
-    let error = result.err().map(|e| e.to_string());
     audit.session_end(&listener, &caller, seconds, error.as_deref());
 }
 
