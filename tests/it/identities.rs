@@ -420,15 +420,22 @@ fn github_env(fake: &FakeEndpoint, bearer: &str) -> Vec<(&'static str, String)> 
     ]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn github_oidc_serves_the_job_token_and_names_the_permission_when_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let r = Radioactive::default();
+/// A GitHub job: its OIDC token, the bearer that asks for it (both watched in `r`), and the
+/// token endpoint that hands the one out for the other.
+fn github_job(r: &Radioactive) -> (String, String, FakeEndpoint) {
     let jwt = token(600, -10);
     let bearer = format!("gh-request-token-{:016x}", rand::random::<u64>());
     r.watch(jwt.as_bytes());
     r.watch(bearer.as_bytes());
     let fake = FakeEndpoint::start(github(bearer.clone(), jwt.clone()));
+    (jwt, bearer, fake)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_oidc_serves_the_job_token_and_names_the_permission_when_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = Radioactive::default();
+    let (jwt, bearer, fake) = github_job(&r);
     let h = serve(dir.path(), &[], &github_env(&fake, &bearer), &r);
     assert!(h.log_text().contains("github-oidc"), "{}", h.log_text());
     let mut client = h.client().await;
@@ -458,11 +465,7 @@ async fn github_oidc_serves_the_job_token_and_names_the_permission_when_refused(
 fn run_with_github_oidc_gives_cmd_the_jobs_token() {
     let dir = tempfile::tempdir().unwrap();
     let r = Radioactive::default();
-    let jwt = token(600, -10);
-    let bearer = format!("gh-request-token-{:016x}", rand::random::<u64>());
-    r.watch(jwt.as_bytes());
-    r.watch(bearer.as_bytes());
-    let fake = FakeEndpoint::start(github(bearer.clone(), jwt.clone()));
+    let (jwt, bearer, fake) = github_job(&r);
     let no_daemon = format!("unix://{}", dir.path().join("no-daemon.sock").display());
     let out = isolated()
         .args([
@@ -482,13 +485,8 @@ fn run_with_github_oidc_gives_cmd_the_jobs_token() {
         .envs(github_env(&fake, &bearer))
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    r.assert_absent("run's output", text.as_bytes());
-    assert!(out.status.success(), "{text}");
+    let (ok, text) = common::dockerd::build_output(&out, &r);
+    assert!(ok, "{text}");
     assert!(
         text.contains(&common::probed("aws-web-identity-token", jwt.as_bytes())),
         "{text}"
